@@ -1,0 +1,77 @@
+"""Command line: flags and a config file into one Config, then run. Nothing else."""
+
+import argparse
+import sys
+
+from . import __version__
+from .config import ConfigError, load
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="fleetproxy",
+        description="L7 gateway for fleets of vLLM / OpenAI-compatible servers. "
+        "`fleetproxy demo` starts a demo fleet of simulated vLLM servers behind the proxy.",
+    )
+    p.add_argument("--version", action="store_true", help="print version and speedups in use, then exit")
+    p.add_argument("--config", metavar="FILE", help="YAML or TOML config file; flags override it")
+    p.add_argument("--listen", metavar="HOST:PORT", help="data listener (default 127.0.0.1:8080)")
+    p.add_argument("--admin-listen", metavar="HOST:PORT", help="admin listener (default 127.0.0.1:9090)")
+    p.add_argument("--backend", metavar="URL", action="append", help="backend base URL, repeatable")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--access-log", action="store_true", default=None, help="log one line per request")
+    t = p.add_argument_group("timeouts (seconds)")
+    t.add_argument("--connect-timeout", type=float, dest="t_connect")
+    t.add_argument("--first-byte-timeout", type=float, dest="t_first_byte")
+    t.add_argument("--idle-timeout", type=float, dest="t_idle", help="inter-token silence upstream")
+    t.add_argument("--header-timeout", type=float, dest="t_header_read")
+    t.add_argument("--request-timeout", type=float, dest="t_request_read")
+    t.add_argument("--keepalive-timeout", type=float, dest="t_keepalive")
+    t.add_argument("--pool-idle-timeout", type=float, dest="t_pool_idle")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-body-bytes", type=int, dest="l_max_body_bytes")
+    lim.add_argument("--max-header-bytes", type=int, dest="l_max_header_bytes")
+    lim.add_argument("--max-headers", type=int, dest="l_max_headers")
+    lim.add_argument("--max-connections-per-backend", type=int, dest="p_max_connections")
+    return p
+
+
+def config_from_args(args):
+    overrides = {"timeouts": {}, "limits": {}, "pool": {}}
+    for key, value in vars(args).items():
+        if value is None:
+            continue
+        if key.startswith("t_"):
+            overrides["timeouts"][key[2:]] = value
+        elif key.startswith("l_"):
+            overrides["limits"][key[2:]] = value
+        elif key.startswith("p_"):
+            overrides["pool"][key[2:]] = value
+        elif key == "backend":
+            overrides["backends"] = value
+        elif key in ("listen", "admin_listen", "log_level", "access_log"):
+            overrides[key] = value
+    return load(args.config, {k: v for k, v in overrides.items() if v != {}})
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.version:
+        from _speedups import IMPLEMENTATION
+
+        print(f"fleetproxy {__version__} (speedups: {IMPLEMENTATION})")
+        return 0
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"fleetproxy: config error: {exc}", file=sys.stderr)
+        return 2
+    from .worker import run
+
+    run(cfg)
+    return 0

@@ -1,0 +1,303 @@
+"""One proxied request: the Exchange between a client connection and an upstream connection.
+
+How this works.
+- ``start`` picks a backend and takes an idle pooled connection synchronously; only when none
+  is idle does it start a task to connect (or wait for a slot). Steady state: no task, no await.
+- ``upstream_data`` is the response pump. The framer tracks the message; the bytes the upstream
+  sent go to the client as they came (no re-chunking, no SSE re-encoding), except that an event
+  stream is cut at event boundaries, holding a partial event until it completes, so a failure
+  can always be reported as a whole in-band event.
+- Backpressure is cross-wired: the client transport's pause_writing pauses reading the
+  upstream (``Downstream.pause_writing``), the upstream transport's pauses reading the client
+  (``UpstreamConnection.pause_writing``).
+- ``finish`` is the guard every exit path runs, exactly once: it stops the watchdog and any
+  connect task, returns the connection to the pool only after a response read to its end with
+  keep-alive, closes it otherwise (this is what aborts the generation on the backend), and
+  releases the backend's in-flight count.
+"""
+
+import logging
+
+from _speedups import DONE, ERROR, HEAD, UNTIL_CLOSE, CHUNKED, ResponseFramer, dechunk
+
+from . import http1
+from .admin import health_response, response_bytes
+from .errors import ProxyError, UpstreamError, UpstreamTimeout, sse_error_event
+
+log = logging.getLogger("fleetproxy.relay")
+
+MAX_HOLD = 1024 * 1024  # bytes: an SSE event larger than this is passed on before it ends
+
+
+class Exchange:
+    __slots__ = (
+        "down", "method", "target", "headers", "body", "http10", "keep_alive", "request_id",
+        "error", "backend", "conn", "framer", "head_sent", "held", "close_after", "dechunk",
+        "timer", "task", "finished", "ticks", "rx_seen", "retried", "reused",
+    )
+
+    def __init__(self, down, method, target, headers, body, http10, keep_alive, request_id, error=None):
+        self.down = down
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.http10 = http10
+        self.keep_alive = keep_alive
+        self.request_id = request_id
+        self.error = error  # a ClientError found while parsing: answered in turn, then close
+        self.backend = None
+        self.conn = None
+        self.framer = None
+        self.head_sent = False
+        self.held = None
+        self.close_after = not keep_alive
+        self.dechunk = False
+        self.timer = None
+        self.task = None
+        self.finished = False
+        self.ticks = 0
+        self.rx_seen = 0
+        self.retried = False
+        self.reused = False
+
+    # -- request phase --------------------------------------------------------------------
+
+    def start(self):
+        if self.error is not None:
+            self.finished = True
+            self.down.send_error(self, self.error, close=True)
+            return
+        ctx = self.down.ctx
+        if self.target == b"/health" and self.method == b"GET":
+            # Answered here for load balancers and probes: up while any backend is.
+            self.finished = True
+            self.down.answer(self, response_bytes(*health_response(ctx.ready()), keep_alive=self.keep_alive))
+            return
+        try:
+            self.backend = backend = ctx.router.pick(self)
+        except ProxyError as exc:
+            self.finished = True
+            self.down.send_error(self, exc, close=False)
+            return
+        conn = backend.pool.take_idle()
+        if conn is not None:
+            self.send(conn)
+        else:
+            self.task = ctx.loop.create_task(self._connect())
+
+    async def _connect(self):
+        backend = self.backend
+        try:
+            conn = await backend.pool.acquire()
+        except TimeoutError:
+            self.task = None
+            self.fail(UpstreamTimeout(f"timed out connecting to backend {backend.label}"))
+            return
+        except OSError as exc:
+            self.task = None
+            self.fail(UpstreamError(f"cannot connect to backend {backend.label}: {exc.strerror or exc}"))
+            return
+        self.task = None
+        if self.finished:  # the client left while we connected; the connection is clean
+            backend.pool.release(conn)
+            return
+        self.send(conn)
+
+    def send(self, conn):
+        self.conn = conn
+        conn.exchange = self
+        conn.requests += 1
+        self.reused = conn.requests > 1
+        down = self.down
+        ctx = down.ctx
+        self.framer = ResponseFramer(self.method == b"HEAD", self.http10)
+        backend = self.backend
+        head = http1.upstream_head(
+            self.method,
+            backend.base_path + self.target if backend.base_path else self.target,
+            self.headers,
+            backend.authority,
+            down.peer,
+            self.request_id,
+            len(self.body),
+        )
+        transport = conn.transport
+        if down.writing_paused:
+            transport.pause_reading()
+        body = self.body
+        if len(body) < 65536:
+            transport.write(head + body if body else head)
+        else:
+            transport.writelines((head, body))
+        self.ticks = 0
+        self.rx_seen = conn.rx
+        self.timer = ctx.loop.call_later(ctx.tick, self._watch)
+
+    # -- response phase -------------------------------------------------------------------
+
+    def upstream_data(self, data):
+        framer = self.framer
+        flags = framer.feed(data)
+        down = self.down
+        n = len(data)
+        start = 0
+        head = None
+        if flags & HEAD:
+            if framer.kind == UNTIL_CLOSE:
+                self.close_after = True
+            if self.http10 and framer.kind == CHUNKED:
+                self.dechunk = True
+                self.close_after = True
+            head = http1.client_head(framer, self.request_id, self.close_after, self.dechunk)
+            self.head_sent = True
+            start = framer.head_end
+        elif flags & ERROR and not self.head_sent:
+            self.fail(UpstreamError(f"invalid response from backend {self.backend.label}: {framer.error}"))
+            return
+        end = framer.msg_end if flags & DONE else framer.safe_end
+        if end < start:
+            end = start
+
+        held = self.held
+        if held is None:
+            if start == 0 and end == n:
+                out = data  # the common case: forwarded as received
+            else:
+                out = data[start:end]
+                if end < n and not flags & (DONE | ERROR):
+                    self.held = data[end:]
+        elif end > start:
+            out = held + data[start:end]
+            self.held = data[end:] if end < n and not flags & (DONE | ERROR) else None
+        else:
+            held += data[start:]
+            if len(held) > MAX_HOLD:
+                out, self.held = held, None
+            else:
+                out, self.held = b"", held
+
+        if self.dechunk and out:
+            out = dechunk(out)
+        if head is not None:
+            down.transport.write(head + out if out else head)
+        elif out:
+            down.transport.write(out)
+
+        if flags & DONE:
+            self.complete(framer.keep_alive and not flags & ERROR)
+        elif flags & ERROR:
+            self.break_stream(f"backend {self.backend.label} broke the response framing: {framer.error}")
+
+    def upstream_eof(self):
+        pass  # connection_lost follows; it decides whether EOF ended the message
+
+    def upstream_lost(self, exc):
+        self.conn = None  # the connection already detached itself
+        if self.finished:
+            return
+        framer = self.framer
+        if framer is not None and framer.eof():
+            # Close-delimited body: EOF is its end.
+            if self.held:
+                self.down.transport.write(self.held)
+                self.held = None
+            self.complete(False)
+            return
+        reason = "reset the connection" if exc is not None else "closed the connection"
+        self.upstream_failed(f"backend {self.backend.label} {reason} before the response completed")
+
+    def upstream_failed(self, message, timeout=False):
+        if self.head_sent:
+            self.break_stream(message)
+            return
+        conn = self.conn
+        reusable_retry = (
+            not timeout
+            and not self.retried
+            and (self.framer is None or not self.framer.started)
+            and self.reused
+        )
+        if reusable_retry:
+            # A pooled connection the backend closed as we reused it: it never saw the request.
+            self.retried = True
+            if conn is not None:
+                conn.close()
+            self.conn = None
+            self._cancel_timer()
+            self.task = self.down.ctx.loop.create_task(self._connect())
+            return
+        err = UpstreamTimeout(message) if timeout else UpstreamError(message)
+        self.fail(err)
+
+    def _watch(self):
+        # Progress watchdog, ticking every ctx.tick seconds: a stall of first_byte (before any
+        # body byte) or idle (after) fails the exchange. A counter, not a timer re-armed per read.
+        self.timer = None
+        conn = self.conn
+        if self.finished or conn is None:
+            return
+        ctx = self.down.ctx
+        if conn.rx != self.rx_seen:
+            self.rx_seen = conn.rx
+            self.ticks = 0
+        else:
+            self.ticks += 1
+        limit = ctx.idle_ticks if self.framer.body_bytes else ctx.first_byte_ticks
+        if self.ticks >= limit:
+            what = "idle" if self.framer.body_bytes else "first byte"
+            self.upstream_failed(f"backend {self.backend.label} timed out ({what} timeout)", timeout=True)
+            return
+        self.timer = ctx.loop.call_later(ctx.tick, self._watch)
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def complete(self, reusable):
+        self.finish(reusable)
+        self.down.exchange_done(self)
+
+    def fail(self, err):
+        """Failure before any response byte reached the client: a 5xx it can read."""
+        self.finish(False)
+        self.down.send_error(self, err, close=False)
+
+    def break_stream(self, message):
+        """Failure after the response started: report it in-band if we can, then close the
+        client connection without the terminating chunk, so the transfer looks broken."""
+        self.finish(False)
+        down = self.down
+        log.warning("request %s: %s", self.request_id.decode(errors="replace"), message)
+        if self.framer.event_stream:
+            event = sse_error_event(message)
+            down.transport.write(event if self.dechunk or self.framer.kind != CHUNKED else http1.chunk(event))
+        down.close()
+
+    def client_gone(self):
+        """The client disconnected: abandon the upstream request at once."""
+        self.finish(False)
+
+    def finish(self, reusable):
+        """The one guard on every exit path (see module docstring). Idempotent."""
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timer()
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            if reusable and not conn.closed:
+                if self.down.writing_paused:
+                    conn.transport.resume_reading()
+                conn.pool.release(conn)
+            else:
+                conn.close()
+        if self.backend is not None:
+            self.down.ctx.router.release(self.backend)
+
+    def _cancel_timer(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None

@@ -1,0 +1,60 @@
+"""`fleetproxy-sim`: flags into a SimConfig, serve on uvloop until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import uvloop
+
+from .app import start_sim
+from .config import FAULTS, SimConfig
+
+
+def parse_args(argv: list[str] | None) -> SimConfig:
+    d = SimConfig()
+    p = argparse.ArgumentParser(prog="fleetproxy-sim", description="vLLM-compatible simulator")
+    p.add_argument("--host", default=d.host)
+    p.add_argument("--port", type=int, default=d.port, help="0 picks a free port")
+    p.add_argument("--model", default=d.model, help="served model name")
+    p.add_argument("--tokens", type=int, default=d.tokens,
+                   help="completion tokens when a request sets no max_tokens")
+    p.add_argument("--ttft", type=float, default=d.ttft, help="seconds to the first token")
+    p.add_argument("--itl", type=float, default=d.itl, help="seconds between tokens")
+    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency,
+                   help="running requests; the rest wait in a queue")
+    p.add_argument("--fault", default=d.fault, choices=sorted(FAULTS))
+    p.add_argument("--fault-after", type=int, default=d.fault_after,
+                   help="content tokens before die-after/error-event/bad-framing")
+    p.add_argument("--name", default=d.name, help="backend name for the x-sim-backend header")
+    a = p.parse_args(argv)
+    try:
+        return SimConfig(host=a.host, port=a.port, model=a.model, tokens=a.tokens,
+                         ttft=a.ttft, itl=a.itl, max_concurrency=a.max_concurrency,
+                         fault=a.fault, fault_after=a.fault_after, name=a.name)
+    except ValueError as e:
+        p.error(str(e))
+
+
+async def serve(config: SimConfig) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)  # only flag it; the loop does the rest
+    sim = await start_sim(config)
+    print(f"fleetproxy-sim listening on http://{config.host}:{sim.port} "
+          f"model={config.model}", flush=True)
+    await stop.wait()
+    await sim.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    uvloop.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The pretend engine: deterministic tokens, a bounded batch, a waiting queue, counters.
+
+How it works: a request holds one of `max_concurrency` running slots while it
+generates. When all are taken it waits in a FIFO, as vLLM's scheduler does, and
+`num_requests_waiting` counts it. A finishing request hands its slot straight
+to the oldest waiter, so the running count never dips between the two.
+
+Output is a pure function of the request body: a blake2b digest of the body
+seeds the ids and the choice of each token from a fixed word list, so the same
+request always gets the same reply and different requests (almost) never do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import zlib
+from collections import deque
+
+import orjson
+
+# Fragments in the style of the recorded tiny model: printable ASCII, most with
+# a leading space, some without, so joined text looks like what vLLM returned.
+WORDS = (
+    " week", " early,", " an!", " see", "ount", " B", " the", " model",
+    " token", " fleet", " of", " and", " proxy", " route", "ing", " cache",
+    " to", " prefix", " a", " load", " stream", ".", " on", " back",
+    " end", " block", " is", " it", "ed", " request", " queue", " run",
+)
+WORDS_JSON = tuple(orjson.dumps(w) for w in WORDS)  # pre-escaped JSON strings
+_INDEX = tuple(i.to_bytes(4, "little") for i in range(4096))
+
+
+class Output:
+    """What the engine will say for one request body: ids and token choices."""
+
+    __slots__ = ("hex_id", "seed", "n")
+
+    def __init__(self, body: bytes, n: int) -> None:
+        digest = hashlib.blake2b(body, digest_size=12).digest()
+        self.hex_id = digest[:8].hex()  # 16 hex digits, like vLLM's request ids
+        self.seed = int.from_bytes(digest[8:], "little")
+        self.n = n
+
+    def token(self, i: int) -> int:
+        """Index into WORDS of token i: crc32 of the index, seeded by the body."""
+        key = _INDEX[i] if i < 4096 else i.to_bytes(8, "little")
+        return zlib.crc32(key, self.seed) % len(WORDS)
+
+    def tokens(self) -> list[int]:
+        return [self.token(i) for i in range(self.n)]
+
+    def text(self) -> str:
+        return "".join([WORDS[t] for t in self.tokens()])
+
+
+def prompt_words(value: object) -> list[str]:
+    """The prompt as words: how the simulator approximates prompt tokens.
+
+    Whitespace-separated words of every string found in strings, lists and
+    dicts (chat messages, content parts), so a chat prompt also counts its role
+    names, a rough stand-in for the chat template. A list of ints is a
+    pre-tokenized prompt: one token per int.
+    """
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list):
+        if value and all(type(v) is int for v in value):
+            return [str(v) for v in value]
+        return [w for v in value for w in prompt_words(v)]
+    if isinstance(value, dict):
+        return [w for v in value.values() for w in prompt_words(v)]
+    return []
+
+
+class Stats:
+    """Counters and gauges behind /metrics; tests may read them directly."""
+
+    __slots__ = (
+        "http_requests", "requests", "aborted", "connections", "connections_open",
+        "running", "waiting", "prompt_tokens", "generation_tokens", "finished",
+    )
+
+    def __init__(self) -> None:
+        self.http_requests = 0  # every parsed HTTP request, any path
+        self.requests = 0  # requests to the generation endpoints
+        self.aborted = 0  # generations cancelled because the client went away
+        self.connections = 0  # TCP connections accepted
+        self.connections_open = 0
+        self.running = 0
+        self.waiting = 0
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        # vLLM's finished_reason labels. "abort" stays 0 because real vLLM does
+        # not count aborts there either; sim:requests_aborted_total does.
+        self.finished = {"stop": 0, "length": 0, "abort": 0, "error": 0}
+
+
+class Scheduler:
+    """Running slots plus a FIFO of waiters; `try_admit` is the no-await fast path."""
+
+    __slots__ = ("stats", "limit", "_waiters")
+
+    def __init__(self, stats: Stats, limit: int) -> None:
+        self.stats = stats
+        self.limit = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_admit(self) -> bool:
+        if self.stats.running < self.limit and not self._waiters:
+            self.stats.running += 1
+            return True
+        return False
+
+    async def admit(self) -> None:
+        if self.try_admit():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.stats.waiting += 1
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot arrived together with the cancel
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+        finally:
+            self.stats.waiting -= 1
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot moves over; running unchanged
+                return
+        self.stats.running -= 1

@@ -1,0 +1,66 @@
+"""The upstream side of one keep-alive connection to a backend.
+
+A connection is either idle in its pool or bound to exactly one Exchange (``exchange``), which
+it hands every byte it receives. It never reads ahead: an idle connection that receives data or
+EOF is broken and leaves the pool.
+"""
+
+import asyncio
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("pool", "transport", "exchange", "closed", "idle_since", "requests", "rx")
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.transport = None
+        self.exchange = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.requests = 0  # how many requests this connection carried (reuse count)
+        self.rx = 0  # reads, a cheap progress counter for the idle watchdog
+
+    def connection_made(self, transport):
+        self.transport = transport
+        high = self.pool.high_water
+        transport.set_write_buffer_limits(high, high // 4)
+
+    def data_received(self, data):
+        self.rx += 1
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes on an idle connection: the backend is confused; never reuse it.
+            self.close()
+            return
+        exchange.upstream_data(data)
+
+    def eof_received(self):
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.upstream_eof()
+        return False  # close our side too
+
+    def connection_lost(self, exc):
+        self.closed = True
+        exchange = self.exchange
+        self.exchange = None
+        self.pool.forget(self)
+        if exchange is not None:
+            exchange.upstream_lost(exc)
+
+    # The client's reading pauses while we cannot push its request body upstream.
+    def pause_writing(self):
+        if self.exchange is not None:
+            self.exchange.down.pause_reading()
+
+    def resume_writing(self):
+        if self.exchange is not None:
+            self.exchange.down.resume_reading()
+
+    def close(self):
+        """Drop the connection now (abort: a backend notices and cancels the generation)."""
+        if not self.closed:
+            self.closed = True
+            self.exchange = None
+            if self.transport is not None:
+                self.transport.abort()
