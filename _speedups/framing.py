@@ -225,27 +225,27 @@ class ResponseFramer:
                 if nl < 0:
                     self._line += data[pos:]
                     if len(self._line) > MAX_SIZE_LINE and state != S_TRAILER:
-                        return self._fail("chunk-size line too long from upstream")
+                        return flags | self._fail("chunk-size line too long from upstream")
                     if len(self._line) > MAX_TRAILER:
-                        return self._fail("trailer section too large from upstream")
+                        return flags | self._fail("trailer section too large from upstream")
                     pos = n
                     break
                 line = self._line + data[pos:nl] if self._line else data[pos:nl]
                 self._line = b""
                 pos = nl + 1
                 if not line.endswith(b"\r"):
-                    return self._fail("bare LF in chunked framing from upstream")
+                    return flags | self._fail("bare LF in chunked framing from upstream")
                 line = line[:-1]
                 if state == S_DATA_CRLF:
                     if line:
-                        return self._fail("missing CRLF after chunk data from upstream")
+                        return flags | self._fail("missing CRLF after chunk data from upstream")
                     state = S_SIZE
                     if (self.whole_chunks and not sse) or _sse_tail_is_boundary(self._tail):
                         self.safe_end = pos
                 elif state == S_SIZE:
                     size = self._chunk_size(line)
                     if size < 0:
-                        return self._fail("invalid chunk size from upstream")
+                        return flags | self._fail("invalid chunk size from upstream")
                     if size == 0:
                         state = S_TRAILER
                     else:

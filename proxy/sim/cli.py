@@ -43,7 +43,10 @@ async def serve(config: SimConfig) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)  # only flag it; the loop does the rest
-    sim = await start_sim(config)
+    try:
+        sim = await start_sim(config)
+    except OSError as e:
+        raise SystemExit(f"fleetproxy-sim: cannot listen on {config.host}:{config.port}: {e}")
     print(f"fleetproxy-sim listening on http://{config.host}:{sim.port} "
           f"model={config.model}", flush=True)
     await stop.wait()

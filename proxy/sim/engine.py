@@ -54,23 +54,37 @@ class Output:
         return "".join([WORDS[t] for t in self.tokens()])
 
 
-def prompt_words(value: object) -> list[str]:
-    """The prompt as words: how the simulator approximates prompt tokens.
+def prompt_words(prompt: object) -> list[str]:
+    """A completions prompt as words: how the simulator approximates prompt tokens.
 
-    Whitespace-separated words of every string found in strings, lists and
-    dicts (chat messages, content parts), so a chat prompt also counts its role
-    names, a rough stand-in for the chat template. A list of ints is a
-    pre-tokenized prompt: one token per int.
+    Whitespace-separated words of a string or of each string in a list; a list
+    of ints is a pre-tokenized prompt and counts one token per int.
     """
-    if isinstance(value, str):
-        return value.split()
-    if isinstance(value, list):
-        if value and all(type(v) is int for v in value):
-            return [str(v) for v in value]
-        return [w for v in value for w in prompt_words(v)]
-    if isinstance(value, dict):
-        return [w for v in value.values() for w in prompt_words(v)]
+    if isinstance(prompt, str):
+        return prompt.split()
+    if isinstance(prompt, list):
+        if prompt and all(type(v) is int for v in prompt):
+            return [str(v) for v in prompt]
+        return [w for p in prompt for w in prompt_words(p)]
     return []
+
+
+def chat_words(messages: list[object]) -> list[str]:
+    """The words of every message's content (a string or text parts).
+
+    Roles and the chat template are not counted, so `prompt_tokens` is easy to
+    predict in tests: "tell me about fleets" is 4 tokens.
+    """
+    words: list[str] = []
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            words += content.split()
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    words += part["text"].split()
+    return words
 
 
 class Stats:

@@ -80,8 +80,9 @@ class Reply:
             )
             return self._head + b'{"index":0,"delta":{"content":' + word + tail
         reason = b'"length"' if last else b"null"
-        return self._head + b'{"index":0,"text":%b,"logprobs":null,"finish_reason":%b,"stop_reason":null}]}\n\n' % (
-            word, reason
+        return self._head + (
+            b'{"index":0,"text":%b,"logprobs":null,"finish_reason":%b,'
+            b'"stop_reason":null}]}\n\n' % (word, reason)
         )
 
     def usage_event(self) -> bytes:

@@ -160,9 +160,12 @@ class Connection(asyncio.Protocol):
         rid = self._headers.get(b"x-request-id")
         if rid is not None:
             extra = b"x-request-id: " + rid + b"\r\n" + extra
+        keep_alive = self.parser.should_keep_alive()
+        if keep_alive and self.parser.get_http_version() == "1.0":
+            extra += b"connection: keep-alive\r\n"  # 1.0 closes unless told otherwise
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         req = Request(self.parser.get_method(), url if q < 0 else url[:q], self._headers,
-                      body, self.parser.should_keep_alive(), extra)
+                      body, keep_alive, extra)
         self._enqueue(req)
 
     # -- request sequencing ----------------------------------------------------
