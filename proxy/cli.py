@@ -18,6 +18,8 @@ def _parser():
     p.add_argument("--listen", metavar="HOST:PORT", help="data listener (default 127.0.0.1:8080)")
     p.add_argument("--admin-listen", metavar="HOST:PORT", help="admin listener (default 127.0.0.1:9090)")
     p.add_argument("--backend", metavar="URL", action="append", help="backend base URL, repeatable")
+    p.add_argument("--workers", metavar="N|auto", help="worker processes (default 1; auto = usable CPUs)")
+    p.add_argument("--drain-timeout", type=float, metavar="S", help="graceful drain limit (default 30)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", default=None, help="log one line per request")
     t = p.add_argument_group("timeouts (seconds)")
@@ -49,9 +51,18 @@ def config_from_args(args):
             overrides["pool"][key[2:]] = value
         elif key == "backend":
             overrides["backends"] = value
-        elif key in ("listen", "admin_listen", "log_level", "access_log"):
+        elif key == "workers":
+            overrides[key] = value if value == "auto" else _int(value, "--workers")
+        elif key in ("listen", "admin_listen", "log_level", "access_log", "drain_timeout"):
             overrides[key] = value
     return load(args.config, {k: v for k, v in overrides.items() if v != {}})
+
+
+def _int(value, flag):
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"<command line>: {flag} must be an integer or auto, not {value!r}") from None
 
 
 def main(argv=None):

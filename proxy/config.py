@@ -6,7 +6,7 @@ the file and the field (``fleetproxy.yaml: Expected `float`, got `str` - at `$.t
 """
 
 import os
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional, Union
 from urllib.parse import urlsplit
 
 import msgspec
@@ -107,6 +107,8 @@ class Config(_Base):
     health: Health = Health()
     log_level: str = "info"
     access_log: bool = False
+    workers: Union[Annotated[int, Meta(ge=1, le=1024)], Literal["auto"]] = 1  # processes; auto = usable CPUs
+    drain_timeout: Seconds = 30.0  # s: on SIGTERM/reload, in-flight requests get this long to finish
 
     def __post_init__(self):
         _address(self.listen, "listen")

@@ -6,6 +6,7 @@ once per pick, on every exit path (``relay.Exchange.finish`` is the only caller)
 """
 
 from .errors import NoBackend
+from .pool import Pool
 
 
 class Backend:
@@ -62,3 +63,8 @@ class RoundRobin:
 
     def any_healthy(self):
         return any(b.healthy for b in self.backends)
+
+
+def build_router(cfg, loop):
+    """The router for ``cfg`` with a connection pool per backend (called at start and reload)."""
+    return RoundRobin([Backend(spec, Pool(loop, spec.host, spec.port, cfg)) for spec in cfg.backends])

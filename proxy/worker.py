@@ -11,8 +11,7 @@ from _speedups import IMPLEMENTATION
 
 from . import admin, health
 from .downstream import Downstream
-from .pool import Pool
-from .router import Backend, RoundRobin
+from .router import build_router
 
 log = logging.getLogger("fleetproxy")
 
@@ -45,15 +44,12 @@ class Context:
         return not self.draining and self.router.any_healthy()
 
 
-def build_backends(cfg, loop):
-    return [Backend(spec, Pool(loop, spec.host, spec.port, cfg)) for spec in cfg.backends]
-
-
 async def serve(cfg, started=None):
     """Serve until SIGTERM/SIGINT, then drain. ``started(ctx)`` is called once listening."""
     loop = asyncio.get_running_loop()
-    backends = build_backends(cfg, loop)
-    ctx = Context(cfg, loop, RoundRobin(backends))
+    router = build_router(cfg, loop)
+    backends = router.backends
+    ctx = Context(cfg, loop, router)
     host, port = cfg.listen_address
     server = await loop.create_server(lambda: Downstream(ctx), host, port, backlog=4096, reuse_address=True)
     admin_server = await admin.start(ctx)
