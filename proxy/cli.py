@@ -19,6 +19,9 @@ def _parser():
     p.add_argument("--admin-listen", metavar="HOST:PORT", help="admin listener (default 127.0.0.1:9090)")
     p.add_argument("--backend", metavar="URL", action="append", help="backend base URL, repeatable")
     p.add_argument("--workers", metavar="N|auto", help="worker processes (default 1; auto = usable CPUs)")
+    p.add_argument(
+        "--single-process", action="store_true", help="serve in this process, without a supervisor"
+    )
     p.add_argument("--drain-timeout", type=float, metavar="S", help="graceful drain limit (default 30)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", default=None, help="log one line per request")
@@ -82,7 +85,11 @@ def main(argv=None):
     except ConfigError as exc:
         print(f"fleetproxy: config error: {exc}", file=sys.stderr)
         return 2
-    from .worker import run
+    if args.single_process:
+        from .worker import run
 
-    run(cfg)
-    return 0
+        run(cfg)
+        return 0
+    from .supervisor import run
+
+    return run(cfg, lambda: config_from_args(args))

@@ -39,7 +39,7 @@ async def _demo(args):
         "demo",
     )
     listening = asyncio.Event()
-    server = asyncio.get_running_loop().create_task(serve(cfg, started=lambda ctx: listening.set()))
+    server = asyncio.get_running_loop().create_task(serve(cfg, started=lambda ctx, admin_port: listening.set()))
     await listening.wait()
     url = f"http://127.0.0.1:{args.port}"
     print(f"\nfleetproxy demo: proxy {url} -> backends {', '.join(s.url for s in sims)}")

@@ -249,7 +249,7 @@ class Downstream(asyncio.Protocol):
         if exchange is not self.active:
             return
         self.active = None
-        if exchange.close_after or self.closed:
+        if exchange.close_after or self.closed or self.ctx.draining:
             self.close()
             return
         self.since = self.loop.time()

@@ -144,7 +144,7 @@ class Exchange:
         start = 0
         head = None
         if flags & HEAD:
-            if framer.kind == UNTIL_CLOSE:
+            if framer.kind == UNTIL_CLOSE or down.ctx.draining:
                 self.close_after = True
             if self.http10 and framer.kind == CHUNKED:
                 self.dechunk = True

@@ -4,12 +4,18 @@ import asyncio
 import logging
 import os
 import signal
+import socket
+import sys
 
+import msgspec
+import orjson
 import uvloop
 
 from _speedups import IMPLEMENTATION
 
 from . import admin, health
+from .config import Config
+from .shm import MAX_SLOTS, PID, READY, SharedCounters
 from .downstream import Downstream
 from .router import build_router
 
@@ -44,39 +50,73 @@ class Context:
         return not self.draining and self.router.any_healthy()
 
 
-async def serve(cfg, started=None):
-    """Serve until SIGTERM/SIGINT, then drain. ``started(ctx)`` is called once listening."""
+async def serve(cfg, started=None, sock=None, counters=None, slot=0):
+    """Serve until SIGTERM/SIGINT, then drain; a second signal exits at once.
+
+    ``sock``: an inherited listening socket (under the supervisor), else bind cfg.listen.
+    ``counters``/``slot``: this worker's row in the generation's shared counters.
+    ``started(ctx, admin_port)`` is called once listening.
+    """
     loop = asyncio.get_running_loop()
     router = build_router(cfg, loop)
     backends = router.backends
     ctx = Context(cfg, loop, router)
-    host, port = cfg.listen_address
-    server = await loop.create_server(lambda: Downstream(ctx), host, port, backlog=4096, reuse_address=True)
+    if sock is not None:
+        server = await loop.create_server(lambda: Downstream(ctx), sock=sock, backlog=4096)
+    else:
+        host, port = cfg.listen_address
+        server = await loop.create_server(lambda: Downstream(ctx), host, port, backlog=4096, reuse_address=True)
     admin_server = await admin.start(ctx)
+    admin_port = admin_server.sockets[0].getsockname()[1]
     tasks = [loop.create_task(health.check_forever(backends, cfg)), loop.create_task(_sweep(backends))]
     stop = asyncio.Event()
+
+    def on_signal():
+        if stop.is_set():
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    if counters is not None:
+        counters.set_worker(slot, PID, os.getpid())
+        counters.set_worker(slot, READY, 1)
     log.info(
-        "fleetproxy listening on http://%s:%d (admin %s), %d backend(s), speedups=%s",
-        host, port, cfg.admin_listen, len(backends), IMPLEMENTATION,
+        "worker %d serving %s (admin %s), %d backend(s), speedups=%s",
+        slot, cfg.listen, "127.0.0.1:%d" % admin_port, len(backends), IMPLEMENTATION,
     )
     if started is not None:
-        started(ctx)
+        started(ctx, admin_port)
     await stop.wait()
-    log.info("draining")
-    ctx.draining = True
-    server.close()
-    deadline = loop.time() + 30.0
-    while any(c.active is not None for c in ctx.connections) and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    for conn in list(ctx.connections):
-        conn.close()
+    await _drain(ctx, server, cfg.drain_timeout)
+    if counters is not None:
+        counters.set_worker(slot, READY, 0)
     for task in tasks:
         task.cancel()
     admin_server.close()
     for backend in backends:
         backend.pool.close()
+
+
+async def _drain(ctx, server, timeout):
+    """Stop accepting; let in-flight requests and streams finish (each answer then carries
+    ``connection: close``); close connections that stay idle; give up at ``timeout``."""
+    loop = ctx.loop
+    ctx.draining = True
+    server.close()
+    start = loop.time()
+    busy = [c for c in ctx.connections if c.active is not None or c.queue]
+    log.info("draining: %d connection(s), %d busy", len(ctx.connections), len(busy))
+    while loop.time() - start < timeout:
+        if not any(c.active is not None or c.queue for c in ctx.connections):
+            # Idle keep-alive clients get a moment to send one more request (answered with
+            # connection: close) rather than a close racing their next request.
+            if not ctx.connections or loop.time() - start > 1.0:
+                break
+        await asyncio.sleep(0.02)
+    for conn in list(ctx.connections):
+        conn.close()
 
 
 async def _sweep(backends):
@@ -86,9 +126,51 @@ async def _sweep(backends):
             backend.pool.sweep()
 
 
-def run(cfg):
+def setup_logging(cfg):
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
+
+
+def run(cfg):
+    """One process, no supervisor (the demo and embedding use this)."""
+    setup_logging(cfg)
     uvloop.run(serve(cfg))
+
+
+def _die_with_parent():
+    # If the supervisor is SIGKILLed, its workers must not linger holding the port.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def main():
+    """Entry of a worker process started by the supervisor (``python -m proxy.worker``)."""
+    _die_with_parent()
+    spec = orjson.loads(os.environ.pop("FLEETPROXY_WORKER"))
+    # The supervisor serves the public admin port; each worker answers on a private one.
+    cfg = msgspec.structs.replace(
+        msgspec.convert(spec["config"], Config), admin_listen="127.0.0.1:0"
+    )
+    setup_logging(cfg)
+    slot = spec["slot"]
+    counters = SharedCounters(MAX_SLOTS, len(cfg.backends), name=spec["shm"])
+    sock = socket.socket(fileno=spec["fd"])
+
+    def started(ctx, admin_port):
+        sys.stdout.write("READY %d\n" % admin_port)
+        sys.stdout.flush()
+
+    try:
+        uvloop.run(serve(cfg, started, sock=sock, counters=counters, slot=slot))
+    finally:
+        counters.close()
+
+
+if __name__ == "__main__":
+    main()

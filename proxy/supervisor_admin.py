@@ -1,0 +1,169 @@
+"""The public admin listener, served once by the supervisor for all workers.
+
+It answers what it knows itself (liveness, workers, scaling) and fans everything else out to
+each live worker's private admin port: ``/readyz`` is ready when any worker is, and
+``/admin/backends`` lists each backend once, with its in-flight and request counts summed
+over the workers and every worker's own view beside them.
+"""
+
+import asyncio
+
+import httptools
+import orjson
+
+from .admin import response_bytes
+
+FANOUT_TIMEOUT = 2.0  # s for one worker's admin answer
+
+
+async def fetch(port, method, path, body=b""):
+    """(status, parsed JSON or None) from a worker's private admin port."""
+    try:
+        async with asyncio.timeout(FANOUT_TIMEOUT):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"%s %s HTTP/1.1\r\nHost: worker\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                % (method.encode(), path.encode(), len(body), body)
+            )
+            raw = await reader.read()
+            writer.close()
+    except (OSError, TimeoutError):
+        return 0, None
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b" ", 2)[1])
+        return status, orjson.loads(payload) if payload else None
+    except (IndexError, ValueError, orjson.JSONDecodeError):
+        return 0, None
+
+
+async def fan_out(sup, method, path, body=b""):
+    workers = sup.live_workers()
+    results = await asyncio.gather(*(fetch(w.admin_port, method, path, body) for w in workers))
+    return [(w, status, payload) for w, (status, payload) in zip(workers, results)]
+
+
+def workers_state(sup):
+    return {
+        "target": sup.target,
+        "generation": sup.generation.number,
+        "reuseport": sup.reuseport,
+        "workers": [
+            {
+                "slot": w.slot,
+                "pid": w.pid,
+                "generation": w.generation.number,
+                "ready": w.ready,
+                "draining": w.draining,
+            }
+            for w in sorted(sup.all_workers(), key=lambda w: (w.generation.number, w.slot))
+        ],
+    }
+
+
+async def backends_state(sup):
+    answers = [(w, p) for w, status, p in await fan_out(sup, "GET", "/admin/backends") if status == 200]
+    merged = []
+    for worker, payload in answers:
+        for i, backend in enumerate(payload.get("backends", [])):
+            if i == len(merged):
+                merged.append(
+                    {
+                        "name": backend.get("name"),
+                        "url": backend.get("url"),
+                        "healthy": False,
+                        "in_flight": 0,
+                        "requests": 0,
+                        "workers": [],
+                    }
+                )
+            entry = merged[i]
+            entry["healthy"] = entry["healthy"] or bool(backend.get("healthy"))
+            entry["in_flight"] += backend.get("in_flight", 0)
+            entry["requests"] += backend.get("requests", 0)
+            entry["workers"].append({"slot": worker.slot, "pid": worker.pid, **backend})
+    return {"backends": merged, "workers": len(answers)}
+
+
+async def handle(sup, method, path, body):
+    if path == "/healthz":
+        return 200, {"status": "ok", "workers": len(sup.live_workers())}
+    if path == "/readyz":
+        if sup.stopping:
+            return 503, {"status": "draining"}
+        statuses = [status for _, status, _ in await fan_out(sup, "GET", "/readyz")]
+        if 200 in statuses:
+            return 200, {"status": "ok", "ready_workers": statuses.count(200)}
+        return 503, {"status": "unavailable", "reason": "no worker is ready"}
+    if path == "/admin/workers":
+        if method == "POST":
+            try:
+                target = int(orjson.loads(body)["workers"])
+            except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+                return 400, {"error": 'expected a JSON body {"workers": N}'}
+            await sup.scale(target)
+        return 200, workers_state(sup)
+    if path == "/admin/backends" and method == "GET":
+        return 200, await backends_state(sup)
+    if path.startswith("/admin/"):
+        answers = await fan_out(sup, method, path, body)
+        if not answers:
+            return 503, {"error": "no live worker"}
+        status = max(s for _, s, _ in answers)
+        return status, {"workers": [{"slot": w.slot, "pid": w.pid, "status": s, "body": p} for w, s, p in answers]}
+    return 404, {"error": f"no admin route {method} {path}"}
+
+
+class SupervisorAdmin(asyncio.Protocol):
+    """Plain HTTP/1.1, one request at a time; handlers may await (fan-out)."""
+
+    def __init__(self, sup):
+        self.sup = sup
+        self.transport = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.body = b""
+        self.pending = asyncio.Queue()
+        self.task = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.task = asyncio.get_running_loop().create_task(self._answer())
+
+    def connection_lost(self, exc):
+        self.task.cancel()
+
+    def data_received(self, data):
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.write(response_bytes(400, {"error": "malformed request"}, keep_alive=False))
+            self.transport.close()
+
+    def on_message_begin(self):
+        self.url, self.body = b"", b""
+
+    def on_url(self, url):
+        self.url += url
+
+    def on_body(self, body):
+        self.body += body
+
+    def on_message_complete(self):
+        path = httptools.parse_url(self.url).path.decode()
+        method = self.parser.get_method().decode()
+        self.pending.put_nowait((method, path, self.body, self.parser.should_keep_alive()))
+
+    async def _answer(self):
+        while True:
+            method, path, body, keep_alive = await self.pending.get()
+            status, payload = await handle(self.sup, method, path, body)
+            self.transport.write(response_bytes(status, payload, keep_alive))
+            if not keep_alive:
+                self.transport.close()
+                return
+
+
+async def start(sup):
+    host, port = sup.cfg.admin_address
+    return await sup.loop.create_server(lambda: SupervisorAdmin(sup), host, port, reuse_address=True)

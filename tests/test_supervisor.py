@@ -1,0 +1,189 @@
+"""Processes: workers behind SO_REUSEPORT under a supervisor; respawn, reload, drain, scaling."""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import start_proxy, start_sim, wait_for
+
+BODY = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+
+
+class Load:
+    """Steady load from a few threads, each on its own keep-alive connection; counts outcomes."""
+
+    def __init__(self, port, threads=4, headers=None):
+        self.port = port
+        self.ok = 0
+        self.failed = []
+        self.backends = set()
+        self.headers = {"content-type": "application/json", **(headers or {})}
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        conn = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("POST", "/v1/chat/completions", BODY, self.headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    self.failed.append(resp.status)
+                else:
+                    self.ok += 1
+                if resp.getheader("connection") == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                self.failed.append(repr(exc))
+                conn = None
+
+    def stop(self):
+        self._stop.set()
+        for t in self.threads:
+            t.join(15)
+        return self
+
+
+def workers(proxy):
+    return proxy.admin("/admin/workers")[1]
+
+
+def live_pids(proxy):
+    return sorted(w["pid"] for w in workers(proxy)["workers"] if w["ready"] and not w["draining"])
+
+
+@pytest.fixture
+def sim2():
+    svc = start_sim("--name", "sup-sim")
+    yield svc
+    svc.stop()
+
+
+def test_connections_reach_both_workers(sim2):
+    proxy = start_proxy([sim2], "--workers", "2")
+    try:
+        load = Load(proxy.port, threads=8)
+        time.sleep(1.5)
+        load.stop()
+        assert not load.failed
+        per_worker = [w["requests"] for w in proxy.admin("/admin/backends")[1]["backends"][0]["workers"]]
+        assert len(per_worker) == 2 and all(n > 0 for n in per_worker), per_worker
+    finally:
+        proxy.stop()
+
+
+def test_sigkill_worker_is_respawned_quickly(sim2):
+    proxy = start_proxy([sim2], "--workers", "2")
+    try:
+        load = Load(proxy.port, threads=4)
+        time.sleep(0.5)
+        before = live_pids(proxy)
+        victim = before[0]
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.monotonic()
+        assert wait_for(lambda: len(live_pids(proxy)) == 2 and victim not in live_pids(proxy), timeout=2.0)
+        assert time.monotonic() - t0 < 2.0
+        time.sleep(0.5)
+        load.stop()
+        # Only requests in flight on the killed worker may fail: at most one per client thread.
+        assert len(load.failed) <= 4, load.failed
+        assert load.ok > 50
+    finally:
+        proxy.stop()
+
+
+def test_sighup_under_load_fails_nothing(sim2):
+    proxy = start_proxy([sim2], "--workers", "2")
+    try:
+        load = Load(proxy.port, threads=6)
+        time.sleep(0.5)
+        before = live_pids(proxy)
+        proxy.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: workers(proxy)["generation"] == 2, timeout=10)
+        assert wait_for(lambda: not set(live_pids(proxy)) & set(before) and len(live_pids(proxy)) == 2, 10)
+        time.sleep(0.5)
+        load.stop()
+        assert load.failed == []
+        assert load.ok > 50
+    finally:
+        proxy.stop()
+
+
+def test_sighup_with_bad_config_keeps_old_workers(sim2, tmp_path):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(f"backends: [{sim2.url}]\nworkers: 2\n")
+    proxy = start_proxy([], "--config", str(path))
+    try:
+        before = live_pids(proxy)
+        path.write_text("backends: [nope://]\n")
+        proxy.proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert live_pids(proxy) == before
+        assert workers(proxy)["generation"] == 1
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        conn.request("GET", "/v1/models")
+        assert conn.getresponse().status == 200
+    finally:
+        proxy.stop()
+    assert b"reload rejected" in proxy.proc.stderr.read()
+
+
+def test_sigterm_lets_a_stream_finish_then_exits_0(sim2):
+    proxy = start_proxy([sim2], "--workers", "2")
+    result = {}
+
+    def stream():
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 30,
+                           "stream": True})
+        conn.request("POST", "/v1/chat/completions", body, {"x-sim-itl": "0.1", "content-type": "application/json"})
+        resp = conn.getresponse()
+        result["body"] = resp.read()
+
+    t = threading.Thread(target=stream)
+    t.start()
+    time.sleep(0.5)  # the 3-second stream is under way
+    proxy.proc.send_signal(signal.SIGTERM)
+    def refused():
+        try:
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+
+    try:
+        assert wait_for(refused, timeout=1.0)  # no longer accepting
+    finally:
+        t.join(10)
+    assert result["body"].endswith(b"data: [DONE]\n\n")
+    assert proxy.proc.wait(10) == 0
+
+
+def test_ttin_ttou_change_worker_count(sim2):
+    proxy = start_proxy([sim2], "--workers", "1")
+    try:
+        proxy.proc.send_signal(signal.SIGTTIN)
+        assert wait_for(lambda: len(live_pids(proxy)) == 2, timeout=5)
+        proxy.proc.send_signal(signal.SIGTTIN)
+        assert wait_for(lambda: len(live_pids(proxy)) == 3, timeout=5)
+        proxy.proc.send_signal(signal.SIGTTOU)
+        assert wait_for(lambda: len(live_pids(proxy)) == 2, timeout=5)
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
+        conn.request("POST", "/admin/workers", json.dumps({"workers": 1}))
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["target"] == 1
+        assert wait_for(lambda: len(live_pids(proxy)) == 1, timeout=5)
+    finally:
+        proxy.stop()
