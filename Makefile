@@ -23,7 +23,7 @@ test-pure:
 
 bench: install
 	$(PIP) install -q -e '.[test,bench]'
-	$(PY) -m bench
+	$(PY) -m bench --pin
 
 bench-smoke: install
 	$(PY) -m bench --smoke

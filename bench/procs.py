@@ -1,0 +1,326 @@
+"""The processes under test: simulators, fleetproxy, nginx; started here, stopped here.
+
+A `Fleet` owns a temp dir (logs, the generated nginx.conf, nginx's pid and temp paths) and every
+process it starts. Each child gets its own session, so a Ctrl-C in the terminal reaches only the
+bench, which then stops the children in reverse order: SIGTERM, a grace period, then SIGKILL to
+the child's process group (which also takes any worker it forked). `Fleet.close` runs from a
+`finally`, so a failed scenario or an interrupted run leaves nothing behind.
+
+Layout when pinning: servers (simulators and proxies) on `server_cpus`, the load generators on
+the others (see `bench.__main__`); the affinity is set before exec, so forked workers inherit it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+PORT_RANGE = range(40000, 41000)  # the bench's ports; other tools on this host stay out of it
+READY_TIMEOUT = 20.0  # s: a process that is not serving by then failed to start
+STOP_GRACE = 8.0  # s: SIGTERM to SIGKILL
+NGINX = "/usr/sbin/nginx"
+
+
+class StartError(RuntimeError):
+    """A process did not come up; the message carries the tail of its log."""
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: str  # its stdout and stderr
+    error_log: str | None = None  # a log it writes itself (nginx)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def tail(self, lines: int = 15) -> str:
+        out = ""
+        for path in (self.log, self.error_log):
+            try:
+                with open(path, errors="replace") as f:
+                    out += "".join(f.readlines()[-lines:])
+            except (OSError, TypeError):
+                pass
+        return out
+
+
+@dataclass
+class Target:
+    """Where a load generator points: a direct simulator or a proxy in front of the fleet."""
+
+    name: str  # direct | fleetproxy | fleetproxy-pure | nginx
+    url: str  # http://127.0.0.1:PORT
+    procs: list[Proc] = field(default_factory=list)  # the proxy's processes (none for direct)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+
+def nginx_path() -> str | None:
+    return NGINX if os.access(NGINX, os.X_OK) else shutil.which("nginx")
+
+
+class Fleet:
+    def __init__(self, server_cpus: set[int] | None = None):
+        self.server_cpus = server_cpus
+        self.dir = tempfile.mkdtemp(prefix="fleetproxy-bench-")
+        self.procs: list[Proc] = []
+        self._ports: set[int] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop everything still running, newest first. Safe to call twice."""
+        while self.procs:
+            self.stop(self.procs[-1])
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stop(self, proc: Proc) -> None:
+        if proc in self.procs:
+            self.procs.remove(proc)
+        p = proc.popen
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+        # The child leads its own process group (start_new_session): take any straggler with it.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            p.wait(2.0)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def spawn(self, name: str, argv: list[str], env: dict | None = None, pin: bool = True) -> Proc:
+        log = os.path.join(self.dir, f"{name}.log")
+        cpus = self.server_cpus if pin else None
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, env=env, cwd=_repo_root(),
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def port(self) -> int:
+        """A free port in PORT_RANGE, not handed out before by this fleet."""
+        candidates = list(PORT_RANGE)
+        random.shuffle(candidates)  # two benches at once rarely collide
+        for port in candidates:
+            if port in self._ports:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            self._ports.add(port)
+            return port
+        raise StartError(f"no free port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
+
+    # -- the processes -----------------------------------------------------------------------
+
+    def start_sim(self, name: str, extra: list[str] = ()) -> str:
+        def start():
+            port = self.port()
+            proc = self.spawn(name, [sys.executable, "-m", "proxy.sim", "--port", str(port), "--name", name,
+                                     "--max-concurrency", "8192", *extra])
+            return proc, f"http://127.0.0.1:{port}", lambda: "listening on" in proc.tail()
+
+        return self._start(start)
+
+    def _start(self, start):
+        """Run ``start`` (-> process, what to return, readiness test), again on a port clash.
+
+        The port test in `port` and the child's bind are not atomic, and this machine hands out
+        ephemeral ports (32768-60999) inside PORT_RANGE: a connection opened in between can take
+        the port. Such a start fails with EADDRINUSE and is tried again on another port."""
+        for attempt in range(4):
+            proc, value, ready = start()
+            try:
+                _wait(proc, ready)
+                return value
+            except StartError as e:
+                if attempt == 3 or "in use" not in str(e):
+                    raise
+                self.stop(proc)
+        raise AssertionError("unreachable")
+
+    def start_fleetproxy(self, name: str, backends: list[str], workers: int = 1,
+                         config: dict | None = None, pure: bool = False) -> Target:
+        """fleetproxy in front of ``backends``; ``config`` ({section: {key: value}}) becomes a
+        TOML file passed with --config, for settings that have no flag (scenario e's policy)."""
+        env = dict(os.environ)
+        env.pop("FLEETPROXY_PURE", None)
+        if pure:
+            env["FLEETPROXY_PURE"] = "1"
+        flags = ["--log-level", "warning"]
+        if config:
+            path = os.path.join(self.dir, f"{name}.toml")
+            with open(path, "w") as f:
+                f.write(_toml(config))
+            flags += ["--config", path]
+        if workers > 1:
+            flags += ["--workers", str(workers)]
+        for b in backends:
+            flags += ["--backend", b]
+
+        def start():
+            port, admin = self.port(), self.port()
+            proc = self.spawn(name, [sys.executable, "-m", "proxy", "--listen", f"127.0.0.1:{port}",
+                                     "--admin-listen", f"127.0.0.1:{admin}", *flags], env=env)
+            target = Target(name, f"http://127.0.0.1:{port}", [proc])
+            # Ready: the admin port says so and a request through the data port gets an answer.
+            return proc, target, lambda: _get(admin, "/readyz") == 200 and _get(port, "/health") == 200
+
+        return self._start(start)
+
+    def start_nginx(self, name: str, backends: list[str], workers: int = 1) -> Target:
+        binary = nginx_path()
+        if binary is None:
+            raise StartError("nginx is not installed")
+        prefix = os.path.join(self.dir, name)
+        os.makedirs(prefix, exist_ok=True)
+        conf = os.path.join(prefix, "nginx.conf")
+
+        def start():
+            port = self.port()
+            with open(conf, "w") as f:
+                f.write(nginx_conf(prefix, port, backends, workers, binary))
+            proc = self.spawn(name, [binary, "-c", conf, "-p", prefix])
+            proc.error_log = os.path.join(prefix, "error.log")
+            target = Target(name, f"http://127.0.0.1:{port}", [proc])
+            return proc, target, lambda: _get(port, "/health") == 200
+
+        return self._start(start)
+
+
+def nginx_conf(prefix: str, port: int, backends: list[str], workers: int, binary: str = NGINX) -> str:
+    """nginx as a reverse proxy for the same fleet, configured as one would for streaming LLMs:
+    HTTP/1.1 upstream keep-alive, no buffering either way, X-Forwarded-* like fleetproxy."""
+    servers = "\n".join(f"        server {b.removeprefix('http://')};" for b in backends)
+    # nginx creates every temp path at start, each module's default under /var/lib/nginx:
+    # point the ones this build has into the prefix.
+    try:
+        built = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=10).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        built = ""
+    temp = [f"client_body_temp_path {prefix}/client_body;", f"proxy_temp_path {prefix}/proxy;"]
+    for module in ("fastcgi", "uwsgi", "scgi"):
+        if f"--without-http_{module}_module" not in built:
+            temp.append(f"{module}_temp_path {prefix}/{module};")
+    temp_paths = "\n    ".join(temp)
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return f"""# Generated by fleetproxy's bench (bench/procs.py); lives only as long as the run.
+{user}daemon off;
+master_process on;
+worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+
+events {{
+    worker_connections 16384;
+}}
+
+http {{
+    access_log off;
+    {temp_paths}
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_max_body_size 32m;
+
+    upstream fleet {{
+{servers}
+        keepalive 256;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} reuseport backlog=4096;
+        location / {{
+            proxy_pass http://fleet;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 300s;
+            proxy_send_timeout 300s;
+        }}
+    }}
+}}
+"""
+
+
+def _toml(config: dict) -> str:
+    """A two-level mapping of strings, numbers and booleans as TOML: all the bench needs."""
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = []
+    for section, table in config.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _get(port: int, path: str) -> int | None:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+    except OSError:
+        return None
+
+
+def _wait(proc: Proc, ready) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise StartError(f"{proc.name} exited with status {proc.popen.returncode}:\n{proc.tail()}")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise StartError(f"{proc.name} not ready after {READY_TIMEOUT:.0f} s:\n{proc.tail()}")
