@@ -26,6 +26,7 @@ bench: install
 	$(PY) -m bench --pin
 
 bench-smoke: install
+	$(PIP) install -q -e '.[test,bench]'
 	$(PY) -m bench --smoke
 
 # What the Dockerfile's build stage runs; .ci/run runs it too, so CI proves the image's steps.
