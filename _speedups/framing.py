@@ -17,10 +17,17 @@ re-encoding). This framer only *tracks* the message while the bytes pass through
 
 ``feed(data)`` returns flags (HEAD, DONE, ERROR) and leaves offsets into *this* ``data`` in
 ``head_end``, ``safe_end`` and ``msg_end``. The state carries over between calls, so ``data``
-may be split at any byte.
+may be split at any byte: the results do not depend on where it was split (every limit below is
+on the message, never on a read).
 
-This module is the specification: ``_speedups/setup`` compiles it with Cython (the ``.pxd``
-beside it types the state); the pure-Python import runs it as is. Both must behave identically.
+This module is the specification. ``setup.py`` copies it to ``framing_c.py`` and compiles that
+with Cython, typed by ``framing_c.pxd`` (aiohttp's "augmenting .pxd"): the same source, with
+C ints for the state and direct byte access through a ``const unsigned char *``. That is why the
+per-byte work below is written as index loops over ``buf`` rather than ``find``/slices: compiled,
+they read the transport's bytes in place and the streaming path (chunk-size line, chunk data,
+the CRLF after it, SSE boundary tracking) creates no Python object; run as Python, they touch
+only the few bytes of each chunk-size line. Both builds must behave identically
+(tests/test_speedups_equivalence.py).
 """
 
 HEAD = 1
@@ -44,17 +51,16 @@ S_CLOSE = 6
 S_DONE = 7
 S_ERROR = 8
 
-MAX_HEAD = 64 * 1024  # bytes: a response head larger than this is an upstream fault
-MAX_SIZE_LINE = 4096  # bytes: chunk-size line incl. extensions
-MAX_TRAILER = 64 * 1024  # bytes
+MAX_HEAD = 64 * 1024  # bytes, CRLFCRLF included: a larger response head is an upstream fault
+MAX_SIZE_LINE = 4096  # bytes: chunk-size line incl. extensions and CR, excl. LF
+MAX_TRAILER = 64 * 1024  # bytes: the whole trailer section
+MAX_LENGTH_DIGITS = 18  # significant digits of Content-Length: below 10**18 bytes, fits 63 bits
 
-_HEX = {c: i for i, c in enumerate(b"0123456789abcdef")}
-_HEX.update({c: i for i, c in enumerate(b"ABCDEF", 10)})
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-class FramingError(Exception):
-    """The upstream broke HTTP/1.1 framing; the connection must be discarded."""
+# RFC 9110 5.6.2 tchar, as a 256-entry table (1 = allowed in a field name).
+_TCHAR = bytes(
+    1 if (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or chr(c) in "!#$%&'*+-.^_`|~") else 0
+    for c in range(256)
+)
 
 
 def _sse_tail_is_boundary(tail):
@@ -63,16 +69,55 @@ def _sse_tail_is_boundary(tail):
     return (tail & 0xFFFF) == 0x0A0A or (tail & 0xFFFF) == 0x0D0D or tail == 0x0D0A0D0A
 
 
+def _tail_after(tail, buf, end, take):
+    """``tail`` advanced over buf[end - take:end] (only the last four bytes matter)."""
+    if take >= 4:
+        return (buf[end - 4] << 24) | (buf[end - 3] << 16) | (buf[end - 2] << 8) | buf[end - 1]
+    i = end - take
+    while i < end:
+        tail = ((tail << 8) | buf[i]) & 0xFFFFFFFF
+        i += 1
+    return tail
+
+
+def _chunk_size(buf, start, end):
+    """RFC 9112 7.1: chunk-size = 1*HEXDIG, then optional BWS and ";" chunk-ext, in
+    buf[start:end] (the line without its CRLF). Return the size, or -1 if the line is invalid."""
+    size = 0
+    i = start
+    while i < end:
+        c = buf[i]
+        if 48 <= c <= 57:
+            d = c - 48
+        elif 97 <= c <= 102:
+            d = c - 87
+        elif 65 <= c <= 70:
+            d = c - 55
+        else:
+            break
+        if i - start == 15:
+            return -1  # 16 hex digits or more: no body is that large
+        size = size * 16 + d
+        i += 1
+    if i == start:
+        return -1
+    while i < end and (buf[i] == 32 or buf[i] == 9):
+        i += 1
+    if i < end and buf[i] != 59:  # ";"
+        return -1
+    return size
+
+
 class ResponseFramer:
     """Incremental HTTP/1.1 response framing over raw bytes. One per upstream response."""
 
     def __init__(self, head_request=False, whole_chunks=False):
-        self.head_request = head_request
+        self.head_request = bool(head_request)
         # whole_chunks: make every chunk end a boundary and hold partial chunks, so that what
         # passes can be de-chunked on its own (HTTP/1.0 clients).
-        self.whole_chunks = whole_chunks
+        self.whole_chunks = bool(whole_chunks)
         self.state = S_HEAD
-        self._head_buf = b""
+        self._head_buf = None  # bytearray while a head spans reads
         self.status = 0
         self.version = b""
         self.reason = b""
@@ -86,128 +131,39 @@ class ResponseFramer:
         self.safe_end = 0
         self.msg_end = 0
         self.body_bytes = 0
-        self._remaining = 0
-        self._line = b""
+        self._remaining = 0  # bytes left in the body (LENGTH) or in the chunk (S_DATA)
+        self._line = b""  # the start of a line (chunk size, CRLF, trailer) that spans reads
+        self._trailer = 0  # bytes of trailer section so far
         self._tail = 0  # last four body bytes (SSE boundary detection)
-
-    # -- head -----------------------------------------------------------------------------
-
-    def _parse_head(self, head):
-        lines = head.split(b"\r\n")
-        status_line = lines[0]
-        parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
-            raise FramingError("invalid status line from upstream")
-        code = parts[1]
-        if len(code) != 3 or not code.isdigit():
-            raise FramingError("invalid status code from upstream")
-        self.version = parts[0]
-        self.status = int(code)
-        self.reason = parts[2] if len(parts) == 3 else b""
-        keep_alive = parts[0] == b"HTTP/1.1"
-        chunked = False
-        length = -1
-        headers = self.headers
-        for i in range(1, len(lines)):
-            line = lines[i]
-            colon = line.find(b":")
-            if colon <= 0:
-                raise FramingError("invalid header line from upstream")
-            name = line[:colon]
-            for c in name:
-                if c not in _TOKEN:
-                    raise FramingError("invalid header name from upstream")
-            value = line[colon + 1 :].strip(b" \t")
-            if b"\r" in value or b"\n" in value or b"\x00" in value:
-                raise FramingError("invalid header value from upstream")
-            headers.append((name, value))
-            lname = name.lower()
-            if lname == b"content-length":
-                if not value.isdigit():
-                    raise FramingError("invalid Content-Length from upstream")
-                n = int(value)
-                if length != -1 and n != length:
-                    raise FramingError("conflicting Content-Length from upstream")
-                length = n
-            elif lname == b"transfer-encoding":
-                codings = [c.strip().lower() for c in value.split(b",")]
-                if chunked or codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
-                    # Anything but one final "chunked" leaves the length unknowable.
-                    raise FramingError("unsupported Transfer-Encoding from upstream")
-                chunked = True
-            elif lname == b"connection":
-                tokens = [t.strip().lower() for t in value.split(b",")]
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens and parts[0] == b"HTTP/1.0":
-                    keep_alive = True
-            elif lname == b"content-type":
-                self.event_stream = value[:17].lower() == b"text/event-stream"
-        if chunked and length != -1:
-            raise FramingError("upstream sent both Content-Length and Transfer-Encoding")
-        self.content_length = length
-        status = self.status
-        if self.head_request or status < 200 or status == 204 or status == 304:
-            if 100 <= status < 200:
-                # Interim responses (100 Continue) are not forwarded by this proxy; the
-                # upstream has no business sending them for requests we sent whole.
-                raise FramingError("unexpected interim response from upstream")
-            self.kind = NONE
-        elif chunked:
-            self.kind = CHUNKED
-        elif length >= 0:
-            self.kind = LENGTH
-        else:
-            self.kind = UNTIL_CLOSE
-            keep_alive = False
-        self.keep_alive = keep_alive
+        self._hold = False  # safe_end marks boundaries (event streams, de-chunking)
 
     # -- body -----------------------------------------------------------------------------
 
     def feed(self, data):
         """Advance over ``data``; return HEAD|DONE|ERROR flags. See the module docstring."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        buf = data  # compiled: a pointer to data's bytes (framing_c.pxd)
+        n = len(data)
         flags = 0
         pos = 0
-        n = len(data)
         self.head_end = 0
         self.safe_end = 0
         self.msg_end = 0
         state = self.state
+        if state == S_ERROR:
+            return ERROR
         if state == S_HEAD:
-            buf = self._head_buf + data if self._head_buf else data
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD:
-                    return self._fail("upstream response head too large")
-                self._head_buf = bytes(buf)
-                return 0
-            prior = len(buf) - n
-            try:
-                self._parse_head(bytes(buf[:end]))
-            except FramingError as exc:
-                return self._fail(str(exc))
-            self._head_buf = b""
-            pos = end + 4 - prior
-            self.head_end = pos
-            self.safe_end = pos
+            pos = self._head(data, n)
+            if pos <= 0:
+                return ERROR if pos < 0 else 0
             flags = HEAD
-            kind = self.kind
-            if kind == NONE:
-                state = S_DONE
-            elif kind == LENGTH:
-                self._remaining = self.content_length
-                state = S_LENGTH if self.content_length else S_DONE
-            elif kind == CHUNKED:
-                state = S_SIZE
-            else:
-                state = S_CLOSE
+            state = self.state
             if state == S_DONE:
-                self.state = S_DONE
-                self.msg_end = pos
-                return flags | DONE
+                flags |= DONE
 
         sse = self.event_stream
-        while pos < n:
+        while pos < n and state != S_DONE:
             if state == S_DATA:
                 take = n - pos
                 if take > self._remaining:
@@ -216,34 +172,51 @@ class ResponseFramer:
                 self._remaining -= take
                 self.body_bytes += take
                 if sse:
-                    self._tail = self._tail_after(data, pos, take)
+                    self._tail = _tail_after(self._tail, buf, pos, take)
                 if self._remaining == 0:
                     state = S_DATA_CRLF
-                    self._line = b""
             elif state == S_SIZE or state == S_DATA_CRLF or state == S_TRAILER:
-                nl = data.find(b"\n", pos)
-                if nl < 0:
-                    self._line += data[pos:]
-                    if len(self._line) > MAX_SIZE_LINE and state != S_TRAILER:
+                # One line, ended by LF. Look for the LF no further than the line's limit, so
+                # that a line too long fails the same whether or not it spans reads.
+                have = len(self._line)
+                if state == S_SIZE:
+                    limit = MAX_SIZE_LINE
+                elif state == S_DATA_CRLF:
+                    limit = 1  # the CR
+                else:
+                    limit = MAX_TRAILER - self._trailer
+                stop = pos + limit - have + 1
+                if stop > n:
+                    stop = n
+                nl = pos
+                while nl < stop and buf[nl] != 10:
+                    nl += 1
+                if nl == stop:
+                    if stop == n and n - pos <= limit - have:
+                        self._line += data[pos:n]  # the line continues in the next read
+                        pos = n
+                        break
+                    if state == S_SIZE:
                         return flags | self._fail("chunk-size line too long from upstream")
-                    if len(self._line) > MAX_TRAILER:
-                        return flags | self._fail("trailer section too large from upstream")
-                    pos = n
-                    break
-                line = self._line + data[pos:nl] if self._line else data[pos:nl]
-                self._line = b""
-                pos = nl + 1
-                if not line.endswith(b"\r"):
-                    return flags | self._fail("bare LF in chunked framing from upstream")
-                line = line[:-1]
-                if state == S_DATA_CRLF:
-                    if line:
+                    if state == S_DATA_CRLF:
                         return flags | self._fail("missing CRLF after chunk data from upstream")
-                    state = S_SIZE
-                    if (self.whole_chunks and not sse) or _sse_tail_is_boundary(self._tail):
-                        self.safe_end = pos
-                elif state == S_SIZE:
-                    size = self._chunk_size(line)
+                    return flags | self._fail("trailer section too large from upstream")
+                if have:
+                    line = self._line + data[pos:nl]
+                    self._line = b""
+                    lbuf = line
+                    start = 0
+                    end = have + nl - pos
+                else:
+                    lbuf = buf
+                    start = pos
+                    end = nl
+                pos = nl + 1
+                if end == start or lbuf[end - 1] != 13:
+                    return flags | self._fail("bare LF in chunked framing from upstream")
+                end -= 1
+                if state == S_SIZE:
+                    size = _chunk_size(lbuf, start, end)
                     if size < 0:
                         return flags | self._fail("invalid chunk size from upstream")
                     if size == 0:
@@ -251,45 +224,48 @@ class ResponseFramer:
                     else:
                         self._remaining = size
                         state = S_DATA
+                elif state == S_DATA_CRLF:
+                    if end != start:
+                        return flags | self._fail("missing CRLF after chunk data from upstream")
+                    state = S_SIZE
+                    if sse:
+                        if _sse_tail_is_boundary(self._tail):
+                            self.safe_end = pos
+                    elif self.whole_chunks:
+                        self.safe_end = pos
                 else:  # trailer section: ends at an empty line
-                    if not line:
+                    self._trailer += end - start + 2
+                    if end == start:
                         state = S_DONE
                         self.safe_end = pos
                         self.msg_end = pos
                         flags |= DONE
-                        break
             elif state == S_LENGTH:
                 take = n - pos
                 if take > self._remaining:
                     take = self._remaining
+                start = pos
                 pos += take
                 self._remaining -= take
                 self.body_bytes += take
                 if sse:
-                    self._advance_sse_plain(data, pos, take)
+                    self._sse_plain(data, start, pos)
                 if self._remaining == 0:
                     state = S_DONE
                     self.safe_end = pos
                     self.msg_end = pos
                     flags |= DONE
-                    break
-            elif state == S_CLOSE:
+            else:  # S_CLOSE
                 self.body_bytes += n - pos
                 if sse:
-                    self._advance_sse_plain(data, n, n - pos)
+                    self._sse_plain(data, pos, n)
                 pos = n
-            else:  # S_DONE: bytes after the end of the message we asked for
-                self.state = S_ERROR
-                self.error = "upstream sent bytes after the end of the response"
-                return flags | ERROR
         self.state = state
-        if not sse and not (self.whole_chunks and self.kind == CHUNKED):
+        if not self._hold:
             # Only event streams (and de-chunking) need holding back; the rest goes as it came.
             self.safe_end = pos
         if state == S_DONE and pos < n:
-            self.state = S_ERROR
-            self.error = "upstream sent bytes after the end of the response"
-            return flags | ERROR
+            return flags | self._fail("upstream sent bytes after the end of the response")
         return flags
 
     def eof(self):
@@ -307,6 +283,133 @@ class ResponseFramer:
     def started(self):
         return self.state != S_HEAD
 
+    # -- head -----------------------------------------------------------------------------
+
+    def _head(self, data, n):
+        """Buffer the head until its blank line, then parse it. Return the offset of the body
+        in ``data``, 0 while the head is incomplete, -1 on error."""
+        acc = self._head_buf
+        if acc is None:
+            prior = 0
+            end = data.find(b"\r\n\r\n")
+        else:
+            prior = len(acc)
+            acc += data
+            end = acc.find(b"\r\n\r\n", prior - 3 if prior > 3 else 0)
+        if end < 0:
+            if prior + n >= MAX_HEAD:
+                self._fail("upstream response head too large")
+                return -1
+            if acc is None:
+                self._head_buf = bytearray(data)
+            return 0
+        if end + 4 > MAX_HEAD:
+            self._fail("upstream response head too large")
+            return -1
+        head = data[:end] if acc is None else bytes(acc[:end])
+        self._head_buf = None
+        err = self._parse_head(head)
+        if err is not None:
+            self._fail(err)
+            return -1
+        pos = end + 4 - prior
+        kind = self.kind
+        if kind == NONE:
+            state = S_DONE
+        elif kind == LENGTH:
+            self._remaining = self.content_length
+            state = S_LENGTH if self.content_length else S_DONE
+        elif kind == CHUNKED:
+            state = S_SIZE
+        else:
+            state = S_CLOSE
+        self.state = state
+        self._hold = self.event_stream or (self.whole_chunks and kind == CHUNKED)
+        self.head_end = pos
+        self.safe_end = pos
+        if state == S_DONE:
+            self.msg_end = pos
+        return pos
+
+    def _parse_head(self, head):
+        """Status line and fields (RFC 9112 4, 5). Return None, or what is wrong."""
+        lines = head.split(b"\r\n")
+        count = len(lines) - 1
+        # RFC 9112 2.2: CR and LF appear only as the CRLF ending each line; NUL nowhere. A bare
+        # one in the reason or a value would split the head we send the client.
+        if head.count(b"\r") != count or head.count(b"\n") != count or b"\x00" in head:
+            return "bare CR, bare LF or NUL in the response head from upstream"
+        parts = lines[0].split(b" ", 2)
+        version = parts[0]
+        if len(parts) < 2 or (version != b"HTTP/1.1" and version != b"HTTP/1.0"):
+            return "invalid status line from upstream"
+        code = parts[1]
+        if len(code) != 3 or not code.isdigit() or code[0] == 48:
+            return "invalid status code from upstream"
+        self.version = version
+        self.status = int(code)
+        self.reason = parts[2] if len(parts) == 3 else b""
+        keep_alive = version == b"HTTP/1.1"
+        chunked = False
+        length = -1
+        headers = self.headers
+        tchar = _TCHAR
+        for i in range(1, len(lines)):
+            line = lines[i]
+            colon = line.find(b":")
+            if colon <= 0:
+                return "invalid header line from upstream"
+            lbuf = line
+            for j in range(colon):
+                if not tchar[lbuf[j]]:
+                    return "invalid header name from upstream"
+            name = line[:colon]
+            value = line[colon + 1 :].strip(b" \t")
+            headers.append((name, value))
+            # Only four names matter here: lower-case just the ones of their lengths.
+            lname = name.lower() if colon == 14 or colon == 17 or colon == 10 or colon == 12 else b""
+            if lname == b"content-length":
+                digits = value.lstrip(b"0")
+                if not value.isdigit() or len(digits) > MAX_LENGTH_DIGITS:
+                    return "invalid Content-Length from upstream"
+                size = int(digits) if digits else 0
+                if length != -1 and size != length:
+                    return "conflicting Content-Length from upstream"
+                length = size
+            elif lname == b"transfer-encoding":
+                codings = [c.strip().lower() for c in value.split(b",")]
+                if chunked or codings[len(codings) - 1] != b"chunked" or codings.count(b"chunked") != 1:
+                    # Anything but one final "chunked" leaves the length unknowable.
+                    return "unsupported Transfer-Encoding from upstream"
+                chunked = True
+            elif lname == b"connection":
+                tokens = [t.strip().lower() for t in value.split(b",")]
+                if b"close" in tokens:
+                    keep_alive = False
+                elif b"keep-alive" in tokens and version == b"HTTP/1.0":
+                    keep_alive = True
+            elif lname == b"content-type":
+                self.event_stream = value[:17].lower() == b"text/event-stream"
+        if chunked and length != -1:
+            return "upstream sent both Content-Length and Transfer-Encoding"
+        self.content_length = length
+        status = self.status
+        if status < 200:
+            # Interim responses (100 Continue) are not forwarded by this proxy; the upstream has
+            # no business sending them for requests we sent whole.
+            return "unexpected interim response from upstream"
+        if self.head_request or status == 204 or status == 304:
+            self.kind = NONE
+        elif chunked:
+            self.kind = CHUNKED
+        elif length >= 0:
+            self.kind = LENGTH
+        else:
+            self.kind = UNTIL_CLOSE
+            keep_alive = False
+        self.keep_alive = keep_alive
+        return None
+
     # -- helpers --------------------------------------------------------------------------
 
     def _fail(self, message):
@@ -314,44 +417,42 @@ class ResponseFramer:
         self.error = message
         return ERROR
 
-    def _tail_after(self, data, end, take):
+    def _sse_plain(self, data, start, end):
+        """Not chunked: safe_end := the last event boundary in data[start:end], if any."""
+        buf = data
         tail = self._tail
-        start = end - take if take < 4 else end - 4
-        for i in range(start, end):
-            tail = ((tail << 8) | data[i]) & 0xFFFFFFFF
-        return tail
-
-    def _advance_sse_plain(self, data, end, take):
-        # Not chunked: an event boundary is the last blank line in what arrived.
-        start = end - take
-        self._tail = self._tail_after(data, end, take)
-        cut = data.rfind(b"\n\n", start, end)
-        if cut >= 0:
-            self.safe_end = cut + 2
-        if _sse_tail_is_boundary(self._tail):
-            self.safe_end = end
-
-    @staticmethod
-    def _chunk_size(line):
-        # RFC 9112 7.1: chunk-size = 1*HEXDIG, optional ";ext" after optional whitespace.
-        semi = line.find(b";")
-        if semi >= 0:
-            line = line[:semi]
-        line = line.rstrip(b" \t")
-        if not line or len(line) > 15:
-            return -1
-        size = 0
-        for c in line:
-            d = _HEX.get(c, -1)
-            if d < 0:
-                return -1
-            size = size * 16 + d
-        return size
+        best = 0
+        # A blank line that ends in the first three bytes may have begun in an earlier read:
+        # walk those with the tail. Any later one lies wholly in data: let find() see it.
+        i = start
+        stop = start + 3 if end - start > 3 else end
+        while i < stop:
+            tail = ((tail << 8) | buf[i]) & 0xFFFFFFFF
+            i += 1
+            if _sse_tail_is_boundary(tail):
+                best = i
+        if end - start > 3:
+            cut = data.rfind(b"\n\n", start, end)
+            if cut >= 0 and cut + 2 > best:
+                best = cut + 2
+            cut = data.rfind(b"\r\r", start, end)
+            if cut >= 0 and cut + 2 > best:
+                best = cut + 2
+            cut = data.rfind(b"\r\n\r\n", start, end)
+            if cut >= 0 and cut + 4 > best:
+                best = cut + 4
+            tail = _tail_after(tail, buf, end, 4)
+        self._tail = tail
+        if best:
+            self.safe_end = best
 
 
 def dechunk(data):
     """Payload of a run of *whole* chunks (what the framer let through), for HTTP/1.0 clients
     that cannot read chunked coding. The terminating chunk and trailers yield nothing."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    buf = data
     out = []
     pos = 0
     n = len(data)
@@ -359,7 +460,7 @@ def dechunk(data):
         nl = data.find(b"\r\n", pos)
         if nl < 0:
             break
-        size = ResponseFramer._chunk_size(bytes(data[pos:nl]))
+        size = _chunk_size(buf, pos, nl)
         if size <= 0:
             break
         start = nl + 2

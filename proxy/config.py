@@ -15,6 +15,8 @@ from msgspec import Meta
 Seconds = Annotated[float, Meta(gt=0)]
 Bytes = Annotated[int, Meta(gt=0)]
 Count = Annotated[int, Meta(gt=0)]
+Share = Annotated[float, Meta(ge=0, le=1)]
+Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -56,22 +58,72 @@ class Health(_Base):
     interval: Seconds = 2.0  # s between active checks of one backend
     timeout: Seconds = 1.0  # s for one check
     path: str = "/health"
+    healthy_threshold: Count = 2  # consecutive passed checks that bring a down backend back
+    unhealthy_threshold: Count = 2  # consecutive failed checks that take an up backend out
+
+
+class Outlier(_Base):
+    """Passive ejection: a backend that keeps failing real requests leaves its pools for a while."""
+
+    consecutive_failures: Annotated[int, Meta(ge=0)] = 5  # connect errors, resets, 502/503/504; 0 = off
+    base_ejection: Seconds = 5.0  # s out on the first ejection; doubles on each repeat
+    max_ejection: Seconds = 300.0  # s: the cap of that doubling
+    max_ejected_percent: Annotated[int, Meta(ge=0, le=100)] = 50  # of a pool's backends at once
+
+
+class Retry(_Base):
+    """Retries happen only before any response byte reached the client."""
+
+    attempts: Annotated[int, Meta(ge=1, le=10)] = 3  # upstream tries per request, the first included
+    budget: Share = 0.2  # retries as a share of requests (a token bucket): no retry storms
+    min_per_second: Annotated[float, Meta(ge=0)] = 5.0  # retries/s always allowed (low traffic)
+    on_status: list[Annotated[int, Meta(ge=400, le=599)]] = msgspec.field(default_factory=lambda: [429, 502, 503])  # retried statuses
+
+
+class Balance(_Base):
+    """How a pool picks among its backends."""
+
+    policy: Literal["round_robin", "least_request", "consistent_hash"] = "least_request"
+    # consistent_hash: key sources tried in order, the first present wins: "header:NAME",
+    # "user" (the OpenAI body field), "prefix" (the first prefix_chars characters of the
+    # concatenated messages up to the end of the first user message, or of the prompt).
+    # No key: least_request decides.
+    hash_keys: list[str] = msgspec.field(default_factory=lambda: ["header:x-session-id", "user", "prefix"])
+    prefix_chars: Count = 2048  # characters of the prompt that key the hash (at most)
+    load_factor: Annotated[float, Meta(ge=1.0, le=10.0)] = 1.25  # bounded loads: c x average
+    vnodes: Annotated[int, Meta(ge=1, le=10000)] = 160  # ring points per unit of weight
+    max_in_flight: Annotated[int, Meta(ge=0)] = 0  # circuit breaker per backend; 0 = unlimited
+
+    def __post_init__(self):
+        for key in self.hash_keys:
+            if key not in ("user", "prefix") and not (key.startswith("header:") and len(key) > 7):
+                raise ValueError(f"hash key {key!r} must be header:NAME, user or prefix")
 
 
 class Backend(_Base):
-    url: str
-    name: Optional[str] = None
+    url: str  # http://host[:port][/base-path], or https:// (TLS, certificate verified)
+    name: Optional[Name] = None
+    weight: Annotated[int, Meta(ge=1, le=1000)] = 1  # share of traffic and of the ring
+    ca_file: Optional[str] = None  # https: trust these CAs (PEM) instead of the system's
+    verify: bool = True  # https: verify the certificate and its host name
+    server_name: Optional[str] = None  # https: SNI and the name checked; default the URL's host
 
     def __post_init__(self):
         parts = urlsplit(self.url)
-        if parts.scheme != "http":
-            raise ValueError(f"backend url {self.url!r} must start with http://")
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"backend url {self.url!r} must start with http:// or https://")
         if not parts.hostname:
             raise ValueError(f"backend url {self.url!r} has no host")
         try:
             parts.port
         except ValueError:
             raise ValueError(f"backend url {self.url!r} has an invalid port") from None
+        if parts.scheme == "http" and (self.ca_file or self.server_name):
+            raise ValueError(f"backend url {self.url!r}: ca_file and server_name need https://")
+
+    @property
+    def tls(self):
+        return urlsplit(self.url).scheme == "https"
 
     @property
     def host(self):
@@ -79,7 +131,7 @@ class Backend(_Base):
 
     @property
     def port(self):
-        return urlsplit(self.url).port or 80
+        return urlsplit(self.url).port or (443 if self.tls else 80)
 
     @property
     def base_path(self):
@@ -88,6 +140,42 @@ class Backend(_Base):
     @property
     def label(self):
         return self.name or f"{self.host}:{self.port}"
+
+
+class Provider(Backend, kw_only=True):
+    """An external OpenAI-compatible endpoint, reached as the last step of fallback chains.
+
+    Its URL's path stands for the client's ``/v1`` (``https://host/openai/v1`` turns
+    ``/v1/chat/completions`` into ``/openai/v1/chat/completions``). The API key is read from
+    the environment variable ``api_key_env`` at start and sent as ``Authorization: Bearer``;
+    the client's own Authorization is dropped. ``model`` replaces the body's model name.
+    """
+
+    name: Name
+    api_key_env: Optional[str] = None
+    model: Optional[str] = None
+    models: list[str] = []  # model names it serves directly (usually none: reached by fallback)
+    health_path: Optional[str] = None  # active checks; none by default (passive ejection only)
+    balance: Balance = Balance()
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.api_key_env is not None and not self.api_key_env:
+            raise ValueError("api_key_env must name an environment variable")
+
+
+class ModelPool(_Base, kw_only=True):
+    """Backends serving a set of models, with a policy and a fallback chain."""
+
+    name: Name
+    models: list[str] = []  # model names routed here; [] = every model no other pool claims
+    backends: list[Backend]
+    balance: Balance = Balance()
+    fallback: list[Name] = []  # pools or providers tried next, in order
+
+    def __post_init__(self):
+        if not self.backends:
+            raise ValueError(f"pool {self.name!r} has no backends")
 
 
 def _address(value, field):
@@ -100,11 +188,17 @@ def _address(value, field):
 class Config(_Base):
     listen: str = "127.0.0.1:8080"  # data port, HOST:PORT
     admin_listen: str = "127.0.0.1:9090"  # admin port, HOST:PORT
-    backends: list[Backend] = []
+    backends: list[Backend] = []  # the pool named "default": every model no other pool claims
+    balance: Balance = Balance()  # the default pool's policy
+    fallback: list[Name] = []  # the default pool's fallback chain
+    pools: list[ModelPool] = []
+    providers: list[Provider] = []
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
     pool: Pool = Pool()
     health: Health = Health()
+    outlier: Outlier = Outlier()
+    retry: Retry = Retry()
     log_level: str = "info"
     access_log: bool = False
     workers: Union[Annotated[int, Meta(ge=1, le=1024)], Literal["auto"]] = 1  # processes; auto = usable CPUs
@@ -113,10 +207,48 @@ class Config(_Base):
     def __post_init__(self):
         _address(self.listen, "listen")
         _address(self.admin_listen, "admin_listen")
-        if not self.backends:
-            raise ValueError("at least one backend is required (--backend URL or backends:)")
+        if not self.backends and not self.pools and not self.providers:
+            raise ValueError("at least one backend is required (--backend URL, backends: or pools:)")
+        names = set()
+        for group in self.groups():
+            if group.name in names:
+                raise ValueError(f"pool or provider name {group.name!r} is used twice")
+            names.add(group.name)
+        claimed = {}
+        catch_all = 0
+        for group in self.groups():
+            for ref in getattr(group, "fallback", ()):
+                if ref not in names or ref == group.name:
+                    raise ValueError(f"pool {group.name!r}: fallback {ref!r} is not another pool or provider")
+            if isinstance(group, ModelPool) and not group.models:
+                catch_all += 1
+            for model in group.models:
+                if model in claimed:
+                    raise ValueError(f"model {model!r} is served by both {claimed[model]!r} and {group.name!r}")
+                claimed[model] = group.name
+        if catch_all > 1:
+            raise ValueError("only one pool may leave models empty (the catch-all)")
+        # A backend's name (host:port when unnamed) is how admin drains and the state name it.
+        named = {}
+        for group in self.groups():
+            members = group.backends if isinstance(group, ModelPool) else [group]
+            labels = [b.label for b in members]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"pool {group.name!r} lists a backend twice: {labels}")
+            for b in members:
+                if named.setdefault(b.label, b) != b:
+                    raise ValueError(f"backend name {b.label!r} is given to two different backends")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be one of debug, info, warning, error")
+
+    def groups(self):
+        """Every pool, the default one (from ``backends``) first, then the providers."""
+        out = []
+        if self.backends:
+            out.append(ModelPool(name="default", backends=self.backends, balance=self.balance, fallback=self.fallback))
+        out.extend(self.pools)
+        out.extend(self.providers)
+        return out
 
     @property
     def listen_address(self):
@@ -153,14 +285,24 @@ def read_file(path):
 def build(raw, source="<command line>"):
     """Decode a raw mapping into a Config, naming ``source`` in any error."""
     raw = dict(raw)
-    backends = raw.get("backends")
-    if isinstance(backends, list):
-        # A bare URL is shorthand for {url: URL}.
-        raw["backends"] = [{"url": b} if isinstance(b, str) else b for b in backends]
+    raw["backends"] = _bare_urls(raw.get("backends"))
+    pools = raw.get("pools")
+    if isinstance(pools, list):
+        raw["pools"] = [
+            {**p, "backends": _bare_urls(p.get("backends"))} if isinstance(p, dict) and "backends" in p else p
+            for p in pools
+        ]
     try:
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _bare_urls(backends):
+    # A bare URL is shorthand for {url: URL}.
+    if isinstance(backends, list):
+        return [{"url": b} if isinstance(b, str) else b for b in backends]
+    return [] if backends is None else backends
 
 
 def load(path=None, overrides=None):

@@ -8,6 +8,11 @@ opens one, else queues as a FIFO waiter. ``release`` hands a connection straight
 waiter. A connection goes back only after a response read to its end with keep-alive; every
 other exit closes it (see ``relay.Exchange.finish``). Idle connections older than
 ``pool_idle`` are closed before the backend's own timer can race us.
+
+TLS (https backends) is the transport's business: the pool opens its connections with the
+backend's ``ssl`` context and ``server_hostname`` (SNI and the name verified); nothing else
+changes. ``close`` is graceful: idle connections close now, busy ones when they are released,
+so a config reload drains an old pool without cutting a stream.
 """
 
 import asyncio
@@ -19,13 +24,17 @@ from .upstream import UpstreamConnection
 class Pool:
     __slots__ = (
         "loop", "host", "port", "max_connections", "max_idle", "idle_timeout",
-        "connect_timeout", "high_water", "conns", "idle", "waiters", "opened",
+        "connect_timeout", "high_water", "conns", "idle", "waiters", "opened", "ssl",
+        "server_hostname", "closing",
     )
 
-    def __init__(self, loop, host, port, cfg):
+    def __init__(self, loop, host, port, cfg, ssl=None, server_hostname=None):
         self.loop = loop
         self.host = host
         self.port = port
+        self.ssl = ssl  # an ssl.SSLContext for https backends, else None
+        self.server_hostname = server_hostname if ssl is not None else None
+        self.closing = False
         self.max_connections = cfg.pool.max_connections
         self.max_idle = cfg.pool.max_idle
         self.idle_timeout = cfg.timeouts.pool_idle
@@ -75,10 +84,13 @@ class Pool:
         conn = UpstreamConnection(self)
         self.conns.add(conn)  # reserve the slot while connecting
         try:
-            await asyncio.wait_for(
-                self.loop.create_connection(lambda: conn, self.host, self.port),
-                self.connect_timeout,
-            )
+            if self.ssl is None:
+                connect = self.loop.create_connection(lambda: conn, self.host, self.port)
+            else:
+                connect = self.loop.create_connection(
+                    lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=self.server_hostname
+                )
+            await asyncio.wait_for(connect, self.connect_timeout)
         except BaseException:
             self.conns.discard(conn)
             self._wake()
@@ -90,6 +102,9 @@ class Pool:
         """Give back a connection whose response was read to its end."""
         conn.exchange = None
         if conn.closed:
+            return
+        if self.closing:
+            conn.close()
             return
         while self.waiters:
             waiter = self.waiters.popleft()
@@ -128,9 +143,24 @@ class Pool:
             self.idle.popleft().close()
 
     def close(self):
+        """Close idle connections now and busy ones as they are released (graceful)."""
+        self.closing = True
+        while self.idle:
+            self.idle.pop().close()
+
+    def abort(self):
+        """Close every connection now, busy ones included."""
+        self.closing = True
         for conn in list(self.conns):
             conn.close()
         self.idle.clear()
 
     def stats(self):
-        return {"open": len(self.conns), "idle": len(self.idle), "waiting": len(self.waiters), "opened": self.opened}
+        return {
+            "open": len(self.conns),
+            "idle": len(self.idle),
+            "waiting": len(self.waiters),
+            "opened": self.opened,
+            "tls": self.ssl is not None,
+            "closing": self.closing,
+        }

@@ -13,7 +13,15 @@ How this works.
 - ``finish`` is the guard every exit path runs, exactly once: it stops the watchdog and any
   connect task, returns the connection to the pool only after a response read to its end with
   keep-alive, closes it otherwise (this is what aborts the generation on the backend), and
-  releases the backend's in-flight count.
+  releases the in-flight count on the backend object it was acquired on (``self.backend``:
+  whatever router is current by then, a reload cannot make the count leak or go negative).
+- Retries and fallback happen only before any response byte reached the client: on a connect
+  failure, a reset, or a status the config lists (429/502/503), if the request has attempts
+  left and the router's retry budget allows. ``retry`` moves the exchange to another backend
+  (``Router.repick``: untried backends of the pool, then the fallback chain) and hands the
+  in-flight count over in one step, so ``self.backend`` is always the one backend counted.
+- Outcomes feed outlier detection: connect errors, resets, timeouts and 502/503/504 call
+  ``Backend.failed``; any other answer resets the backend's failure streak.
 """
 
 import logging
@@ -21,7 +29,7 @@ import logging
 from _speedups import DONE, ERROR, HEAD, UNTIL_CLOSE, CHUNKED, ResponseFramer, dechunk
 
 from . import http1
-from .admin import health_response, response_bytes
+from .admin import health_response, json_response, response_bytes
 from .errors import ProxyError, UpstreamError, UpstreamTimeout, sse_error_event
 
 log = logging.getLogger("fleetproxy.relay")
@@ -33,7 +41,8 @@ class Exchange:
     __slots__ = (
         "down", "method", "target", "headers", "body", "http10", "keep_alive", "request_id",
         "error", "backend", "conn", "framer", "head_sent", "held", "close_after", "dechunk",
-        "timer", "task", "finished", "ticks", "rx_seen", "retried", "reused",
+        "timer", "task", "finished", "ticks", "rx_seen", "retried", "reused", "route", "attempts",
+        "tried", "fields",
     )
 
     def __init__(self, down, method, target, headers, body, http10, keep_alive, request_id, error=None):
@@ -60,6 +69,10 @@ class Exchange:
         self.rx_seen = 0
         self.retried = False
         self.reused = False
+        self.route = None  # router.Route chosen at start (its router, its pools in order)
+        self.attempts = 0  # upstream attempts that reached a backend pick
+        self.tried = None  # backends already tried (only after a retry)
+        self.fields = None  # router.RoutingFields, decoded from the body on first need
 
     # -- request phase --------------------------------------------------------------------
 
@@ -69,17 +82,26 @@ class Exchange:
             self.down.send_error(self, self.error, close=True)
             return
         ctx = self.down.ctx
-        if self.target == b"/health" and self.method == b"GET":
-            # Answered here for load balancers and probes: up while any backend is.
-            self.finished = True
-            self.down.answer(self, response_bytes(*health_response(ctx.ready()), keep_alive=self.keep_alive))
-            return
+        router = ctx.router
+        if self.method == b"GET":
+            target = self.target
+            if target == b"/health":
+                # Answered here for load balancers and probes: up while any backend is.
+                self.finished = True
+                self.down.answer(self, response_bytes(*health_response(ctx.ready()), keep_alive=self.keep_alive))
+                return
+            if target == b"/v1/models" and router.models_body is not None:
+                # The configured models (pools keyed by model), not one backend's view.
+                self.finished = True
+                self.down.answer(self, json_response(router.models_body, self.request_id, self.keep_alive))
+                return
         try:
-            self.backend = backend = ctx.router.pick(self)
+            self.backend = backend = router.pick(self)
         except ProxyError as exc:
             self.finished = True
             self.down.send_error(self, exc, close=False)
             return
+        self.attempts = 1
         conn = backend.pool.take_idle()
         if conn is not None:
             self.send(conn)
@@ -92,11 +114,11 @@ class Exchange:
             conn = await backend.pool.acquire()
         except TimeoutError:
             self.task = None
-            self.fail(UpstreamTimeout(f"timed out connecting to backend {backend.label}"))
+            self.upstream_failed(f"timed out connecting to backend {backend.label}", timeout=True, retryable=True)
             return
         except OSError as exc:
             self.task = None
-            self.fail(UpstreamError(f"cannot connect to backend {backend.label}: {exc.strerror or exc}"))
+            self.upstream_failed(f"cannot connect to backend {backend.label}: {_reason(exc)}")
             return
         self.task = None
         if self.finished:  # the client left while we connected; the connection is clean
@@ -113,19 +135,18 @@ class Exchange:
         ctx = down.ctx
         self.framer = ResponseFramer(self.method == b"HEAD", self.http10)
         backend = self.backend
+        body = self.body
+        if backend.adapted:
+            target, headers, body = backend.adapt(self.target, self.headers, body)
+        else:
+            target = backend.base_path + self.target if backend.base_path else self.target
+            headers = self.headers
         head = http1.upstream_head(
-            self.method,
-            backend.base_path + self.target if backend.base_path else self.target,
-            self.headers,
-            backend.authority,
-            down.peer,
-            self.request_id,
-            len(self.body),
+            self.method, target, headers, backend.authority, down.peer, self.request_id, len(body), backend.extra
         )
         transport = conn.transport
         if down.writing_paused:
             transport.pause_reading()
-        body = self.body
         if len(body) < 65536:
             transport.write(head + body if body else head)
         else:
@@ -144,6 +165,12 @@ class Exchange:
         start = 0
         head = None
         if flags & HEAD:
+            status = framer.status
+            if status >= 429:
+                if self._bad_status(status, flags & DONE and not flags & ERROR and framer.keep_alive):
+                    return  # retried elsewhere; this response is dropped
+            elif self.backend.failures:
+                self.backend.failures = 0
             if framer.kind == UNTIL_CLOSE or down.ctx.draining:
                 self.close_after = True
             if self.http10 and framer.kind == CHUNKED:
@@ -153,6 +180,7 @@ class Exchange:
             self.head_sent = True
             start = framer.head_end
         elif flags & ERROR and not self.head_sent:
+            self.backend.failed(self.down.ctx.loop.time())
             self.fail(UpstreamError(f"invalid response from backend {self.backend.label}: {framer.error}"))
             return
         end = framer.msg_end if flags & DONE else framer.safe_end
@@ -207,8 +235,14 @@ class Exchange:
         reason = "reset the connection" if exc is not None else "closed the connection"
         self.upstream_failed(f"backend {self.backend.label} {reason} before the response completed")
 
-    def upstream_failed(self, message, timeout=False):
+    def upstream_failed(self, message, timeout=False, retryable=None):
+        """The backend failed us: connect error, reset, close or timeout. ``retryable``
+        defaults to "not a timeout": a backend silent past first_byte may still be working."""
+        if self.finished:
+            return
+        loop = self.down.ctx.loop
         if self.head_sent:
+            self.backend.failed(loop.time())
             self.break_stream(message)
             return
         conn = self.conn
@@ -225,10 +259,67 @@ class Exchange:
                 conn.close()
             self.conn = None
             self._cancel_timer()
-            self.task = self.down.ctx.loop.create_task(self._connect())
+            self.task = loop.create_task(self._connect())
+            return
+        self.backend.failed(loop.time())
+        if (not timeout if retryable is None else retryable) and self.retry(False):
             return
         err = UpstreamTimeout(message) if timeout else UpstreamError(message)
         self.fail(err)
+
+    def _bad_status(self, status, reusable):
+        """A 429 or 5xx head arrived, nothing sent to the client yet. Returns True if the
+        request went to another backend instead."""
+        backend = self.backend
+        if 502 <= status <= 504:
+            backend.failed(self.down.ctx.loop.time())
+        elif status < 500 and backend.failures:
+            backend.failures = 0
+        route = self.route
+        return route is not None and status in route.router.retry_statuses and self.retry(reusable)
+
+    def retry(self, reusable):
+        """Send the request again to another backend, if attempts, the retry budget and the
+        route allow. ``reusable``: the current connection ended its response cleanly and may
+        go back to its pool. Returns False, having changed nothing, when it may not."""
+        route = self.route
+        if route is None or self.finished or self.head_sent:
+            return False
+        router = route.router
+        if self.attempts >= router.max_attempts:
+            return False
+        new = router.repick(self)
+        if new is None:
+            return False
+        loop = self.down.ctx.loop
+        if not router.budget.try_retry(loop.time()):
+            new.release()
+            return False
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            if reusable and not conn.closed:
+                if self.down.writing_paused:
+                    conn.transport.resume_reading()
+                conn.pool.release(conn)
+            else:
+                conn.close()
+        self._cancel_timer()
+        old = self.backend
+        self.backend = new  # the hand-over: exactly one backend counts this exchange
+        old.release()
+        self.attempts += 1
+        self.framer = None
+        self.held = None
+        log.debug(
+            "request %s: retrying on backend %s after %s", self.request_id.decode(errors="replace"), new.label, old.label
+        )
+        conn = new.pool.take_idle()
+        if conn is not None:
+            self.send(conn)
+        else:
+            self.task = loop.create_task(self._connect())
+        return True
 
     def _watch(self):
         # Progress watchdog, ticking every ctx.tick seconds: a stall of first_byte (before any
@@ -246,7 +337,7 @@ class Exchange:
         limit = ctx.idle_ticks if self.framer.body_bytes else ctx.first_byte_ticks
         if self.ticks >= limit:
             what = "idle" if self.framer.body_bytes else "first byte"
-            self.upstream_failed(f"backend {self.backend.label} timed out ({what} timeout)", timeout=True)
+            self.upstream_failed(f"backend {self.backend.label} timed out ({what} timeout)", timeout=True, retryable=False)
             return
         self.timer = ctx.loop.call_later(ctx.tick, self._watch)
 
@@ -294,10 +385,15 @@ class Exchange:
                 conn.pool.release(conn)
             else:
                 conn.close()
-        if self.backend is not None:
-            self.down.ctx.router.release(self.backend)
+        backend = self.backend
+        if backend is not None:
+            backend.release()  # the backend it was acquired on, whatever router is current now
 
     def _cancel_timer(self):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+def _reason(exc):
+    return exc.strerror or str(exc) or type(exc).__name__

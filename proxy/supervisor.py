@@ -33,6 +33,7 @@ import orjson
 
 from . import supervisor_admin
 from .config import ConfigError
+from .router import Router
 from .shm import MAX_SLOTS, SharedCounters
 
 log = logging.getLogger("fleetproxy.supervisor")
@@ -59,7 +60,9 @@ class Generation:
     def __init__(self, number, cfg):
         self.number = number
         self.cfg = cfg
-        self.counters = SharedCounters(MAX_SLOTS, len(cfg.backends))
+        # One column per distinct backend, in the order every worker's router lists them.
+        self.columns = len(Router(cfg, None).backends)
+        self.counters = SharedCounters(MAX_SLOTS, self.columns)
         self.workers = set()
 
 
@@ -166,8 +169,7 @@ class Supervisor:
             if self.reuseport:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
-            sock.listen(4096)
-            sock.set_inheritable(True)
+            sock.listen(4096)  # non-inheritable: only the worker it is passed to gets it
             self.sockets[key] = sock
         return sock
 
@@ -182,6 +184,7 @@ class Supervisor:
                 "slot": slot,
                 "generation": generation.number,
                 "shm": generation.counters.name,
+                "columns": generation.columns,
                 "fd": sock.fileno(),
             }
         ).decode()
@@ -331,10 +334,11 @@ def _cause(code):
 
 
 def run(cfg, reload_config):
-    import uvloop
-
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
-    return uvloop.run(Supervisor(cfg, reload_config).run())
+    # The stdlib loop on purpose: its subprocesses close every fd but pass_fds (subprocess.Popen
+    # semantics), so each worker holds only its own listening socket. The supervisor is not
+    # on the data path; it does not need uvloop.
+    return asyncio.run(Supervisor(cfg, reload_config).run())

@@ -81,8 +81,12 @@ async def backends_state(sup):
             entry["healthy"] = entry["healthy"] or bool(backend.get("healthy"))
             entry["in_flight"] += backend.get("in_flight", 0)
             entry["requests"] += backend.get("requests", 0)
+            entry["in_flight_shared"] = backend.get("in_flight_all", 0)
             entry["workers"].append({"slot": worker.slot, "pid": worker.pid, **backend})
-    return {"backends": merged, "workers": len(answers)}
+    out = dict(answers[0][1]) if answers else {}
+    out["backends"] = merged
+    out["workers"] = len(answers)
+    return out
 
 
 async def handle(sup, method, path, body):

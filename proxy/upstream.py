@@ -3,9 +3,15 @@
 A connection is either idle in its pool or bound to exactly one Exchange (``exchange``), which
 it hands every byte it receives. It never reads ahead: an idle connection that receives data or
 EOF is broken and leaves the pool.
+
+Over TLS (https backends, external providers) the transport is uvloop's SSL transport; this
+protocol sees plaintext either way. ``client_context`` builds the one SSLContext a backend's
+connections share: certificate and host-name verification on unless the config says
+``verify: false``, the system's CAs unless ``ca_file`` names others, ALPN http/1.1.
 """
 
 import asyncio
+import ssl
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -64,3 +70,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange = None
             if self.transport is not None:
                 self.transport.abort()
+
+
+def client_context(ca_file=None, verify=True):
+    """The SSLContext for connections to one https backend."""
+    ctx = ssl.create_default_context(cafile=ca_file)  # TLS >= 1.2, CERT_REQUIRED, check_hostname
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx

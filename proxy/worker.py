@@ -59,6 +59,8 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0):
     """
     loop = asyncio.get_running_loop()
     router = build_router(cfg, loop)
+    if counters is not None:
+        router.attach_counters(counters, slot)
     backends = router.backends
     ctx = Context(cfg, loop, router)
     if sock is not None:
@@ -159,7 +161,7 @@ def main():
     )
     setup_logging(cfg)
     slot = spec["slot"]
-    counters = SharedCounters(MAX_SLOTS, len(cfg.backends), name=spec["shm"])
+    counters = SharedCounters(MAX_SLOTS, spec["columns"], name=spec["shm"])
     sock = socket.socket(fileno=spec["fd"])
 
     def started(ctx, admin_port):

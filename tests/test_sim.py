@@ -27,6 +27,9 @@ import pytest
 import uvloop
 
 from proxy.sim import SimConfig, start_sim
+from proxy.sim.cli import parse_args
+from proxy.sim.engine import WORDS, Output, PrefixCache
+from proxy.sim.render import Reply
 
 RECORDED = Path(__file__).resolve().parents[2] / "shared/realvllm/recorded"
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +58,7 @@ class SimThread:
 
 @pytest.fixture(scope="module")
 def sim():
-    s = SimThread(SimConfig(port=0, name="sim-a"))
+    s = SimThread(SimConfig(port=0, name="sim-a", max_model_len=1024))  # the tiny model's
     yield s
     s.stop()
 
@@ -377,30 +380,109 @@ def test_operational_endpoints(sim):
     assert request(sim.port, "GET", "/nope")[:3:2] == (404, b'{"detail":"Not Found"}')
 
 
-def test_request_id_is_echoed(sim):
-    _, headers, _ = request(sim.port, "POST", "/v1/chat/completions", chat_body(max_tokens=1),
-                            {"x-request-id": "req-42"})
-    assert headers["x-request-id"] == "req-42"
+def test_request_id_names_the_reply_and_is_echoed_only_when_enabled(sim, make_sim):
+    """vLLM takes X-Request-Id as its request id; it echoes it only with
+    --enable-request-id-headers (then it makes one up when the client sent none)."""
+    _, headers, body = request(sim.port, "POST", "/v1/chat/completions",
+                               chat_body(max_tokens=1), {"x-request-id": "req-42"})
+    assert "x-request-id" not in headers and json.loads(body)["id"] != "chatcmpl-req-42"
+    naming = make_sim(id_from_request_id=True)
+    _, headers, body = request(naming.port, "POST", "/v1/chat/completions",
+                               chat_body(max_tokens=1), {"x-request-id": "req-42"})
+    assert "x-request-id" not in headers and json.loads(body)["id"] == "chatcmpl-req-42"
+    echoing = make_sim(request_id_headers=True)
+    _, headers, _ = request(echoing.port, "POST", "/v1/completions",
+                            {"model": "tiny", "prompt": "x", "max_tokens": 1},
+                            {"x-request-id": "req-43"})
+    assert headers["x-request-id"] == "req-43"
+    _, headers, body = request(echoing.port, "GET", "/health")
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
 
 
-@pytest.mark.parametrize("body, status, kind", [
-    (b"{not json", 400, "BadRequestError"),
-    (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "BadRequestError"),
-    (b'{"model": "big", "messages": [{"role": "user", "content": "x"}]}', 404, "NotFoundError"),
+# Each refusal as vLLM 0.32 words it (read off the real server; pydantic's layer
+# says "Bad Request" and names the field's location, vLLM's own says BadRequestError).
+@pytest.mark.parametrize("path, body, status, message, kind, param", [
+    ("/v1/chat/completions", b"{not json", 400,
+     "1 validation error:\n  {'type': 'json_invalid', 'loc': 'body.1', 'msg': 'JSON decode error', "
+     "'input': '<dict of 0 items>', 'ctx': {'error': 'Expecting property name enclosed in double "
+     "quotes'}}", "Bad Request", "body.1"),
+    ("/v1/chat/completions", {"model": "tiny"}, 400,
+     "1 validation error:\n  {'type': 'missing', 'loc': 'body.messages', 'msg': 'Field required', "
+     "'input': '<dict of 1 items>'}", "Bad Request", "body.messages"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": "hi"}, 400,
+     "1 validation error:\n  {'type': 'list_type', 'loc': 'body.messages', 'msg': 'Input should "
+     "be a valid list', 'input': 'hi'}", "Bad Request", "body.messages"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400,
+     "Cannot apply chat template to an empty conversation. Provide at least one message.",
+     "BadRequestError", None),
+    ("/v1/chat/completions", {"model": "big", "messages": [{"role": "user", "content": "x"}]},
+     404, "The model `big` does not exist. Valid aliases: tiny.", "NotFoundError", "model"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 0}, 400,
+     "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)",
+     "BadRequestError", "max_tokens"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1.5}, 400,
+     "1 validation error:\n  {'type': 'int_from_float', 'loc': 'body.max_tokens', 'msg': 'Input "
+     "should be a valid integer, got a number with a fractional part', 'input': '1.5'}",
+     "Bad Request", "body.max_tokens"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 5000}, 400,
+     "max_tokens=5000 cannot be greater than max_model_len=1024. Please request fewer output "
+     "tokens. (parameter=max_tokens, value=5000)", "BadRequestError", "max_tokens"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x " * 1100}, 400,
+     "This model's maximum context length is 1024 tokens. However, your prompt contains at least "
+     "1025 input tokens, which exceeds this limit even without any output tokens. Please reduce "
+     "the length of the input prompt. (parameter=input_tokens, value=1025)",
+     "BadRequestError", "input_tokens"),
+    ("/v1/completions", {"model": "tiny", "max_tokens": 2}, 400,
+     "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)",
+     "BadRequestError", "prompt"),
+    ("/tokenize", {"model": "tiny"}, 400,
+     "2 validation errors:\n  {'type': 'missing', 'loc': 'body.prompt', 'msg': 'Field required', "
+     "'input': '<dict of 1 items>'}\n  {'type': 'missing', 'loc': 'body.messages', 'msg': 'Field "
+     "required', 'input': '<dict of 1 items>'}", "Bad Request", "body.prompt"),
 ])
-def test_openai_style_errors(sim, body, status, kind):
-    got, _, raw = request(sim.port, "POST", "/v1/chat/completions", body)
-    err = json.loads(raw)["error"]
-    assert got == status and err["type"] == kind and err["code"] == status
-    if status == 404:
-        assert err == {"message": "The model `big` does not exist.", "type": "NotFoundError",
-                       "param": "model", "code": 404}
+def test_errors_in_vllms_words(sim, path, body, status, message, kind, param):
+    got, headers, raw = request(sim.port, "POST", path, body)
+    assert got == status and headers["content-type"] == "application/json"
+    assert json.loads(raw) == {"error": {"message": message, "type": kind, "param": param,
+                                         "code": status}}
+
+
+def test_model_is_optional_and_max_tokens_is_clamped_to_the_context(sim):
+    status, _, raw = request(sim.port, "POST", "/v1/completions",
+                             {"prompt": "x " * 1000, "max_tokens": 600})
+    usage = json.loads(raw)["usage"]
+    assert status == 200 and json.loads(raw)["model"] == "tiny"
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (1000, 24)
+
+
+def test_stop_string_ends_the_reply(sim):
+    body = {"model": "tiny", "prompt": "stop here", "max_tokens": 30, "stop": ["e", "zz"]}
+    got = json.loads(request(sim.port, "POST", "/v1/completions", body)[2])
+    choice = got["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["stop_reason"] == "e"
+    assert "e" not in choice["text"] and got["usage"]["completion_tokens"] < 30
+    parts = list(client(sim.port).completions.create(**body, stream=True))
+    assert "e" not in "".join(p.choices[0].text for p in parts)
+    assert parts[-1].choices[0].finish_reason == "stop"
+    assert metric(sim.port, 'vllm:request_success_total{engine="0",finished_reason="stop",'
+                            'model_name="tiny"}') >= 2
+
+
+def test_stop_string_spanning_tokens_counts_the_completing_token():
+    out = Output(b"some body", 10)
+    text = Reply(Output(b"some body", 10), False, "tiny", 1).text()
+    words_ = [WORDS[t] for t in out.tokens()]
+    stop = words_[2][-1] + words_[3][:2]  # starts in token 2, completes in token 3
+    reply = Reply(out, False, "tiny", 1, stops=(stop, "never"))
+    assert reply.out.n == 4 and reply.finish == "stop" and reply.stop == stop
+    assert reply.text() == text[:text.index(stop)]
+    assert json.loads(reply.token_event(3)[len(b"data: "):])["choices"][0]["text"] == ""
 
 
 def test_metrics_families(sim):
     status, headers, body = request(sim.port, "GET", "/metrics")
     assert status == 200
-    assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert headers["content-type"] == "text/plain; version=1.0.0; charset=utf-8"
     text = body.decode()
     for family, kind in [
         ("vllm:num_requests_running", "gauge"), ("vllm:num_requests_waiting", "gauge"),
@@ -540,6 +622,124 @@ def test_abort_while_queued(make_sim):
     assert wait_for(lambda: metric(s.port, "sim:requests_aborted_total") == 2)
     assert metric(s.port, "vllm:num_requests_running") == 0
     assert request(s.port, "POST", "/v1/chat/completions", chat_body(max_tokens=1))[0] == 200
+
+
+# -- the prefix cache ---------------------------------------------------------------------
+
+
+def words(n, start=0) -> str:
+    return " ".join(f"w{i}" for i in range(start, start + n))
+
+
+def test_prefix_cache_hits_leading_full_blocks_only():
+    cache = PrefixCache(block_size=4, capacity=100)
+    first = words(10).split()  # two full blocks and a tail of 2
+    assert cache.lookup_insert(first) == (0, 8) and len(cache) == 2  # (hit, newly cached)
+    assert cache.lookup_insert(first) == (8, 0)
+    longer = first + words(7, 100).split()  # 17 tokens: the two old blocks, two new ones
+    assert cache.lookup_insert(longer) == (8, 8) and len(cache) == 4
+    assert cache.lookup_insert(longer) == (16, 0)
+    # A different first block changes every key after it: the chain misses whole.
+    assert cache.lookup_insert(["other"] + longer[1:]) == (0, 16)
+    assert cache.lookup_insert(words(3).split()) == (0, 0)  # no full block: nothing to hash
+
+
+def test_prefix_cache_recomputes_the_last_token_like_vllm():
+    cache = PrefixCache(block_size=4, capacity=100)
+    exact = words(8).split()
+    cache.lookup_insert(exact)
+    assert cache.lookup_insert(exact) == (4, 0)  # cached whole, yet its last block is computed
+    assert cache.lookup_insert(exact + ["more"]) == (8, 0)
+
+
+def test_prefix_cache_lru_eviction_takes_tails_first():
+    cache = PrefixCache(block_size=2, capacity=3)
+    a = words(4).split()  # blocks a1 a2
+    cache.lookup_insert(a)
+    cache.lookup_insert(words(4, 50).split())  # b1 b2: a2 (a's tail) is evicted first
+    assert len(cache) == 3
+    assert cache.lookup_insert(a + ["x"]) == (2, 2)  # a1 survived, a2 did not
+    cache.lookup_insert(words(4, 80).split())  # c1 c2 evict b's blocks (least recent)
+    cache.lookup_insert(words(4, 90).split())  # d1 d2 evict a1 a2 and c's tail
+    assert cache.lookup_insert(a + ["x"]) == (0, 4)
+
+
+def test_prefix_cache_off_with_zero_blocks():
+    cache = PrefixCache(block_size=2, capacity=0)
+    cache.lookup_insert(words(8).split())
+    assert cache.lookup_insert(words(8).split()) == (0, 0) and len(cache) == 0
+
+
+def test_cached_tokens_in_usage_and_metrics(make_sim):
+    s = make_sim(block_size=4, prompt_tokens_details=True)
+    c = client(s.port)
+    system = {"role": "system", "content": words(10)}
+
+    def ask(text, **kw):
+        return c.chat.completions.create(
+            model="tiny", max_tokens=2, messages=[system, {"role": "user", "content": text}], **kw)
+
+    first = ask("one")  # 11 prompt tokens, none cached, 2 blocks (8 tokens) newly cached
+    assert first.usage.prompt_tokens == 11
+    assert first.usage.model_dump()["prompt_tokens_details"] == {
+        "cached_tokens": 0, "created_cache_tokens": 8, "multimodal_tokens": None,
+        "audio_tokens": None, "cache_write_tokens": None, "image_tokens": None,
+        "text_tokens": None}
+    second = ask("two three four five")  # 14 tokens: the system prompt's 2 full blocks hit
+    assert second.usage.prompt_tokens == 14
+    assert second.usage.prompt_tokens_details.cached_tokens == 8
+    events = list(ask("two three four five six", stream=True,
+                      stream_options={"include_usage": True}))
+    assert events[-1].usage.prompt_tokens_details.cached_tokens == 12
+    assert metric(s.port, "vllm:prefix_cache_queries_total") == 11 + 14 + 15
+    assert metric(s.port, "vllm:prefix_cache_hits_total") == 8 + 12
+    assert metric(s.port, "vllm:prompt_tokens_cached_total") == 20
+    assert (s.sim.stats.prefix_cache_queries, s.sim.stats.prefix_cache_hits) == (40, 20)
+    status, _, body = request(s.port, "GET", "/metrics")
+    assert ('vllm:cache_config_info{block_size="4",enable_prefix_caching="True",engine="0",'
+            'num_gpu_blocks="4096"} 1.0') in body.decode()
+
+
+def test_cached_tokens_not_reported_by_default(make_sim):
+    s = make_sim(block_size=4)
+    body = {"model": "tiny", "prompt": words(9), "max_tokens": 1}
+    request(s.port, "POST", "/v1/completions", body)
+    status, _, raw = request(s.port, "POST", "/v1/completions", body)
+    assert status == 200 and json.loads(raw)["usage"]["prompt_tokens_details"] is None
+    assert metric(s.port, "vllm:prefix_cache_hits_total") == 8  # the metrics always count
+    assert metric(s.port, "vllm:prefix_cache_queries_total") == 18
+
+
+def test_ttft_grows_with_uncached_prompt_tokens(make_sim):
+    s = make_sim(block_size=4, prefill_per_token=0.005)
+    prompt = words(64)
+
+    def first_token_after(text, headers=None):
+        start = time.monotonic()
+        with connect(s.port) as sock:
+            sock.sendall(raw_request("/v1/completions", {
+                "model": "tiny", "prompt": text, "max_tokens": 2, "stream": True}, headers))
+            read_until(sock, lambda b: b'"text":' in b)
+        return time.monotonic() - start
+
+    cold = first_token_after(prompt)  # 64 uncached tokens: 0.32 s
+    warm = first_token_after(prompt)  # 60 cached (15 blocks), 4 computed: 0.02 s
+    assert cold >= 0.3 and warm < 0.15, (cold, warm)
+    # The header overrides the flag per request: 4 uncached tokens at 0.1 s each.
+    assert first_token_after(prompt, {"x-sim-prefill-per-token": "0.1"}) >= 0.4
+    assert first_token_after(prompt, {"x-sim-prefill-per-token": "0"}) < 0.1
+
+
+def test_cli_prefix_cache_flags():
+    cfg = parse_args(["--block-size", "8", "--cache-blocks", "10", "--prefill-per-token",
+                      "0.001", "--prompt-tokens-details"])
+    assert (cfg.block_size, cfg.cache_blocks, cfg.prefill_per_token,
+            cfg.prompt_tokens_details) == (8, 10, 0.001, True)
+    d = parse_args([])
+    assert (d.block_size, d.cache_blocks, d.prefill_per_token,
+            d.prompt_tokens_details) == (16, 4096, 0.0, False)
+    with pytest.raises(SystemExit):
+        parse_args(["--block-size", "0"])
 
 
 # -- faults ---------------------------------------------------------------------------

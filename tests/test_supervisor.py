@@ -187,3 +187,45 @@ def test_ttin_ttou_change_worker_count(sim2):
         assert wait_for(lambda: len(live_pids(proxy)) == 1, timeout=5)
     finally:
         proxy.stop()
+
+
+def _open_streams(port, n, itl="0.2", tokens=40):
+    socks = []
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": tokens,
+                       "stream": True}).encode()
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-sim-itl: %s\r\nContent-Length: %d\r\n\r\n%s"
+                  % (itl.encode(), len(body), body))
+        socks.append(s)
+    return socks
+
+
+def test_shared_in_flight_counts_equal_the_sum_over_workers(sim2):
+    proxy = start_proxy([sim2], "--workers", "2")
+    socks = []
+    try:
+        socks = _open_streams(proxy.port, 12)
+
+        def consistent():
+            backend = proxy.admin("/admin/backends")[1]["backends"][0]
+            views = [w["in_flight_all"] for w in backend["workers"]]
+            own = [w["in_flight"] for w in backend["workers"]]
+            return backend["in_flight"] == 12 and views == [12, 12] and all(own), (own, views)
+
+        assert wait_for(lambda: consistent()[0], timeout=3), consistent()[1]
+        # A worker that dies leaves no stale counts: its row is zeroed.
+        backend = proxy.admin("/admin/backends")[1]["backends"][0]
+        victim = backend["workers"][0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        survivor_own = backend["workers"][1]["in_flight"]
+
+        def settled():
+            b = proxy.admin("/admin/backends")[1]["backends"][0]
+            return len(b["workers"]) == 2 and all(w["in_flight_all"] == survivor_own for w in b["workers"])
+
+        assert wait_for(settled, timeout=3)
+    finally:
+        for s in socks:
+            s.close()
+        proxy.stop()

@@ -7,18 +7,25 @@ from typing import Any, Callable, Coroutine
 
 import orjson
 
-from .config import MAX_MODEL_LEN, VERSION, SimConfig
-from .engine import Output, Scheduler, Stats, chat_words, prompt_words
-from .generate import BadRequest, Generator, parse_body
+from .config import VERSION, SimConfig
+from .engine import WORDS, Output, Scheduler, Stats, chat_words, prompt_words
+from .generate import Generator
 from .metrics import render_metrics
 from .render import error_body
 from .server import Connection, Request
+from .validate import BadRequest, Invalid, check_content_type, missing, parse_body
 
-PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+# prometheus_client's text format as vLLM 0.32 labels it (the body is text 0.0.4).
+PROMETHEUS = b"text/plain; version=1.0.0; charset=utf-8"
 NOT_FOUND = b'{"detail":"Not Found"}'  # FastAPI's words, as vLLM answers them
 NOT_ALLOWED = b'{"detail":"Method Not Allowed"}'
 
 Handler = Callable[[Request, Connection], "Coroutine[Any, Any, None] | None"]
+
+
+def token_id(word: str) -> int:
+    """A word's pseudo token id: stable, below a Llama-sized vocabulary."""
+    return Output(word.encode(), 0).seed % 32000
 
 
 class Api:
@@ -35,8 +42,12 @@ class Api:
             b"/health": {b"GET": self.health},
             b"/version": {b"GET": self.version},
             b"/tokenize": {b"POST": self.tokenize},
+            b"/detokenize": {b"POST": self.detokenize},
             b"/metrics": {b"GET": self.metrics},
         }
+        # FastAPI's 405 names the allowed methods.
+        self.allow = {path: b"allow: " + b", ".join(sorted(m)) + b"\r\n"
+                      for path, m in self.routes.items()}
 
     def handle(self, req: Request, conn: Connection) -> Coroutine[Any, Any, None] | None:
         self.stats.http_requests += 1
@@ -46,14 +57,14 @@ class Api:
             return None
         handler = methods.get(req.method)
         if handler is None:
-            conn.respond(405, req, NOT_ALLOWED)
+            conn.respond(405, req, NOT_ALLOWED, before=self.allow[req.path])
             return None
         return handler(req, conn)
 
     # -- small endpoints -------------------------------------------------------
 
     def health(self, req: Request, conn: Connection) -> None:
-        conn.respond(200, req, b"")
+        conn.respond(200, req, b"", None)  # vLLM's /health has no content-type
 
     def version(self, req: Request, conn: Connection) -> None:
         conn.respond(200, req, b'{"version":"%b"}' % VERSION.encode())
@@ -65,7 +76,7 @@ class Api:
         model = self.cfg.model
         conn.respond(200, req, orjson.dumps({"object": "list", "data": [{
             "id": model, "object": "model", "created": self.started, "owned_by": "vllm",
-            "root": model, "parent": None, "max_model_len": MAX_MODEL_LEN,
+            "root": model, "parent": None, "max_model_len": self.cfg.max_model_len,
             "permission": [{
                 "id": "modelperm-" + Output(model.encode(), 0).hex_id,
                 "object": "model_permission", "created": self.started,
@@ -76,25 +87,45 @@ class Api:
             }],
         }]}))
 
+    def _json(self, req: Request) -> dict:
+        if self.cfg.strict_content_type:
+            check_content_type(req.headers)
+        return parse_body(req.body)
+
     def tokenize(self, req: Request, conn: Connection) -> None:
         try:
-            body = parse_body(req.body)
+            body = self._json(req)
             messages, prompt = body.get("messages"), body.get("prompt")
             if isinstance(messages, list):
                 words = chat_words(messages)
             elif prompt is not None:
                 words = prompt_words(prompt)
             else:
-                raise BadRequest("either `prompt` or `messages` is required")
+                raise Invalid(missing("prompt", body), missing("messages", body))
         except BadRequest as e:
-            conn.respond(400, req, error_body(str(e), "BadRequestError", 400))
+            conn.respond(400, req, error_body(str(e), e.type_, 400, e.param))
             return
         # One pseudo token id per word, so counts agree with usage.prompt_tokens.
-        tokens = [Output(w.encode(), 0).seed % 32000 for w in words]
+        tokens = [token_id(w) for w in words]
         conn.respond(200, req, orjson.dumps({
-            "count": len(tokens), "max_model_len": MAX_MODEL_LEN, "tokens": tokens,
-            "token_strs": None,
+            "count": len(tokens), "max_model_len": self.cfg.max_model_len, "tokens": tokens,
+            "token_strs": words if body.get("return_token_strs") is True else None,
         }))
+
+    def detokenize(self, req: Request, conn: Connection) -> None:
+        try:
+            body = self._json(req)
+            tokens = body.get("tokens")
+            if tokens is None:
+                raise Invalid(missing("tokens", body))
+            if not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
+                raise BadRequest("`tokens` must be a list of token ids", "tokens")
+        except BadRequest as e:
+            conn.respond(400, req, error_body(str(e), e.type_, 400, e.param))
+            return
+        # Ids are not reversible hashes here: any id reads as one of the output words.
+        text = "".join([WORDS[t % len(WORDS)] for t in tokens])
+        conn.respond(200, req, orjson.dumps({"prompt": text}))
 
     def chat(self, req: Request, conn: Connection) -> Coroutine[Any, Any, None] | None:
         return self.generator.handle(req, conn, chat=True)

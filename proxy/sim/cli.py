@@ -21,6 +21,9 @@ def parse_args(argv: list[str] | None) -> SimConfig:
     p.add_argument("--model", default=d.model, help="served model name")
     p.add_argument("--tokens", type=int, default=d.tokens,
                    help="completion tokens when a request sets no max_tokens")
+    p.add_argument("--max-model-len", type=int, default=d.max_model_len,
+                   help="context length in tokens: longer prompts get vLLM's 400, "
+                        "max_tokens is clamped to what is left")
     p.add_argument("--ttft", type=float, default=d.ttft, help="seconds to the first token")
     p.add_argument("--itl", type=float, default=d.itl, help="seconds between tokens")
     p.add_argument("--max-concurrency", type=int, default=d.max_concurrency,
@@ -29,11 +32,33 @@ def parse_args(argv: list[str] | None) -> SimConfig:
     p.add_argument("--fault-after", type=int, default=d.fault_after,
                    help="content tokens before die-after/error-event/bad-framing")
     p.add_argument("--name", default=d.name, help="backend name for the x-sim-backend header")
+    p.add_argument("--block-size", type=int, default=d.block_size,
+                   help="prefix cache block, in prompt tokens (words); full blocks only")
+    p.add_argument("--cache-blocks", type=int, default=d.cache_blocks,
+                   help="prefix cache capacity in blocks (LRU); 0 turns the cache off")
+    p.add_argument("--prefill-per-token", type=float, default=d.prefill_per_token,
+                   help="seconds of extra time to first token per uncached prompt token")
+    p.add_argument("--prompt-tokens-details", action="store_true",
+                   help="report usage.prompt_tokens_details.cached_tokens "
+                        "(vLLM's --enable-prompt-tokens-details)")
+    p.add_argument("--enable-request-id-headers", action="store_true",
+                   help="echo X-Request-Id (or a generated one) on every response, as vLLM does")
+    p.add_argument("--id-from-request-id", action="store_true",
+                   help="name replies chatcmpl-<X-Request-Id> as vLLM does")
+    p.add_argument("--strict-content-type", action="store_true",
+                   help="refuse POST bodies not declared application/json, as vLLM does")
     a = p.parse_args(argv)
     try:
         return SimConfig(host=a.host, port=a.port, model=a.model, tokens=a.tokens,
                          ttft=a.ttft, itl=a.itl, max_concurrency=a.max_concurrency,
-                         fault=a.fault, fault_after=a.fault_after, name=a.name)
+                         fault=a.fault, fault_after=a.fault_after, name=a.name,
+                         block_size=a.block_size, cache_blocks=a.cache_blocks,
+                         prefill_per_token=a.prefill_per_token,
+                         prompt_tokens_details=a.prompt_tokens_details,
+                         max_model_len=a.max_model_len,
+                         request_id_headers=a.enable_request_id_headers,
+                         id_from_request_id=a.id_from_request_id,
+                         strict_content_type=a.strict_content_type)
     except ValueError as e:
         p.error(str(e))
 

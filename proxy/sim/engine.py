@@ -1,9 +1,13 @@
-"""The pretend engine: deterministic tokens, a bounded batch, a waiting queue, counters.
+"""The pretend engine: deterministic tokens, a bounded batch, a waiting queue, a prefix
+cache, counters.
 
 How it works: a request holds one of `max_concurrency` running slots while it
 generates. When all are taken it waits in a FIFO, as vLLM's scheduler does, and
 `num_requests_waiting` counts it. A finishing request hands its slot straight
 to the oldest waiter, so the running count never dips between the two.
+
+At admission a request looks its prompt up in the prefix cache (`PrefixCache`);
+the part that missed is what prefill has to compute, so it sets the extra TTFT.
 
 Output is a pure function of the request body: a blake2b digest of the body
 seeds the ids and the choice of each token from a fixed word list, so the same
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 
 import orjson
 
@@ -87,12 +91,67 @@ def chat_words(messages: list[object]) -> list[str]:
     return words
 
 
+NOTHING = (0, 0)  # a lookup that hashed no block
+
+
+class PrefixCache:
+    """A bounded LRU of prompt-prefix blocks, keyed the way vLLM's prefix cache is.
+
+    How it works: the prompt's tokens are cut into blocks of `block_size`; a partial
+    last block is never cached (vLLM caches full blocks only). Block i's key hashes
+    block i-1's key with block i's tokens, so one key names the whole prefix up to
+    its block and hits end at the first miss. Hits are the leading blocks
+    found, but at most the blocks before the prompt's last token: vLLM always
+    recomputes that token for its logits, so a prompt cached whole reports one
+    block less. Then every full block is inserted or refreshed, the last block
+    first, so the chain's head is the most recent entry and eviction (oldest
+    first) eats prefixes from their tail, as vLLM's free-block queue does.
+    Keys are Python hashes: stable within one process, which is all a cache needs.
+    """
+
+    __slots__ = ("block_size", "capacity", "_blocks")
+
+    def __init__(self, block_size: int, capacity: int) -> None:
+        self.block_size = block_size  # tokens
+        self.capacity = capacity  # blocks; 0 turns the cache off
+        self._blocks: OrderedDict[int, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def lookup_insert(self, tokens: list[str]) -> tuple[int, int]:
+        """(tokens already cached, tokens newly cached); then cache all full blocks."""
+        size = self.block_size
+        full = len(tokens) // size
+        if full == 0 or not self.capacity:
+            return NOTHING  # the common short prompt: nothing to hash
+        blocks = self._blocks
+        countable = (len(tokens) - 1) // size  # blocks that may count as hits
+        keys = []
+        key = hits = created = 0
+        for start in range(0, full * size, size):
+            key = hash((key, *tokens[start:start + size]))
+            if key in blocks:
+                if hits == len(keys) and hits < countable:
+                    hits += 1
+            else:
+                created += 1
+            keys.append(key)
+        for key in reversed(keys):
+            blocks[key] = None
+            blocks.move_to_end(key)
+        while len(blocks) > self.capacity:
+            blocks.popitem(last=False)
+        return hits * size, created * size
+
+
 class Stats:
     """Counters and gauges behind /metrics; tests may read them directly."""
 
     __slots__ = (
         "http_requests", "requests", "aborted", "connections", "connections_open",
         "running", "waiting", "prompt_tokens", "generation_tokens", "finished",
+        "prefix_cache_queries", "prefix_cache_hits",
     )
 
     def __init__(self) -> None:
@@ -105,9 +164,13 @@ class Stats:
         self.waiting = 0
         self.prompt_tokens = 0
         self.generation_tokens = 0
+        # Prefix cache lookups in tokens, as vLLM counts them: queries are prompt
+        # tokens looked up, hits the cached ones among them.
+        self.prefix_cache_queries = 0
+        self.prefix_cache_hits = 0
         # vLLM's finished_reason labels. "abort" stays 0 because real vLLM does
         # not count aborts there either; sim:requests_aborted_total does.
-        self.finished = {"stop": 0, "length": 0, "abort": 0, "error": 0}
+        self.finished = {"stop": 0, "length": 0, "abort": 0, "error": 0, "repetition": 0}
 
 
 class Scheduler:

@@ -1,16 +1,21 @@
 """The life of one generation request: knobs, admission, timing, faults.
 
-Timing model: a request is admitted to a running slot (or queues), waits `ttft`
-seconds, then emits one token every `itl` seconds. Streaming sends the head and
+Timing model: a request is admitted to a running slot (or queues), looks its
+prompt up in the prefix cache, waits `ttft + prefill_per_token * uncached prompt
+tokens` seconds, then emits one token every `itl` seconds. Streaming sends the head and
 the role chunk with the first token, as vLLM does after prefill; non-streaming
 answers once after ttft + tokens * itl. With ttft = itl = 0 and a free slot the
 whole reply is rendered and written at once without a task: the benchmark path.
 
 Knobs, most specific first: body `max_tokens` (or `max_completion_tokens`),
 then header `x-sim-tokens`, then `--tokens`; headers `x-sim-fault`,
-`x-sim-fault-after`, `x-sim-ttft`, `x-sim-itl` override the matching flags.
+`x-sim-fault-after`, `x-sim-ttft`, `x-sim-itl`, `x-sim-prefill-per-token`
+override the matching flags.
 Like the recorded tiny model every reply runs to its token count and ends with
-finish_reason "length"; there is no stop-string matching and no context cap.
+finish_reason "length", unless a `stop` string turns up ("stop"). The context is
+vLLM's: a prompt of max_model_len tokens or more is refused, and max_tokens is
+clamped to what the prompt leaves. Requests are checked, and refused, with
+vLLM's words (validate.py).
 
 Faults: 500/503 answer at once with an error body. In a stream, die-after,
 error-event and bad-framing strike after min(K, tokens) content tokens (K =
@@ -28,22 +33,20 @@ from typing import Any, Coroutine
 import orjson
 
 from .config import FAULTS, SimConfig
-from .engine import Output, Scheduler, Stats, chat_words, prompt_words
+from .engine import Output, PrefixCache, Scheduler, Stats, chat_words, prompt_words
 from .render import DONE, ERROR_EVENT, LAST_CHUNK, Reply, chunk, error_body
 from .server import JSON, Connection, Request
+from .validate import (BadRequest, check_content_type, check_context, max_tokens_of,
+                       messages_of, parse_body, prompt_of, stop_strings)
 
 SSE = b"text/event-stream; charset=utf-8"
 IN_STREAM_FAULTS = frozenset({"die-after", "error-event", "bad-framing"})
 
 
-class BadRequest(Exception):
-    """The client's fault: rendered as vLLM's 400 error body."""
-
-
 class Knobs:
     """The effective timing and fault settings of one request."""
 
-    __slots__ = ("fault", "fault_after", "ttft", "itl", "tokens")
+    __slots__ = ("fault", "fault_after", "ttft", "itl", "tokens", "prefill")
 
     def __init__(self, cfg: SimConfig, headers: dict[bytes, bytes]) -> None:
         self.fault = cfg.fault
@@ -51,6 +54,7 @@ class Knobs:
         self.ttft = cfg.ttft
         self.itl = cfg.itl
         self.tokens = cfg.tokens
+        self.prefill = cfg.prefill_per_token  # seconds per uncached prompt token
         if not any(name.startswith(b"x-sim-") for name in headers):
             return  # the common case: nothing to override
         try:
@@ -64,6 +68,8 @@ class Knobs:
                 self.ttft = max(0.0, float(v))
             if (v := headers.get(b"x-sim-itl")) is not None:
                 self.itl = max(0.0, float(v))
+            if (v := headers.get(b"x-sim-prefill-per-token")) is not None:
+                self.prefill = max(0.0, float(v))
             if (v := headers.get(b"x-sim-tokens")) is not None:
                 self.tokens = int(v)
                 if self.tokens < 1:
@@ -72,58 +78,72 @@ class Knobs:
             raise BadRequest(f"bad x-sim-* header: {e}") from None
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"JSON decode error: {e}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str):
-        raise BadRequest("`model` is required")
-    return body
-
-
 class Generator:
     def __init__(self, cfg: SimConfig, stats: Stats, scheduler: Scheduler) -> None:
         self.cfg = cfg
         self.stats = stats
         self.scheduler = scheduler
+        self.cache = PrefixCache(cfg.block_size, cfg.cache_blocks)
+
+    def _prefill(self, reply: Reply, words: list[str]) -> int:
+        """Look the admitted prompt up in the prefix cache; return its uncached tokens."""
+        cached, reply.created_cache = self.cache.lookup_insert(words)
+        if self.cache.capacity:
+            self.stats.prefix_cache_queries += reply.prompt_tokens
+            self.stats.prefix_cache_hits += cached
+        reply.cached = cached
+        return reply.prompt_tokens - cached
+
+    def load_header(self, req: Request) -> bytes:
+        """vLLM's in-band load report (ORCA), asked for with endpoint-load-metrics-format.
+
+        It describes the engine as the finished request leaves it, so that request's
+        own slot is not counted.
+        """
+        fmt = req.headers.get(b"endpoint-load-metrics-format")
+        if fmt is None:
+            return b""
+        waiting = float(self.stats.waiting)
+        kv = max(0, self.stats.running - 1) / self.cfg.max_concurrency
+        fmt = fmt.strip().lower()
+        if fmt == b"json":
+            return b'endpoint-load-metrics: JSON {"named_metrics": {"num_requests_waiting": ' \
+                b'%r, "kv_cache_usage_perc": %r}}\r\n' % (waiting, kv)
+        if fmt == b"text":
+            return b"endpoint-load-metrics: TEXT named_metrics.num_requests_waiting=%r, " \
+                b"named_metrics.kv_cache_usage_perc=%r\r\n" % (waiting, kv)
+        return b""
 
     def handle(self, req: Request, conn: Connection, chat: bool
                ) -> Coroutine[Any, Any, None] | None:
         """Validate and answer now, or return the coroutine that will answer."""
         stats = self.stats
         stats.requests += 1
+        cfg = self.cfg
         try:
+            if cfg.strict_content_type:
+                check_content_type(req.headers)
             body = parse_body(req.body)
-            model = body["model"]
-            if model != self.cfg.model:
-                conn.respond(404, req, error_body(
-                    f"The model `{model}` does not exist.", "NotFoundError", 404, "model"))
-                return None
             if chat:
-                messages = body.get("messages")
-                if not isinstance(messages, list) or not messages:
-                    raise BadRequest("`messages` must be a non-empty list")
-                prompt_tokens = len(chat_words(messages))
+                words = chat_words(messages_of(body))
             else:
-                prompt = body.get("prompt")
-                if prompt is None:
-                    raise BadRequest("`prompt` is required")
-                prompt_tokens = len(prompt_words(prompt))
-            knobs = Knobs(self.cfg, req.headers)
-            n = body.get("max_tokens")
-            if n is None:
-                n = body.get("max_completion_tokens")
-            if n is None:
-                n = knobs.tokens
-            elif type(n) is not int or n < 1:
-                raise BadRequest("max_tokens must be an integer >= 1")
+                words = prompt_words(prompt_of(body))
+            n = max_tokens_of(body)
+            model = body.get("model") or cfg.model  # vLLM serves its model when none is named
+            if model != cfg.model:
+                conn.respond(404, req, error_body(
+                    f"The model `{model}` does not exist. Valid aliases: {cfg.model}.",
+                    "NotFoundError", 404, "model"))
+                return None
+            prompt_tokens = len(words)
+            check_context(prompt_tokens, n, cfg.max_model_len)
+            knobs = Knobs(cfg, req.headers)
         except BadRequest as e:
-            conn.respond(400, req, error_body(str(e), "BadRequestError", 400))
+            conn.respond(400, req, error_body(str(e), e.type_, 400, e.param))
             return None
+        if n is None:
+            n = knobs.tokens
+        n = min(n, cfg.max_model_len - prompt_tokens)
 
         fault = knobs.fault
         if fault in ("500", "503"):
@@ -133,37 +153,47 @@ class Generator:
             return None
 
         stream = body.get("stream") is True
-        options = body.get("stream_options")
-        usage = stream and isinstance(options, dict) and options.get("include_usage") is True
-        reply = Reply(Output(req.body, n), chat, model, prompt_tokens)
+        usage = continuous = False
+        if stream:
+            options = body.get("stream_options")
+            if isinstance(options, dict):
+                usage = options.get("include_usage") is True
+                continuous = options.get("continuous_usage_stats") is True
+        rid = req.headers.get(b"x-request-id") if cfg.id_from_request_id else None
+        reply = Reply(Output(req.body, n), chat, model, prompt_tokens, cfg.prompt_tokens_details,
+                      None if rid is None else rid.decode("latin-1"),
+                      stop_strings(body) if "stop" in body else (), usage, continuous)
+        n = reply.out.n  # a stop string may end it early
         stats.prompt_tokens += prompt_tokens
-        if (fault == "none" and knobs.ttft == 0 and knobs.itl == 0
+        if (fault == "none" and knobs.ttft == 0 and knobs.itl == 0 and knobs.prefill == 0
                 and self.scheduler.try_admit()):
             try:
+                self._prefill(reply, words)
                 if stream:
-                    conn.write(self._stream_bytes(req, conn, reply, usage, 0, n, "none"))
+                    conn.write(self._stream_bytes(req, conn, reply, 0, n, "none"))
                 else:
-                    conn.respond(200, req, reply.body())
+                    conn.respond(200, req, reply.body(), before=self.load_header(req))
                 stats.generation_tokens += n
-                stats.finished["length"] += 1
+                stats.finished[reply.finish] += 1
             finally:
                 self.scheduler.release()
             return None
-        return self._run(req, conn, reply, stream, usage, knobs)
+        return self._run(req, conn, reply, words, stream, knobs)
 
-    async def _run(self, req: Request, conn: Connection, reply: Reply, stream: bool,
-                   usage: bool, knobs: Knobs) -> None:
+    async def _run(self, req: Request, conn: Connection, reply: Reply, words: list[str],
+                   stream: bool, knobs: Knobs) -> None:
         """One admitted generation; a cancel here is the client's abort."""
         admitted = finished = False
         try:
             await self.scheduler.admit()
             admitted = True
+            ttft = knobs.ttft + knobs.prefill * self._prefill(reply, words)
             if knobs.fault == "hang":
                 await asyncio.get_running_loop().create_future()  # until the client leaves
-            if knobs.ttft:
-                await asyncio.sleep(knobs.ttft)
+            if ttft:
+                await asyncio.sleep(ttft)
             if stream:
-                await self._stream(req, conn, reply, usage, knobs)
+                await self._stream(req, conn, reply, knobs)
             else:
                 await self._whole(req, conn, reply, knobs)
             finished = True
@@ -175,7 +205,7 @@ class Generator:
             if admitted:
                 self.scheduler.release()
 
-    def _stream_bytes(self, req: Request, conn: Connection, reply: Reply, usage: bool,
+    def _stream_bytes(self, req: Request, conn: Connection, reply: Reply,
                       start: int, stop: int, fault: str) -> bytes:
         """Tokens start..stop-1 as chunks, with the head first and the end last."""
         parts = []
@@ -186,41 +216,40 @@ class Generator:
         for i in range(start, stop):
             parts.append(chunk(reply.token_event(i)))
         if stop == reply.out.n or fault != "none":
-            parts.append(self._stream_end(reply, usage, fault))
+            parts.append(self._stream_end(reply, fault))
         return b"".join(parts)
 
-    def _stream_end(self, reply: Reply, usage: bool, fault: str) -> bytes:
+    def _stream_end(self, reply: Reply, fault: str) -> bytes:
         if fault == "error-event":
             return chunk(ERROR_EVENT) + chunk(DONE) + LAST_CHUNK
         if fault == "bad-framing":
             return b"zz\r\n"  # not a hex chunk size: the client's parser must fail
         if fault == "die-after":
             return b""
-        return (chunk(reply.usage_event()) if usage else b"") + chunk(DONE) + LAST_CHUNK
+        return (chunk(reply.usage_event()) if reply.usage else b"") + chunk(DONE) + LAST_CHUNK
 
-    async def _stream(self, req: Request, conn: Connection, reply: Reply, usage: bool,
-                      knobs: Knobs) -> None:
+    async def _stream(self, req: Request, conn: Connection, reply: Reply, knobs: Knobs) -> None:
         n = reply.out.n
         fault = knobs.fault if knobs.fault in IN_STREAM_FAULTS else "none"
         stop = min(knobs.fault_after, n) if fault != "none" else n
         stats = self.stats
         if knobs.itl == 0:
-            conn.write(self._stream_bytes(req, conn, reply, usage, 0, stop, fault))
+            conn.write(self._stream_bytes(req, conn, reply, 0, stop, fault))
             stats.generation_tokens += stop
         else:
             # The head, the role chunk and the first token leave together.
             first = min(1, stop)
-            conn.write(self._stream_bytes(req, conn, reply, usage, 0, first,
+            conn.write(self._stream_bytes(req, conn, reply, 0, first,
                                           fault if first == stop else "none"))
             stats.generation_tokens += first
             for i in range(first, stop):
                 await asyncio.sleep(knobs.itl)
-                conn.write(self._stream_bytes(req, conn, reply, usage, i, i + 1,
+                conn.write(self._stream_bytes(req, conn, reply, i, i + 1,
                                               fault if i + 1 == stop else "none"))
                 stats.generation_tokens += 1
                 if conn.paused:
                     await conn.drain()
-        self._end(conn, fault)
+        self._end(conn, reply, fault)
 
     async def _whole(self, req: Request, conn: Connection, reply: Reply, knobs: Knobs) -> None:
         n = reply.out.n
@@ -240,15 +269,15 @@ class Generator:
         elif fault == "bad-framing":
             conn.write(conn.head(200, req, JSON) + b"zz\r\n")
         else:
-            conn.respond(200, req, body)
-        self._end(conn, fault)
+            conn.respond(200, req, body, before=self.load_header(req))
+        self._end(conn, reply, fault)
 
-    def _end(self, conn: Connection, fault: str) -> None:
+    def _end(self, conn: Connection, reply: Reply, fault: str) -> None:
         if fault == "die-after":
             conn.die()
         elif fault == "bad-framing":
             conn.close()
         else:
-            key = "error" if fault == "error-event" else "length"
+            key = "error" if fault == "error-event" else reply.finish
             self.stats.finished[key] += 1
 

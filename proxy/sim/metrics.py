@@ -34,17 +34,25 @@ def render_metrics(stats: Stats, cfg: SimConfig) -> bytes:
       [(base, min(1.0, stats.running / cfg.max_concurrency))])
     g(out, "vllm:prefix_cache_queries_total", "counter",
       "Prefix cache queries, in terms of number of queried tokens.",
-      [(base, stats.prompt_tokens)])
+      [(base, stats.prefix_cache_queries)])
     g(out, "vllm:prefix_cache_hits_total", "counter",
-      "Prefix cache hits, in terms of number of cached tokens.", [(base, 0)])
+      "Prefix cache hits, in terms of number of cached tokens.",
+      [(base, stats.prefix_cache_hits)])
     g(out, "vllm:prompt_tokens_total", "counter",
       "Number of prefill tokens processed.", [(base, stats.prompt_tokens)])
+    g(out, "vllm:prompt_tokens_cached_total", "counter",
+      "Number of cached prompt tokens (local + external).",
+      [(base, stats.prefix_cache_hits)])
     g(out, "vllm:generation_tokens_total", "counter",
       "Number of generation tokens processed.", [(base, stats.generation_tokens)])
     g(out, "vllm:request_success_total", "counter",
       "Count of successfully processed requests.",
       [('{engine="0",finished_reason="%s",model_name="%s"}' % (reason, cfg.model), count)
        for reason, count in stats.finished.items()])
+    g(out, "vllm:cache_config_info", "gauge",
+      "Information of the LLMEngine CacheConfig",
+      [('{block_size="%d",enable_prefix_caching="%s",engine="0",num_gpu_blocks="%d"}' % (
+          cfg.block_size, cfg.cache_blocks > 0, cfg.cache_blocks), 1)])
     g(out, "sim:requests_total", "counter",
       "Requests received on the generation endpoints.", [("", stats.requests)])
     g(out, "sim:requests_aborted_total", "counter",

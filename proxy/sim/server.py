@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
@@ -34,6 +35,7 @@ JSON = b"application/json"
 
 STATUS_LINE = {s.value: b"HTTP/1.1 %d %b\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 SERVER = b"server: fleetproxy-sim\r\n"
+VARY = b"vary: Origin\r\n"  # vLLM's CORS middleware puts it on every response
 
 _date_second = 0
 _date_line = b""
@@ -64,13 +66,14 @@ class Request:
 
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "api", "stats", "conns", "backend_line", "transport", "parser", "loop",
+        "api", "echo_request_id", "stats", "conns", "backend_line", "transport", "parser", "loop",
         "_url", "_headers", "_body", "_body_size", "_task", "_current",
         "_pending", "_broken", "_paused", "_drain", "_reading",
     )
 
     def __init__(self, api: Api, conns: set[Connection], backend_line: bytes) -> None:
         self.api = api
+        self.echo_request_id = api.cfg.request_id_headers
         self.stats = api.stats
         self.conns = conns
         self.backend_line = backend_line
@@ -157,8 +160,8 @@ class Connection(asyncio.Protocol):
         url = self._url
         q = url.find(b"?")
         extra = self.backend_line
-        rid = self._headers.get(b"x-request-id")
-        if rid is not None:
+        if self.echo_request_id:  # vLLM's --enable-request-id-headers; else none
+            rid = self._headers.get(b"x-request-id") or uuid.uuid4().hex.encode()
             extra = b"x-request-id: " + rid + b"\r\n" + extra
         keep_alive = self.parser.should_keep_alive()
         if keep_alive and self.parser.get_http_version() == "1.0":
@@ -224,24 +227,32 @@ class Connection(asyncio.Protocol):
 
     # -- what handlers call ------------------------------------------------------
 
-    def head(self, status: int, req: Request, content_type: bytes,
-             length: int | None = None) -> bytes:
-        """Status line and headers; `length=None` means a chunked body follows."""
-        framing = b"transfer-encoding: chunked\r\n" if length is None else (
-            b"content-length: %d\r\n" % length
-        )
-        close = b"" if req.keep_alive else b"connection: close\r\n"
-        return b"%b%b%bcontent-type: %b\r\n%b%b%b\r\n" % (
-            STATUS_LINE[status], date_line(), SERVER, content_type, framing, req.extra, close,
-        )
+    def head(self, status: int, req: Request, content_type: bytes | None,
+             length: int | None = None, before: bytes = b"") -> bytes:
+        """Status line and headers; `length=None` means a chunked body follows.
 
-    def respond(self, status: int, req: Request, body: bytes, content_type: bytes = JSON) -> None:
-        self.transport.write(self.head(status, req, content_type, len(body)) + body)
+        Header order is uvicorn's as vLLM sends it: date, server, the route's own
+        headers (`before`), content-length, content-type, vary, x-request-id,
+        connection, and transfer-encoding last.
+        """
+        close = b"" if req.keep_alive else b"connection: close\r\n"
+        ctype = b"" if content_type is None else b"content-type: %b\r\n" % content_type
+        if length is None:
+            return b"%b%b%b%b%b%b%b%btransfer-encoding: chunked\r\n\r\n" % (
+                STATUS_LINE[status], date_line(), SERVER, before, ctype, VARY, req.extra, close)
+        return b"%b%b%b%bcontent-length: %d\r\n%b%b%b%b\r\n" % (
+            STATUS_LINE[status], date_line(), SERVER, before, length, ctype, VARY, req.extra,
+            close)
+
+    def respond(self, status: int, req: Request, body: bytes,
+                content_type: bytes | None = JSON, before: bytes = b"") -> None:
+        head = self.head(status, req, content_type, len(body), before)
+        self.transport.write(head if req.method == b"HEAD" else head + body)
 
     def send_error(self, status: int, body: bytes, close: bool = False) -> None:
         """An error outside any request (malformed bytes): answer and maybe close."""
-        head = b"%b%b%bcontent-type: application/json\r\ncontent-length: %d\r\n" % (
-            STATUS_LINE[status], date_line(), SERVER, len(body)
+        head = b"%b%b%bcontent-length: %d\r\ncontent-type: application/json\r\n%b" % (
+            STATUS_LINE[status], date_line(), SERVER, len(body), VARY
         )
         self.transport.write(head + (b"connection: close\r\n\r\n" if close else b"\r\n") + body)
         if close:

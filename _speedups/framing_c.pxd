@@ -1,0 +1,77 @@
+# Augmenting declarations for framing_c.py, the copy of framing.py that setup.py compiles.
+#
+# Nothing here changes what the code does; it only gives Cython C types for the names the
+# source already uses (the aiohttp `reader_c.pxd` pattern). The public names of the module
+# (HEAD, DONE, ERROR, NONE, LENGTH, CHUNKED, UNTIL_CLOSE, ResponseFramer, dechunk) stay Python
+# objects; the private state constants and helpers become C. `buf` / `lbuf` are the data's own
+# bytes seen through a pointer: borrowed from a `bytes` object the function holds a reference
+# to, never stored beyond the call.
+
+cimport cython
+
+cdef int S_HEAD, S_LENGTH, S_SIZE, S_DATA, S_DATA_CRLF, S_TRAILER, S_CLOSE, S_DONE, S_ERROR
+cdef Py_ssize_t MAX_HEAD, MAX_SIZE_LINE, MAX_TRAILER, MAX_LENGTH_DIGITS
+cdef bytes _TCHAR
+
+cdef bint _sse_tail_is_boundary(unsigned int tail) noexcept
+
+@cython.locals(i=Py_ssize_t)
+cdef unsigned int _tail_after(unsigned int tail, const unsigned char *buf,
+                              Py_ssize_t end, Py_ssize_t take) noexcept
+
+@cython.locals(size="long long", i=Py_ssize_t, c="unsigned char", d=int)
+cdef long long _chunk_size(const unsigned char *buf, Py_ssize_t start,
+                           Py_ssize_t end) noexcept
+
+
+cdef class ResponseFramer:
+    cdef public bint head_request
+    cdef public bint whole_chunks
+    cdef int state
+    cdef bytearray _head_buf
+    cdef public int status
+    cdef public bytes version
+    cdef public bytes reason
+    cdef public list headers
+    cdef public int kind
+    cdef public bint keep_alive
+    cdef public bint event_stream
+    cdef public long long content_length
+    cdef public str error
+    cdef public Py_ssize_t head_end
+    cdef public Py_ssize_t safe_end
+    cdef public Py_ssize_t msg_end
+    cdef public long long body_bytes
+    cdef long long _remaining
+    cdef bytes _line
+    cdef Py_ssize_t _trailer
+    cdef unsigned int _tail
+    cdef bint _hold
+
+    @cython.locals(buf="const unsigned char *", lbuf="const unsigned char *", line=bytes,
+                   n=Py_ssize_t, flags=int, pos=Py_ssize_t, state=int, sse=bint,
+                   take=Py_ssize_t, have=Py_ssize_t, limit=Py_ssize_t, stop=Py_ssize_t,
+                   nl=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, size="long long")
+    cpdef int feed(self, data) except -1
+
+    @cython.locals(acc=bytearray, prior=Py_ssize_t, end=Py_ssize_t, pos=Py_ssize_t,
+                   head=bytes, err=str, kind=int, state=int)
+    cdef Py_ssize_t _head(self, bytes data, Py_ssize_t n) except -2
+
+    @cython.locals(lines=list, count=Py_ssize_t, parts=list, version=bytes, code=bytes,
+                   keep_alive=bint, chunked=bint, length="long long", size="long long",
+                   headers=list, tchar="const unsigned char *", i=Py_ssize_t, j=Py_ssize_t,
+                   line=bytes, colon=Py_ssize_t, lbuf="const unsigned char *", name=bytes,
+                   value=bytes, lname=bytes, digits=bytes, status=int)
+    cdef str _parse_head(self, bytes head)
+
+    cdef int _fail(self, str message) noexcept
+
+    @cython.locals(buf="const unsigned char *", tail="unsigned int", best=Py_ssize_t,
+                   i=Py_ssize_t, stop=Py_ssize_t, cut=Py_ssize_t)
+    cdef int _sse_plain(self, bytes data, Py_ssize_t start, Py_ssize_t end) except -1
+
+
+@cython.locals(buf="const unsigned char *", out=list, pos=Py_ssize_t, n=Py_ssize_t,
+               nl=Py_ssize_t, size="long long", start=Py_ssize_t)
+cpdef bytes dechunk(data)

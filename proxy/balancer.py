@@ -1,0 +1,279 @@
+"""Balancing decisions, sans-IO: ring snapshots, the three policies, bounded loads, the retry
+budget. Nothing here touches a socket, a clock or a loop; callers pass in what they know.
+
+How this works.
+- A ``Snapshot`` is the immutable view of one pool's *eligible* backends (healthy, not ejected,
+  not drained): the members, a weighted round-robin schedule and the hash ring. Whoever changes
+  eligibility builds a new Snapshot and swaps one reference; a lookup never sees a half-built
+  ring and never takes a lock.
+- Members are duck-typed: ``member.weight`` (int >= 1), ``member.label`` (str, stable across
+  processes and restarts: it places the member's ring points) and ``member.load()`` (requests in
+  flight). Accounting lives with the member so it can move to shared memory without touching
+  this module.
+- The ring (consistent hashing, Karger et al.): each member owns ``vnodes x weight`` points
+  hashed from its label; a key goes to the first point at or after its hash. Points depend only
+  on the member's own label, so a member that comes or goes moves only its own keys (~1/N).
+- Bounded loads (Mirrokni, Thorup, Zadimoghaddam 2018): with T requests in flight in the
+  pool, a member may take a new one only while its load is below
+  ``ceil(c x (T + 1) x weight / total_weight)``; a key whose successor is full walks on along
+  the ring to the next member with room. Such a member always exists when c >= 1, and no member
+  ever goes above ``ceil(c x average)`` because of a placement.
+- ``least_request`` is the power of two choices (Mitzenmacher): two members drawn at random,
+  the one with less load per unit of weight wins.
+- Each pick takes ``exclude`` (members already tried by this request, or None) and ``limit``
+  (the circuit breaker: a member at ``limit`` in flight takes nothing; 0 = no limit). A pick
+  that finds nobody returns None; the caller falls back or answers 503.
+"""
+
+from bisect import bisect_left
+from random import random
+from zlib import crc32
+
+_M32 = 0xFFFFFFFF
+
+
+def hash_bytes(data):
+    """A 32-bit hash that is the same in every process and on every run (``hash()`` is
+    salted per process, so workers would disagree). CRC-32 runs in C; one multiply by the
+    golden ratio (Fibonacci hashing) makes the high bits, which place a key on the ring,
+    depend on every bit of the CRC. About 0.1 us per key."""
+    return (crc32(data) * 0x9E3779B1) & _M32
+
+
+def ring_points(label, weight, vnodes):
+    """The ring points of one member: they depend on nothing else, which is what bounds the
+    disruption when membership changes."""
+    base = label.encode()
+    return [hash_bytes(b"%s#%d" % (base, i)) for i in range(weight * vnodes)]
+
+
+class Snapshot:
+    """Immutable routing state of one pool: who is eligible, in which order, where on the ring."""
+
+    __slots__ = ("members", "weights", "total_weight", "points", "owners", "schedule", "full")
+
+    def __init__(self, members, vnodes=160, points_of=None):
+        members = tuple(members)
+        labels = [m.label for m in members]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"member labels must be unique: {labels}")
+        self.members = members
+        self.weights = tuple(m.weight for m in members)
+        if any(type(w) is not int or w < 1 for w in self.weights):
+            raise ValueError(f"member weights must be integers >= 1: {self.weights}")
+        self.total_weight = sum(self.weights)
+        self.full = (1 << len(members)) - 1  # bit mask of every member index
+        ring = []
+        for index, member in enumerate(members):
+            pts = points_of(member) if points_of is not None else ring_points(member.label, member.weight, vnodes)
+            ring.extend((p, member.label, index) for p in pts)
+        ring.sort()  # ties broken by label: the same ring whatever the members' order
+        self.points = [p for p, _, _ in ring]
+        self.owners = [i for _, _, i in ring]
+        self.schedule = _smooth_schedule(self.weights)
+
+    def __len__(self):
+        return len(self.members)
+
+    def stats(self):
+        n = len(self.members)
+        return {"members": n, "ring_points": len(self.points), "total_weight": self.total_weight}
+
+
+def _smooth_schedule(weights):
+    """nginx's smooth weighted round robin, unrolled once: a member of weight w appears w times
+    per cycle, spread out rather than in a burst."""
+    n = len(weights)
+    total = sum(weights)
+    current = [0] * n
+    order = []
+    for _ in range(total):
+        for i in range(n):
+            current[i] += weights[i]
+        best = max(range(n), key=lambda i: (current[i], -i))
+        current[best] -= total
+        order.append(best)
+    return tuple(order)
+
+
+class RoundRobin:
+    """Members in turn, by weight. The position survives snapshot swaps (it is taken modulo)."""
+
+    __slots__ = ("next",)
+
+    def __init__(self):
+        self.next = 0
+
+    def pick(self, snap, exclude=None, limit=0):
+        schedule = snap.schedule
+        n = len(schedule)
+        if not n:
+            return None
+        members = snap.members
+        start = self.next
+        for step in range(n):
+            member = members[schedule[(start + step) % n]]
+            if exclude is not None and member in exclude:
+                continue
+            if limit and member.load() >= limit:
+                continue
+            self.next = start + step + 1
+            return member
+        return None
+
+
+def least_request(snap, exclude=None, limit=0, rand=random):
+    """Power of two choices on load per unit of weight."""
+    members = snap.members
+    n = len(members)
+    if n == 0:
+        return None
+    if exclude is None and n > 1:
+        i = int(rand() * n)
+        j = int(rand() * (n - 1))
+        if j >= i:
+            j += 1  # two distinct members
+        a = members[i]
+        b = members[j]
+        la = a.load()
+        lb = b.load()
+        if lb * a.weight < la * b.weight:
+            a, la = b, lb
+        if not limit or la < limit:
+            return a
+    # Few members, some excluded, or both draws at the breaker: the least loaded with room.
+    best = None
+    best_load = 0
+    for m in members:
+        if exclude is not None and m in exclude:
+            continue
+        load = m.load()
+        if limit and load >= limit:
+            continue
+        if best is None or load * best.weight < best_load * m.weight:
+            best, best_load = m, load
+    return best
+
+
+class LeastRequest:
+    __slots__ = ()
+
+    def pick(self, snap, exclude=None, limit=0):
+        return least_request(snap, exclude, limit)
+
+
+class ConsistentHash:
+    """Ring lookup with bounded loads (see the module docstring)."""
+
+    __slots__ = ("load_factor",)
+
+    def __init__(self, load_factor=1.25):
+        if not load_factor >= 1.0:
+            raise ValueError("load_factor must be >= 1 (below 1 the pool cannot hold its own load)")
+        self.load_factor = load_factor
+
+    def pick(self, snap, key_hash, exclude=None, limit=0):
+        points = snap.points
+        npoints = len(points)
+        if not npoints:
+            return None
+        members = snap.members
+        owners = snap.owners
+        i = bisect_left(points, key_hash)
+        if i == npoints:
+            i = 0
+        # The common case: the successor is idle, not excluded, and within the breaker.
+        member = members[owners[i]]
+        load = member.load()
+        if load == 0 and (exclude is None or member not in exclude):
+            return member
+        total = 0
+        for m in members:
+            total += m.load()
+        scale = self.load_factor * (total + 1) / snap.total_weight
+        weights = snap.weights
+        seen = 0
+        full = snap.full
+        for step in range(npoints):
+            j = owners[(i + step) % npoints]
+            bit = 1 << j
+            if seen & bit:
+                continue
+            seen |= bit
+            member = members[j]
+            if exclude is None or member not in exclude:
+                load = member.load()
+                if load < _ceil(scale * weights[j]) and (not limit or load < limit):
+                    return member
+            if seen == full:
+                break
+        return None
+
+    def capacity(self, snap, member_index, total):
+        """The most ``member_index`` may hold after placing request number ``total + 1``."""
+        return _ceil(self.load_factor * (total + 1) * snap.weights[member_index] / snap.total_weight)
+
+
+def _ceil(x):
+    n = int(x)
+    return n + 1 if n < x else n
+
+
+class RetryBudget:
+    """At most ``ratio`` retries per request over time, plus ``min_per_second`` retries a second
+    so a quiet service can still retry; an outage cannot become a retry storm.
+
+    Two token buckets: every first attempt deposits ``ratio`` tokens (capped at ``burst``), and
+    time refills a floor of ``min_per_second`` tokens a second (capped at one second's worth).
+    A retry spends one token, earned ones first.
+    """
+
+    __slots__ = ("ratio", "min_rate", "burst", "tokens", "floor", "last", "requests", "retries", "refused")
+
+    def __init__(self, ratio=0.2, min_per_second=5.0, burst=10.0, now=0.0):
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError("retry budget ratio must be within [0, 1]")
+        self.ratio = ratio
+        self.min_rate = min_per_second
+        self.burst = burst
+        self.tokens = 0.0
+        self.floor = min_per_second
+        self.last = now
+        self.requests = 0
+        self.retries = 0
+        self.refused = 0
+
+    def on_request(self):
+        self.requests += 1
+        tokens = self.tokens + self.ratio
+        self.tokens = tokens if tokens < self.burst else self.burst
+
+    def try_retry(self, now):
+        if self.min_rate:
+            elapsed = now - self.last
+            if elapsed > 0:
+                self.floor = min(self.min_rate, self.floor + elapsed * self.min_rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+        elif self.floor >= 1.0:
+            self.floor -= 1.0
+        else:
+            self.refused += 1
+            return False
+        self.retries += 1
+        return True
+
+    def refund(self):
+        """A granted retry that found no backend to go to."""
+        self.retries -= 1
+        self.tokens += 1.0
+
+    def stats(self):
+        return {
+            "requests": self.requests,
+            "retries": self.retries,
+            "refused": self.refused,
+            "ratio": self.ratio,
+            "tokens": round(self.tokens, 3),
+        }

@@ -1,0 +1,197 @@
+"""Property tests: the Cython build behaves exactly like the pure-Python specification.
+
+Hypothesis makes upstream responses, valid ones (Content-Length, chunked with extensions and
+trailers, close-delimited; JSON or event streams in every SSE line ending) and broken ones (a
+valid response with bytes inserted, removed, replaced or cut off), splits them at random byte
+boundaries, and feeds the same reads to both builds. After every read both must report the same
+flags, offsets and head fields, and fail with the same error; at the end, EOF must be judged the
+same. A second property holds the specification itself to its promise that where the bytes were
+split does not matter.
+"""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _speedups import framing as pure
+
+try:
+    from _speedups import framing_c as native
+except ImportError:
+    native = None
+    if os.environ.get("FLEETPROXY_EXPECT_NATIVE", "") not in ("", "0"):
+        raise  # the native build was required: fail loudly rather than skip
+    pytestmark = pytest.mark.skip("_speedups.framing_c is not built")
+
+HEAD, DONE, ERROR = pure.HEAD, pure.DONE, pure.ERROR
+SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# -- responses ------------------------------------------------------------------------------
+
+line_ending = st.sampled_from([b"\n", b"\r", b"\r\n"])
+
+
+@st.composite
+def sse_body(draw):
+    events = []
+    for _ in range(draw(st.integers(0, 6))):
+        end = draw(line_ending)
+        text = draw(st.binary(max_size=40)).replace(b"\r", b"").replace(b"\n", b"")
+        events.append(b"data: " + text + end + end)
+    if draw(st.booleans()):
+        events.append(b"data: [DONE]\n\n")
+    if draw(st.booleans()):
+        events.append(b"data: partial")  # an event the upstream never finished
+    return b"".join(events)
+
+
+@st.composite
+def chunked(draw, body):
+    out = []
+    pos = 0
+    while pos < len(body):
+        size = draw(st.integers(1, max(1, len(body) - pos)))
+        ext = draw(st.sampled_from([b"", b";a=1", b" ;b", b"\t;c=\"d\""]))
+        hexs = b"%x" % size if draw(st.booleans()) else b"%X" % size
+        out.append(hexs + ext + b"\r\n" + body[pos : pos + size] + b"\r\n")
+        pos += size
+    trailer = draw(st.sampled_from([b"", b"X-Usage: 12\r\n", b"A: 1\r\nB: 2\r\n"]))
+    out.append(b"0\r\n" + trailer + b"\r\n")
+    return b"".join(out)
+
+
+@st.composite
+def response(draw):
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]))
+    status = draw(st.sampled_from([200, 200, 200, 201, 204, 304, 404, 500, 503]))
+    reason = draw(st.sampled_from([b"OK", b"", b"Service Unavailable", b"x y z"]))
+    sse = draw(st.booleans())
+    body = draw(sse_body()) if sse else draw(st.binary(max_size=300))
+    framing = draw(st.sampled_from(["length", "chunked", "close"]))
+    headers = [b"content-type: text/event-stream" if sse else b"Content-Type: application/json"]
+    if framing == "length":
+        headers.append(b"Content-Length: %d" % len(body))
+        payload = body
+    elif framing == "chunked":
+        headers.append(b"Transfer-Encoding: chunked")
+        payload = draw(chunked(body))
+    else:
+        payload = body
+    extra = draw(
+        st.lists(
+            st.sampled_from(
+                [b"Connection: close", b"Connection: keep-alive", b"X-Request-Id: abc", b"server: vllm",
+                 b"Date: Sun, 29 Nov 2026 22:41:35 GMT", b"Keep-Alive: timeout=5"]
+            ),
+            max_size=3,
+        )
+    )
+    order = draw(st.permutations(headers + extra))
+    head = b"%s %d %s\r\n" % (version, status, reason) + b"".join(h + b"\r\n" for h in order) + b"\r\n"
+    return head + payload
+
+
+@st.composite
+def mutated(draw):
+    data = draw(response())
+    body_at = data.find(b"\r\n\r\n") + 4  # most mutations go to the body, where framing is
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["insert", "delete", "replace", "truncate", "append"]))
+        in_body = draw(st.integers(0, 4)) > 0 and body_at < len(data)
+        at = draw(st.integers(body_at, len(data)) if in_body else st.integers(0, len(data)))
+        junk = draw(st.sampled_from([b"\r", b"\n", b"\r\n", b"\x00", b":", b" ", b";", b"0", b"f", b"z"]))
+        if kind == "insert":
+            data = data[:at] + junk + data[at:]
+        elif kind == "delete":
+            data = data[:at] + data[at + 1 :]
+        elif kind == "replace":
+            data = data[:at] + junk + data[at + 1 :]
+        elif kind == "truncate":
+            data = data[:at]
+        else:
+            data = data + junk
+    return data
+
+
+@st.composite
+def split(draw, data_strategy):
+    data = draw(data_strategy)
+    if not data:
+        return data, [data]
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(data) - 1)), max_size=20)))
+    bounds = [0, *[c for c in cuts if c < len(data)], len(data)]
+    return data, [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+# (head_request, whole_chunks): mostly a plain request, so that bodies get framed.
+options = st.sampled_from([(False, False), (False, False), (False, False), (False, True), (True, False)])
+
+# -- comparing --------------------------------------------------------------------------------
+
+
+def snapshot(f, flags):
+    return (
+        flags, f.head_end, f.safe_end, f.msg_end, f.error, f.status, f.version, f.reason,
+        list(f.headers), f.kind, f.keep_alive, f.event_stream, f.content_length, f.body_bytes,
+        f.done, f.started,
+    )
+
+
+def trace(fr, pieces, opts):
+    f = fr.ResponseFramer(*opts)
+    steps = [snapshot(f, f.feed(piece)) for piece in pieces]
+    steps.append(("eof", f.eof(), f.done))
+    return steps
+
+
+def absolute(fr, pieces, opts):
+    """What a relay learns, in offsets from the start of the response."""
+    f = fr.ResponseFramer(*opts)
+    offset, seen, safe, marks = 0, 0, 0, {}
+    for piece in pieces:
+        flags = f.feed(piece)
+        seen |= flags
+        if flags & HEAD:
+            marks["head"] = offset + f.head_end
+        if flags & DONE:
+            marks["msg"] = offset + f.msg_end
+        if flags & ERROR:
+            break
+        if f.safe_end:
+            safe = max(safe, offset + f.safe_end)
+        offset += len(piece)
+    return seen, marks, None if seen & ERROR else safe, f.error, f.body_bytes, snapshot(f, 0)[5:]
+
+
+@SETTINGS
+@given(split(response()), options)
+def test_valid_responses_identical(case, opts):
+    data, pieces = case
+    expected = trace(pure, pieces, opts)
+    assert trace(native, pieces, opts) == expected
+    flags, status = expected[-2][0], expected[-2][5]
+    if not opts[0] and status not in (204, 304):  # those must not carry the body we gave them
+        assert not flags & ERROR, expected[-2]
+
+
+@SETTINGS
+@given(split(mutated()), options)
+def test_broken_responses_identical(case, opts):
+    data, pieces = case
+    assert trace(native, pieces, opts) == trace(pure, pieces, opts)
+
+
+@SETTINGS
+@given(split(st.one_of(response(), mutated())), options)
+def test_split_does_not_matter(case, opts):
+    data, pieces = case
+    for fr in (pure, native):
+        assert absolute(fr, pieces, opts) == absolute(fr, [data], opts)
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=200), response().map(lambda r: r.partition(b"\r\n\r\n")[2])))
+def test_dechunk_identical(data):
+    assert native.dechunk(data) == pure.dechunk(data)
