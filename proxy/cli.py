@@ -25,6 +25,13 @@ def _parser():
     p.add_argument("--drain-timeout", type=float, metavar="S", help="graceful drain limit (default 30)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", default=None, help="log one line per request")
+    b = p.add_argument_group("balancing (the default pool; pools: in the config file for more)")
+    b.add_argument("--policy", dest="b_policy", choices=["round_robin", "least_request", "consistent_hash"])
+    b.add_argument(
+        "--hash-key", dest="b_hash_keys", action="append", metavar="KEY",
+        help="consistent_hash key source, repeatable, tried in order: header:NAME, user, prefix",
+    )
+    b.add_argument("--load-factor", dest="b_load_factor", type=float, metavar="C", help="bounded loads: c x mean")
     t = p.add_argument_group("timeouts (seconds)")
     t.add_argument("--connect-timeout", type=float, dest="t_connect")
     t.add_argument("--first-byte-timeout", type=float, dest="t_first_byte")
@@ -42,7 +49,7 @@ def _parser():
 
 
 def config_from_args(args):
-    overrides = {"timeouts": {}, "limits": {}, "pool": {}}
+    overrides = {"timeouts": {}, "limits": {}, "pool": {}, "balance": {}}
     for key, value in vars(args).items():
         if value is None:
             continue
@@ -52,6 +59,8 @@ def config_from_args(args):
             overrides["limits"][key[2:]] = value
         elif key.startswith("p_"):
             overrides["pool"][key[2:]] = value
+        elif key.startswith("b_"):
+            overrides["balance"][key[2:]] = value
         elif key == "backend":
             overrides["backends"] = value
         elif key == "workers":

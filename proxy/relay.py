@@ -28,7 +28,7 @@ import logging
 
 from _speedups import DONE, ERROR, HEAD, UNTIL_CLOSE, CHUNKED, ResponseFramer, dechunk
 
-from . import http1
+from . import accesslog, http1
 from .admin import health_response, json_response, response_bytes
 from .errors import ProxyError, UpstreamError, UpstreamTimeout, sse_error_event
 
@@ -42,7 +42,7 @@ class Exchange:
         "down", "method", "target", "headers", "body", "http10", "keep_alive", "request_id",
         "error", "backend", "conn", "framer", "head_sent", "held", "close_after", "dechunk",
         "timer", "task", "finished", "ticks", "rx_seen", "retried", "reused", "route", "attempts",
-        "tried", "fields",
+        "tried", "fields", "t0",
     )
 
     def __init__(self, down, method, target, headers, body, http10, keep_alive, request_id, error=None):
@@ -73,10 +73,13 @@ class Exchange:
         self.attempts = 0  # upstream attempts that reached a backend pick
         self.tried = None  # backends already tried (only after a retry)
         self.fields = None  # router.RoutingFields, decoded from the body on first need
+        self.t0 = 0.0  # start time, kept only for the access log
 
     # -- request phase --------------------------------------------------------------------
 
     def start(self):
+        if self.down.ctx.access_log:
+            self.t0 = self.down.ctx.loop.time()
         if self.error is not None:
             self.finished = True
             self.down.send_error(self, self.error, close=True)
@@ -345,11 +348,15 @@ class Exchange:
 
     def complete(self, reusable):
         self.finish(reusable)
+        if self.down.ctx.access_log:
+            accesslog.write(self, self.framer.status, "done")
         self.down.exchange_done(self)
 
     def fail(self, err):
         """Failure before any response byte reached the client: a 5xx it can read."""
         self.finish(False)
+        if self.down.ctx.access_log:
+            accesslog.write(self, err.status, "error")
         self.down.send_error(self, err, close=False)
 
     def break_stream(self, message):
@@ -358,6 +365,8 @@ class Exchange:
         self.finish(False)
         down = self.down
         log.warning("request %s: %s", self.request_id.decode(errors="replace"), message)
+        if down.ctx.access_log:
+            accesslog.write(self, self.framer.status, "broken")
         if self.framer.event_stream:
             event = sse_error_event(message)
             down.transport.write(event if self.dechunk or self.framer.kind != CHUNKED else http1.chunk(event))
@@ -365,6 +374,8 @@ class Exchange:
 
     def client_gone(self):
         """The client disconnected: abandon the upstream request at once."""
+        if not self.finished and self.down.ctx.access_log:
+            accesslog.write(self, 499, "client_gone")
         self.finish(False)
 
     def finish(self, reusable):

@@ -31,6 +31,7 @@ class Context:
         self.router = router
         self.connections = set()
         self.draining = False
+        self.access_log = cfg.access_log
         t = cfg.timeouts
         # The upstream watchdog ticks at a quarter of the shorter upstream timeout, so a stall
         # is caught between 1 and 1.25 times its limit (see relay.Exchange._watch).

@@ -1,0 +1,28 @@
+"""One line per proxied request (``access_log: true`` / ``--access-log``), beside the data path.
+
+Off by default: the hot path then pays one attribute test per request. The outcome says how the
+exchange ended: ``done`` (answered in full), ``error`` (the proxy answered with an error),
+``broken`` (the upstream failed mid-response), ``client_gone`` (status 499, nginx's convention).
+"""
+
+import logging
+
+log = logging.getLogger("fleetproxy.access")
+
+
+def write(exchange, status, outcome):
+    ctx = exchange.down.ctx
+    framer = exchange.framer
+    log.info(
+        '%s "%s %s" %d %s backend=%s attempts=%d bytes=%d ms=%.1f id=%s',
+        exchange.down.peer.decode(),
+        exchange.method.decode(errors="replace"),
+        exchange.target.decode(errors="replace"),
+        status,
+        outcome,
+        exchange.backend.label if exchange.backend is not None else "-",
+        exchange.attempts,
+        framer.body_bytes if framer is not None else 0,
+        (ctx.loop.time() - exchange.t0) * 1000.0,
+        exchange.request_id.decode(errors="replace"),
+    )
