@@ -332,7 +332,8 @@ class Exchange:
         if self.finished or conn is None:
             return
         ctx = self.down.ctx
-        if conn.rx != self.rx_seen:
+        if conn.rx != self.rx_seen or self.down.writing_paused:
+            # Progress, or we stopped reading ourselves (the client is slow): not a stall.
             self.rx_seen = conn.rx
             self.ticks = 0
         else:

@@ -580,3 +580,25 @@ def test_slow_reader_gets_every_byte(sim, proxy):
     s.close()
     assert len(direct) > 2_000_000
     assert out.partition(b"\r\n\r\n")[2] == direct
+
+
+def test_paused_upstream_is_not_an_idle_timeout(sim):
+    """While a slow client makes us stop reading the backend, the idle watchdog must not fire."""
+    proxy = start_proxy([sim], "--idle-timeout", "0.4")
+    try:
+        body = json.dumps({**CHAT, "stream": True, "max_tokens": 20000}).encode()
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        time.sleep(1.5)  # several idle timeouts long, with the proxy paused on us
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        s.close()
+        assert out.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+        assert b'"error"' not in out
+    finally:
+        proxy.stop()

@@ -1,14 +1,16 @@
 """End to end, native against pure speedups in one run: wrk through fleetproxy to the simulator.
 
-    python bench/micro/speedups_e2e.py [--duration 5] [--rounds 2] [--out bench/results/DATE-speedups-e2e.md]
+    python bench/micro/speedups_e2e.py [--duration 5] [--rounds 3] [--out bench/results/DATE-speedups-e2e.md]
 
-Starts one simulator (`python -m proxy.sim`) and, per build, one proxy (`python -m proxy`, the
-pure one with FLEETPROXY_PURE=1), on ports 38000-38999. For each scenario (bench/lua/chat.lua:
-non-streaming, 16 tokens; bench/lua/stream.lua: the same streamed, 16 token events) it runs
-`wrk -t1 -c32` against each proxy in turn, `--rounds` times interleaved so that drift on a shared
-machine hits both builds alike, and reads the proxy's CPU time (utime + stime from
-/proc/PID/stat) before and after each run: CPU µs per request is that delta over the requests wrk
-completed. A warm-up run precedes each measured one. Every process it starts is stopped by PID.
+Starts two simulators (`python -m proxy.sim`: one answering at once, one spacing tokens 1 ms
+apart) and, per simulator and build, one proxy (`python -m proxy`; the pure one with
+FLEETPROXY_PURE=1), on free ports in 38000-38999. For each scenario (bench/lua/chat.lua,
+non-streaming, 16 tokens; bench/lua/stream16.lua, the same streamed: 18 events and [DONE]) it
+runs `wrk -t1 -c32 --latency` against each build's proxy in turn, `--rounds` times interleaved so
+that drift on a shared machine hits both builds alike, and reads the proxy's CPU time (utime +
+stime of the supervisor and its worker, /proc/PID/stat) before and after: CPU µs per request is
+that delta over the requests wrk completed. A 1 s warm-up precedes each measured run. Every
+process it starts is stopped by PID.
 """
 
 import argparse
@@ -22,7 +24,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TICK = os.sysconf("SC_CLK_TCK")  # clock ticks per second in /proc/PID/stat
-SCENARIOS = [("non-streaming (chat.lua)", "bench/lua/chat.lua"), ("streaming, 16 tokens (stream.lua)", "bench/lua/stream.lua")]
+# (title, wrk script, simulator): "fast" answers at once (a whole stream may arrive in one read),
+# "paced" spaces tokens 1 ms apart (vLLM's shape: one event per chunk per read).
+SCENARIOS = [
+    ("non-streaming, 16 tokens (chat.lua)", "bench/lua/chat.lua", "fast"),
+    ("streaming, 16 tokens, no delay (stream16.lua)", "bench/lua/stream16.lua", "fast"),
+    ("streaming, 16 tokens 1 ms apart (stream16.lua)", "bench/lua/stream16.lua", "paced"),
+]
+SIMS = {"fast": [], "paced": ["--itl", "0.001"]}
+BUILDS = {"native": {}, "pure": {"FLEETPROXY_PURE": "1"}}
 
 
 def cpu_seconds(pid):
@@ -137,36 +147,38 @@ def machine():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--duration", type=int, default=5, help="seconds per measured wrk run")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved native/pure rounds")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved native/pure rounds")
     p.add_argument("--base-port", type=int, default=38400, help="first port to try (up to 38999)")
     p.add_argument("--out", default=None, help="markdown file to write (default: stdout only)")
     a = p.parse_args()
-    sim_port, *ports = pick_ports(5, a.base_port)
+    ports = iter(pick_ports(len(SIMS) * (1 + 2 * len(BUILDS)), a.base_port))
     procs = []
     results = {}
     try:
-        sim = start(["-m", "proxy.sim", "--port", str(sim_port)], sim_port)
-        procs.append(sim)
-        proxies = {}
-        for i, (name, env) in enumerate([("native", {}), ("pure", {"FLEETPROXY_PURE": "1"})]):
-            port, admin = ports[2 * i], ports[2 * i + 1]
-            proc = start(
-                ["-m", "proxy", "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
-                 "--backend", f"http://127.0.0.1:{sim_port}"], port, env,
-            )
-            procs.append(proc)
-            proxies[name] = (proc, port)
-        for name, (proc, _) in proxies.items():  # the startup log says which build each one runs
+        sims, proxies = {}, {}
+        for sim, flags in SIMS.items():
+            sims[sim] = port = next(ports)
+            procs.append(start(["-m", "proxy.sim", "--port", str(port), *flags], port))
+            for name, env in BUILDS.items():
+                listen, admin = next(ports), next(ports)
+                proc = start(
+                    ["-m", "proxy", "--listen", f"127.0.0.1:{listen}", "--admin-listen", f"127.0.0.1:{admin}",
+                     "--backend", f"http://127.0.0.1:{port}"], listen, env,
+                )
+                procs.append(proc)
+                proxies[(sim, name)] = (proc, listen)
+        for name, env in BUILDS.items():  # the build each proxy runs, as its --version reports it
             version = subprocess.run([sys.executable, "-m", "proxy", "--version"], cwd=ROOT, capture_output=True,
-                                     text=True, env={**os.environ, **({"FLEETPROXY_PURE": "1"} if name == "pure" else {})}).stdout
+                                     text=True, env={**os.environ, **env}).stdout
             assert f"speedups: {name}" in version, (name, version)
-        direct = {title: wrk(sim_port, script, a.duration) for title, script in SCENARIOS}
+        direct = {title: wrk(sims[sim], script, a.duration) for title, script, sim in SCENARIOS}
         for _ in range(a.rounds):
-            for title, script in SCENARIOS:
-                for name, (proc, port) in proxies.items():
+            for title, script, sim in SCENARIOS:
+                for name in BUILDS:
+                    proc, port = proxies[(sim, name)]
                     r = measure(proc.pid, port, script, a.duration)
                     results.setdefault((title, name), []).append(r)
-                    print(f"{title:36} {name:6} {r['rps']:9.0f} req/s  {r['cpu_us']:6.1f} µs CPU/req  "
+                    print(f"{title:48} {name:6} {r['rps']:9.0f} req/s  {r['cpu_us']:6.1f} µs CPU/req  "
                           f"p50 {r['p50']}  p99 {r['p99']} {r['errors']}", file=sys.stderr)
     finally:
         for proc in reversed(procs):
@@ -189,28 +201,34 @@ def render(results, direct, a):
         "",
         f"Machine: {machine()}.",
         "",
-        f"One simulator, one proxy per build (1 worker each), `wrk -t1 -c32 -d{a.duration}s` per run, "
+        f"Two simulators (tokens at once; tokens 1 ms apart, so one event per read), one proxy per "
+        f"simulator and build (1 worker each), `wrk -t1 -c32 -d{a.duration}s` per run, "
         f"{a.rounds} rounds interleaved native/pure after a 1 s warm-up each; the best round is shown "
         "(req/s: highest, CPU: lowest), all rounds below. CPU is the proxy's utime + stime (supervisor and "
         "its worker) from /proc/PID/stat over the run, divided by the requests wrk completed. wrk, the simulator "
         "and the proxy share the machine's CPUs, so req/s is bounded by all three; CPU per request "
         "is the proxy's own cost. Produced by `python bench/micro/speedups_e2e.py`.",
         "",
-        "| scenario | build | req/s | proxy CPU per request | p50 | p99 |",
-        "|---|---|---:|---:|---:|---:|",
+        "| scenario | build | req/s | SSE tokens/s | proxy CPU per request | p50 | p99 |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for title, _ in SCENARIOS:
+    for title, script, _ in SCENARIOS:
+        tokens = 16 if "stream" in script else 0
+
+        def tps(rps):
+            return f"{rps * tokens:,.0f}" if tokens else ""
+
         d = direct[title]
-        lines.append(f"| {title} | direct to the simulator | {d['rps']:,.0f} | | {d['p50']} | {d['p99']} |")
-        for name in ("native", "pure"):
+        lines.append(f"| {title} | direct to the simulator | {d['rps']:,.0f} | {tps(d['rps'])} | | {d['p50']} | {d['p99']} |")
+        for name in BUILDS:
             runs = results[(title, name)]
             best = max(runs, key=lambda r: r["rps"])
             lines.append(
-                f"| {title} | fleetproxy, {name} | {best['rps']:,.0f} | {_best(runs, 'cpu_us', False):.1f} µs "
-                f"| {best['p50']} | {best['p99']} |"
+                f"| {title} | fleetproxy, {name} | {best['rps']:,.0f} | {tps(best['rps'])} "
+                f"| {_best(runs, 'cpu_us', False):.1f} µs | {best['p50']} | {best['p99']} |"
             )
     lines += ["", "| scenario | native / pure req/s | pure / native CPU per request |", "|---|---:|---:|"]
-    for title, _ in SCENARIOS:
+    for title, _, _ in SCENARIOS:
         n, p = results[(title, "native")], results[(title, "pure")]
         lines.append(
             f"| {title} | {_best(n, 'rps') / _best(p, 'rps'):.2f}x "

@@ -17,8 +17,11 @@ def main(path):
         groups[bench["group"]][impl] = bench["stats"]
     m = run["machine_info"]
     cpu = m.get("cpu", {}).get("brand_raw", m.get("processor", "?"))
+    load = m.get("load_average_at_start")
     print(f"Machine: {cpu}, {m.get('cpu', {}).get('count', '?')} logical CPUs, "
-          f"{m['python_implementation']} {m['python_version']}; {run['datetime'][:19]} UTC.\n")
+          f"{m['python_implementation']} {m['python_version']}; {run['datetime'][:19]} UTC"
+          + (f"; load average {load[0]:.2f} at start" if load else "")
+          + (f"; {m['note']}" if m.get("note") else "") + ".\n")
     print("| function (input) | pure median | native median | pure / native |")
     print("|---|---:|---:|---:|")
     for group, stats in groups.items():
