@@ -39,7 +39,7 @@ def parse(argv=None):
                    help="every scenario briefly, once per target (< 60 s); results to a temp dir")
     p.add_argument("--scenarios", metavar="a,b,...", help="which scenarios (letters or names; default all)")
     p.add_argument("--targets", default=DEFAULT_TARGETS, metavar="LIST",
-                   help=f"from {','.join(TARGETS)} (default {DEFAULT_TARGETS}); fleetproxy-pure runs "
+                   help=f"from {','.join(TARGETS)} or fleetproxy-wN (N workers) (default {DEFAULT_TARGETS}); fleetproxy-pure runs "
                         "fleetproxy with FLEETPROXY_PURE=1, for native vs pure")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes of fleetproxy and of nginx (default 1)")
@@ -59,7 +59,7 @@ def parse(argv=None):
     if args.repeat < 1 or args.workers < 1 or (args.duration is not None and args.duration <= 0):
         p.error("--repeat and --workers must be >= 1, --duration > 0")
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = [t for t in names if t not in TARGETS]
+    unknown = [t for t in names if t not in TARGETS and not _workers_target(t)]
     if unknown or not names:
         p.error(f"--targets: unknown {unknown}; choose from {', '.join(TARGETS)}")
     if args.no_nginx and "nginx" in names:
@@ -99,7 +99,15 @@ def start_targets(fleet: Fleet, names: list[str], backends: list[str], workers: 
             targets.append(fleet.start_fleetproxy("fleetproxy-pure", backends, workers, pure=True))
         elif name == "nginx":
             targets.append(fleet.start_nginx("nginx", backends, workers))
+        elif _workers_target(name):
+            targets.append(fleet.start_fleetproxy(name, backends, _workers_target(name)))
     return targets
+
+
+def _workers_target(name: str) -> int:
+    """``fleetproxy-wN``: fleetproxy with N workers, to compare process counts in one run."""
+    prefix = "fleetproxy-w"
+    return int(name[len(prefix):]) if name.startswith(prefix) and name[len(prefix):].isdigit() else 0
 
 
 def routing(fleet: Fleet, runner: Runner, s, args) -> dict:
