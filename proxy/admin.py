@@ -53,15 +53,27 @@ def response_bytes(status, payload, keep_alive=True):
 
 
 class AdminProtocol(asyncio.Protocol):
-    def __init__(self, routes, prefixes=()):
-        self.routes = routes  # {(method, path): callable() -> (status, payload)}
-        self.prefixes = prefixes  # ((method, path prefix, callable(rest) -> (status, payload)), ...)
+    """Plain HTTP/1.1 for admin listeners, one request at a time, answered in order.
+
+    ``handle(method, path, body)`` is a coroutine returning (status, JSON-able payload); it may
+    await (the supervisor fans requests out to its workers).
+    """
+
+    def __init__(self, handle):
+        self.handle = handle
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
+        self.body = b""
+        self.pending = asyncio.Queue()
+        self.task = None
 
     def connection_made(self, transport):
         self.transport = transport
+        self.task = asyncio.get_running_loop().create_task(self._answer())
+
+    def connection_lost(self, exc):
+        self.task.cancel()
 
     def data_received(self, data):
         try:
@@ -71,38 +83,46 @@ class AdminProtocol(asyncio.Protocol):
             self.transport.close()
 
     def on_message_begin(self):
-        self.url = b""
+        self.url, self.body = b"", b""
 
     def on_url(self, url):
         self.url += url
 
+    def on_body(self, body):
+        self.body += body
+
     def on_message_complete(self):
         path = httptools.parse_url(self.url).path.decode()
         method = self.parser.get_method().decode()
-        handler = self.routes.get((method, path))
-        if handler is not None:
-            status, payload = handler()
-        else:
-            status, payload = 404, {"error": f"no admin route {method} {path}"}
-            for m, prefix, prefixed in self.prefixes:
-                if m == method and path.startswith(prefix):
-                    status, payload = prefixed(path[len(prefix):])
-                    break
-        keep_alive = self.parser.should_keep_alive()
-        self.transport.write(response_bytes(status, payload, keep_alive))
-        if not keep_alive:
-            self.transport.close()
+        self.pending.put_nowait((method, path, self.body, self.parser.should_keep_alive()))
+
+    async def _answer(self):
+        while True:
+            method, path, body, keep_alive = await self.pending.get()
+            status, payload = await self.handle(method, path, body)
+            self.transport.write(response_bytes(status, payload, keep_alive))
+            if not keep_alive:
+                self.transport.close()
+                return
 
 
 async def start(ctx):
+    """This worker's admin listener (a private port when a supervisor serves the public one)."""
     host, port = ctx.cfg.admin_address
-    routes = {
-        ("GET", "/healthz"): lambda: (200, _OK),
-        ("GET", "/readyz"): lambda: health_response(ctx.ready()),
-        ("GET", "/admin/backends"): lambda: (200, ctx.router.state()),
-    }
-    prefixes = (("POST", "/admin/backends/", lambda rest: drain_action(ctx.router, rest)),)
-    return await ctx.loop.create_server(lambda: AdminProtocol(routes, prefixes), host, port, reuse_address=True)
+
+    async def handle(method, path, body):
+        if method == "GET":
+            if path == "/healthz":
+                return 200, _OK
+            if path == "/readyz":
+                return health_response(ctx.ready())
+            if path == "/admin/backends":
+                return 200, ctx.router.state()
+        if method == "POST" and path.startswith("/admin/backends/"):
+            return drain_action(ctx.router, path[len("/admin/backends/"):])
+        return 404, {"error": f"no admin route {method} {path}"}
+
+    return await ctx.loop.create_server(lambda: AdminProtocol(handle), host, port, reuse_address=True)
 
 
 def drain_action(router, rest):

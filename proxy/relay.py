@@ -298,15 +298,7 @@ class Exchange:
         if not router.budget.try_retry(loop.time()):
             new.release()
             return False
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            if reusable and not conn.closed:
-                if self.down.writing_paused:
-                    conn.transport.resume_reading()
-                conn.pool.release(conn)
-            else:
-                conn.close()
+        self._give_back(reusable)
         self._cancel_timer()
         old = self.backend
         self.backend = new  # the hand-over: exactly one backend counts this exchange
@@ -388,6 +380,14 @@ class Exchange:
         if self.task is not None:
             self.task.cancel()
             self.task = None
+        self._give_back(reusable)
+        backend = self.backend
+        if backend is not None:
+            backend.release()  # the backend it was acquired on, whatever router is current now
+
+    def _give_back(self, reusable):
+        """Pool the connection after a response read to its end with keep-alive; else close it
+        (closing is what makes the backend abort the generation)."""
         conn = self.conn
         if conn is not None:
             self.conn = None
@@ -397,9 +397,6 @@ class Exchange:
                 conn.pool.release(conn)
             else:
                 conn.close()
-        backend = self.backend
-        if backend is not None:
-            backend.release()  # the backend it was acquired on, whatever router is current now
 
     def _cancel_timer(self):
         if self.timer is not None:

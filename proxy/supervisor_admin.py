@@ -8,10 +8,9 @@ over the workers and every worker's own view beside them.
 
 import asyncio
 
-import httptools
 import orjson
 
-from .admin import response_bytes
+from .admin import AdminProtocol
 
 FANOUT_TIMEOUT = 2.0  # s for one worker's admin answer
 
@@ -118,56 +117,10 @@ async def handle(sup, method, path, body):
     return 404, {"error": f"no admin route {method} {path}"}
 
 
-class SupervisorAdmin(asyncio.Protocol):
-    """Plain HTTP/1.1, one request at a time; handlers may await (fan-out)."""
-
-    def __init__(self, sup):
-        self.sup = sup
-        self.transport = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
-        self.body = b""
-        self.pending = asyncio.Queue()
-        self.task = None
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.task = asyncio.get_running_loop().create_task(self._answer())
-
-    def connection_lost(self, exc):
-        self.task.cancel()
-
-    def data_received(self, data):
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.transport.write(response_bytes(400, {"error": "malformed request"}, keep_alive=False))
-            self.transport.close()
-
-    def on_message_begin(self):
-        self.url, self.body = b"", b""
-
-    def on_url(self, url):
-        self.url += url
-
-    def on_body(self, body):
-        self.body += body
-
-    def on_message_complete(self):
-        path = httptools.parse_url(self.url).path.decode()
-        method = self.parser.get_method().decode()
-        self.pending.put_nowait((method, path, self.body, self.parser.should_keep_alive()))
-
-    async def _answer(self):
-        while True:
-            method, path, body, keep_alive = await self.pending.get()
-            status, payload = await handle(self.sup, method, path, body)
-            self.transport.write(response_bytes(status, payload, keep_alive))
-            if not keep_alive:
-                self.transport.close()
-                return
-
-
 async def start(sup):
     host, port = sup.cfg.admin_address
-    return await sup.loop.create_server(lambda: SupervisorAdmin(sup), host, port, reuse_address=True)
+
+    async def handle_request(method, path, body):
+        return await handle(sup, method, path, body)
+
+    return await sup.loop.create_server(lambda: AdminProtocol(handle_request), host, port, reuse_address=True)
