@@ -30,8 +30,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Coroutine
 
-import orjson
-
 from .config import FAULTS, SimConfig
 from .engine import Output, PrefixCache, Scheduler, Stats, chat_words, prompt_words
 from .render import DONE, ERROR_EVENT, LAST_CHUNK, Reply, chunk, error_body

@@ -15,6 +15,7 @@ balancer test asks for a second one only once it knows it can use it.
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import os
@@ -167,11 +168,13 @@ def _start_server(extra: tuple[str, ...] = ()) -> VLLM:
     for port in PORTS:
         if port_free(port) and not (out_dir / f"vllm-{port}.pid").exists():
             try:
-                return VLLM(port, out_dir, extra)
+                server = VLLM(port, out_dir, extra)
             except RuntimeError as e:
                 if "already in use" in str(e):
                     continue  # someone took it between our check and start.sh's
                 raise
+            atexit.register(server.stop)  # also when pytest dies early; stop.sh is idempotent
+            return server
     skip_or_fail(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
