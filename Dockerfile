@@ -17,5 +17,7 @@ RUN pip install --no-cache-dir --no-index /tmp/wheels/*.whl && rm -rf /tmp/wheel
 USER fleetproxy
 # 8080: data listener; 9090: admin (healthz, readyz, backends)
 EXPOSE 8080 9090
+# Mount a config at /etc/fleetproxy/fleetproxy.yaml (see examples/), or pass flags instead:
+#   docker run -p 8080:8080 IMAGE --listen 0.0.0.0:8080 --backend http://vllm:8000
 ENTRYPOINT ["fleetproxy"]
 CMD ["--listen", "0.0.0.0:8080", "--admin-listen", "0.0.0.0:9090", "--config", "/etc/fleetproxy/fleetproxy.yaml"]
