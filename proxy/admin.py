@@ -39,12 +39,19 @@ def json_response(body, request_id=b"", keep_alive=True):
     )
 
 
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+
+
 def response_bytes(status, payload, keep_alive=True):
-    body = orjson.dumps(payload)
+    """A JSON response, or Prometheus text when ``payload`` is already bytes."""
+    if isinstance(payload, bytes):
+        body, content_type = payload, PROMETHEUS_TEXT
+    else:
+        body, content_type = orjson.dumps(payload), b"application/json"
     return b"".join(
         (
             b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"OK") if status != 200 else b"OK"),
-            b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+            b"content-type: %s\r\ncontent-length: %d\r\n" % (content_type, len(body)),
             b"" if keep_alive else b"connection: close\r\n",
             b"\r\n",
             body,

@@ -61,7 +61,8 @@ class Generation:
         self.number = number
         self.cfg = cfg
         # One column per distinct backend, in the order every worker's router lists them.
-        self.columns = len(Router(cfg, None).backends)
+        self.labels = [b.label for b in Router(cfg, None).backends]
+        self.columns = len(self.labels)
         self.counters = SharedCounters(MAX_SLOTS, self.columns)
         self.workers = set()
 
@@ -103,6 +104,7 @@ class Supervisor:
         self.signals = asyncio.Queue()
         self.stopping = False
         self.fails = {}  # slot -> consecutive young deaths
+        self.restarts = 0  # workers respawned after dying (fleetproxy_worker_restarts_total)
         self.loop = None
 
     # -- main loop ----------------------------------------------------------------------------
@@ -222,6 +224,7 @@ class Supervisor:
             log.error("worker %d (pid %d) failed to boot (%s)", worker.slot, worker.pid, _cause(code))
             return
         log.error("worker %d (pid %d) died (%s); respawning", worker.slot, worker.pid, _cause(code))
+        self.restarts += 1
         young = time.monotonic() - worker.started < YOUNG
         fails = self.fails.get(worker.slot, 0) + 1 if young else 0
         self.fails[worker.slot] = fails

@@ -229,3 +229,32 @@ def test_shared_in_flight_counts_equal_the_sum_over_workers(sim2):
         for s in socks:
             s.close()
         proxy.stop()
+
+
+def test_prometheus_metrics_cover_the_process_group(sim2):
+    proxy = start_proxy([sim2], "--workers", "2")
+    try:
+        load = Load(proxy.port, threads=4)
+        time.sleep(0.5)
+        load.stop()
+        assert not load.failed
+
+        def scrape():
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
+            conn.request("GET", "/metrics")
+            resp = conn.getresponse()
+            assert resp.getheader("content-type").startswith("text/plain; version=0.0.4")
+            text = resp.read().decode()
+            conn.close()
+            return dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+
+        label = f'{{backend="127.0.0.1:{sim2.port}"}}'
+        values = scrape()
+        assert int(values["fleetproxy_backend_requests_total" + label]) == load.ok  # both workers counted
+        assert values["fleetproxy_backend_in_flight" + label] == "0"
+        assert values["fleetproxy_backend_healthy" + label] == "1"
+        assert values["fleetproxy_workers"] == "2"
+        os.kill(live_pids(proxy)[0], signal.SIGKILL)
+        assert wait_for(lambda: scrape()["fleetproxy_worker_restarts_total"] == "1", timeout=3)
+    finally:
+        proxy.stop()
