@@ -26,6 +26,11 @@ def write_config(tmp_path, cfg):
     return str(path)
 
 
+# Stickiness tests keep every backend up: on a starved CI machine a health probe may take
+# longer than the default 1 s timeout, and a backend wrongly marked down moves its keys.
+STEADY_HEALTH = {"timeout": 5.0, "unhealthy_threshold": 5}
+
+
 def proxy_with(tmp_path, cfg, env=None):
     return start_proxy([], "--config", write_config(tmp_path, cfg), env=env)
 
@@ -395,7 +400,11 @@ def test_sticky_by_session_header(tmp_path, sims):
     ss = sims(3)
     proxy = proxy_with(
         tmp_path,
-        {"backends": [s.url for s in ss], "balance": {"policy": "consistent_hash", "hash_keys": ["header:x-session-id"]}},
+        {
+            "backends": [s.url for s in ss],
+            "balance": {"policy": "consistent_hash", "hash_keys": ["header:x-session-id"]},
+            "health": STEADY_HEALTH,
+        },
     )
     try:
         homes = {}
@@ -417,6 +426,7 @@ def test_sticky_by_prompt_prefix(tmp_path, sims):
         {
             "backends": [s.url for s in ss],
             "balance": {"policy": "consistent_hash", "hash_keys": ["header:x-session-id", "prefix"], "prefix_chars": 48},
+            "health": STEADY_HEALTH,
         },
     )
     try:
