@@ -69,6 +69,28 @@ class Target:
         return [p.pid for p in self.procs]
 
 
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, popen: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Return once ``port`` accepts; fail at once if ``popen`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            err = popen.stderr.read().decode(errors="replace")[-2000:] if popen.stderr else ""
+            raise RuntimeError(f"process exited with {popen.returncode}: {err}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open in {timeout:g} s")
+
+
 def nginx_path() -> str | None:
     return NGINX if os.access(NGINX, os.X_OK) else shutil.which("nginx")
 

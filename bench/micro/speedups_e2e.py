@@ -20,9 +20,10 @@ import platform
 import re
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+from bench.procs import wait_port  # noqa: E402  (run as a script from any directory)
 TICK = os.sysconf("SC_CLK_TCK")  # clock ticks per second in /proc/PID/stat
 # (title, wrk script, simulator): "fast" answers at once (a whole stream may arrive in one read),
 # "paced" spaces tokens 1 ms apart (vLLM's shape: one event per chunk per read).
@@ -66,21 +67,6 @@ def pick_ports(count, low, high=38999):
         if len(ports) == count:
             return ports
     raise RuntimeError(f"fewer than {count} free ports in {low}-{high}")
-
-
-def wait_port(port, proc, timeout=15.0):
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
 
 
 def start(args, port, env=None):
