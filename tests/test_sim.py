@@ -30,6 +30,7 @@ from proxy.sim import SimConfig, start_sim
 from proxy.sim.cli import parse_args
 from proxy.sim.engine import WORDS, Output, PrefixCache
 from proxy.sim.render import Reply
+from realvllm.compare import event  # one parser of a chunk's single SSE event, shared
 
 RECORDED = Path(__file__).resolve().parents[2] / "shared/realvllm/recorded"
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,24 +184,6 @@ def split_chunks(body: bytes):
         assert body[eol + 2 + size: eol + 4 + size] == b"\r\n"
         chunks.append(body[eol + 2: eol + 2 + size])
         pos = eol + 4 + size
-
-
-def event(chunk: bytes):
-    """(kind, json) of one SSE event; the chunk must hold exactly one event."""
-    assert chunk.startswith(b"data: ") and chunk.endswith(b"\n\n"), chunk
-    assert chunk.count(b"\n\n") == 1 and b"\nevent:" not in chunk
-    payload = chunk[len(b"data: "):-2]
-    if payload == b"[DONE]":
-        return "done", None
-    obj = json.loads(payload)
-    if "error" in obj:
-        return "error", obj
-    if obj["choices"] == []:
-        return "usage", obj
-    choice = obj["choices"][0]
-    if "role" in choice.get("delta", {}):
-        return "role", obj
-    return ("finish" if choice["finish_reason"] is not None else "content"), obj
 
 
 def shape(obj) -> tuple:

@@ -39,7 +39,7 @@ def parse(raw: bytes):
 def event(payload: bytes):
     """(kind, object) of one chunk, which must hold exactly one `data:` event."""
     assert payload.startswith(b"data: ") and payload.endswith(b"\n\n"), payload
-    assert payload.count(b"\n\n") == 1, "more than one event in a chunk"
+    assert payload.count(b"\n\n") == 1 and b"\nevent:" not in payload, "more than one event in a chunk"
     data = payload[6:-2]
     if data == b"[DONE]":
         return "done", None
