@@ -3,30 +3,64 @@
 ``FLEETPROXY_PURE=1`` forces the pure-Python modules. Otherwise the Cython builds made by
 ``pip install .`` are used when present. Nothing else in the code base catches ImportError for
 these modules: import what you need from here, and read ``IMPLEMENTATION`` to know which ran.
+
+Tests and benchmarks that hold the two builds against each other ask here too: ``pure(name)``
+is the specification ``_speedups.<name>``, ``native(name)`` its compiled twin or None
+(``why_not_native(name)`` says why), and ``EXPECT_NATIVE`` says whether a missing twin is an
+error (CI's native run) or a skip.
 """
 
+import importlib
 import os
 from importlib.machinery import EXTENSION_SUFFIXES
 
-PURE = os.environ.get("FLEETPROXY_PURE", "") not in ("", "0")
 
-if PURE:
-    from . import framing as _framing
+def _env_flag(name):
+    return os.environ.get(name, "") not in ("", "0")
 
+
+PURE = _env_flag("FLEETPROXY_PURE")
+# Set by `make test-native`: the native build must have loaded, so a silent fallback fails CI.
+EXPECT_NATIVE = _env_flag("FLEETPROXY_EXPECT_NATIVE")
+
+_why_not_native = {}  # name -> why native(name) is None, for the error a test reports
+
+
+def pure(name):
+    """The pure-Python module ``_speedups.<name>``: the specification."""
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def native(name):
+    """The compiled ``_speedups.<name>_c``, or None when it is not built or does not load.
+
+    FLEETPROXY_PURE does not hide it: that switch picks what the proxy runs, while this answers
+    what is built, so the suite can compare the two builds in its pure run as well.
+    """
+    try:
+        module = importlib.import_module(f"{__name__}.{name}_c")  # built by setup.py
+    except ImportError as exc:  # not built, or built for another interpreter
+        _why_not_native[name] = str(exc)
+        return None
+    if not module.__file__.endswith(tuple(EXTENSION_SUFFIXES)):
+        # A <name>_c.py left by an older build would run as Python and claim to be native.
+        _why_not_native[name] = f"{module.__file__} is not a compiled extension"
+        return None
+    _why_not_native.pop(name, None)
+    return module
+
+
+def why_not_native(name):
+    """Why the last ``native(name)`` gave None ("" when it gave a module or was not asked)."""
+    return _why_not_native.get(name, "")
+
+
+_framing = None if PURE else native("framing")
+if _framing is None:
+    _framing = pure("framing")
     IMPLEMENTATION = "pure"
 else:
-    try:
-        from . import framing_c as _framing  # built by setup.py from framing.py + framing_c.pxd
-
-        if not _framing.__file__.endswith(tuple(EXTENSION_SUFFIXES)):
-            # A framing_c.py left by an older build would run as Python and claim to be native.
-            raise ImportError("_speedups.framing_c is not a compiled extension")
-    except ImportError:
-        from . import framing as _framing
-
-        IMPLEMENTATION = "pure"
-    else:
-        IMPLEMENTATION = "native"
+    IMPLEMENTATION = "native"
 
 ResponseFramer = _framing.ResponseFramer
 dechunk = _framing.dechunk

@@ -121,12 +121,12 @@ def by_key(keys: str | None) -> list[Scenario]:
 # holds only its policy (`routing_configs`; the backends come as flags, which override the file).
 # The policy names are read from the config schema (`proxy.config.Balance.policy`, a Literal);
 # if the balancer's configuration moves, this function is the one place to follow it. Without
-# `proxy/balancer.py` the scenario is skipped with a note.
+# `proxy/routing/policies.py` the scenario is skipped with a note.
 
 
 def routing_configs() -> list[tuple[str, dict]] | None:
     """[(policy name, config mapping that selects it)], or None while there is no balancer."""
-    if importlib.util.find_spec("proxy.balancer") is None:
+    if importlib.util.find_spec("proxy.routing.policies") is None:
         return None
     try:
         from proxy.config import Balance
@@ -146,5 +146,5 @@ def skip_reason(s: Scenario) -> str | None:
         if wrk.binary() is None:
             return "wrk is not installed (apt-get install wrk)"
     if s.key == "e" and routing_configs() is None:
-        return "proxy/balancer.py does not exist yet: routing quality needs the balancer"
+        return "proxy/routing/policies.py does not exist yet: routing quality needs the balancer"
     return None

@@ -25,7 +25,7 @@ def _parser():
     p.add_argument("--drain-timeout", type=float, metavar="S", help="graceful drain limit (default 30)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", default=None, help="log one line per request")
-    b = p.add_argument_group("balancing (the default pool; pools: in the config file for more)")
+    b = p.add_argument_group("balancing (the default cluster; clusters: in the config file for more)")
     b.add_argument("--policy", dest="b_policy", choices=["round_robin", "least_request", "consistent_hash"])
     b.add_argument(
         "--hash-key", dest="b_hash_keys", action="append", metavar="KEY",
@@ -49,7 +49,7 @@ def _parser():
 
 
 def config_from_args(args):
-    overrides = {"timeouts": {}, "limits": {}, "pool": {}, "balance": {}}
+    overrides = {"timeouts": {}, "limits": {}, "connection_pool": {}, "balance": {}}
     for key, value in vars(args).items():
         if value is None:
             continue
@@ -58,7 +58,7 @@ def config_from_args(args):
         elif key.startswith("l_"):
             overrides["limits"][key[2:]] = value
         elif key.startswith("p_"):
-            overrides["pool"][key[2:]] = value
+            overrides["connection_pool"][key[2:]] = value
         elif key.startswith("b_"):
             overrides["balance"][key[2:]] = value
         elif key == "backend":
@@ -95,10 +95,10 @@ def main(argv=None):
         print(f"fleetproxy: config error: {exc}", file=sys.stderr)
         return 2
     if args.single_process:
-        from .worker import run
+        from .process.worker import run
 
         run(cfg)
         return 0
-    from .supervisor import run
+    from .process.supervisor import run
 
     return run(cfg, lambda: config_from_args(args))

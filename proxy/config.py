@@ -49,9 +49,11 @@ class Limits(_Base):
     high_water: Bytes = 64 * KIB  # transport write buffer mark; low water is a quarter
 
 
-class Pool(_Base):
-    max_connections: Count = 1024  # per backend, in use + idle; beyond it requests wait
-    max_idle: Count = 256  # per backend
+class ConnectionPoolConfig(_Base):
+    """Upstream connections kept per endpoint (the ``connection_pool:`` section)."""
+
+    max_connections: Count = 1024  # per endpoint, in use + idle; beyond it requests wait
+    max_idle: Count = 256  # per endpoint
 
 
 class Health(_Base):
@@ -63,12 +65,12 @@ class Health(_Base):
 
 
 class Outlier(_Base):
-    """Passive ejection: a backend that keeps failing real requests leaves its pools for a while."""
+    """Passive ejection: an endpoint that keeps failing real requests leaves its clusters for a while."""
 
     consecutive_failures: Annotated[int, Meta(ge=0)] = 5  # connect errors, resets, 502/503/504; 0 = off
     base_ejection: Seconds = 5.0  # s out on the first ejection; doubles on each repeat
     max_ejection: Seconds = 300.0  # s: the cap of that doubling
-    max_ejected_percent: Annotated[int, Meta(ge=0, le=100)] = 50  # of a pool's backends at once
+    max_ejected_percent: Annotated[int, Meta(ge=0, le=100)] = 50  # of a cluster's endpoints at once
 
 
 class Retry(_Base):
@@ -81,7 +83,7 @@ class Retry(_Base):
 
 
 class Balance(_Base):
-    """How a pool picks among its backends."""
+    """How a cluster picks among its endpoints."""
 
     policy: Literal["round_robin", "least_request", "consistent_hash"] = "least_request"
     # consistent_hash: key sources tried in order, the first present wins: "header:NAME",
@@ -92,7 +94,7 @@ class Balance(_Base):
     prefix_chars: Count = 2048  # characters of the prompt that key the hash (at most)
     load_factor: Annotated[float, Meta(ge=1.0, le=10.0)] = 1.25  # bounded loads: c x average
     vnodes: Annotated[int, Meta(ge=1, le=10000)] = 160  # ring points per unit of weight
-    max_in_flight: Annotated[int, Meta(ge=0)] = 0  # circuit breaker per backend; 0 = unlimited
+    max_in_flight: Annotated[int, Meta(ge=0)] = 0  # circuit breaker per endpoint; 0 = unlimited
 
     def __post_init__(self):
         for key in self.hash_keys:
@@ -100,7 +102,9 @@ class Balance(_Base):
                 raise ValueError(f"hash key {key!r} must be header:NAME, user or prefix")
 
 
-class Backend(_Base):
+class EndpointConfig(_Base):
+    """One backend server (an endpoint): a ``backends:`` entry, or a bare URL."""
+
     url: str  # http://host[:port][/base-path], or https:// (TLS, certificate verified)
     name: Optional[Name] = None
     weight: Annotated[int, Meta(ge=1, le=1000)] = 1  # share of traffic and of the ring
@@ -142,7 +146,7 @@ class Backend(_Base):
         return self.name or f"{self.host}:{self.port}"
 
 
-class Provider(Backend, kw_only=True):
+class ProviderConfig(EndpointConfig, kw_only=True):
     """An external OpenAI-compatible endpoint, reached as the last step of fallback chains.
 
     Its URL's path stands for the client's ``/v1`` (``https://host/openai/v1`` turns
@@ -164,18 +168,19 @@ class Provider(Backend, kw_only=True):
             raise ValueError("api_key_env must name an environment variable")
 
 
-class ModelPool(_Base, kw_only=True):
-    """Backends serving a set of models, with a policy and a fallback chain."""
+class ClusterConfig(_Base, kw_only=True):
+    """A cluster: endpoints serving a set of models, with a policy and a fallback chain
+    (a ``clusters:`` entry)."""
 
     name: Name
-    models: list[str] = []  # model names routed here; [] = every model no other pool claims
-    backends: list[Backend]
+    models: list[str] = []  # model names routed here; [] = every model no other cluster claims
+    backends: list[EndpointConfig]
     balance: Balance = Balance()
-    fallback: list[Name] = []  # pools or providers tried next, in order
+    fallback: list[Name] = []  # clusters or providers tried next, in order
 
     def __post_init__(self):
         if not self.backends:
-            raise ValueError(f"pool {self.name!r} has no backends")
+            raise ValueError(f"cluster {self.name!r} has no backends")
 
 
 def _address(value, field):
@@ -188,14 +193,14 @@ def _address(value, field):
 class Config(_Base):
     listen: str = "127.0.0.1:8080"  # data port, HOST:PORT
     admin_listen: str = "127.0.0.1:9090"  # admin port, HOST:PORT
-    backends: list[Backend] = []  # the pool named "default": every model no other pool claims
-    balance: Balance = Balance()  # the default pool's policy
-    fallback: list[Name] = []  # the default pool's fallback chain
-    pools: list[ModelPool] = []
-    providers: list[Provider] = []
+    backends: list[EndpointConfig] = []  # the cluster named "default": every model no other claims
+    balance: Balance = Balance()  # the default cluster's policy
+    fallback: list[Name] = []  # the default cluster's fallback chain
+    clusters: list[ClusterConfig] = []  # (``pools:`` is read as an older name for it)
+    providers: list[ProviderConfig] = []
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
-    pool: Pool = Pool()
+    connection_pool: ConnectionPoolConfig = ConnectionPoolConfig()  # (older name: ``pool:``)
     health: Health = Health()
     outlier: Outlier = Outlier()
     retry: Retry = Retry()
@@ -207,46 +212,46 @@ class Config(_Base):
     def __post_init__(self):
         _address(self.listen, "listen")
         _address(self.admin_listen, "admin_listen")
-        if not self.backends and not self.pools and not self.providers:
-            raise ValueError("at least one backend is required (--backend URL, backends: or pools:)")
+        if not self.backends and not self.clusters and not self.providers:
+            raise ValueError("at least one backend is required (--backend URL, backends: or clusters:)")
         names = set()
-        for group in self.groups():
-            if group.name in names:
-                raise ValueError(f"pool or provider name {group.name!r} is used twice")
-            names.add(group.name)
+        for cluster in self.all_clusters():
+            if cluster.name in names:
+                raise ValueError(f"cluster or provider name {cluster.name!r} is used twice")
+            names.add(cluster.name)
         claimed = {}
         catch_all = 0
-        for group in self.groups():
-            for ref in getattr(group, "fallback", ()):
-                if ref not in names or ref == group.name:
-                    raise ValueError(f"pool {group.name!r}: fallback {ref!r} is not another pool or provider")
-            if isinstance(group, ModelPool) and not group.models:
+        for cluster in self.all_clusters():
+            for ref in getattr(cluster, "fallback", ()):
+                if ref not in names or ref == cluster.name:
+                    raise ValueError(f"cluster {cluster.name!r}: fallback {ref!r} is not another cluster or provider")
+            if isinstance(cluster, ClusterConfig) and not cluster.models:
                 catch_all += 1
-            for model in group.models:
+            for model in cluster.models:
                 if model in claimed:
-                    raise ValueError(f"model {model!r} is served by both {claimed[model]!r} and {group.name!r}")
-                claimed[model] = group.name
+                    raise ValueError(f"model {model!r} is served by both {claimed[model]!r} and {cluster.name!r}")
+                claimed[model] = cluster.name
         if catch_all > 1:
-            raise ValueError("only one pool may leave models empty (the catch-all)")
+            raise ValueError("only one cluster may leave models empty (the catch-all)")
         # A backend's name (host:port when unnamed) is how admin drains and the state name it.
         named = {}
-        for group in self.groups():
-            members = group.backends if isinstance(group, ModelPool) else [group]
+        for cluster in self.all_clusters():
+            members = cluster.backends if isinstance(cluster, ClusterConfig) else [cluster]
             labels = [b.label for b in members]
             if len(set(labels)) != len(labels):
-                raise ValueError(f"pool {group.name!r} lists a backend twice: {labels}")
+                raise ValueError(f"cluster {cluster.name!r} lists a backend twice: {labels}")
             for b in members:
                 if named.setdefault(b.label, b) != b:
                     raise ValueError(f"backend name {b.label!r} is given to two different backends")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be one of debug, info, warning, error")
 
-    def groups(self):
-        """Every pool, the default one (from ``backends``) first, then the providers."""
+    def all_clusters(self):
+        """Every cluster, the default one (from ``backends``) first, then the providers."""
         out = []
         if self.backends:
-            out.append(ModelPool(name="default", backends=self.backends, balance=self.balance, fallback=self.fallback))
-        out.extend(self.pools)
+            out.append(ClusterConfig(name="default", backends=self.backends, balance=self.balance, fallback=self.fallback))
+        out.extend(self.clusters)
         out.extend(self.providers)
         return out
 
@@ -282,20 +287,42 @@ def read_file(path):
     return raw
 
 
-def build(raw, source="<command line>"):
-    """Decode a raw mapping into a Config, naming ``source`` in any error."""
+# Older names of top-level sections, still read: "pool" meant three things (model pools, the
+# connection pool and its limits), so the sections now say which.
+OLD_NAMES = {"pools": "clusters", "pool": "connection_pool"}
+
+
+def _new_names(raw, source):
+    """``raw`` with older section names replaced, and {new: old} for what was replaced."""
     raw = dict(raw)
+    renamed = {}
+    for old, new in OLD_NAMES.items():
+        if old in raw:
+            if new in raw:
+                raise ConfigError(f"{source}: `{old}` is the older name of `{new}`; give only one of them")
+            raw[new] = raw.pop(old)
+            renamed[new] = old
+    return raw, renamed
+
+
+def build(raw, source="<command line>", renamed=None):
+    """Decode a raw mapping into a Config, naming ``source`` in any error."""
+    raw, more = _new_names(raw, source)
+    renamed = {**(renamed or {}), **more}
     raw["backends"] = _bare_urls(raw.get("backends"))
-    pools = raw.get("pools")
-    if isinstance(pools, list):
-        raw["pools"] = [
-            {**p, "backends": _bare_urls(p.get("backends"))} if isinstance(p, dict) and "backends" in p else p
-            for p in pools
+    clusters = raw.get("clusters")
+    if isinstance(clusters, list):
+        raw["clusters"] = [
+            {**c, "backends": _bare_urls(c.get("backends"))} if isinstance(c, dict) and "backends" in c else c
+            for c in clusters
         ]
     try:
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        message = str(exc)
+        for new, old in renamed.items():  # name the field as the file wrote it
+            message = message.replace(f"$.{new}", f"$.{old}")
+        raise ConfigError(f"{source}: {message}") from None
 
 
 def _bare_urls(backends):
@@ -307,7 +334,8 @@ def _bare_urls(backends):
 
 def load(path=None, overrides=None):
     """Config from an optional file with command-line ``overrides`` (nested dicts) on top."""
-    raw = read_file(path) if path else {}
+    source = path or "<command line>"
+    raw, renamed = _new_names(read_file(path) if path else {}, source)
     for key, value in (overrides or {}).items():
         if isinstance(value, dict):
             merged = dict(raw.get(key) or {})
@@ -315,7 +343,7 @@ def load(path=None, overrides=None):
             raw[key] = merged
         else:
             raw[key] = value
-    return build(raw, path or "<command line>")
+    return build(raw, source, renamed)
 
 
 def env_flag(name):

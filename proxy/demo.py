@@ -9,7 +9,7 @@ import uvloop
 
 from .config import build
 from .sim import SimConfig, start_sim
-from .worker import serve
+from .process.worker import serve
 
 BODY = b'{"model":"tiny","messages":[{"role":"user","content":"Hello, fleet!"}],"max_tokens":8}'
 

@@ -1,4 +1,4 @@
-"""Balancing, sans-IO: ring snapshots, policies, bounded loads, retry budget, health state, and
+"""Routing, sans-IO: ring snapshots, policies, bounded loads, retry budget, health state, and
 the router's decisions, all without a socket or a loop."""
 
 import math
@@ -11,18 +11,13 @@ import msgspec
 import pytest
 
 from conftest import ROOT
-from proxy.balancer import (
-    ConsistentHash,
-    RetryBudget,
-    RoundRobin,
-    Snapshot,
-    hash_bytes,
-    least_request,
-)
 from proxy.config import ConfigError, build
-from proxy.errors import ClientError, NoBackend
-from proxy.health import HealthState
-from proxy.router import RoutingFields, build_router, prompt_prefix, routing_fields
+from proxy.http.errors import ClientError, NoBackend
+from proxy.routing.fields import RoutingFields, prompt_prefix
+from proxy.routing.health import HealthState
+from proxy.routing.policies import ConsistentHash, RoundRobin, Snapshot, hash_bytes, least_request
+from proxy.routing.retry import RetryBudget
+from proxy.routing.router import Router, Selection
 
 
 class Member:
@@ -53,7 +48,7 @@ def keys(n, seed=1):
 def test_hash_is_the_same_in_every_process():
     """Workers must agree on the ring: no per-process salt (unlike hash())."""
     here = [hash_bytes(b"session-%d" % i) for i in range(5)]
-    code = "from proxy.balancer import hash_bytes; print([hash_bytes(b'session-%d' % i) for i in range(5)])"
+    code = "from proxy.routing.policies import hash_bytes; print([hash_bytes(b'session-%d' % i) for i in range(5)])"
     there = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert str(here) == there.stdout.strip()
     assert len(set(here)) == 5 and all(0 <= h < 2**32 for h in here)
@@ -323,14 +318,6 @@ def test_retry_budget_floor_refills_with_time():
     assert budget.try_retry(100.0) and budget.try_retry(100.0) and not budget.try_retry(100.0)  # capped
 
 
-def test_retry_budget_refund():
-    budget = RetryBudget(ratio=1.0, min_per_second=0.0)
-    budget.on_request()
-    assert budget.try_retry(0.0)
-    budget.refund()
-    assert budget.try_retry(0.0) and budget.stats()["retries"] == 1
-
-
 # -- health state ------------------------------------------------------------------------------------
 
 
@@ -373,25 +360,29 @@ def test_ejection_backs_off_and_needs_a_probe():
 
 
 def exchange(body=b"", headers=()):
+    """What routing sees of a request: its headers and body (and, once picked, its Selection)."""
     return SimpleNamespace(
         body=body if isinstance(body, bytes) else msgspec.json.encode(body),
         headers=[(k.lower().encode(), v.encode()) for k, v in headers],
-        fields=None, route=None, tried=None, backend=None,
+        selection=None,
     )
 
 
 def router_for(raw):
-    return build_router(build(raw), None)
+    return Router(build(raw), None)
+
+
+def select(router, ex):
+    ex.selection = router.select(ex.headers, ex.body)
+    return ex.selection
 
 
 def pick(router, ex):
-    backend = router.pick(ex)
-    ex.backend = backend
-    return backend
+    return select(router, ex).endpoint
 
 
 POOLS = {
-    "pools": [
+    "clusters": [
         {"name": "chat", "models": ["llama"], "backends": ["http://a:1", "http://b:1"], "fallback": ["spare", "ext"]},
         {"name": "spare", "models": ["small"], "backends": ["http://c:1"]},
     ],
@@ -411,10 +402,10 @@ def test_model_routes_to_its_pool_and_counts_in_flight():
 def test_unknown_model_is_404_naming_the_models():
     r = router_for(POOLS)
     with pytest.raises(ClientError) as info:
-        r.pick(exchange({"model": "nope"}))
+        select(r, exchange({"model": "nope"}))
     assert info.value.status == 404
     assert "nope" in info.value.message and "llama, small" in info.value.message
-    assert r.models_body and b'"id":"llama"' in r.models_body
+    assert r.models == ["llama", "small"]
 
 
 def test_no_model_goes_to_the_first_pool_and_catch_all_takes_unknown_models():
@@ -435,18 +426,22 @@ def test_fallback_chain_when_the_pool_has_nobody():
     assert ext.label == "ext" and ext.provider
     ext.set_drained(True)
     with pytest.raises(NoBackend, match="chat -> spare -> ext"):
-        r.pick(exchange({"model": "llama"}))
+        select(r, exchange({"model": "llama"}))
     assert not r.any_healthy()
 
 
-def test_repick_skips_tried_backends_then_falls_back():
+def test_reselect_skips_tried_backends_then_falls_back():
     r = router_for(POOLS)
-    ex = exchange({"model": "llama"})
-    first = pick(r, ex)
-    second = r.repick(ex)
+    sel = select(r, exchange({"model": "llama"}))
+    first = sel.endpoint
+    assert r.reselect(sel, 0.0)
+    second = sel.endpoint
     assert {first.label, second.label} == {"a:1", "b:1"}
-    ex.backend = second
-    assert r.repick(ex).label == "c:1"
+    assert first.load() == 0 and second.load() == 1  # the count moved with the request
+    assert r.reselect(sel, 0.0) and sel.endpoint.label == "c:1"
+    assert not r.reselect(sel, 0.0)  # three attempts, the first included
+    sel.release()
+    assert sel.endpoint.load() == 0
 
 
 def test_circuit_breaker_then_fast_503():
@@ -454,7 +449,7 @@ def test_circuit_breaker_then_fast_503():
     got = {pick(r, exchange()).label, pick(r, exchange()).label}
     assert got == {"a:1", "b:1"}
     with pytest.raises(NoBackend, match="max_in_flight"):
-        r.pick(exchange())
+        select(r, exchange())
 
 
 def test_provider_adaptation(monkeypatch):
@@ -462,9 +457,10 @@ def test_provider_adaptation(monkeypatch):
     r = router_for(POOLS)
     ext = r.find("ext")
     body = b'{"model":"llama","messages":[{"role":"user","content":"hi"}],"top_k":3}'
-    target, headers, new = ext.adapt(b"/v1/chat/completions", [(b"authorization", b"Bearer client"), (b"a", b"b")], body)
+    adapter = ext.adapter
+    target, headers, new = adapter.adapt(b"/v1/chat/completions", [(b"authorization", b"Bearer client"), (b"a", b"b")], body)
     assert target == b"/v1/chat/completions"
-    assert headers == [(b"a", b"b")] and ext.extra == ((b"authorization", b"Bearer sk-secret"),)
+    assert headers == [(b"a", b"b")] and adapter.extra == ((b"authorization", b"Bearer sk-secret"),)
     assert msgspec.json.decode(new) == {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "top_k": 3}
     assert ext.authority == b"api.example.com" and ext.server_hostname == "api.example.com"
     assert "sk-secret" not in str(r.state())
@@ -473,7 +469,7 @@ def test_provider_adaptation(monkeypatch):
 def test_provider_base_path_stands_for_v1():
     r = router_for({"providers": [{"name": "p", "url": "https://h.example:8443/openai/v1", "models": ["m"]}]})
     p = r.find("p")
-    assert p.adapt(b"/v1/chat/completions", [], b"")[0] == b"/openai/v1/chat/completions"
+    assert p.adapter.adapt(b"/v1/chat/completions", [], b"")[0] == b"/openai/v1/chat/completions"
     assert p.authority == b"h.example:8443"
 
 
@@ -531,30 +527,32 @@ def test_prompt_prefix_shapes():
 
 
 def test_routing_fields_tolerate_odd_bodies():
-    assert routing_fields(exchange(b"")) is False
-    assert routing_fields(exchange(b"\xff not json")) is False
-    odd = exchange(b'{"model":"m","messages":[{"content":{"weird":1}}]}')
-    assert routing_fields(odd).model == "m"  # odd types elsewhere do not hide the model
-    ex = exchange(b'{"model":"m","user":"u"}')
-    assert routing_fields(ex) is routing_fields(ex)  # decoded once
+    def fields(body):
+        return Selection([], body, model_only=False).fields()
+
+    assert fields(b"") is False
+    assert fields(b"\xff not json") is False
+    assert fields(b'{"model":"m","messages":[{"content":{"weird":1}}]}').model == "m"  # odd types elsewhere do not hide the model
+    sel = Selection([], b'{"model":"m","user":"u"}', model_only=False)
+    assert sel.fields() is sel.fields()  # decoded once
 
 
-def test_outlier_ejection_is_capped_per_pool():
+def test_outlier_ejection_is_capped_per_cluster():
     r = router_for({"backends": ["http://a:1", "http://b:1", "http://c:1", "http://d:1"],
                     "outlier": {"consecutive_failures": 2, "max_ejected_percent": 50}})
-    bs = r.backends
+    bs = r.endpoints
     for b in bs:
         b.failed(0.0)
         b.failed(0.0)
     assert sum(not b.eligible for b in bs) == 2  # half of four, no more
-    assert len(r.groups["default"].snapshot) == 2
+    assert len(r.clusters["default"].snapshot) == 2
 
 
 def test_a_lone_backend_is_never_ejected():
     r = router_for({"backends": ["http://a:1"], "outlier": {"consecutive_failures": 1}})
     for _ in range(5):
-        r.backends[0].failed(0.0)
-    assert r.backends[0].eligible
+        r.endpoints[0].failed(0.0)
+    assert r.endpoints[0].eligible
 
 
 def test_drain_takes_a_backend_out_of_the_ring():
@@ -570,7 +568,7 @@ def test_reload_adopts_unchanged_backends_with_their_counts():
     old = router_for({"backends": ["http://a:1", "http://b:1"]})
     a = old.find("a:1")
     a.acquire()
-    new = build_router(build({"backends": ["http://a:1", "http://c:1"]}), None, previous=old)
+    new = Router(build({"backends": ["http://a:1", "http://c:1"]}), None, previous=old)
     assert new.find("a:1") is a and a.load() == 1  # in flight across the swap
     assert new.find("c:1") is not None and new.find("b:1") is None
     assert a.owner is new and old.find("b:1").owner is old
@@ -590,6 +588,9 @@ def test_reload_adopts_unchanged_backends_with_their_counts():
         ({"backends": ["http://a:1"], "outlier": {"max_ejected_percent": 120}}, "$.outlier.max_ejected_percent"),
         ({"providers": [{"name": "p", "url": "ftp://x"}]}, "$.providers[0]"),
         ({"pools": [{"name": "bad name", "backends": ["http://a:1"]}]}, "$.pools[0].name"),
+        ({"clusters": [{"name": "bad name", "backends": ["http://a:1"]}]}, "$.clusters[0].name"),
+        ({"connection_pool": {"max_idle": 0}}, "$.connection_pool.max_idle"),
+        ({"pools": [], "clusters": []}, "`pools` is the older name of `clusters`"),
         ({"backends": ["http://a:1", "http://a:1"]}, "lists a backend twice"),
         ({"backends": [{"url": "http://a:1", "name": "x"}],
           "pools": [{"name": "p", "models": ["m"], "backends": [{"url": "http://b:1", "name": "x"}]}]}, "'x'"),

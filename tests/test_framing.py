@@ -6,19 +6,15 @@ result each way (the framer's state carries over between reads, so where the byt
 must not matter). Cases that pin an RFC rule or an attack name it.
 """
 
-import os
 import random
 from importlib.machinery import EXTENSION_SUFFIXES
 
 import pytest
 
-from _speedups import framing as pure
+import _speedups
+from builds import native_or_skip
 
-try:
-    from _speedups import framing_c as native
-except ImportError:  # not built: skipped below unless FLEETPROXY_EXPECT_NATIVE says it must be
-    native = None
-
+pure = _speedups.pure("framing")
 HEAD, DONE, ERROR = pure.HEAD, pure.DONE, pure.ERROR
 
 
@@ -27,16 +23,11 @@ def fr(request):
     """The framing module under test."""
     if request.param == "pure":
         return pure
-    if native is None:
-        if os.environ.get("FLEETPROXY_EXPECT_NATIVE", "") not in ("", "0"):
-            pytest.fail("FLEETPROXY_EXPECT_NATIVE is set but _speedups.framing_c is not built")
-        pytest.skip("_speedups.framing_c is not built")
-    return native
+    return native_or_skip("framing")
 
 
 def test_native_exports_the_same_api():
-    if native is None:
-        pytest.skip("_speedups.framing_c is not built")
+    native = native_or_skip("framing")
     for name in ("HEAD", "DONE", "ERROR", "NONE", "LENGTH", "CHUNKED", "UNTIL_CLOSE"):
         assert getattr(native, name) == getattr(pure, name)
     assert native.__file__.endswith(tuple(EXTENSION_SUFFIXES))  # compiled, not a .py copy

@@ -11,7 +11,7 @@ import h11
 import openai
 import pytest
 
-from conftest import metric, raw_exchange, start_proxy, start_sim, wait_for
+from conftest import metric, metrics, raw_exchange, start_proxy, wait_for
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello fleet"}], "max_tokens": 12}
 
@@ -168,6 +168,23 @@ def test_health_answered_by_proxy(proxy):
     assert proxy.admin("/readyz")[0] == 200
 
 
+def test_single_process_admin_serves_metrics(sim):
+    """`--single-process` and the demo have no supervisor: their own admin port serves the same
+    /metrics families the supervisor's does."""
+    proxy = start_proxy([sim], "--single-process")
+    try:
+        status, _, _ = post(proxy.port, "/v1/chat/completions", {**CHAT, "max_tokens": 2})
+        assert status == 200
+        label = sim.url.split("//")[1]
+        values = metrics(f"http://127.0.0.1:{proxy.admin_port}")
+        assert values[f'fleetproxy_backend_requests_total{{backend="{label}"}}'] == 1
+        assert values[f'fleetproxy_backend_in_flight{{backend="{label}"}}'] == 0
+        assert values[f'fleetproxy_backend_healthy{{backend="{label}"}}'] == 1
+        assert values["fleetproxy_workers"] == 1
+    finally:
+        proxy.stop()
+
+
 def test_health_503_when_no_backend_reachable():
     dead = f"http://127.0.0.1:{_closed_port()}"
     proxy = start_proxy([dead])
@@ -175,11 +192,18 @@ def test_health_503_when_no_backend_reachable():
         def health():
             conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
             conn.request("GET", "/health")
-            status = conn.getresponse().status
+            resp = conn.getresponse()
+            answer = resp.status, resp.getheader("content-type"), resp.read()
             conn.close()
-            return status
+            return answer
 
-        assert wait_for(lambda: health() == 503, timeout=5)
+        assert wait_for(lambda: health()[0] == 503, timeout=5)
+        _, content_type, body = health()
+        # The same OpenAI error shape as every other error the data port answers.
+        assert content_type == "application/json"
+        assert json.loads(body) == {
+            "error": {"message": "no healthy backend", "type": "service_unavailable", "param": None, "code": 503}
+        }
         assert proxy.admin("/readyz")[0] == 503
     finally:
         proxy.stop()
@@ -215,7 +239,7 @@ def test_200_concurrent_requests(sim, proxy):
     _, state = proxy.admin("/admin/backends")
     backend = state["backends"][0]
     assert backend["in_flight"] == 0
-    assert sum(w["pool"]["open"] for w in backend["workers"]) <= 64
+    assert sum(w["connection_pool"]["open"] for w in backend["workers"]) <= 64
 
 
 # -- client disconnects abort the upstream -------------------------------------------------

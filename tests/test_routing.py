@@ -1,4 +1,4 @@
-"""Routing end to end: several simulators behind the proxy; pools, policies, health, retries,
+"""Routing end to end: several simulators behind the proxy; clusters, policies, health, retries,
 fallback (to a second pool and to a TLS "external provider"), stickiness, drains."""
 
 import asyncio
@@ -242,12 +242,12 @@ def dead_url():
     return f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
 
-def test_fallback_to_a_second_pool(tmp_path, sims):
+def test_fallback_to_a_second_cluster(tmp_path, sims):
     (spare,) = sims(1, prefix="spare")
     proxy = proxy_with(
         tmp_path,
         {
-            "pools": [
+            "clusters": [
                 {"name": "main", "models": ["tiny"], "backends": [dead_url(), dead_url()], "fallback": ["spare"]},
                 {"name": "spare", "models": ["spare-model"], "backends": [spare.url]},
             ],
@@ -259,9 +259,9 @@ def test_fallback_to_a_second_pool(tmp_path, sims):
         for _ in range(6):
             status, served, body = post(proxy.port, CHAT)
             assert (status, served) == (200, "spare0"), body
-        pools = {p["name"]: p for p in proxy.admin("/admin/backends")[1]["pools"]}
-        # Ejection is capped at a share of the pool; the active checks take the rest out later.
-        assert len(pools["main"]["eligible"]) < 2
+        clusters = {c["name"]: c for c in proxy.admin("/admin/backends")[1]["clusters"]}
+        # Ejection is capped at a share of the cluster; the active checks take the rest out later.
+        assert len(clusters["main"]["eligible"]) < 2
     finally:
         proxy.stop()
 
@@ -360,7 +360,7 @@ def test_fallback_to_a_tls_external_provider(tmp_path, sims):
     proxy = proxy_with(
         tmp_path,
         {
-            "pools": [
+            "clusters": [
                 {"name": "main", "models": ["tiny"], "backends": [dead_url()], "fallback": ["ext"]},
                 {"name": "strict", "models": ["strict"], "backends": [dead_url()], "fallback": ["untrusted"]},
             ],
@@ -447,13 +447,13 @@ def test_sticky_by_prompt_prefix(tmp_path, sims):
 # -- models, drains ----------------------------------------------------------------------------------------
 
 
-def test_model_pools_404_and_v1_models(tmp_path, sims):
+def test_model_clusters_404_and_v1_models(tmp_path, sims):
     (small,) = sims(1, prefix="small")
     (big,) = sims(1, "--model", "big", prefix="big")
     proxy = proxy_with(
         tmp_path,
         {
-            "pools": [
+            "pools": [  # the older name of clusters: still read
                 {"name": "small", "models": ["tiny"], "backends": [small.url]},
                 {"name": "big", "models": ["big"], "backends": [big.url]},
             ]
@@ -491,25 +491,25 @@ def test_drain_and_undrain(tmp_path, sims):
         proxy.stop()
 
 
-# -- reload: the old pools drain gracefully ------------------------------------------------------------------
+# -- reload: the old connection pools drain gracefully------------------------------------------------------------------
 
 
 def test_router_close_drains_pools_gracefully(sims):
     """What a reload does after swapping routers: idle connections close now, a busy one
     finishes its exchange and closes when released; the adopted backend is left alone."""
     from proxy.config import build
-    from proxy.router import build_router
+    from proxy.routing.router import Router
 
     a, b = sims(2)
 
     async def main():
         loop = asyncio.get_running_loop()
-        old = build_router(build({"backends": [a.url, b.url]}), loop)
+        old = Router(build({"backends": [a.url, b.url]}), loop)
         pa, pb = old.find(a.url.split("//")[1]).pool, old.find(b.url.split("//")[1]).pool
         busy = await pb.acquire()
         idle = await pb.acquire()
         pb.release(idle)
-        new = build_router(build({"backends": [a.url]}), loop, previous=old)
+        new = Router(build({"backends": [a.url]}), loop, previous=old)
         assert new.find(a.url.split("//")[1]).pool is pa
         old.close()
         await asyncio.sleep(0.01)

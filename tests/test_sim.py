@@ -32,8 +32,8 @@ from proxy.sim.engine import WORDS, Output, PrefixCache
 from proxy.sim.render import Reply
 from realvllm.compare import event  # one parser of a chunk's single SSE event, shared
 
-RECORDED = Path(__file__).resolve().parents[2] / "shared/realvllm/recorded"
 ROOT = Path(__file__).resolve().parents[1]
+RECORDED = ROOT / "tests" / "data" / "vllm"  # a real vLLM's bytes; see tests/data/README.md
 TIMEOUT = 5.0  # seconds; no socket read in this file waits longer
 
 
@@ -283,10 +283,7 @@ def test_tokens_header_sets_default_count_and_body_wins(sim):
 
 @pytest.fixture(scope="module")
 def recorded():
-    path = RECORDED / "stream_raw.http"
-    if not path.exists():
-        pytest.skip(f"no recording at {RECORDED}")
-    return path.read_bytes(), json.loads((RECORDED / "nonstream.json").read_bytes())
+    return (RECORDED / "stream_raw.http").read_bytes(), json.loads((RECORDED / "nonstream.json").read_bytes())
 
 
 def test_stream_matches_recorded_vllm(sim, recorded):

@@ -1,7 +1,7 @@
 """The simulator held against bytes recorded from a real vLLM 0.32 (CPU build).
 
 Two sources, both replayed without a vLLM:
-- ../shared/realvllm/recorded/: one streamed chat completion, one whole one, /metrics.
+- tests/data/vllm/: one streamed chat completion, one whole one, /metrics.
 - tests/realvllm/recorded/: every case in tests/realvllm/record.py, recorded from live
   servers started with --enable-prompt-tokens-details ("details") or
   --enable-request-id-headers ("rid"). Each request is sent to a simulator started
@@ -23,7 +23,7 @@ from realvllm.compare import assert_same_answer, event, header_names, parse, sha
 from realvllm.record import exchange
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "realvllm" / "recorded"
+DATA = ROOT / "tests" / "data" / "vllm"  # see tests/data/README.md
 OURS = ROOT / "tests" / "realvllm" / "recorded"
 CASES = json.loads((OURS / "cases.json").read_text())
 # Simulator flags that stand for the vLLM flags each recording was made with.
@@ -85,18 +85,11 @@ def test_prefix_cache_hit_is_reported_like_vllm(sims):
         "cached_tokens"] > 0
 
 
-# -- ../shared/realvllm/recorded ----------------------------------------------------------
+# -- tests/data/vllm ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shared():
-    if not (SHARED / "stream_raw.http").exists():
-        pytest.skip(f"no recording at {SHARED}")
-    return SHARED
-
-
-def test_shared_stream_recording(sims, shared):
-    status, headers, chunks, complete = parse((shared / "stream_raw.http").read_bytes())
+def test_data_stream_recording(sims):
+    status, headers, chunks, complete = parse((DATA / "stream_raw.http").read_bytes())
     events = [event(c) for c in chunks]
     kinds = [k for k, _ in events]
     assert kinds == ["role"] + ["content"] * 7 + ["finish", "usage", "done"]
@@ -116,8 +109,8 @@ def test_shared_stream_recording(sims, shared):
         assert shape(s) == shape(r), kind
 
 
-def test_shared_nonstream_recording(sims, shared):
-    real = json.loads((shared / "nonstream.json").read_bytes())
+def test_data_nonstream_recording(sims):
+    real = json.loads((DATA / "nonstream.json").read_bytes())
     case = {"method": "POST", "path": "/v1/chat/completions",
             "headers": {"content-type": "application/json"},
             "body": {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
@@ -152,8 +145,8 @@ def metric_labels(text: str) -> dict[str, set[frozenset[str]]]:
     return out
 
 
-def test_metrics_families_the_simulator_mirrors(sims, shared):
-    real_text = (shared / "metrics.txt").read_text()
+def test_metrics_families_the_simulator_mirrors(sims):
+    real_text = (DATA / "metrics.txt").read_text()
     case = {"method": "GET", "path": "/metrics", "headers": {}, "body": None}
     status, headers, body, _ = parse(replay(sims["details"], case))
     sim_text = body.decode()

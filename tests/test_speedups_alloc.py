@@ -21,20 +21,17 @@ import tracemalloc
 
 import pytest
 
-try:
-    from _speedups import framing_c as native
-except ImportError:
-    native = None
-    if os.environ.get("FLEETPROXY_EXPECT_NATIVE", "") not in ("", "0"):
-        raise
-    pytestmark = pytest.mark.skip("_speedups.framing_c is not built")
+from builds import native_or_skip
+
+native = native_or_skip("framing")  # at import: the whole module needs the native build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENS = 10_000
 
 PROBE = r'''
 import sys, _testcapi
-from _speedups import framing as pure, framing_c as native
+import _speedups
+pure, native = _speedups.pure("framing"), _speedups.native("framing")
 
 mode, case, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
 fr = native if mode != "pure" else pure

@@ -9,21 +9,14 @@ same. A second property holds the specification itself to its promise that where
 split does not matter.
 """
 
-import os
-
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _speedups import framing as pure
+import _speedups
+from builds import native_or_skip
 
-try:
-    from _speedups import framing_c as native
-except ImportError:
-    native = None
-    if os.environ.get("FLEETPROXY_EXPECT_NATIVE", "") not in ("", "0"):
-        raise  # the native build was required: fail loudly rather than skip
-    pytestmark = pytest.mark.skip("_speedups.framing_c is not built")
+pure = _speedups.pure("framing")
+native = native_or_skip("framing")  # at import: every property here needs both builds
 
 HEAD, DONE, ERROR = pure.HEAD, pure.DONE, pure.ERROR
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

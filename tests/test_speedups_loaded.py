@@ -16,11 +16,7 @@ import _speedups
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _on(name):
-    return os.environ.get(name, "") not in ("", "0")
-
-
-@pytest.mark.skipif(not _on("FLEETPROXY_EXPECT_NATIVE") or _on("FLEETPROXY_PURE"), reason="native not required")
+@pytest.mark.skipif(not _speedups.EXPECT_NATIVE or _speedups.PURE, reason="native not required")
 def test_native_loaded():
     assert _speedups.IMPLEMENTATION == "native"
     module = sys.modules[_speedups.ResponseFramer.__module__]
@@ -28,7 +24,7 @@ def test_native_loaded():
     assert module.__file__.endswith(tuple(EXTENSION_SUFFIXES)), module.__file__
 
 
-@pytest.mark.skipif(not _on("FLEETPROXY_PURE"), reason="FLEETPROXY_PURE not set")
+@pytest.mark.skipif(not _speedups.PURE, reason="FLEETPROXY_PURE not set")
 def test_pure_forced():
     assert _speedups.IMPLEMENTATION == "pure"
     assert _speedups.ResponseFramer.__module__ == "_speedups.framing"

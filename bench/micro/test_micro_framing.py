@@ -5,17 +5,16 @@ function by function, on vLLM-shaped bytes (the simulator's heads and events).
     python bench/micro/summarize.py bench/micro/results/<that file>.json   # ratios, as markdown
 
 Each benchmark group holds one function on the same input, once per build; the summary divides
-pure by native. Without a native build the native half is skipped.
+pure by native. Without a native build the native half is skipped (it fails instead under
+FLEETPROXY_EXPECT_NATIVE=1, as the test suite does).
 """
 
 import pytest
 
-from _speedups import framing as pure
+import _speedups
 
-try:
-    from _speedups import framing_c as native
-except ImportError:
-    native = None
+pure = _speedups.pure("framing")
+native = _speedups.native("framing")
 
 IMPLS = [pytest.param(pure, id="pure"), pytest.param(native, id="native")]
 
@@ -59,7 +58,10 @@ BULK = b"x" * 65536
 
 def _need(fr):
     if fr is None:
-        pytest.skip("_speedups.framing_c is not built")
+        reason = f"_speedups.framing_c is not built ({_speedups.why_not_native('framing')})"
+        if _speedups.EXPECT_NATIVE:
+            pytest.fail(f"FLEETPROXY_EXPECT_NATIVE is set but {reason}", pytrace=False)
+        pytest.skip(reason)
 
 
 @pytest.mark.parametrize("fr", IMPLS)

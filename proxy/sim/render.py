@@ -2,7 +2,7 @@
 
 Streams are built from per-request byte prefixes and pre-escaped words, so a
 token costs a few concatenations instead of a JSON encode. The key order and
-the null fields per chunk kind follow shared/realvllm/recorded/stream_raw.http
+the null fields per chunk kind follow tests/data/vllm/stream_raw.http
 and what a live vLLM 0.32 answered (tests/test_sim_fidelity.py holds both):
 the role chunk carries prompt_token_ids/prompt_text, content chunks carry
 token_ids (completions chunks also prompt_token_ids), the finish chunk adds

@@ -13,6 +13,8 @@ log = logging.getLogger("fleetproxy.access")
 def write(exchange, status, outcome):
     ctx = exchange.down.ctx
     framer = exchange.framer
+    selection = exchange.selection
+    endpoint = selection.endpoint if selection is not None else None
     log.info(
         '%s "%s %s" %d %s backend=%s attempts=%d bytes=%d ms=%.1f id=%s',
         exchange.down.peer.decode(),
@@ -20,8 +22,8 @@ def write(exchange, status, outcome):
         exchange.target.decode(errors="replace"),
         status,
         outcome,
-        exchange.backend.label if exchange.backend is not None else "-",
-        exchange.attempts,
+        endpoint.label if endpoint is not None else "-",
+        selection.attempts if selection is not None else 0,
         framer.body_bytes if framer is not None else 0,
         (ctx.loop.time() - exchange.t0) * 1000.0,
         exchange.request_id.decode(errors="replace"),

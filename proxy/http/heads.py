@@ -1,13 +1,12 @@
-"""Sans-IO HTTP/1.1 rules for the proxy: which request heads to refuse, which headers are
-hop-by-hop, and how the heads we send are serialized (RFC 9110, RFC 9112).
+"""Sans-IO HTTP/1.1 head rules for what crosses the proxy: which fields are hop-by-hop, and how
+the heads we send are serialized, upstream and back to the client (RFC 9110 7.6.1, RFC 9112).
 
-Nothing here touches a socket; ``downstream`` and ``upstream`` call in with bytes.
+Nothing here touches a socket. The request-side refusals (what a client may not send) live in
+``request.py``; this module only rewrites heads that were already accepted.
 """
 
-from .errors import ClientError
-
-# RFC 9110 7.6.1: meaningful for one connection only, never forwarded. Content-Length and
-# Transfer-Encoding are dropped too: the proxy frames the body it read itself.
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded. Transfer-Encoding too:
+# the proxy frames the request body it read itself (and de-chunks for HTTP/1.0 clients).
 HOP_BY_HOP = frozenset(
     (
         b"connection",
@@ -23,59 +22,54 @@ HOP_BY_HOP = frozenset(
 )
 # What the proxy sets itself on the upstream request.
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-proto", b"x-request-id"}
+# A chunked response goes to an HTTP/1.1 client as it came, chunk framing included.
 _RESPONSE_DROP_CHUNKED = HOP_BY_HOP - {b"transfer-encoding"}
 
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-
-def connection_tokens(headers):
-    """Lower-cased tokens of every Connection header: those fields are hop-by-hop too."""
-    tokens = set()
-    for name, value in headers:
-        if name == b"connection":
-            for token in value.split(b","):
-                tokens.add(token.strip().lower())
+def connection_tokens(value, tokens=None):
+    """The lower-cased options of one Connection field value, added to ``tokens``: the fields
+    they name are hop-by-hop too (RFC 9110 7.6.1). The one parser of Connection."""
+    if tokens is None:
+        tokens = set()
+    for token in value.split(b","):
+        token = token.strip()
+        if token:
+            tokens.add(token.lower())
     return tokens
 
 
-def check_transfer_encoding(value, seen):
-    """A request may only use chunked, once and last (RFC 9112 6.1); a proxy that cannot
-    decode another coding must not guess the length."""
-    if seen or value.strip().lower() != b"chunked":
-        raise ClientError("unsupported or repeated Transfer-Encoding")
-
-
-def check_version(version):
-    if version == "1.1" or version == "1.0":
-        return
-    if version == "0.9":
-        raise ClientError("HTTP/0.9 requests are not supported")
-    raise ClientError(f"HTTP version {version} not supported", status=505)
+def _named(headers):
+    """Options of every Connection field among ``headers`` (names compared lower-cased)."""
+    tokens = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            connection_tokens(value, tokens)
+    return tokens
 
 
 def upstream_head(method, target, headers, host, forwarded_for, request_id, body_len, extra=()):
-    """The request head sent to a backend: our framing, our Host, forwarding headers added.
+    """The request head sent to an endpoint: our framing, our Host, forwarding headers added.
 
-    ``headers`` hold lower-cased names as the client sent them; ``host`` is the backend's
-    authority; ``forwarded_for`` the client address to append to X-Forwarded-For.
+    ``headers`` hold lower-cased names as the client sent them (an endpoint's adapter may have
+    rewritten them); ``host`` is the endpoint's authority; ``forwarded_for`` the client address
+    to append to X-Forwarded-For; ``extra`` fields the proxy adds after the client's were
+    filtered (a provider's API key: a client's Connection option cannot remove it).
     """
     parts = [method, b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
     named = None
     xff = None
     for name, value in headers:
         if name in _REQUEST_DROP:
-            if name == b"connection":
-                named = connection_tokens(headers)
+            if name == b"connection" and named is None:
+                named = _named(headers)
             continue
         if name == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
             continue
-        if named is not None and name in named:
-            continue
         parts += (name, b": ", value, b"\r\n")
     if named:
         # Drop the fields the Connection header named, including ones seen before it.
-        parts = _drop_named(parts, named)
+        parts = parts[:6] + _drop(parts, 6, named)
     xff = forwarded_for if xff is None else xff + b", " + forwarded_for
     parts += (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: http\r\nx-request-id: ", request_id, b"\r\n")
     for name, value in extra:
@@ -85,16 +79,6 @@ def upstream_head(method, target, headers, host, forwarded_for, request_id, body
     else:
         parts.append(b"\r\n")
     return b"".join(parts)
-
-
-def _drop_named(parts, named):
-    # parts after the request line come in (name, ": ", value, "\r\n") quads.
-    head = parts[:6]
-    out = head
-    for i in range(6, len(parts), 4):
-        if parts[i] not in named:
-            out += parts[i : i + 4]
-    return out
 
 
 def client_head(framer, request_id, close, dechunk):
@@ -110,20 +94,27 @@ def client_head(framer, request_id, close, dechunk):
     for name, value in framer.headers:
         lname = name.lower()
         if lname in drop:
-            if lname == b"connection":
-                named = {t.strip().lower() for t in value.split(b",")}
+            if lname == b"connection" and named is None:
+                named = _named(framer.headers)
             continue
         if lname == b"x-request-id":
             has_id = True
         parts += (name, b": ", value, b"\r\n")
     if named:
-        parts = parts[:3] + [
-            p for i in range(3, len(parts), 4) if parts[i].lower() not in named for p in parts[i : i + 4]
-        ]
+        parts = parts[:3] + _drop(parts, 3, named)
     if request_id and not has_id:
         parts += (b"x-request-id: ", request_id, b"\r\n")
     parts.append(b"connection: close\r\n\r\n" if close else b"\r\n")
     return b"".join(parts)
+
+
+def _drop(parts, start, named):
+    # parts[start:] come in (name, ": ", value, "\r\n") quads; keep those Connection did not name.
+    out = []
+    for i in range(start, len(parts), 4):
+        if parts[i].lower() not in named:
+            out += parts[i : i + 4]
+    return out
 
 
 def chunk(payload):

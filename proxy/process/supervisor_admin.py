@@ -10,6 +10,7 @@ import asyncio
 
 import orjson
 
+from . import metrics
 from .admin import AdminProtocol
 
 FANOUT_TIMEOUT = 2.0  # s for one worker's admin answer
@@ -88,12 +89,8 @@ async def backends_state(sup):
     return out
 
 
-def _escape(value):
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 async def metrics_text(sup):
-    """Prometheus text for the whole process group, mostly from shared memory.
+    """Prometheus text for the whole process group, from the generation's shared memory.
 
     Counters live in the current generation's segment: a reload (SIGHUP) starts them from zero,
     which Prometheus reads as a counter reset.
@@ -101,37 +98,11 @@ async def metrics_text(sup):
     gen = sup.generation
     counters = gen.counters
     health = {b["name"]: b["healthy"] for b in (await backends_state(sup)).get("backends", [])}
-    lines = [
-        "# HELP fleetproxy_backend_in_flight Requests in flight on a backend, over all workers.",
-        "# TYPE fleetproxy_backend_in_flight gauge",
+    rows = [
+        (label, counters.in_flight(i), counters.requests(i), health.get(label))
+        for i, label in enumerate(gen.labels)
     ]
-    names = [_escape(label) for label in gen.labels]
-    lines += [f'fleetproxy_backend_in_flight{{backend="{n}"}} {counters.in_flight(i)}' for i, n in enumerate(names)]
-    lines += [
-        "# HELP fleetproxy_backend_requests_total Requests sent to a backend (retries included).",
-        "# TYPE fleetproxy_backend_requests_total counter",
-    ]
-    lines += [f'fleetproxy_backend_requests_total{{backend="{n}"}} {counters.requests(i)}' for i, n in enumerate(names)]
-    lines += [
-        "# HELP fleetproxy_backend_healthy 1 while any worker sees the backend healthy.",
-        "# TYPE fleetproxy_backend_healthy gauge",
-    ]
-    lines += [
-        f'fleetproxy_backend_healthy{{backend="{_escape(label)}"}} {int(bool(health.get(label)))}'
-        for label in gen.labels
-    ]
-    lines += [
-        "# HELP fleetproxy_workers Worker processes serving (not draining).",
-        "# TYPE fleetproxy_workers gauge",
-        f"fleetproxy_workers {len(sup.live_workers())}",
-        "# HELP fleetproxy_worker_restarts_total Workers respawned after dying.",
-        "# TYPE fleetproxy_worker_restarts_total counter",
-        f"fleetproxy_worker_restarts_total {sup.restarts}",
-        "# HELP fleetproxy_config_generation Config generation (1 at start, +1 per reload).",
-        "# TYPE fleetproxy_config_generation gauge",
-        f"fleetproxy_config_generation {gen.number}",
-    ]
-    return ("\n".join(lines) + "\n").encode()
+    return metrics.exposition(rows, len(sup.live_workers()), sup.restarts, gen.number)
 
 
 async def handle(sup, method, path, body):

@@ -1,8 +1,9 @@
-"""Balancing decisions, sans-IO: ring snapshots, the three policies, bounded loads, the retry
-budget. Nothing here touches a socket, a clock or a loop; callers pass in what they know.
+"""Balancing policies, sans-IO: ring snapshots, round robin, least request, consistent hashing
+with bounded loads. Nothing here touches a socket, a clock or a loop; callers pass in what they
+know.
 
 How this works.
-- A ``Snapshot`` is the immutable view of one pool's *eligible* backends (healthy, not ejected,
+- A ``Snapshot`` is the immutable view of one cluster's *eligible* endpoints (healthy, not ejected,
   not drained): the members, a weighted round-robin schedule and the hash ring. Whoever changes
   eligibility builds a new Snapshot and swaps one reference; a lookup never sees a half-built
   ring and never takes a lock.
@@ -14,7 +15,7 @@ How this works.
   hashed from its label; a key goes to the first point at or after its hash. Points depend only
   on the member's own label, so a member that comes or goes moves only its own keys (~1/N).
 - Bounded loads (Mirrokni, Thorup, Zadimoghaddam 2018): with T requests in flight in the
-  pool, a member may take a new one only while its load is below
+  cluster, a member may take a new one only while its load is below
   ``ceil(c x (T + 1) x weight / total_weight)``; a key whose successor is full walks on along
   the ring to the next member with room. Such a member always exists when c >= 1, and no member
   ever goes above ``ceil(c x average)`` because of a placement.
@@ -48,7 +49,7 @@ def ring_points(label, weight, vnodes):
 
 
 class Snapshot:
-    """Immutable routing state of one pool: who is eligible, in which order, where on the ring."""
+    """Immutable routing state of one cluster: who is eligible, in which order, where on the ring."""
 
     __slots__ = ("members", "weights", "total_weight", "points", "owners", "schedule", "full")
 
@@ -169,7 +170,7 @@ class ConsistentHash:
 
     def __init__(self, load_factor=1.25):
         if not load_factor >= 1.0:
-            raise ValueError("load_factor must be >= 1 (below 1 the pool cannot hold its own load)")
+            raise ValueError("load_factor must be >= 1 (below 1 the cluster cannot hold its own load)")
         self.load_factor = load_factor
 
     def pick(self, snap, key_hash, exclude=None, limit=0):
@@ -209,71 +210,7 @@ class ConsistentHash:
                 break
         return None
 
-    def capacity(self, snap, member_index, total):
-        """The most ``member_index`` may hold after placing request number ``total + 1``."""
-        return _ceil(self.load_factor * (total + 1) * snap.weights[member_index] / snap.total_weight)
-
 
 def _ceil(x):
     n = int(x)
     return n + 1 if n < x else n
-
-
-class RetryBudget:
-    """At most ``ratio`` retries per request over time, plus ``min_per_second`` retries a second
-    so a quiet service can still retry; an outage cannot become a retry storm.
-
-    Two token buckets: every first attempt deposits ``ratio`` tokens (capped at ``burst``), and
-    time refills a floor of ``min_per_second`` tokens a second (capped at one second's worth).
-    A retry spends one token, earned ones first.
-    """
-
-    __slots__ = ("ratio", "min_rate", "burst", "tokens", "floor", "last", "requests", "retries", "refused")
-
-    def __init__(self, ratio=0.2, min_per_second=5.0, burst=10.0, now=0.0):
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError("retry budget ratio must be within [0, 1]")
-        self.ratio = ratio
-        self.min_rate = min_per_second
-        self.burst = burst
-        self.tokens = 0.0
-        self.floor = min_per_second
-        self.last = now
-        self.requests = 0
-        self.retries = 0
-        self.refused = 0
-
-    def on_request(self):
-        self.requests += 1
-        tokens = self.tokens + self.ratio
-        self.tokens = tokens if tokens < self.burst else self.burst
-
-    def try_retry(self, now):
-        if self.min_rate:
-            elapsed = now - self.last
-            if elapsed > 0:
-                self.floor = min(self.min_rate, self.floor + elapsed * self.min_rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-        elif self.floor >= 1.0:
-            self.floor -= 1.0
-        else:
-            self.refused += 1
-            return False
-        self.retries += 1
-        return True
-
-    def refund(self):
-        """A granted retry that found no backend to go to."""
-        self.retries -= 1
-        self.tokens += 1.0
-
-    def stats(self):
-        return {
-            "requests": self.requests,
-            "retries": self.retries,
-            "refused": self.refused,
-            "ratio": self.ratio,
-            "tokens": round(self.tokens, 3),
-        }

@@ -1,8 +1,8 @@
 """Counters shared by the worker processes of one generation, in one shared-memory segment.
 
 How this works. The segment is a table of int64 cells: one row (slot) per worker, and in each
-row one cell per backend for its in-flight requests, one per backend for requests served, then
-a few per-worker cells. A worker writes only its own row, so a plain add on an aligned int64
+row one cell per endpoint for its in-flight requests and one per endpoint for requests sent.
+A worker writes only its own row, so a plain add on an aligned int64
 is safe without locks or atomics (single writer per cell; x86-64 and arm64 load and store
 aligned 8-byte words whole). Readers sum a column across rows, so least-request and bounded
 loads see the whole process group, not 1/N of it. When a worker dies, the supervisor zeroes its
@@ -17,19 +17,12 @@ from multiprocessing import resource_tracker, shared_memory
 
 MAX_SLOTS = 256  # rows: the most workers one generation can have at once
 
-# Per-worker cells after the per-backend columns.
-PID = 0
-REQUESTS = 1  # requests a worker started
-CONNECTIONS = 2  # client connections open
-READY = 3  # 1 while the worker is serving (0 while booting or draining)
-WORKER_CELLS = 4
-
 
 class SharedCounters:
-    def __init__(self, slots, backends, name=None):
+    def __init__(self, slots, endpoints, name=None):
         self.slots = slots
-        self.backends = backends
-        self.row = 2 * backends + WORKER_CELLS
+        self.endpoints = endpoints
+        self.row = 2 * endpoints
         size = (1 + slots * self.row) * 8
         if name is None:
             self.shm = shared_memory.SharedMemory(create=True, size=size)
@@ -53,33 +46,27 @@ class SharedCounters:
 
     # -- layout -------------------------------------------------------------------------
 
-    def in_flight_cell(self, slot, backend):
-        return 1 + slot * self.row + backend
+    def in_flight_cell(self, slot, endpoint):
+        return 1 + slot * self.row + endpoint
 
-    def requests_cell(self, slot, backend):
-        return 1 + slot * self.row + self.backends + backend
-
-    def worker_cell(self, slot, field):
-        return 1 + slot * self.row + 2 * self.backends + field
+    def requests_cell(self, slot, endpoint):
+        return 1 + slot * self.row + self.endpoints + endpoint
 
     def set_slots_in_use(self, n):
         self.cells[0] = n
 
     # -- reads (any process) --------------------------------------------------------------
 
-    def in_flight(self, backend):
+    def in_flight(self, endpoint):
         cells, row = self.cells, self.row
         total = 0
-        for i in range(1 + backend, 1 + cells[0] * row, row):
+        for i in range(1 + endpoint, 1 + cells[0] * row, row):
             total += cells[i]
         return total
 
-    def requests(self, backend):
+    def requests(self, endpoint):
         cells, row = self.cells, self.row
-        return sum(cells[i] for i in range(1 + self.backends + backend, 1 + cells[0] * row, row))
-
-    def worker(self, slot, field):
-        return self.cells[self.worker_cell(slot, field)]
+        return sum(cells[i] for i in range(1 + self.endpoints + endpoint, 1 + cells[0] * row, row))
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -88,9 +75,6 @@ class SharedCounters:
         base = 1 + slot * self.row
         for i in range(base, base + self.row):
             self.cells[i] = 0
-
-    def set_worker(self, slot, field, value):
-        self.cells[self.worker_cell(slot, field)] = value
 
     def close(self):
         self.cells.release()

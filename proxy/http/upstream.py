@@ -1,11 +1,11 @@
-"""The upstream side of one keep-alive connection to a backend.
+"""The upstream side of one keep-alive connection to an endpoint.
 
 A connection is either idle in its pool or bound to exactly one Exchange (``exchange``), which
 it hands every byte it receives. It never reads ahead: an idle connection that receives data or
 EOF is broken and leaves the pool.
 
-Over TLS (https backends, external providers) the transport is uvloop's SSL transport; this
-protocol sees plaintext either way. ``client_context`` builds the one SSLContext a backend's
+Over TLS (https endpoints, external providers) the transport is uvloop's SSL transport; this
+protocol sees plaintext either way. ``client_context`` builds the one SSLContext an endpoint's
 connections share: certificate and host-name verification on unless the config says
 ``verify: false``, the system's CAs unless ``ca_file`` names others, ALPN http/1.1.
 """
@@ -38,13 +38,13 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the backend is confused; never reuse it.
             self.close()
             return
-        exchange.upstream_data(data)
+        try:
+            exchange.upstream_data(data)
+        except Exception as exc:  # a bug of ours must end the request, not hang it
+            exchange.down.crashed(exc)
 
     def eof_received(self):
-        exchange = self.exchange
-        if exchange is not None:
-            exchange.upstream_eof()
-        return False  # close our side too
+        return False  # close our side too; connection_lost decides whether EOF ended the message
 
     def connection_lost(self, exc):
         self.closed = True
@@ -52,7 +52,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.pool.forget(self)
         if exchange is not None:
-            exchange.upstream_lost(exc)
+            try:
+                exchange.upstream_lost(exc)
+            except Exception as err:
+                exchange.down.crashed(err)
 
     # The client's reading pauses while we cannot push its request body upstream.
     def pause_writing(self):
@@ -73,7 +76,7 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 def client_context(ca_file=None, verify=True):
-    """The SSLContext for connections to one https backend."""
+    """The SSLContext for connections to one https endpoint."""
     ctx = ssl.create_default_context(cafile=ca_file)  # TLS >= 1.2, CERT_REQUIRED, check_hostname
     if not verify:
         ctx.check_hostname = False

@@ -1,9 +1,10 @@
-"""Backend health: active checks, passive outlier ejection, drain. Who may take traffic.
+"""Endpoint health, sans-IO: active-check verdicts, passive outlier ejection, drain. Who may
+take traffic.
 
 How this works.
-- ``HealthState`` is the sans-IO part: counters and deadlines fed with results and a clock,
-  answering whether the backend is *eligible* (up, not ejected, not drained). It never imports
-  asyncio; tests drive it with plain numbers.
+- ``HealthState`` holds counters and deadlines fed with results and a clock, and answers whether
+  the endpoint is *eligible* (up, not ejected, not drained). Nothing here does I/O; the prober
+  (``prober.py``) and the data path feed it, and tests drive it with plain numbers.
 - Active checks: ``GET <path>`` every ``interval``; ``unhealthy_threshold`` failures in a row
   take an up backend down, ``healthy_threshold`` passes bring it back. Backends start up
   (optimistic), so a fresh proxy serves at once.
@@ -12,19 +13,16 @@ How this works.
   ``base_ejection x 2^(n-1)`` seconds (n = ejections so far, capped at ``max_ejection``). When
   that time is up the next active probe decides: pass, and it rejoins; fail, and it stays out.
   The multiplier decays: a backend that stayed in for ``max_ejection`` starts again at 1. A
-  pool never ejects more than ``max_ejected_percent`` of its backends (the caller checks).
-- ``check_forever`` is the I/O driver, one task per worker, off the data path: plain asyncio
-  streams, short connections of its own, TLS for https backends.
+  cluster never ejects more than ``max_ejected_percent`` of its endpoints (``may_eject``).
+- Which answers count as failures: connect errors, resets, timeouts and 502/503/504
+  (``FAILURE_STATUSES``); any other answer below 500 ends the failure streak.
 """
 
-import asyncio
-import logging
-
-log = logging.getLogger("fleetproxy.health")
+FAILURE_STATUSES = frozenset((502, 503, 504))
 
 
 class HealthState:
-    __slots__ = ("up", "passes", "fails", "ejected_until", "ejections", "returned_at", "drained")
+    __slots__ = ("up", "passes", "fails", "ejected_until", "ejections", "returned_at", "drained", "failures")
 
     def __init__(self):
         self.up = True  # active-check verdict; optimistic until the first checks say otherwise
@@ -34,6 +32,7 @@ class HealthState:
         self.ejections = 0  # ejections in a row (the back-off multiplier)
         self.returned_at = 0.0  # when the last ejection ended
         self.drained = False  # taken out by the operator (admin API)
+        self.failures = 0  # real requests failed in a row (outlier detection)
 
     @property
     def eligible(self):
@@ -61,6 +60,25 @@ class HealthState:
                     self.fails = 0
         return self.eligible != before
 
+    def request_failed(self, now, outlier, may_eject):
+        """A real request failed. Returns the ejection's length in seconds when this failure
+        ejects the endpoint, else None. ``may_eject()`` says whether the cluster can spare it."""
+        failures = self.failures + 1
+        self.failures = failures
+        limit = outlier.consecutive_failures
+        if limit and failures >= limit and self.ejected_until is None and may_eject():
+            self.failures = 0
+            return self.eject(now, outlier.base_ejection, outlier.max_ejection)
+        return None
+
+    def answered(self, status, now, outlier, may_eject):
+        """A response head arrived: a failure for 502/503/504, a success below 500."""
+        if status in FAILURE_STATUSES:
+            return self.request_failed(now, outlier, may_eject)
+        if status < 500:
+            self.failures = 0
+        return None
+
     def eject(self, now, base, cap):
         """Take the backend out for a back-off that doubles on each repeat. Returns the
         ejection's length in seconds."""
@@ -81,48 +99,6 @@ class HealthState:
         return out
 
 
-async def probe(host, port, path, timeout, ssl=None, server_hostname=None):
-    """True if the backend answers ``GET path`` with a 2xx within ``timeout`` seconds."""
-    writer = None
-    try:
-        async with asyncio.timeout(timeout):
-            if ssl is None:
-                reader, writer = await asyncio.open_connection(host, port)
-            else:
-                reader, writer = await asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname)
-            authority = server_hostname or f"{host}:{port}"
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
-            line = await reader.readline()
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        if writer is not None:
-            writer.transport.abort()
-    parts = line.split(b" ", 2)
-    return len(parts) >= 2 and parts[1][:1] == b"2"
-
-
-async def check_forever(backends, cfg):
-    """Probe ``backends`` (``router.backends``) every ``cfg.health.interval`` seconds.
-
-    A backend with no health path (external providers, by default) is not probed; its
-    ejections end when their time is up.
-    """
-    health = cfg.health
-    loop = asyncio.get_running_loop()
-    while True:
-        now = loop.time()
-        probed = [b for b in backends if b.health_path is not None]
-        results = await asyncio.gather(
-            *(
-                probe(b.host, b.port, b.health_path, health.timeout, b.ssl, b.server_hostname)
-                for b in probed
-            )
-        )
-        now = loop.time()
-        for backend, ok in zip(probed, results):
-            backend.probed(ok, now)
-        for backend in backends:
-            if backend.health_path is None and backend.health.ejection_due(now):
-                backend.probed(True, now)
-        await asyncio.sleep(health.interval)
+def may_eject(ejected, members, max_percent):
+    """Whether one more of ``members`` endpoints may be ejected while ``ejected`` already are."""
+    return ejected + 1 <= members * max_percent // 100

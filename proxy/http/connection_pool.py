@@ -1,16 +1,16 @@
-"""Per-backend pool of keep-alive upstream connections.
+"""The connection pool: one per endpoint, its keep-alive upstream connections.
 
-How this works. ``conns`` holds every open connection of the backend, busy or idle, and is
+How this works. ``conns`` holds every open connection to the endpoint, busy or idle, and is
 bounded by ``max_connections``; ``idle`` is a LIFO stack (the most recently used connection is
 the warmest and the least likely to have been closed by the backend's keep-alive timer). An
 exchange first takes an idle connection synchronously (no task, no await: the hot path), else
 opens one, else queues as a FIFO waiter. ``release`` hands a connection straight to the oldest
 waiter. A connection goes back only after a response read to its end with keep-alive; every
-other exit closes it (see ``relay.Exchange.finish``). Idle connections older than
+other exit closes it (see ``exchange.Exchange.finish``). Idle connections older than
 ``pool_idle`` are closed before the backend's own timer can race us.
 
-TLS (https backends) is the transport's business: the pool opens its connections with the
-backend's ``ssl`` context and ``server_hostname`` (SNI and the name verified); nothing else
+TLS (https endpoints) is the transport's business: the pool opens its connections with the
+endpoint's ``ssl`` context and ``server_hostname`` (SNI and the name verified); nothing else
 changes. ``close`` is graceful: idle connections close now, busy ones when they are released,
 so a config reload drains an old pool without cutting a stream.
 """
@@ -21,7 +21,7 @@ from collections import deque
 from .upstream import UpstreamConnection
 
 
-class Pool:
+class ConnectionPool:
     __slots__ = (
         "loop", "host", "port", "max_connections", "max_idle", "idle_timeout",
         "connect_timeout", "high_water", "conns", "idle", "waiters", "opened", "ssl",
@@ -35,8 +35,8 @@ class Pool:
         self.ssl = ssl  # an ssl.SSLContext for https backends, else None
         self.server_hostname = server_hostname if ssl is not None else None
         self.closing = False
-        self.max_connections = cfg.pool.max_connections
-        self.max_idle = cfg.pool.max_idle
+        self.max_connections = cfg.connection_pool.max_connections
+        self.max_idle = cfg.connection_pool.max_idle
         self.idle_timeout = cfg.timeouts.pool_idle
         self.connect_timeout = cfg.timeouts.connect
         self.high_water = cfg.limits.high_water

@@ -32,8 +32,8 @@ import msgspec
 import orjson
 
 from . import supervisor_admin
-from .config import ConfigError
-from .router import Router
+from ..config import ConfigError
+from ..routing.router import Router
 from .shm import MAX_SLOTS, SharedCounters
 
 log = logging.getLogger("fleetproxy.supervisor")
@@ -60,8 +60,8 @@ class Generation:
     def __init__(self, number, cfg):
         self.number = number
         self.cfg = cfg
-        # One column per distinct backend, in the order every worker's router lists them.
-        self.labels = [b.label for b in Router(cfg, None).backends]
+        # One column per distinct endpoint, in the order every worker's router lists them.
+        self.labels = [e.label for e in Router(cfg, None).endpoints]
         self.columns = len(self.labels)
         self.counters = SharedCounters(MAX_SLOTS, self.columns)
         self.workers = set()
@@ -191,7 +191,7 @@ class Supervisor:
             }
         ).decode()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy.worker",
+            sys.executable, "-m", "proxy.process.worker",
             stdout=asyncio.subprocess.PIPE, pass_fds=(sock.fileno(),), env=env,
         )
         worker = Worker(slot, generation, proc)

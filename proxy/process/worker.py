@@ -13,11 +13,13 @@ import uvloop
 
 from _speedups import IMPLEMENTATION
 
-from . import admin, health
-from .config import Config
-from .shm import MAX_SLOTS, PID, READY, SharedCounters
-from .downstream import Downstream
-from .router import build_router
+from ..config import Config
+from ..http import responses
+from ..http.downstream import Downstream
+from ..routing import prober
+from ..routing.router import Router
+from . import admin
+from .shm import MAX_SLOTS, SharedCounters
 
 log = logging.getLogger("fleetproxy")
 
@@ -29,12 +31,14 @@ class Context:
         self.cfg = cfg
         self.loop = loop
         self.router = router
+        # GET /v1/models lists the configured models when clusters are keyed by model.
+        self.models_body = responses.models_body(router.models) if router.models else None
         self.connections = set()
         self.draining = False
         self.access_log = cfg.access_log
         t = cfg.timeouts
         # The upstream watchdog ticks at a quarter of the shorter upstream timeout, so a stall
-        # is caught between 1 and 1.25 times its limit (see relay.Exchange._watch).
+        # is caught between 1 and 1.25 times its limit (see http/relay.py, the watchdog).
         self.tick = min(t.first_byte, t.idle) / 4
         self.first_byte_ticks = max(1, round(t.first_byte / self.tick))
         self.idle_ticks = max(1, round(t.idle / self.tick))
@@ -59,10 +63,10 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0):
     ``started(ctx, admin_port)`` is called once listening.
     """
     loop = asyncio.get_running_loop()
-    router = build_router(cfg, loop)
+    router = Router(cfg, loop)
     if counters is not None:
         router.attach_counters(counters, slot)
-    backends = router.backends
+    endpoints = router.endpoints
     ctx = Context(cfg, loop, router)
     if sock is not None:
         server = await loop.create_server(lambda: Downstream(ctx), sock=sock, backlog=4096)
@@ -71,7 +75,7 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0):
         server = await loop.create_server(lambda: Downstream(ctx), host, port, backlog=4096, reuse_address=True)
     admin_server = await admin.start(ctx)
     admin_port = admin_server.sockets[0].getsockname()[1]
-    tasks = [loop.create_task(health.check_forever(backends, cfg)), loop.create_task(_sweep(backends))]
+    tasks = [loop.create_task(prober.check_forever(endpoints, cfg)), loop.create_task(_sweep(endpoints))]
     stop = asyncio.Event()
 
     def on_signal():
@@ -82,24 +86,19 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0):
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    if counters is not None:
-        counters.set_worker(slot, PID, os.getpid())
-        counters.set_worker(slot, READY, 1)
     log.info(
         "worker %d serving %s (admin %s), %d backend(s), speedups=%s",
-        slot, cfg.listen, "127.0.0.1:%d" % admin_port, len(backends), IMPLEMENTATION,
+        slot, cfg.listen, "127.0.0.1:%d" % admin_port, len(endpoints), IMPLEMENTATION,
     )
     if started is not None:
         started(ctx, admin_port)
     await stop.wait()
     await _drain(ctx, server, cfg.drain_timeout)
-    if counters is not None:
-        counters.set_worker(slot, READY, 0)
     for task in tasks:
         task.cancel()
     admin_server.close()
-    for backend in backends:
-        backend.pool.close()
+    for endpoint in endpoints:
+        endpoint.pool.close()
 
 
 async def _drain(ctx, server, timeout):
@@ -122,11 +121,11 @@ async def _drain(ctx, server, timeout):
         conn.close()
 
 
-async def _sweep(backends):
+async def _sweep(endpoints):
     while True:
         await asyncio.sleep(1.0)
-        for backend in backends:
-            backend.pool.sweep()
+        for endpoint in endpoints:
+            endpoint.pool.sweep()
 
 
 def setup_logging(cfg):
@@ -153,7 +152,7 @@ def _die_with_parent():
 
 
 def main():
-    """Entry of a worker process started by the supervisor (``python -m proxy.worker``)."""
+    """Entry of a worker process started by the supervisor (``python -m proxy.process.worker``)."""
     _die_with_parent()
     spec = orjson.loads(os.environ.pop("FLEETPROXY_WORKER"))
     # The supervisor serves the public admin port; each worker answers on a private one.

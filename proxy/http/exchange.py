@@ -1,0 +1,254 @@
+"""One proxied request: the Exchange between a client connection and an upstream connection.
+
+How this works.
+- ``start`` answers the proxy's own routes, or asks the router for a ``Selection`` (an
+  endpoint counted in flight) and takes an idle pooled connection synchronously; only when none
+  is idle does it start a task to connect (or wait for a slot). Steady state: no task, no await.
+- The response half (send, pump, watchdog) is ``relay.Relay``; this class decides what its
+  outcomes mean.
+- Retries and fallback happen only before any response byte reached the client: on a connect
+  failure, a reset, or a status the config lists (429/502/503), if the router allows it
+  (``Router.reselect``: attempts, untried endpoints of the route, the retry budget). The
+  in-flight count moves with the selection, so exactly one endpoint counts the request.
+- Outcomes feed outlier detection through the endpoint (``failed``, ``answered``).
+- ``finish`` is the guard every exit path runs, exactly once: it stops the watchdog and any
+  connect task, returns the connection to the pool only after a response read to its end with
+  keep-alive, closes it otherwise (this is what aborts the generation on the backend), and
+  releases the selection's in-flight count.
+- Endings: ``complete`` (relayed in full), ``fail`` (an error response before anything was
+  sent), ``break_stream`` (after: an in-band error event, then a close without the terminating
+  chunk, so the transfer looks broken), ``client_gone`` (abort upstream at once) and
+  ``crashed`` (a bug of ours, caught at a protocol entry point: a 500 or a broken stream).
+"""
+
+import logging
+
+from ..observe import accesslog
+from . import responses
+from .errors import ProxyError, UpstreamError, UpstreamTimeout
+from .relay import Relay
+
+log = logging.getLogger("fleetproxy.exchange")
+
+
+class Exchange(Relay):
+    __slots__ = (
+        "down", "method", "target", "headers", "body", "http10", "keep_alive", "request_id", "error",
+        "selection", "close_after", "task", "finished", "retried", "t0",
+    )
+
+    def __init__(self, down, method, target, headers, body, http10, keep_alive, request_id, error=None):
+        Relay.__init__(self)
+        self.down = down
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.http10 = http10
+        self.keep_alive = keep_alive
+        self.request_id = request_id
+        self.error = error  # a ClientError found while reading: answered in turn, then close
+        self.selection = None  # routing.router.Selection: the endpoint counted, the route
+        self.close_after = not keep_alive
+        self.task = None  # connecting or waiting for a pooled connection
+        self.finished = False
+        self.retried = False  # the one same-endpoint retry of a reused connection was spent
+        self.t0 = 0.0  # start time, kept only for the access log
+
+    @property
+    def endpoint(self):
+        selection = self.selection
+        return selection.endpoint if selection is not None else None
+
+    # -- request phase --------------------------------------------------------------------
+
+    def start(self):
+        down = self.down
+        ctx = down.ctx
+        if ctx.access_log:
+            self.t0 = ctx.loop.time()
+        if self.error is not None:
+            self.finished = True
+            down.answer(self, responses.error(self.error, self.request_id, close=True), close=True)
+            return
+        if self.method == b"GET":
+            target = self.target
+            if target == b"/health":
+                # Answered here for load balancers and probes: up while any endpoint is.
+                self.finished = True
+                down.answer(self, responses.health(ctx.ready(), close=self.close_after))
+                return
+            if target == b"/v1/models" and ctx.models_body is not None:
+                # The configured models (clusters keyed by model), not one endpoint's view.
+                self.finished = True
+                down.answer(self, responses.json_response(200, ctx.models_body, self.request_id, self.close_after))
+                return
+        try:
+            self.selection = ctx.router.select(self.headers, self.body)
+        except ProxyError as exc:
+            self.finished = True
+            down.answer(self, responses.error(exc, self.request_id, close=self.close_after))
+            return
+        self._connect_or_send()
+
+    def _connect_or_send(self):
+        conn = self.selection.endpoint.pool.take_idle()
+        if conn is not None:
+            self.send(conn)
+        else:
+            self.task = self.down.ctx.loop.create_task(self._connect())
+
+    async def _connect(self):
+        endpoint = self.selection.endpoint
+        try:
+            conn = await endpoint.pool.acquire()
+        except TimeoutError:
+            self.task = None
+            self.upstream_failed(f"timed out connecting to backend {endpoint.label}", timeout=True, retryable=True)
+            return
+        except OSError as exc:
+            self.task = None
+            self.upstream_failed(f"cannot connect to backend {endpoint.label}: {_reason(exc)}")
+            return
+        except Exception as exc:  # the task is an entry point of its own: end the request
+            self.task = None
+            self.down.crashed(exc)
+            return
+        self.task = None
+        if self.finished:  # the client left while we connected; the connection is clean
+            endpoint.pool.release(conn)
+            return
+        try:
+            self.send(conn)
+        except Exception as exc:
+            self.down.crashed(exc)
+
+    # -- what the relay's outcomes mean ---------------------------------------------------
+
+    def on_status(self, status, reusable):
+        """A response head arrived, nothing sent to the client yet. Returns True if the
+        request went to another endpoint instead (``reusable``: the response is complete and
+        its connection may go back to the pool)."""
+        selection = self.selection
+        selection.endpoint.answered(status, self.down.ctx.loop.time())
+        if status >= 429 and status in self.down.ctx.router.retry.statuses:
+            return self.retry(reusable)
+        return False
+
+    def upstream_failed(self, message, timeout=False, retryable=None):
+        """The endpoint failed us: connect error, reset, close or timeout. ``retryable``
+        defaults to "not a timeout": a backend silent past first_byte may still be working."""
+        if self.finished:
+            return
+        loop = self.down.ctx.loop
+        endpoint = self.selection.endpoint
+        if self.head_sent:
+            endpoint.failed(loop.time())
+            self.break_stream(message)
+            return
+        conn = self.conn
+        if not timeout and not self.retried and self.reused and not (self.framer is not None and self.framer.started):
+            # A pooled connection the backend closed as we reused it: it never saw the request.
+            self.retried = True
+            if conn is not None:
+                conn.close()
+            self.conn = None
+            self._cancel_timer()
+            self.task = loop.create_task(self._connect())
+            return
+        endpoint.failed(loop.time())
+        if (not timeout if retryable is None else retryable) and self.retry(False):
+            return
+        self.fail(UpstreamTimeout(message) if timeout else UpstreamError(message))
+
+    def retry(self, reusable):
+        """Send the request again to another endpoint, if the router allows. ``reusable``: the
+        current connection ended its response cleanly and may go back to its pool. Returns
+        False, having changed nothing, when it may not."""
+        if self.finished or self.head_sent:
+            return False
+        selection = self.selection
+        old = selection.endpoint
+        if not self.down.ctx.router.reselect(selection, self.down.ctx.loop.time()):
+            return False
+        self._give_back(reusable)
+        self._cancel_timer()
+        self.framer = None
+        self.held = None
+        log.debug("request %s: retrying on backend %s after %s", _rid(self), selection.endpoint.label, old.label)
+        self._connect_or_send()
+        return True
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def complete(self, reusable):
+        self.finish(reusable)
+        if self.down.ctx.access_log:
+            accesslog.write(self, self.framer.status, "done")
+        self.down.exchange_done(self)
+
+    def fail(self, err):
+        """Failure before any response byte reached the client: a 5xx it can read."""
+        self.finish(False)
+        down = self.down
+        if down.ctx.access_log:
+            accesslog.write(self, err.status, "error")
+        down.answer(self, responses.error(err, self.request_id, close=self.close_after))
+
+    def break_stream(self, message, err=None):
+        """Failure after the response started: report it in-band if we can, then close the
+        client connection without the terminating chunk, so the transfer looks broken.
+        ``err``: a failure of our own, logged already (else the upstream's, logged here)."""
+        self.finish(False)
+        down = self.down
+        if err is None:
+            log.warning("request %s: %s", _rid(self), message)
+            event = responses.sse_error_event(message)
+        else:
+            event = responses.sse_error_event(message, err.type, err.status)
+        if down.ctx.access_log:
+            accesslog.write(self, self.framer.status, "broken")
+        event = self.in_band_error(event)
+        if event is not None:
+            down.transport.write(event)
+        down.close()
+
+    def crashed(self, err):
+        """A failure of our own (``Downstream.crashed``): end like an upstream failure would,
+        a 500 before the response started, a broken stream after. The caller closes."""
+        if self.finished:
+            return  # its answer was written in full already
+        if self.head_sent:
+            self.break_stream(err.message, err)
+            return
+        self.finish(False)
+        if self.down.ctx.access_log:
+            accesslog.write(self, err.status, "error")
+        self.down.transport.write(responses.error(err, self.request_id, close=True))
+
+    def client_gone(self):
+        """The client disconnected: abandon the upstream request at once."""
+        if not self.finished and self.down.ctx.access_log:
+            accesslog.write(self, 499, "client_gone")
+        self.finish(False)
+
+    def finish(self, reusable):
+        """The one guard on every exit path (see module docstring). Idempotent."""
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timer()
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        self._give_back(reusable)
+        if self.selection is not None:
+            self.selection.release()
+
+
+def _reason(exc):
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _rid(exchange):
+    return exchange.request_id.decode(errors="replace")

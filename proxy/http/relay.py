@@ -1,0 +1,203 @@
+"""The upstream half of an exchange: send the request, pump the response, watch for stalls.
+
+How this works.
+- ``send`` writes the request head (``heads.upstream_head``) and body on a connection taken
+  from the endpoint's pool, in one write when they are small.
+- ``upstream_data`` is the pump. The framer (``_speedups``) tracks the message; the bytes the
+  upstream sent go to the client as they came (no re-chunking, no SSE re-encoding), except
+  that an event stream is cut at event boundaries, holding a partial event until it completes,
+  so a failure can always be reported as a whole in-band event.
+- Backpressure is cross-wired: the client transport's pause_writing pauses reading the
+  upstream (``Downstream.pause_writing``), the upstream transport's pauses reading the client
+  (``UpstreamConnection.pause_writing``).
+- The watchdog ticks at a fraction of the upstream timeouts and counts ticks without progress:
+  a stall past first_byte (before the head) or idle (between reads) fails the exchange.
+  A counter read per tick, not a timer re-armed per read.
+
+What an outcome means (retry, fallback, an error response, a broken stream) is the
+exchange's business: ``Relay`` reports to ``on_status``, ``complete``, ``break_stream`` and
+``upstream_failed``, which ``exchange.Exchange`` implements.
+"""
+
+from _speedups import CHUNKED, DONE, ERROR, HEAD, UNTIL_CLOSE, ResponseFramer, dechunk
+
+from . import heads
+from .errors import UpstreamError
+
+MAX_HOLD = 1024 * 1024  # bytes: an SSE event larger than this is passed on before it ends
+SMALL_BODY = 64 * 1024  # bytes: a body below this is joined to its head for one write
+
+
+class Relay:
+    __slots__ = ("conn", "framer", "head_sent", "held", "dechunk", "timer", "ticks", "rx_seen", "reused")
+
+    def __init__(self):
+        self.conn = None
+        self.framer = None
+        self.head_sent = False
+        self.held = None  # bytes of an SSE event not yet complete
+        self.dechunk = False  # an HTTP/1.0 client: chunked bodies go de-chunked
+        self.timer = None
+        self.ticks = 0
+        self.rx_seen = 0
+        self.reused = False  # the connection carried a request before this one
+
+    def send(self, conn):
+        self.conn = conn
+        conn.exchange = self
+        conn.requests += 1
+        self.reused = conn.requests > 1
+        down = self.down
+        ctx = down.ctx
+        self.framer = ResponseFramer(self.method == b"HEAD", self.http10)
+        endpoint = self.selection.endpoint
+        body = self.body
+        adapter = endpoint.adapter
+        if adapter is None:
+            target, headers, extra = self.target, self.headers, ()
+        else:
+            target, headers, body = adapter.adapt(self.target, self.headers, body)
+            extra = adapter.extra
+        head = heads.upstream_head(
+            self.method, target, headers, endpoint.authority, down.peer, self.request_id, len(body), extra
+        )
+        transport = conn.transport
+        if down.writing_paused:
+            transport.pause_reading()
+        if len(body) < SMALL_BODY:
+            transport.write(head + body if body else head)
+        else:
+            transport.writelines((head, body))
+        self.ticks = 0
+        self.rx_seen = conn.rx
+        self.timer = ctx.loop.call_later(ctx.tick, self._watch)
+
+    # -- the pump -----------------------------------------------------------------------------
+
+    def upstream_data(self, data):
+        framer = self.framer
+        flags = framer.feed(data)
+        down = self.down
+        n = len(data)
+        start = 0
+        head = None
+        if flags & HEAD:
+            if self.on_status(framer.status, flags & DONE and not flags & ERROR and framer.keep_alive):
+                return  # retried elsewhere; this response is dropped
+            if framer.kind == UNTIL_CLOSE or down.ctx.draining:
+                self.close_after = True
+            if self.http10 and framer.kind == CHUNKED:
+                self.dechunk = True
+                self.close_after = True
+            head = heads.client_head(framer, self.request_id, self.close_after, self.dechunk)
+            self.head_sent = True
+            start = framer.head_end
+        elif flags & ERROR and not self.head_sent:
+            endpoint = self.selection.endpoint
+            endpoint.failed(down.ctx.loop.time())
+            self.fail(UpstreamError(f"invalid response from backend {endpoint.label}: {framer.error}"))
+            return
+        end = framer.msg_end if flags & DONE else framer.safe_end
+        if end < start:
+            end = start
+
+        held = self.held
+        if held is None:
+            if start == 0 and end == n:
+                out = data  # the common case: forwarded as received
+            else:
+                out = data[start:end]
+                if end < n and not flags & (DONE | ERROR):
+                    self.held = data[end:]
+        elif end > start:
+            out = held + data[start:end]
+            self.held = data[end:] if end < n and not flags & (DONE | ERROR) else None
+        else:
+            held += data[start:]
+            if len(held) > MAX_HOLD:
+                out, self.held = held, None
+            else:
+                out, self.held = b"", held
+
+        if self.dechunk and out:
+            out = dechunk(out)
+        if head is not None:
+            down.transport.write(head + out if out else head)
+        elif out:
+            down.transport.write(out)
+
+        if flags & DONE:
+            self.complete(framer.keep_alive and not flags & ERROR)
+        elif flags & ERROR:
+            self.break_stream(f"backend {self.selection.endpoint.label} broke the response framing: {framer.error}")
+
+    def upstream_lost(self, exc):
+        self.conn = None  # the connection already detached itself
+        if self.finished:
+            return
+        framer = self.framer
+        if framer is not None and framer.eof():
+            # Close-delimited body: EOF is its end.
+            if self.held:
+                self.down.transport.write(self.held)
+                self.held = None
+            self.complete(False)
+            return
+        reason = "reset the connection" if exc is not None else "closed the connection"
+        self.upstream_failed(f"backend {self.selection.endpoint.label} {reason} before the response completed")
+
+    def in_band_error(self, event):
+        """``event`` framed for the client's response, or None when it is no event stream."""
+        framer = self.framer
+        if framer is None or not framer.event_stream:
+            return None
+        return event if self.dechunk or framer.kind != CHUNKED else heads.chunk(event)
+
+    # -- the watchdog -------------------------------------------------------------------------
+
+    def _watch(self):
+        self.timer = None
+        conn = self.conn
+        if self.finished or conn is None:
+            return
+        try:
+            self._check_progress(conn)
+        except Exception as exc:
+            self.down.crashed(exc)
+
+    def _check_progress(self, conn):
+        down = self.down
+        ctx = down.ctx
+        if conn.rx != self.rx_seen or down.writing_paused:
+            # Progress, or we stopped reading ourselves (the client is slow): not a stall.
+            self.rx_seen = conn.rx
+            self.ticks = 0
+        else:
+            self.ticks += 1
+        started = self.framer.body_bytes
+        if self.ticks >= (ctx.idle_ticks if started else ctx.first_byte_ticks):
+            what = "idle" if started else "first byte"
+            label = self.selection.endpoint.label
+            self.upstream_failed(f"backend {label} timed out ({what} timeout)", timeout=True, retryable=False)
+            return
+        self.timer = ctx.loop.call_later(ctx.tick, self._watch)
+
+    def _cancel_timer(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- the connection's fate ----------------------------------------------------------------
+
+    def _give_back(self, reusable):
+        """Pool the connection after a response read to its end with keep-alive; else close it
+        (closing is what makes the backend abort the generation)."""
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            if reusable and not conn.closed:
+                if self.down.writing_paused:
+                    conn.transport.resume_reading()
+                conn.pool.release(conn)
+            else:
+                conn.close()

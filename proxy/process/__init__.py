@@ -1,0 +1,7 @@
+"""The process level: runs once per process and never touches a request.
+
+- ``supervisor``: worker processes, signals, reloads by generation, scaling, drain;
+- ``worker``: one serving process: its listeners, the data path's shared context, drain;
+- ``admin`` and ``supervisor_admin``: the admin listener of a worker and of the group;
+- ``shm``: counters the workers of one generation share.
+"""

@@ -1,0 +1,108 @@
+"""A cluster: the endpoints that serve a set of models, the policy that picks among them, and
+the immutable snapshot of those that may take traffic now.
+
+A cluster is a ``pools:`` entry of the config (or the default one made of the top-level
+``backends:``), or one external provider. Its policy picks from ``snapshot``, which health
+changes replace whole (``rebuild``); a pick reads one reference and takes no lock.
+
+Consistent hashing needs a key: the first of the configured sources the request has, in
+order (a header, the body's ``user``, the prompt's opening). Body fields are decoded at most
+once per request, by the ``Selection`` that carries the request through routing.
+"""
+
+from .fields import prompt_prefix
+from .policies import ConsistentHash, LeastRequest, RoundRobin, Snapshot, hash_bytes, least_request, ring_points
+
+HEADER, USER, PREFIX = 0, 1, 2  # key sources
+
+
+class Cluster:
+    __slots__ = (
+        "name", "models", "endpoints", "policy", "hashed", "keys", "limit", "vnodes", "snapshot", "fallback",
+        "points", "provider", "choose",
+    )
+
+    def __init__(self, name, models, endpoints, balance, fallback=(), provider=False):
+        self.name = name
+        self.provider = provider
+        self.models = list(models)
+        self.endpoints = list(endpoints)
+        self.fallback = list(fallback)
+        self.limit = balance.max_in_flight
+        self.vnodes = balance.vnodes
+        self.hashed = balance.policy == "consistent_hash"
+        if balance.policy == "round_robin":
+            self.policy = RoundRobin()
+        elif self.hashed:
+            self.policy = ConsistentHash(balance.load_factor)
+        else:
+            self.policy = LeastRequest()
+        # The call a keyless pick makes: (snapshot, exclude, limit) -> member or None.
+        self.choose = least_request if self.hashed or balance.policy == "least_request" else self.policy.pick
+        keys = []
+        if self.hashed:
+            for source in balance.hash_keys:
+                if source == "user":
+                    keys.append((USER, None))
+                elif source == "prefix":
+                    keys.append((PREFIX, balance.prefix_chars))
+                else:
+                    keys.append((HEADER, source[7:].strip().lower().encode()))
+        self.keys = tuple(keys)
+        self.points = {}
+        for endpoint in self.endpoints:
+            endpoint.clusters.append(self)
+        self.rebuild()
+
+    @property
+    def needs_fields(self):
+        return any(kind != HEADER for kind, _ in self.keys)
+
+    def _points_of(self, endpoint):
+        points = self.points.get(endpoint.label)
+        if points is None:
+            points = self.points[endpoint.label] = ring_points(endpoint.label, endpoint.weight, self.vnodes)
+        return points
+
+    def rebuild(self):
+        self.snapshot = Snapshot([e for e in self.endpoints if e.eligible], self.vnodes, self._points_of)
+
+    def key_hash(self, selection):
+        """The hash of the first key source the request has, or None."""
+        for kind, arg in self.keys:
+            if kind == HEADER:
+                for name, value in selection.headers:
+                    if name == arg and value:
+                        return hash_bytes(value)
+            else:
+                fields = selection.fields()
+                if not fields:
+                    continue
+                if kind == USER:
+                    if fields.user:
+                        return hash_bytes(fields.user.encode())
+                else:
+                    prefix = prompt_prefix(fields, arg)
+                    if prefix:
+                        return hash_bytes(prefix)
+        return None
+
+    def pick(self, selection, exclude):
+        """An eligible endpoint with room for the request, or None."""
+        if self.hashed:
+            h = self.key_hash(selection)
+            if h is not None:
+                return self.policy.pick(self.snapshot, h, exclude, self.limit)
+        return self.choose(self.snapshot, exclude, self.limit)  # no key: least request
+
+    def state(self):
+        return {
+            "name": self.name,
+            "models": self.models,
+            "policy": type(self.policy).__name__,
+            "fallback": self.fallback,
+            "endpoints": [e.label for e in self.endpoints],
+            "eligible": [e.label for e in self.snapshot.members],
+            "max_in_flight": self.limit,
+            "snapshot": self.snapshot.stats(),
+        }

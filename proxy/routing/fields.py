@@ -1,0 +1,96 @@
+"""The request-body fields routing reads, decoded once and only as far as needed.
+
+A chat or completions body can be megabytes of JSON; routing needs at most the model, the
+OpenAI ``user`` field and the opening of the prompt. msgspec decodes a Struct that declares
+just those fields and skips the rest unbuilt; the body itself is forwarded untouched.
+"""
+
+from typing import Optional, Union
+
+import msgspec
+
+
+class _Part(msgspec.Struct):
+    text: Optional[str] = None  # {"type": "text", "text": ...}; other part types carry none
+
+
+class _Message(msgspec.Struct):
+    role: Optional[str] = None
+    content: Union[str, list[_Part], None] = None
+
+
+class RoutingFields(msgspec.Struct):
+    """What routing may read from a JSON body; msgspec skips every other field unbuilt."""
+
+    model: Optional[str] = None
+    user: Optional[str] = None
+    messages: Optional[list[_Message]] = None
+    prompt: msgspec.Raw = msgspec.Raw()  # str, list of str or token ids: kept raw
+
+
+class _ModelOnly(msgspec.Struct):
+    model: Optional[str] = None
+    user = None  # read as absent if a pool ever asks
+    messages = None
+    prompt = b""
+
+
+_decode_fields = msgspec.json.Decoder(RoutingFields).decode
+_decode_model = msgspec.json.Decoder(_ModelOnly).decode
+_decode_str = msgspec.json.Decoder(str).decode
+
+
+def decode(body, model_only=False):
+    """The RoutingFields of a request body; False when it has none (empty, not JSON).
+    ``model_only`` (no cluster keys on user or prefix) skips building the messages: a 20 KB
+    chat body then costs about 4 us instead of 6."""
+    if not body:
+        return False
+    try:
+        return _decode_model(body) if model_only else _decode_fields(body)
+    except msgspec.DecodeError:
+        try:  # odd types in fields routing does not need must not hide the model
+            return RoutingFields(model=_decode_model(body).model)
+        except msgspec.DecodeError:
+            return False
+
+
+def prompt_prefix(fields, size):
+    """The cache-affinity key: the first ``size`` characters of the prompt, as bytes.
+
+    Chat: the message contents joined by a record separator, up to the end of the first user
+    message: a conversation's opening (system prompt and first question), which every later
+    turn repeats, so all turns of one conversation share the key while a longer prefix would
+    change it from turn to turn. Completions: the prompt (token-id lists as raw JSON)."""
+    messages = fields.messages
+    if messages:
+        parts = []
+        n = 0
+        for message in messages:
+            content = message.content
+            if content is None:
+                continue
+            if type(content) is str:
+                parts.append(content)
+                n += len(content)
+            else:
+                for part in content:
+                    if part.text:
+                        parts.append(part.text)
+                        n += len(part.text)
+            if n >= size or message.role == "user":
+                break
+        if not parts:
+            return None
+        return "\x1e".join(parts)[:size].encode()
+    raw = fields.prompt
+    if raw:
+        raw = bytes(raw)
+        if raw[:1] == b'"':
+            try:
+                return _decode_str(raw)[:size].encode()
+            except msgspec.DecodeError:
+                return None
+        if raw != b"null":
+            return raw[: size * 4]
+    return None

@@ -1,0 +1,227 @@
+"""Which endpoint serves a request: model -> route (a cluster and its fallback chain) -> endpoint.
+
+How this works.
+- Config becomes runtime objects once per start (``Router``): one ``Endpoint`` per distinct
+  endpoint, one ``Cluster`` per pool or provider, one ``Route`` per model (the cluster that
+  serves it, then its fallback chain, in order). Given the router it replaces, it adopts the
+  endpoints whose settings did not change, with their connections, health and counts.
+- ``Router.select(headers, body)`` returns a ``Selection``: the routing state of one request.
+  It holds the route, the endpoint chosen and counted in flight, the endpoints tried so far and
+  the body fields decoded on first need. The data path reads ``selection.endpoint`` and calls
+  ``Router.reselect`` to retry and ``Selection.release`` when the request ends; it never writes
+  routing state itself, and routing never touches the request's connection.
+- The model is read from the body only when clusters are keyed by model; ``user`` and the
+  prompt's opening only when a consistent-hash cluster keys on them and no earlier key source
+  (a header) answered. One msgspec decode per request at most.
+"""
+
+import logging
+
+from ..http.errors import ClientError, NoBackend
+from .cluster import Cluster
+from .endpoint import Endpoint, endpoint_key
+from .fields import decode
+from .retry import RetryPolicy
+
+log = logging.getLogger("fleetproxy.routing")
+
+
+class Route:
+    """Where requests for one model go: its cluster, then each fallback, in order."""
+
+    __slots__ = ("clusters", "name")
+
+    def __init__(self, clusters):
+        self.clusters = tuple(clusters)
+        self.name = clusters[0].name
+
+
+class Selection:
+    """The routing state of one request (see the module docstring)."""
+
+    __slots__ = ("route", "headers", "body", "model_only", "decoded", "endpoint", "tried", "attempts", "counted")
+
+    def __init__(self, headers, body, model_only):
+        self.headers = headers
+        self.body = body
+        self.model_only = model_only
+        self.decoded = None  # fields.RoutingFields, False when the body has none, None: not yet
+        self.route = None
+        self.endpoint = None
+        self.tried = None  # endpoints already tried (only after a retry)
+        self.attempts = 0
+        self.counted = False  # the request counts in flight on ``endpoint``
+
+    def fields(self):
+        """The body's routing fields, decoded at most once."""
+        decoded = self.decoded
+        if decoded is None:
+            decoded = self.decoded = decode(self.body, self.model_only)
+        return decoded
+
+    def release(self):
+        """The request ended: it no longer counts in flight on its endpoint (the endpoint it
+        was counted on, whatever router is current by then). ``endpoint`` stays readable."""
+        if self.counted:
+            self.counted = False
+            self.endpoint.release()
+
+
+class Router:
+    def __init__(self, cfg, loop, previous=None):
+        self.cfg = cfg
+        self.loop = loop
+        adopt = {}
+        if previous is not None:
+            for endpoint in previous.endpoints:
+                adopt[endpoint.key] = endpoint
+        self.endpoints = []
+        by_key = {}
+
+        def endpoint_for(spec, provider):
+            key = endpoint_key(spec, cfg, provider)
+            endpoint = by_key.get(key)
+            if endpoint is None:
+                endpoint = adopt.pop(key, None)
+                if endpoint is not None:
+                    endpoint.clusters = []  # the old router's clusters are going away
+                else:
+                    endpoint = Endpoint(spec, loop, cfg, provider)
+                endpoint.owner = self
+                by_key[key] = endpoint
+                self.endpoints.append(endpoint)
+            return endpoint
+
+        self.clusters = {}
+        for spec in cfg.all_clusters():
+            provider = not hasattr(spec, "backends")
+            members = [endpoint_for(spec, True)] if provider else [endpoint_for(b, False) for b in spec.backends]
+            self.clusters[spec.name] = Cluster(
+                spec.name, spec.models, members, spec.balance, getattr(spec, "fallback", ()), provider
+            )
+
+        def route_of(cluster):
+            return Route([cluster] + [self.clusters[name] for name in cluster.fallback])
+
+        self.routes = {}
+        catch_all = None
+        for cluster in self.clusters.values():
+            for model in cluster.models:
+                self.routes[model] = route_of(cluster)
+            if not cluster.models and not cluster.provider and catch_all is None:
+                catch_all = route_of(cluster)
+        first = next(iter(self.clusters.values()))
+        self.catch_all = catch_all
+        self.default_route = catch_all or route_of(first)
+        self.by_model = bool(self.routes)
+        self.model_only = not any(c.needs_fields for c in self.clusters.values())
+        self.models = sorted(self.routes)
+        self.retry = RetryPolicy(cfg.retry, now=loop.time() if loop is not None else 0.0)
+
+    # -- the data path --
+
+    def select(self, headers, body):
+        """A Selection whose endpoint is counted in flight; raises a ProxyError when the
+        model is unknown (404) or no endpoint of the route can take the request (503)."""
+        selection = Selection(headers, body, self.model_only)
+        route = self._route(selection) if self.by_model else self.default_route
+        selection.route = route
+        self.retry.budget.on_request()
+        for cluster in route.clusters:
+            endpoint = cluster.pick(selection, None)
+            if endpoint is not None:
+                endpoint.acquire()
+                selection.endpoint = endpoint
+                selection.counted = True
+                selection.attempts = 1
+                return selection
+        raise self._none_left(route)
+
+    def reselect(self, selection, now):
+        """Move ``selection`` to another endpoint for a retry, if attempts, the route and the
+        retry budget allow; the in-flight count moves with it in one step. Returns False,
+        having changed nothing, when it may not."""
+        retry = self.retry
+        if selection.attempts >= retry.attempts:
+            return False
+        current = selection.endpoint
+        tried = selection.tried
+        if tried is None:
+            selection.tried = tried = [current]
+        elif current not in tried:
+            tried.append(current)
+        for cluster in selection.route.clusters:
+            endpoint = cluster.pick(selection, tried)
+            if endpoint is not None:
+                break
+        else:
+            return False
+        if not retry.budget.try_retry(now):
+            return False
+        endpoint.acquire()
+        selection.endpoint = endpoint
+        current.release()
+        selection.attempts += 1
+        return True
+
+    def _route(self, selection):
+        fields = selection.fields()
+        model = fields.model if fields else None
+        if model is None:
+            return self.default_route
+        route = self.routes.get(model)
+        if route is not None:
+            return route
+        if self.catch_all is not None:
+            return self.catch_all
+        raise ClientError(
+            f"The model `{model}` does not exist. Available models: {', '.join(self.models)}.",
+            status=404,
+            type="NotFoundError",
+        )
+
+    def _none_left(self, route):
+        names = " -> ".join(c.name for c in route.clusters)
+        if any(len(c.snapshot) for c in route.clusters):
+            return NoBackend(f"every eligible backend of {names} is at its max_in_flight")
+        return NoBackend(f"no healthy backend available in {names}")
+
+    # -- beside the data path --
+
+    def any_healthy(self):
+        return any(e.eligible for e in self.endpoints)
+
+    def find(self, name):
+        for endpoint in self.endpoints:
+            if endpoint.label == name:
+                return endpoint
+        return None
+
+    def drain(self, name, drained=True):
+        endpoint = self.find(name)
+        if endpoint is None:
+            return False
+        endpoint.set_drained(drained)
+        return True
+
+    def attach_counters(self, counters, slot):
+        """Share in-flight counts with the other workers (``counters`` has one column per
+        endpoint, in ``self.endpoints`` order, the same in every worker of a generation)."""
+        for index, endpoint in enumerate(self.endpoints):
+            endpoint.attach(counters, slot, index)
+
+    def close(self):
+        """After this router was replaced: drain the connection pools of endpoints the new
+        router did not adopt (idle connections close now, busy ones when their request ends)."""
+        for endpoint in self.endpoints:
+            if endpoint.owner is self and endpoint.pool is not None:
+                endpoint.pool.close()
+
+    def state(self):
+        now = self.loop.time() if self.loop is not None else 0.0
+        return {
+            "backends": [e.state(now) for e in self.endpoints],
+            "clusters": [c.state() for c in self.clusters.values()],
+            "models": self.models,
+            "retry": self.retry.stats(),
+        }

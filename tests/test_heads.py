@@ -1,0 +1,68 @@
+"""Sans-IO head rewriting: what goes upstream and what comes back to the client."""
+
+from _speedups import ResponseFramer
+from proxy.http import heads
+
+
+def test_upstream_head_rewrites_framing_and_forwarding():
+    headers = [
+        (b"host", b"client.example"),
+        (b"connection", b"close, x-hop"),
+        (b"x-hop", b"1"),
+        (b"transfer-encoding", b"chunked"),
+        (b"x-forwarded-for", b"1.2.3.4"),
+        (b"x-request-id", b"theirs"),
+        (b"authorization", b"Bearer k"),
+    ]
+    head = heads.upstream_head(b"POST", b"/v1/x", headers, b"10.0.0.9:8000", b"127.0.0.1", b"rid", 5)
+    assert head == (
+        b"POST /v1/x HTTP/1.1\r\nhost: 10.0.0.9:8000\r\nauthorization: Bearer k\r\n"
+        b"x-forwarded-for: 1.2.3.4, 127.0.0.1\r\nx-forwarded-proto: http\r\nx-request-id: rid\r\n"
+        b"content-length: 5\r\n\r\n"
+    )
+
+
+def test_upstream_head_get_without_body_has_no_length():
+    head = heads.upstream_head(b"GET", b"/v1/models", [], b"h:1", b"127.0.0.1", b"r", 0)
+    assert b"content-length" not in head
+
+
+def test_client_head_strips_hop_by_hop_and_adds_request_id():
+    f = ResponseFramer()
+    f.feed(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive, X-Hop\r\n"
+        b"X-Hop: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    head = heads.client_head(f, b"rid-1", close=False, dechunk=False)
+    assert head == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+        b"x-request-id: rid-1\r\n\r\n"
+    )
+    head10 = heads.client_head(f, b"rid-1", close=True, dechunk=True)
+    assert b"Transfer-Encoding" not in head10 and head10.endswith(b"connection: close\r\n\r\n")
+
+
+def test_connection_options_are_dropped_wherever_they_appear():
+    # RFC 9110 7.6.1: a field named by Connection is hop-by-hop, even one sent before it, and
+    # the option names are case-insensitive and may be spread over several Connection fields.
+    headers = [(b"x-a", b"1"), (b"connection", b"X-A"), (b"x-b", b"2"), (b"connection", b" , x-b ,"), (b"x-c", b"3")]
+    head = heads.upstream_head(b"GET", b"/", headers, b"h:1", b"127.0.0.1", b"r", 0)
+    assert b"x-a" not in head and b"x-b" not in head and b"x-c: 3\r\n" in head
+    f = ResponseFramer()
+    f.feed(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: x-a\r\nConnection: X-B\r\nX-B: 2\r\nX-C: 3\r\nContent-Length: 0\r\n\r\n")
+    head = heads.client_head(f, b"", close=False, dechunk=False)
+    assert b"X-A" not in head and b"X-B" not in head and b"X-C: 3\r\n" in head
+    assert heads.connection_tokens(b"Keep-Alive, , Upgrade") == {b"keep-alive", b"upgrade"}
+
+
+def test_extra_fields_survive_a_connection_option_naming_them():
+    # A provider's API key is added after the client's fields were filtered: a client cannot
+    # remove it by naming authorization in Connection.
+    headers = [(b"connection", b"authorization")]
+    extra = ((b"authorization", b"Bearer ours"),)
+    head = heads.upstream_head(b"POST", b"/v1/x", headers, b"h:1", b"127.0.0.1", b"r", 0, extra)
+    assert b"authorization: Bearer ours\r\n" in head
+
+
+def test_chunk():
+    assert heads.chunk(b"data: x\n\n") == b"9\r\ndata: x\n\n\r\n"

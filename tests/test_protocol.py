@@ -1,0 +1,153 @@
+"""The client protocol against a mock transport, in this process: what happens when our own
+code fails inside a transport callback. (The wire itself is tested on real sockets in
+test_proxy.py; here we need to make the proxy's code raise on purpose.)"""
+
+import asyncio
+import json
+import logging
+
+from _speedups import ResponseFramer
+from proxy.config import build
+from proxy.http.downstream import Downstream
+from proxy.http.exchange import Exchange
+from proxy.http.upstream import UpstreamConnection
+from proxy.process.worker import Context
+
+
+class MockTransport(asyncio.Transport):
+    def __init__(self):
+        super().__init__()
+        self.data = b""
+        self.closed = False
+        self.reading = True
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        pass
+
+    def write(self, data):
+        assert not self.closed, "write after close"
+        self.data += data
+
+    def close(self):
+        self.closed = True
+
+    def abort(self):
+        self.closed = True
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
+
+
+class BrokenRouter:
+    """A router with a bug: every selection raises."""
+
+    models = []
+
+    def select(self, headers, body):
+        raise RuntimeError("bug in routing")
+
+    def any_healthy(self):
+        return True
+
+
+def connect(router, loop):
+    ctx = Context(build({"backends": ["http://127.0.0.1:9"]}), loop, router)
+    down = Downstream(ctx)
+    transport = MockTransport()
+    down.connection_made(transport)
+    return ctx, down, transport
+
+
+REQUEST = b"POST /v1/completions HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def test_a_bug_before_the_response_is_a_500_and_a_close(caplog):
+    async def main():
+        ctx, down, transport = connect(BrokenRouter(), asyncio.get_running_loop())
+        with caplog.at_level(logging.ERROR, "fleetproxy"):
+            down.data_received(REQUEST + REQUEST)  # the second, pipelined, is dropped with it
+        assert transport.closed and down.active is None and not down.queue
+        head, _, body = transport.data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 500 ") and b"connection: close" in head
+        error = json.loads(body)["error"]
+        assert error["code"] == 500 and error["type"] == "internal_error"
+        assert transport.data.count(b"HTTP/1.1") == 1
+        down.connection_lost(None)
+        assert down not in ctx.connections
+
+    asyncio.run(main())
+    crashes = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert len(crashes) == 1 and crashes[0].exc_info is not None  # logged once, with its traceback
+
+
+class BuggyExchange(Exchange):
+    """The real pump, with a bug after it forwarded what it read."""
+
+    __slots__ = ()
+
+    def upstream_data(self, data):
+        Exchange.upstream_data(self, data)
+        raise RuntimeError("bug in the pump")
+
+
+class StubEndpoint:
+    label = "b0"
+
+    def answered(self, status, now):
+        pass
+
+    def failed(self, now):
+        pass
+
+
+class StubSelection:
+    endpoint = StubEndpoint()
+    released = 0
+
+    def release(self):
+        self.released += 1
+
+
+class StubPool:
+    high_water = 65536
+
+    def forget(self, conn):
+        pass
+
+
+def test_a_bug_mid_stream_breaks_the_stream_in_band():
+    """A callback of the upstream connection raises after the response began: the client gets
+    vLLM's in-band error event, no terminating chunk, and a close; the upstream is aborted."""
+
+    async def main():
+        ctx, down, transport = connect(BrokenRouter(), asyncio.get_running_loop())
+        exchange = BuggyExchange(down, b"POST", b"/v1/x", [], b"{}", False, True, b"rid")
+        exchange.selection = selection = StubSelection()
+        down.active = exchange
+        upstream = UpstreamConnection(StubPool())
+        upstream_transport = MockTransport()
+        upstream.connection_made(upstream_transport)
+        upstream.exchange = exchange
+        exchange.conn = upstream
+        exchange.framer = ResponseFramer()
+        upstream.data_received(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"d\r\ndata: first\n\n\r\n"
+        )
+        assert transport.closed and upstream_transport.closed and exchange.finished
+        assert selection.released == 1 and down.active is None
+        head, _, body = transport.data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        first, rest = body[: len(b"d\r\ndata: first\n\n\r\n")], body[len(b"d\r\ndata: first\n\n\r\n"):]
+        assert first == b"d\r\ndata: first\n\n\r\n"
+        size, _, event = rest.partition(b"\r\n")
+        assert int(size, 16) == len(event) - 2 and event.startswith(b"data: {\"error\"")
+        assert b'"code":500' in event and not rest.endswith(b"0\r\n\r\n")
+
+    asyncio.run(main())
