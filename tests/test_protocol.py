@@ -99,7 +99,7 @@ class BuggyExchange(Exchange):
 class StubEndpoint:
     label = "b0"
 
-    def answered(self, status, now):
+    def answered(self, status, clock):
         pass
 
     def failed(self, now):

@@ -129,9 +129,9 @@ class Exchange(Relay):
         """A response head arrived, nothing sent to the client yet. Returns True if the
         request went to another endpoint instead (``reusable``: the response is complete and
         its connection may go back to the pool)."""
-        selection = self.selection
-        selection.endpoint.answered(status, self.down.ctx.loop.time())
-        if status >= 429 and status in self.down.ctx.router.retry.statuses:
+        ctx = self.down.ctx
+        self.selection.endpoint.answered(status, ctx.loop.time)
+        if status >= 429 and status in ctx.router.retry.statuses:
             return self.retry(reusable)
         return False
 

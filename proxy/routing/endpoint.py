@@ -124,12 +124,13 @@ class Endpoint:
         """A real request failed: connect error, reset, timeout."""
         self._ejected(self.health.request_failed(now, self.outlier, self._may_eject))
 
-    def answered(self, status, now):
-        """A response head arrived with ``status`` (502/503/504 count as failures)."""
+    def answered(self, status, clock):
+        """A response head arrived with ``status`` (502/503/504 count as failures). ``clock``
+        is called only when the answer changes something: the common case stays cheap."""
         health = self.health
         if status < 500 and not health.failures:
-            return  # the common case, kept cheap
-        self._ejected(health.answered(status, now, self.outlier, self._may_eject))
+            return
+        self._ejected(health.answered(status, clock(), self.outlier, self._may_eject))
 
     def _ejected(self, seconds):
         if seconds is not None:

@@ -1,0 +1,134 @@
+"""The working tree against another revision of fleetproxy, in one run: did a change cost CPU?
+
+    python -m bench.ab [--rev HEAD~1] [--duration 5] [--rounds 3] [--out bench/results/X.md]
+
+Checks ``--rev`` out into a temporary git worktree, builds its Cython speedups in place with
+this interpreter, and starts one simulator answering at once (the proxy's own cost is then
+most of the CPU) and, per revision, one ``--single-process`` proxy in front of it, both pinned
+to the last CPU; wrk runs on the others. Each scenario (bench/lua: non-streaming chat, a
+16-token stream) runs against each revision in turn, ``--rounds`` times interleaved so drift
+on a shared machine hits both alike. The figure is the proxy's CPU per request (bench.cpu:
+utime + stime from /proc, deltas over the run), beside req/s and p99. Every process it
+starts is stopped by PID; the worktree is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from . import cpu, wrk
+from .procs import free_port, wait_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENARIOS = [("non-streaming chat, 16 tokens", "chat.lua"), ("16-token stream, no delay", "stream16.lua")]
+CONNECTIONS = 32
+
+
+def _start(args, cwd, cpus, env=None):
+    pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus and shutil.which("taskset") else []
+    return subprocess.Popen(pin + [sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+
+
+def _worktree(rev, where):
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", where, rev], cwd=ROOT, check=True)
+    out = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=where,
+                         capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "-m", "proxy", "--version"], cwd=where, capture_output=True, text=True)
+    if out.returncode or "native" not in check.stdout:
+        raise SystemExit(f"{rev}: the native build failed:\n{out.stderr[-2000:]}{check.stdout}{check.stderr}")
+
+
+def _run(url, lua, seconds, cpus, pid):
+    pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus and shutil.which("taskset") else []
+    before = cpu.tree_seconds([pid])
+    out = subprocess.run(pin + wrk.argv(url, lua, seconds, CONNECTIONS), capture_output=True, text=True)
+    used = cpu.tree_seconds([pid]) - before
+    result = wrk.parse(out.stdout)
+    if result["errors"]:
+        raise SystemExit(f"wrk saw errors against {url}: {result['error_kinds']}")
+    return used / max(1, result["requests"]) * 1e6, result["rps"], result["latency_ms"].get("99", 0.0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rev", default="HEAD~1", help="the revision to compare the working tree with")
+    p.add_argument("--duration", type=int, default=5, help="seconds per measured wrk run")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", help="also write the markdown table here")
+    args = p.parse_args(argv)
+    if wrk.binary() is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    ncpu = os.cpu_count() or 1
+    server_cpus = [ncpu - 1] if ncpu > 1 else []
+    load_cpus = list(range(ncpu - 1)) if ncpu > 1 else []
+    procs = []
+    tmp = tempfile.mkdtemp(prefix="fleetproxy-ab-")
+    tree = os.path.join(tmp, "rev")
+    try:
+        _worktree(args.rev, tree)
+        sim_port = free_port()
+        sim = _start(["-m", "proxy.sim", "--port", str(sim_port)], ROOT, server_cpus)
+        procs.append(sim)
+        wait_port(sim_port, sim)
+        proxies = {}
+        for name, cwd in (("working tree", ROOT), (args.rev, tree)):
+            port, admin = free_port(), free_port()
+            proc = _start(["-m", "proxy", "--single-process", "--listen", f"127.0.0.1:{port}",
+                           "--admin-listen", f"127.0.0.1:{admin}", "--backend", f"http://127.0.0.1:{sim_port}",
+                           "--log-level", "warning"], cwd, server_cpus)
+            procs.append(proc)
+            wait_port(port, proc)
+            proxies[name] = (f"http://127.0.0.1:{port}", proc.pid)
+        rows = []
+        for title, script in SCENARIOS:
+            lua = wrk.script(script, tmp)
+            for url, _ in proxies.values():  # warm-up
+                subprocess.run(wrk.argv(url, lua, 1, CONNECTIONS), capture_output=True)
+            samples = {name: [] for name in proxies}
+            for _ in range(args.rounds):
+                for name, (url, pid) in proxies.items():
+                    samples[name].append(_run(url, lua, args.duration, load_cpus, pid))
+            for name, runs in samples.items():
+                us = sorted(r[0] for r in runs)[len(runs) // 2]
+                rps = sorted(r[1] for r in runs)[len(runs) // 2]
+                p99 = sorted(r[2] for r in runs)[len(runs) // 2]
+                rows.append((title, name, us, rps, p99))
+        lines = [
+            f"# fleetproxy: working tree vs {args.rev}",
+            "",
+            f"`python -m bench.ab --rev {args.rev} --duration {args.duration} --rounds {args.rounds}`; "
+            f"{platform.python_implementation()} {platform.python_version()}, {ncpu} CPUs, simulator and "
+            f"proxies on CPU {server_cpus or 'any'}, wrk -t1 -c{CONNECTIONS} on {load_cpus or 'any'}; "
+            "medians of the rounds.",
+            "",
+            "| scenario | revision | proxy CPU µs/req | req/s | p99 ms |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {t} | {n} | {us:.1f} | {rps:.0f} | {p99:.2f} |" for t, n, us, rps, p99 in rows]
+        text = "\n".join(lines) + "\n"
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if os.path.isdir(tree):
+            subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
