@@ -1,8 +1,11 @@
 """Builds the Cython twins of the modules in _speedups/ (see _speedups/__init__.py).
 
-The pure-Python module is the specification; for each one listed in NATIVE, a copy named
-``<module>_c.py`` is compiled with its ``<module>_c.pxd`` typing it. With no compiler or no
-Cython, or FLEETPROXY_PURE=1 at build time, the package installs pure and says so at startup.
+The pure-Python module is the specification; each one listed in NATIVE has a compiled twin of
+one of two kinds. Where the specification compiles well as it is, a copy named ``<module>_c.py``
+is compiled with the ``<module>_c.pxd`` beside it typing it (aiohttp's augmenting .pxd). Where
+the fast version is different code, ``<module>_c.pyx`` is that twin, compiled as it is. With no
+compiler or no Cython, or FLEETPROXY_PURE=1 at build time, the package installs pure and says so
+at startup.
 
 The copy exists only while Cython translates it: it is removed once ``<module>_c.c`` is made, so
 neither a wheel nor the source tree ever holds a ``<module>_c.py`` that Python could import in
@@ -20,7 +23,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
-NATIVE = ["framing"]  # module names under _speedups/ that have a _c.pxd beside them
+NATIVE = ["framing", "prefix"]  # module names under _speedups/ with a _c.pxd or a _c.pyx beside them
 PACKAGE = "_speedups"
 
 
@@ -38,19 +41,28 @@ def extensions():
         _say("Cython not available, installing the pure-Python speedups")
         return []
     sources = []
+    copies = []
     for name in NATIVE:
+        twin = os.path.join(PACKAGE, f"{name}_c.pyx")
+        if os.path.exists(twin):
+            sources.append(twin)
+            continue
+        if not os.path.exists(os.path.join(PACKAGE, f"{name}_c.pxd")):
+            # Compiling the specification untyped would only make a slow twin that says native.
+            raise RuntimeError(f"{PACKAGE}.{name} is in NATIVE but has no {name}_c.pxd or {name}_c.pyx")
         src = os.path.join(PACKAGE, f"{name}.py")
         dst = os.path.join(PACKAGE, f"{name}_c.py")
         # copy2 keeps the spec's mtime, so cythonize skips the translation when the .c is newer
         # than both the .py and the .pxd.
         shutil.copy2(src, dst)
+        copies.append(dst)
         sources.append(dst)
     try:
         # Default boundscheck/wraparound on purpose: Python indexing keeps Python semantics in
-        # the native build (the hot loops index raw `const unsigned char *`, never checked).
+        # the native build (the hot loops index raw pointers, never checked).
         return cythonize(sources, language_level=3, compiler_directives={"embedsignature": True})
     finally:
-        for dst in sources:
+        for dst in copies:
             os.remove(dst)
 
 
@@ -85,6 +97,6 @@ class BuildPy(build_py):
 setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPy},
-    package_data={PACKAGE: ["*.pxd"]},
+    package_data={PACKAGE: ["*.pxd", "*.pyx"]},  # the twins' sources, so an sdist can build them
     exclude_package_data={PACKAGE: ["*.c", "*_c.py"]},  # generated; the wheel needs only the .so
 )

@@ -55,12 +55,16 @@ def why_not_native(name):
     return _why_not_native.get(name, "")
 
 
-_framing = None if PURE else native("framing")
-if _framing is None:
-    _framing = pure("framing")
-    IMPLEMENTATION = "pure"
-else:
-    IMPLEMENTATION = "native"
+def _load(name):
+    """The build of ``name`` the proxy runs, and whether it is the compiled one."""
+    module = None if PURE else native(name)
+    return (pure(name), False) if module is None else (module, True)
+
+
+_framing, _framing_native = _load("framing")
+_prefix, _prefix_native = _load("prefix")
+# "native" only when every hot path is compiled: a half-built install says so.
+IMPLEMENTATION = "native" if _framing_native and _prefix_native else "pure" if not (_framing_native or _prefix_native) else "mixed"
 
 ResponseFramer = _framing.ResponseFramer
 dechunk = _framing.dechunk
@@ -71,3 +75,7 @@ NONE = _framing.NONE
 LENGTH = _framing.LENGTH
 CHUNKED = _framing.CHUNKED
 UNTIL_CLOSE = _framing.UNTIL_CLOSE
+
+# Cache-aware routing: prompt prefix block hashes and the shared table of who holds which.
+block_hashes = _prefix.block_hashes
+PrefixTable = _prefix.PrefixTable

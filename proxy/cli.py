@@ -26,7 +26,7 @@ def _parser():
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", default=None, help="log one line per request")
     b = p.add_argument_group("balancing (the default cluster; clusters: in the config file for more)")
-    b.add_argument("--policy", dest="b_policy", choices=["round_robin", "least_request", "consistent_hash"])
+    b.add_argument("--policy", dest="b_policy", choices=["cache_aware", "consistent_hash", "least_request", "round_robin"])
     b.add_argument(
         "--hash-key", dest="b_hash_keys", action="append", metavar="KEY",
         help="consistent_hash key source, repeatable, tried in order: header:NAME, user, prefix",

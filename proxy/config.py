@@ -85,21 +85,54 @@ class Retry(_Base):
 class Balance(_Base):
     """How a cluster picks among its endpoints."""
 
-    policy: Literal["round_robin", "least_request", "consistent_hash"] = "least_request"
+    # cache_aware: the endpoint that holds the longest part of the prompt in its prefix cache
+    # (see proxy/routing/cache_aware.py); prompts shorter than a block go by least_request.
+    policy: Literal["cache_aware", "consistent_hash", "least_request", "round_robin"] = "cache_aware"
     # consistent_hash: key sources tried in order, the first present wins: "header:NAME",
     # "user" (the OpenAI body field), "prefix" (the first prefix_chars characters of the
     # concatenated messages up to the end of the first user message, or of the prompt).
     # No key: least_request decides.
     hash_keys: list[str] = msgspec.field(default_factory=lambda: ["header:x-session-id", "user", "prefix"])
     prefix_chars: Count = 2048  # characters of the prompt that key the hash (at most)
-    load_factor: Annotated[float, Meta(ge=1.0, le=10.0)] = 1.25  # bounded loads: c x average
+    # Bounded loads (consistent_hash, cache_aware): an endpoint sheds new requests only while it
+    # carries more than load_factor x its share of the cluster's load, counted as vLLM reports
+    # it (running + waiting, see `load:`) or, without a fresh report, as requests in flight;
+    # and, for requests that would lose their cache by moving, only while vLLM queues them.
+    load_factor: Annotated[float, Meta(ge=1.0, le=10.0)] = 1.25
+    spill_floor: Annotated[int, Meta(ge=0)] = 8  # requests: an endpoint below this never sheds a session
     vnodes: Annotated[int, Meta(ge=1, le=10000)] = 160  # ring points per unit of weight
     max_in_flight: Annotated[int, Meta(ge=0)] = 0  # circuit breaker per endpoint; 0 = unlimited
+    block_chars: Annotated[int, Meta(ge=16, le=65536)] = 256  # cache_aware: prompt bytes per indexed block
+    index_depth: Annotated[int, Meta(ge=1, le=4096)] = 128  # cache_aware: blocks of a prompt indexed at most
 
     def __post_init__(self):
         for key in self.hash_keys:
             if key not in ("user", "prefix") and not (key.startswith("header:") and len(key) > 7):
                 raise ValueError(f"hash key {key!r} must be header:NAME, user or prefix")
+
+
+class LoadConfig(_Base):
+    """How the proxy learns each endpoint's load from vLLM itself (the ``load:`` section)."""
+
+    # Ask vLLM for its load on every forwarded request (``endpoint-load-metrics-format: text``);
+    # it answers in a response header (non-streaming responses only), which the client never sees
+    # unless it asked itself.
+    in_band: bool = True
+    scrape_interval: Annotated[float, Meta(ge=0)] = 0.5  # s between /metrics scrapes; 0 = off
+    max_age: Seconds = 2.0  # s: an older report is stale; routing falls back to requests in flight
+    metrics_path: str = "/metrics"
+
+
+class PrefixIndexConfig(_Base):
+    """The cache_aware policy's memory of which endpoint holds which prompt blocks, shared by the
+    workers; fixed in size, so memory never grows with traffic (the ``prefix_index:`` section)."""
+
+    blocks_per_endpoint: Annotated[int, Meta(ge=64, le=1 << 24)] = 16384  # remembered per endpoint (16 B each)
+    ttl: Seconds = 600.0  # s: a block not used for this long is taken as evicted by vLLM
+
+    def __post_init__(self):
+        if self.blocks_per_endpoint % 4:
+            raise ValueError("prefix_index.blocks_per_endpoint must be a multiple of 4 (the table is 4-way)")
 
 
 class EndpointConfig(_Base):
@@ -204,6 +237,8 @@ class Config(_Base):
     health: Health = Health()
     outlier: Outlier = Outlier()
     retry: Retry = Retry()
+    load: LoadConfig = LoadConfig()
+    prefix_index: PrefixIndexConfig = PrefixIndexConfig()
     log_level: str = "info"
     access_log: bool = False
     workers: Union[Annotated[int, Meta(ge=1, le=1024)], Literal["auto"]] = 1  # processes; auto = usable CPUs

@@ -183,6 +183,10 @@ class ScriptedBackend:
                         # The proxy's active health checks: answered, not recorded.
                         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                         return
+                    if request.startswith(b"GET /metrics "):
+                        # The proxy's load scrapes: a scripted backend has no metrics to give.
+                        conn.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        return
                     if not counted:
                         counted = True
                         self.connections += 1  # connections that carried proxied requests

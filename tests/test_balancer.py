@@ -21,13 +21,23 @@ from proxy.routing.router import Router, Selection
 
 
 class Member:
+    """A balancing member: in-flight count, and optionally what its server reports (``held``
+    requests, ``queueing``), as routing.endpoint.Endpoint.pressure gives them."""
+
     def __init__(self, label, weight=1):
         self.label = label
         self.weight = weight
         self.in_flight = 0
+        self.held = None  # requests the server says it holds; None: no fresh report
+        self.queueing = None
 
     def load(self):
         return self.in_flight
+
+    def pressure(self, now):
+        if self.held is None:
+            return self.in_flight, None
+        return max(self.held, self.in_flight), self.queueing
 
     def __repr__(self):
         return f"Member({self.label})"
@@ -287,6 +297,36 @@ def test_hash_exclude_and_breaker():
     for m in ms:
         m.in_flight = 2
     assert ch.pick(snap, k, limit=2) is None
+
+
+def test_a_floor_keeps_sessions_home_at_light_load():
+    """The routing issue's rule: two backends with 8 requests in flight keep every session home,
+    even when all 8 share one home; above the floor the bound protects the home again."""
+    ms = members(2)
+    snap = Snapshot(ms)
+    ch = ConsistentHash(1.25, floor=8)
+    k = hash_bytes(b"session-7")
+    home = ch.pick(snap, k)
+    for n in range(8):
+        home.in_flight = n
+        assert ch.pick(snap, k) is home  # the 8th request still goes home
+    home.in_flight = 8
+    assert ch.pick(snap, k) is not home  # cap = ceil(1.25 x 9 / 2) = 6 < 8
+
+
+def test_vllm_that_does_not_queue_keeps_its_sessions():
+    ms = members(2)
+    snap = Snapshot(ms)
+    ch = ConsistentHash(1.25, floor=2)
+    k = hash_bytes(b"session-1")
+    home = ch.pick(snap, k)
+    home.in_flight, home.held, home.queueing = 20, 40, False  # a big batch, nothing waiting
+    assert ch.pick(snap, k) is home
+    home.queueing = True  # vLLM says requests wait: shed to the other one
+    other = ch.pick(snap, k)
+    assert other is not home
+    other.held, other.queueing = 38, True  # both queue, loads about equal: home has room again
+    assert ch.pick(snap, k) is home
 
 
 def test_load_factor_below_one_is_refused():

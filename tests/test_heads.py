@@ -33,12 +33,12 @@ def test_client_head_strips_hop_by_hop_and_adds_request_id():
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive, X-Hop\r\n"
         b"X-Hop: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
-    head = heads.client_head(f, b"rid-1", close=False, dechunk=False)
+    head, _ = heads.client_head(f, b"rid-1", close=False, dechunk=False)
     assert head == (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
         b"x-request-id: rid-1\r\n\r\n"
     )
-    head10 = heads.client_head(f, b"rid-1", close=True, dechunk=True)
+    head10, _ = heads.client_head(f, b"rid-1", close=True, dechunk=True)
     assert b"Transfer-Encoding" not in head10 and head10.endswith(b"connection: close\r\n\r\n")
 
 
@@ -50,7 +50,7 @@ def test_connection_options_are_dropped_wherever_they_appear():
     assert b"x-a" not in head and b"x-b" not in head and b"x-c: 3\r\n" in head
     f = ResponseFramer()
     f.feed(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: x-a\r\nConnection: X-B\r\nX-B: 2\r\nX-C: 3\r\nContent-Length: 0\r\n\r\n")
-    head = heads.client_head(f, b"", close=False, dechunk=False)
+    head, _ = heads.client_head(f, b"", close=False, dechunk=False)
     assert b"X-A" not in head and b"X-B" not in head and b"X-C: 3\r\n" in head
     assert heads.connection_tokens(b"Keep-Alive, , Upgrade") == {b"keep-alive", b"upgrade"}
 

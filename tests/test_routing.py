@@ -15,7 +15,7 @@ import time
 import openai
 import pytest
 
-from conftest import ScriptedBackend, free_port, start_proxy, start_sim, wait_for, metric
+from conftest import ScriptedBackend, free_port, metric, metrics, start_proxy, start_sim, wait_for
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello fleet"}], "max_tokens": 4}
 
@@ -520,3 +520,49 @@ def test_router_close_drains_pools_gracefully(sims):
         pa.abort()
 
     asyncio.run(main())
+
+
+# -- load as vLLM reports it -------------------------------------------------------------------------------
+
+
+def test_load_reports_in_band_and_scraped_reach_every_worker(tmp_path, sims):
+    """The proxy asks each vLLM for its load in band and strips the answer from the client's
+    response (unless the client asked), scrapes /metrics for the rest, and every worker sees
+    the freshest report through shared memory; /admin/backends and /metrics show it with its age."""
+    a, b = sims(2)
+    proxy = proxy_with(
+        tmp_path,
+        {"backends": [a.url, b.url], "workers": 2, "load": {"scrape_interval": 0.2}, "health": STEADY_HEALTH},
+    )
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        conn.request("POST", "/v1/chat/completions", json.dumps(CHAT), {"content-type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200 and resp.getheader("endpoint-load-metrics") is None  # ours, not the client's
+        conn.request(
+            "POST", "/v1/chat/completions", json.dumps(CHAT),
+            {"content-type": "application/json", "endpoint-load-metrics-format": "text"},
+        )
+        resp = conn.getresponse()
+        resp.read()
+        assert (resp.getheader("endpoint-load-metrics") or "").startswith("TEXT named_metrics.")  # asked for
+        conn.close()
+
+        def reported():
+            entries = backends(proxy).values()
+            return all(len(e["workers"]) == 2 and all("load" in w for w in e["workers"]) for e in entries)
+
+        assert wait_for(reported, timeout=10)
+        for entry in backends(proxy).values():
+            for view in entry["workers"]:
+                load = view["load"]
+                assert load["source"] in ("in_band", "scrape") and load["age_s"] < 5
+                assert load["waiting"] == 0 and 0 <= load["kv_cache_usage"] <= 1
+        values = metrics(f"http://127.0.0.1:{proxy.admin_port}")
+        for name in (a.url, b.url):
+            label = name.split("//")[1]
+            assert values[f'fleetproxy_backend_queue{{backend="{label}"}}'] == 0
+            assert values[f'fleetproxy_backend_load_age_seconds{{backend="{label}"}}'] < 5
+    finally:
+        proxy.stop()

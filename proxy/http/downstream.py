@@ -126,6 +126,8 @@ class Downstream(asyncio.Protocol):
         exchange = Exchange(
             self, method, target, headers, body, http10, keep_alive, request_id or self.ctx.next_request_id()
         )
+        if self.reader.asks_load:
+            exchange.asked_load = True
         if self.active is None:
             self.active = exchange
             exchange.start()

@@ -34,7 +34,7 @@ log = logging.getLogger("fleetproxy.exchange")
 class Exchange(Relay):
     __slots__ = (
         "down", "method", "target", "headers", "body", "http10", "keep_alive", "request_id", "error",
-        "selection", "close_after", "task", "finished", "retried", "t0",
+        "selection", "close_after", "task", "finished", "retried", "t0", "asked_load",
     )
 
     def __init__(self, down, method, target, headers, body, http10, keep_alive, request_id, error=None):
@@ -54,6 +54,7 @@ class Exchange(Relay):
         self.finished = False
         self.retried = False  # the one same-endpoint retry of a reused connection was spent
         self.t0 = 0.0  # start time, kept only for the access log
+        self.asked_load = False  # the client asked for the endpoint's load report itself
 
     @property
     def endpoint(self):

@@ -59,7 +59,8 @@ class Relay:
             target, headers, body = adapter.adapt(self.target, self.headers, body)
             extra = adapter.extra
         head = heads.upstream_head(
-            self.method, target, headers, endpoint.authority, down.peer, self.request_id, len(body), extra
+            self.method, target, headers, endpoint.authority, down.peer, self.request_id, len(body), extra,
+            endpoint.ask_load and not self.asked_load,
         )
         transport = conn.transport
         if down.writing_paused:
@@ -89,7 +90,9 @@ class Relay:
             if self.http10 and framer.kind == CHUNKED:
                 self.dechunk = True
                 self.close_after = True
-            head = heads.client_head(framer, self.request_id, self.close_after, self.dechunk)
+            head, report = heads.client_head(framer, self.request_id, self.close_after, self.dechunk, self.asked_load)
+            if report is not None:
+                self.selection.endpoint.observe_in_band(report)
             self.head_sent = True
             start = framer.head_end
         elif flags & ERROR and not self.head_sent:

@@ -16,7 +16,8 @@ top, as the head arrives, before any byte goes upstream:
 
 ``feed`` raises ``ClientError`` on the first refusal; the reader is then spent (the caller
 answers and closes). Completed requests go to ``sink.on_request(method, target, headers, body,
-http10, keep_alive, request_id)``, in order; ``sink.on_continue()`` is called when a head asks
+http10, keep_alive, request_id)``, in order (during that call ``asks_load`` says whether the
+request asked for vLLM's load report itself); ``sink.on_continue()`` is called when a head asks
 for ``100-continue``. ``phase`` and ``since`` (from the ``clock`` passed in) tell the caller's
 timer which deadline applies. Results never depend on how the bytes were split.
 """
@@ -30,14 +31,16 @@ IDLE = 0  # between requests
 READING_HEAD = 1
 READING_BODY = 2
 
-_SPECIAL = frozenset((b"host", b"transfer-encoding", b"content-length", b"expect", b"x-request-id"))
+_SPECIAL = frozenset(
+    (b"host", b"transfer-encoding", b"content-length", b"expect", b"x-request-id", b"endpoint-load-metrics-format")
+)
 MAX_REQUEST_ID = 200  # bytes: a longer X-Request-Id is replaced by ours
 
 
 class RequestReader:
     __slots__ = (
         "limits", "sink", "clock", "parser", "phase", "since", "_url", "_headers", "_body", "_body_size",
-        "_head_bytes", "_head_wire", "_host", "_te", "_expect", "_request_id",
+        "_head_bytes", "_head_wire", "_host", "_te", "_expect", "_request_id", "asks_load",
     )
 
     def __init__(self, limits, sink, clock):
@@ -60,6 +63,7 @@ class RequestReader:
         self._te = False
         self._expect = False
         self._request_id = b""
+        self.asks_load = False  # the client asked for the endpoint's load report itself
 
     def feed(self, data):
         in_head = self.phase == READING_HEAD
@@ -121,8 +125,11 @@ class RequestReader:
             if value.lower() != b"100-continue":
                 raise ClientError("unsupported Expect header", status=417)
             self._expect = True
-        elif 0 < len(value) <= MAX_REQUEST_ID:  # x-request-id: pass a sane one through
-            self._request_id = value
+        elif name == b"x-request-id":
+            if 0 < len(value) <= MAX_REQUEST_ID:  # pass a sane one through
+                self._request_id = value
+        else:
+            self.asks_load = True
 
     def on_headers_complete(self):
         version = self.parser.get_http_version()

@@ -113,7 +113,7 @@ async def start(ctx):
 
 def worker_metrics(router):
     """/metrics of a process serving alone (no supervisor): its own counts."""
-    rows = [(e.label, e.load(), e.requests, e.healthy) for e in router.endpoints]
+    rows = [metrics.endpoint_row(e.label, e.load(), e.requests, e.healthy, e.current_report()) for e in router.endpoints]
     return metrics.exposition(rows, workers=1, restarts=0, generation=1)
 
 

@@ -1,31 +1,42 @@
-"""Counters shared by the worker processes of one generation, in one shared-memory segment.
+"""Memory shared by the worker processes of one generation: counters, load reports, and the
+prefix index, each a table of int64 cells in a shared-memory segment.
 
-How this works. The segment is a table of int64 cells: one row (slot) per worker, and in each
-row one cell per endpoint for its in-flight requests and one per endpoint for requests sent.
-A worker writes only its own row, so a plain add on an aligned int64
-is safe without locks or atomics (single writer per cell; x86-64 and arm64 load and store
-aligned 8-byte words whole). Readers sum a column across rows, so least-request and bounded
-loads see the whole process group, not 1/N of it. When a worker dies, the supervisor zeroes its
-row before the replacement starts: a dead worker leaves no stale in-flight counts.
+How this works. ``Segment`` is one segment of int64 cells: the supervisor creates it (zeroed)
+and finally unlinks it; workers attach by name. ``SharedCounters`` lays out one row (slot) per
+worker; in each row, per endpoint: requests in flight, requests sent, and the last load report
+this worker received (see ``routing/load.py``). A worker writes only its own row, so a plain
+store on an aligned int64 is safe without locks or atomics (single writer per cell; x86-64 and
+arm64 load and store aligned 8-byte words whole). Readers sum a column across rows (in-flight
+counts: least-request and bounded loads see the whole process group, not 1/N of it) or take
+the freshest row (load reports: whichever worker heard from vLLM last). When a worker dies, the
+supervisor zeroes its row before the replacement starts: a dead worker leaves no stale counts.
 
-Cell 0 is a header the supervisor writes: how many slots are in use (the highest slot + 1),
-so a read sums only the rows that can be live. The supervisor creates and finally unlinks the
-segment; workers attach by name.
+Cell 0 is a header the supervisor writes: how many slots are in use (the highest slot + 1), so
+a read looks only at rows that can be live.
+
+The prefix index (``_speedups.PrefixTable``) lives in a segment of its own; it is written by
+every worker and tolerates their races by design (see its module).
 """
 
 from multiprocessing import resource_tracker, shared_memory
 
 MAX_SLOTS = 256  # rows: the most workers one generation can have at once
 
+# A load report in a row: five cells per endpoint.
+WAITING = 0  # vLLM's num_requests_waiting x 1000
+RUNNING = 1  # num_requests_running x 1000, -1: not reported
+KV = 2  # KV-cache usage x 1e6, -1: not reported
+AT = 3  # monotonic microseconds; 0: no report
+SOURCE = 4  # routing.load.IN_BAND or SCRAPED
+REPORT_CELLS = 5
 
-class SharedCounters:
-    def __init__(self, slots, endpoints, name=None):
-        self.slots = slots
-        self.endpoints = endpoints
-        self.row = 2 * endpoints
-        size = (1 + slots * self.row) * 8
+
+class Segment:
+    """``cells`` int64 cells in shared memory, created here or attached by ``name``."""
+
+    def __init__(self, cells, name=None):
         if name is None:
-            self.shm = shared_memory.SharedMemory(create=True, size=size)
+            self.shm = shared_memory.SharedMemory(create=True, size=max(8, cells * 8))
             self.owner = True
         else:
             self.shm = shared_memory.SharedMemory(name=name)
@@ -37,12 +48,32 @@ class SharedCounters:
             self.owner = False
         self.cells = self.shm.buf.cast("q")
         if self.owner:
-            for i in range(1 + slots * self.row):
+            for i in range(len(self.cells)):
                 self.cells[i] = 0
 
     @property
     def name(self):
         return self.shm.name
+
+    def close(self):
+        try:
+            self.cells.release()
+            self.shm.close()
+        except BufferError:
+            pass  # a view of it is still alive; the mapping goes with the process
+        if self.owner:
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass
+
+
+class SharedCounters(Segment):
+    def __init__(self, slots, endpoints, name=None):
+        self.slots = slots
+        self.endpoints = endpoints
+        self.row = (2 + REPORT_CELLS) * endpoints
+        super().__init__(1 + slots * self.row, name)
 
     # -- layout -------------------------------------------------------------------------
 
@@ -51,6 +82,10 @@ class SharedCounters:
 
     def requests_cell(self, slot, endpoint):
         return 1 + slot * self.row + self.endpoints + endpoint
+
+    def report_cell(self, slot, endpoint):
+        """The first of the endpoint's REPORT_CELLS in ``slot``'s row."""
+        return 1 + slot * self.row + 2 * self.endpoints + endpoint * REPORT_CELLS
 
     def set_slots_in_use(self, n):
         self.cells[0] = n
@@ -68,6 +103,27 @@ class SharedCounters:
         cells, row = self.cells, self.row
         return sum(cells[i] for i in range(1 + self.endpoints + endpoint, 1 + cells[0] * row, row))
 
+    def freshest_report(self, endpoint):
+        """The cell index of the newest load report on ``endpoint`` over all rows, or -1."""
+        cells, row = self.cells, self.row
+        best, best_at = -1, 0
+        first = 1 + 2 * self.endpoints + endpoint * REPORT_CELLS
+        for i in range(first, 1 + cells[0] * row, row):
+            at = cells[i + AT]
+            if at > best_at:
+                best, best_at = i, at
+        return best
+
+    def report_fields(self, cell):
+        """(waiting, running or None, kv or None, at in seconds, source) of the report at
+        ``cell`` (as ``freshest_report`` found it)."""
+        cells = self.cells
+        running, kv = cells[cell + RUNNING], cells[cell + KV]
+        return (
+            cells[cell + WAITING] / 1000, None if running < 0 else running / 1000,
+            None if kv < 0 else kv / 1e6, cells[cell + AT] / 1e6, cells[cell + SOURCE],
+        )
+
     # -- writes ---------------------------------------------------------------------------
 
     def reset_slot(self, slot):
@@ -75,12 +131,3 @@ class SharedCounters:
         base = 1 + slot * self.row
         for i in range(base, base + self.row):
             self.cells[i] = 0
-
-    def close(self):
-        self.cells.release()
-        self.shm.close()
-        if self.owner:
-            try:
-                self.shm.unlink()
-            except FileNotFoundError:
-                pass

@@ -31,10 +31,12 @@ import time
 import msgspec
 import orjson
 
+from _speedups import PrefixTable
+
 from . import supervisor_admin
 from ..config import ConfigError
 from ..routing.router import Router
-from .shm import MAX_SLOTS, SharedCounters
+from .shm import MAX_SLOTS, Segment, SharedCounters
 
 log = logging.getLogger("fleetproxy.supervisor")
 
@@ -55,16 +57,21 @@ def worker_count(cfg):
 
 
 class Generation:
-    """One config and the counters its workers share."""
+    """One config and the memory its workers share: counters, load reports, the prefix index."""
 
     def __init__(self, number, cfg):
         self.number = number
         self.cfg = cfg
         # One column per distinct endpoint, in the order every worker's router lists them.
-        self.labels = [e.label for e in Router(cfg, None).endpoints]
+        self.labels = [e.label for e in Router(cfg, None, table=False).endpoints]
         self.columns = len(self.labels)
         self.counters = SharedCounters(MAX_SLOTS, self.columns)
+        self.index = Segment(PrefixTable.cells_needed(self.columns, cfg.prefix_index.blocks_per_endpoint))
         self.workers = set()
+
+    def close(self):
+        self.counters.close()
+        self.index.close()
 
 
 class Worker:
@@ -186,6 +193,7 @@ class Supervisor:
                 "slot": slot,
                 "generation": generation.number,
                 "shm": generation.counters.name,
+                "index": generation.index.name,
                 "columns": generation.columns,
                 "fd": sock.fileno(),
             }
@@ -244,7 +252,7 @@ class Supervisor:
         if generation is not self.generation and not generation.workers:
             if generation in self.old_generations:
                 self.old_generations.remove(generation)
-            generation.counters.close()
+            generation.close()
 
     async def drain(self, workers):
         for worker in workers:
@@ -287,7 +295,7 @@ class Supervisor:
             for worker in list(new.workers):
                 worker.signal(signal.SIGKILL)
             await asyncio.gather(*(w.exited for w in list(new.workers)))
-            new.counters.close()
+            new.close()
             return
         old = self.generation
         old_target = self.target
@@ -322,7 +330,7 @@ class Supervisor:
             await waiting
         second.cancel()
         for gen in [self.generation, *self.old_generations]:
-            gen.counters.close()
+            gen.close()
 
 
 def _cause(code):

@@ -10,6 +10,7 @@ import asyncio
 
 import orjson
 
+from ..routing.load import Report
 from . import metrics
 from .admin import AdminProtocol
 
@@ -89,6 +90,12 @@ async def backends_state(sup):
     return out
 
 
+def report(counters, endpoint):
+    """The freshest load report on ``endpoint`` in shared memory, or None."""
+    cell = counters.freshest_report(endpoint)
+    return Report(*counters.report_fields(cell)) if cell >= 0 else None
+
+
 async def metrics_text(sup):
     """Prometheus text for the whole process group, from the generation's shared memory.
 
@@ -99,7 +106,7 @@ async def metrics_text(sup):
     counters = gen.counters
     health = {b["name"]: b["healthy"] for b in (await backends_state(sup)).get("backends", [])}
     rows = [
-        (label, counters.in_flight(i), counters.requests(i), health.get(label))
+        metrics.endpoint_row(label, counters.in_flight(i), counters.requests(i), health.get(label), report(counters, i))
         for i, label in enumerate(gen.labels)
     ]
     return metrics.exposition(rows, len(sup.live_workers()), sup.restarts, gen.number)

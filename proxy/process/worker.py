@@ -11,7 +11,7 @@ import msgspec
 import orjson
 import uvloop
 
-from _speedups import IMPLEMENTATION
+from _speedups import IMPLEMENTATION, PrefixTable
 
 from ..config import Config
 from ..http import responses
@@ -19,7 +19,7 @@ from ..http.downstream import Downstream
 from ..routing import prober
 from ..routing.router import Router
 from . import admin
-from .shm import MAX_SLOTS, SharedCounters
+from .shm import MAX_SLOTS, Segment, SharedCounters
 
 log = logging.getLogger("fleetproxy")
 
@@ -55,15 +55,15 @@ class Context:
         return not self.draining and self.router.any_healthy()
 
 
-async def serve(cfg, started=None, sock=None, counters=None, slot=0):
+async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None):
     """Serve until SIGTERM/SIGINT, then drain; a second signal exits at once.
 
     ``sock``: an inherited listening socket (under the supervisor), else bind cfg.listen.
-    ``counters``/``slot``: this worker's row in the generation's shared counters.
-    ``started(ctx, admin_port)`` is called once listening.
+    ``counters``/``slot``: this worker's row in the generation's shared counters; ``table``:
+    the generation's shared prefix index. ``started(ctx, admin_port)`` is called once listening.
     """
     loop = asyncio.get_running_loop()
-    router = Router(cfg, loop)
+    router = Router(cfg, loop, table=table)
     if counters is not None:
         router.attach_counters(counters, slot)
     endpoints = router.endpoints
@@ -76,6 +76,9 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0):
     admin_server = await admin.start(ctx)
     admin_port = admin_server.sockets[0].getsockname()[1]
     tasks = [loop.create_task(prober.check_forever(endpoints, cfg)), loop.create_task(_sweep(endpoints))]
+    if cfg.load.scrape_interval and slot == 0:
+        # Load reports are shared: one scraper per group is enough (slot 0, or the only worker).
+        tasks.append(loop.create_task(prober.scrape_forever(endpoints, cfg, router.clock)))
     stop = asyncio.Event()
 
     def on_signal():
@@ -162,6 +165,8 @@ def main():
     setup_logging(cfg)
     slot = spec["slot"]
     counters = SharedCounters(MAX_SLOTS, spec["columns"], name=spec["shm"])
+    index = Segment(0, name=spec["index"])
+    table = PrefixTable(index.cells, spec["columns"], cfg.prefix_index.blocks_per_endpoint)
     sock = socket.socket(fileno=spec["fd"])
 
     def started(ctx, admin_port):
@@ -169,8 +174,10 @@ def main():
         sys.stdout.flush()
 
     try:
-        uvloop.run(serve(cfg, started, sock=sock, counters=counters, slot=slot))
+        uvloop.run(serve(cfg, started, sock=sock, counters=counters, slot=slot, table=table))
     finally:
+        del table
+        index.close()
         counters.close()
 
 

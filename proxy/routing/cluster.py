@@ -10,6 +10,7 @@ order (a header, the body's ``user``, the prompt's opening). Body fields are dec
 once per request, by the ``Selection`` that carries the request through routing.
 """
 
+from .cache_aware import CacheAware
 from .fields import prompt_prefix
 from .policies import ConsistentHash, LeastRequest, RoundRobin, Snapshot, hash_bytes, least_request, ring_points
 
@@ -18,11 +19,11 @@ HEADER, USER, PREFIX = 0, 1, 2  # key sources
 
 class Cluster:
     __slots__ = (
-        "name", "models", "endpoints", "policy", "hashed", "keys", "limit", "vnodes", "snapshot", "fallback",
+        "name", "models", "endpoints", "policy", "hashed", "cached", "keys", "limit", "vnodes", "snapshot", "fallback",
         "points", "provider", "choose",
     )
 
-    def __init__(self, name, models, endpoints, balance, fallback=(), provider=False):
+    def __init__(self, name, models, endpoints, balance, fallback=(), provider=False, table=None, ttl=600.0):
         self.name = name
         self.provider = provider
         self.models = list(models)
@@ -31,14 +32,19 @@ class Cluster:
         self.limit = balance.max_in_flight
         self.vnodes = balance.vnodes
         self.hashed = balance.policy == "consistent_hash"
+        self.cached = balance.policy == "cache_aware"
         if balance.policy == "round_robin":
             self.policy = RoundRobin()
         elif self.hashed:
-            self.policy = ConsistentHash(balance.load_factor)
+            self.policy = ConsistentHash(balance.load_factor, balance.spill_floor)
+        elif self.cached:
+            self.policy = CacheAware(
+                table, balance.block_chars, balance.index_depth, ttl, balance.load_factor, balance.spill_floor
+            )
         else:
             self.policy = LeastRequest()
         # The call a keyless pick makes: (snapshot, exclude, limit) -> member or None.
-        self.choose = least_request if self.hashed or balance.policy == "least_request" else self.policy.pick
+        self.choose = self.policy.pick if balance.policy == "round_robin" else least_request
         keys = []
         if self.hashed:
             for source in balance.hash_keys:
@@ -56,7 +62,7 @@ class Cluster:
 
     @property
     def needs_fields(self):
-        return any(kind != HEADER for kind, _ in self.keys)
+        return self.cached or any(kind != HEADER for kind, _ in self.keys)
 
     def _points_of(self, endpoint):
         points = self.points.get(endpoint.label)
@@ -87,12 +93,15 @@ class Cluster:
                         return hash_bytes(prefix)
         return None
 
-    def pick(self, selection, exclude):
+    def pick(self, selection, exclude, now):
         """An eligible endpoint with room for the request, or None."""
+        if self.cached:
+            policy = self.policy
+            return policy.pick(self.snapshot, selection.blocks(policy), exclude, self.limit, now)
         if self.hashed:
             h = self.key_hash(selection)
             if h is not None:
-                return self.policy.pick(self.snapshot, h, exclude, self.limit)
+                return self.policy.pick(self.snapshot, h, exclude, self.limit, now)
         return self.choose(self.snapshot, exclude, self.limit)  # no key: least request
 
     def state(self):

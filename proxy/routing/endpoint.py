@@ -9,15 +9,21 @@ How this works.
   ``load`` sums every worker's, so load-aware policies see the whole process group.
 - Health events (probes, request outcomes, drains) update the sans-IO ``HealthState``; when
   eligibility changes, every cluster the endpoint belongs to rebuilds its snapshot.
+- Load reports from vLLM (``load.Report``: in band or scraped) are kept in this worker's row
+  of shared memory too, and read back from whichever worker heard last, so every worker
+  balances on the freshest report; ``pressure`` is what the policies compare.
 """
 
 import logging
+import time
 
 import msgspec
 
 from ..http.connection_pool import ConnectionPool
 from ..http.upstream import client_context
+from ..process.shm import AT, KV, RUNNING, SOURCE, WAITING
 from .health import HealthState, may_eject
+from .load import IN_BAND, Report, parse_orca, pressure
 from .provider import adapter_for
 
 log = logging.getLogger("fleetproxy.routing")
@@ -28,6 +34,7 @@ class Endpoint:
         "spec", "key", "label", "host", "port", "authority", "weight", "pool", "ssl", "server_hostname",
         "health", "health_path", "health_cfg", "outlier", "eligible", "clusters", "in_flight", "peak",
         "requests", "owner", "adapter", "provider", "counters", "index", "cells", "cell", "req_cell",
+        "report", "report_at", "report_cell", "max_age", "ask_load",
     )
 
     def __init__(self, spec, loop, cfg, provider=False):
@@ -66,6 +73,13 @@ class Endpoint:
         self.cell = 0
         self.req_cell = 0
         self.owner = None  # the router that holds it now
+        self.report = None  # load.Report: the freshest load report known here
+        self.report_at = 0  # its time in shared memory (microseconds), to spot a newer one
+        self.report_cell = -1
+        self.max_age = cfg.load.max_age
+        # vLLM endpoints are asked for their load in band; providers are not (a header they
+        # do not know, and their load is not ours to balance).
+        self.ask_load = cfg.load.in_band and not provider
 
     # -- in-flight accounting: the only three places that touch the count --
 
@@ -100,11 +114,52 @@ class Endpoint:
         self.cells = counters.cells
         self.cell = counters.in_flight_cell(slot, index)
         self.req_cell = counters.requests_cell(slot, index)
+        self.report_cell = counters.report_cell(slot, index)
         self.cells[self.cell] = self.in_flight
 
     @property
     def healthy(self):
         return self.health.up
+
+    # -- load as vLLM reports it --
+
+    def observe(self, waiting, running, kv, source, now):
+        """A load report (routing/load.py) received ``now`` (monotonic seconds)."""
+        self.report = Report(waiting, running, kv, now, source)
+        cells = self.cells
+        if cells is not None:
+            i = self.report_cell
+            cells[i + WAITING] = int(waiting * 1000)
+            cells[i + RUNNING] = -1 if running is None else int(running * 1000)
+            cells[i + KV] = -1 if kv is None else int(kv * 1e6)
+            cells[i + SOURCE] = source
+            at = int(now * 1e6) or 1
+            cells[i + AT] = at  # last: a reader that sees the new time sees the new values
+            self.report_at = at
+
+    def observe_in_band(self, value):
+        """The ``endpoint-load-metrics`` header of a response (ignored when unreadable)."""
+        fields = parse_orca(value)
+        if fields is not None:
+            self.observe(fields[0], fields[1], fields[2], IN_BAND, time.monotonic())
+
+    def current_report(self):
+        """The freshest report any worker received, or None."""
+        counters = self.counters
+        if counters is None:
+            return self.report
+        cell = counters.freshest_report(self.index)
+        if cell < 0:
+            return None
+        at = self.cells[cell + AT]
+        if at != self.report_at:  # another worker heard from vLLM since
+            self.report = Report(*counters.report_fields(cell))
+            self.report_at = at
+        return self.report
+
+    def pressure(self, now):
+        """(load, queueing) for the balancing policies (see load.pressure)."""
+        return pressure(self.current_report(), self.load(), now, self.max_age)
 
     # -- health events --
 
@@ -174,6 +229,9 @@ class Endpoint:
             "health": self.health.state(now),
             "clusters": [c.name for c in self.clusters],
         }
+        report = self.current_report()
+        if report is not None:
+            out["load"] = report.state(time.monotonic())  # the clock reports are stamped with
         if self.provider:
             out["provider"] = True
         if self.pool is not None:
@@ -186,6 +244,6 @@ def endpoint_key(spec, cfg, provider):
     reload: everything its connections and health depend on is in it."""
     conn = (
         cfg.connection_pool, cfg.timeouts.connect, cfg.timeouts.pool_idle, cfg.limits.high_water,
-        cfg.health, cfg.outlier,
+        cfg.health, cfg.outlier, cfg.load,
     )
     return msgspec.json.encode((provider, spec if not provider else {**msgspec.structs.asdict(spec), "balance": None}, conn))

@@ -94,3 +94,71 @@ def prompt_prefix(fields, size):
         if raw != b"null":
             return raw[: size * 4]
     return None
+
+
+class Prompt:
+    """The prompt as the cache sees it: ``text`` (bytes, in the order vLLM prefills them),
+    ``opening`` (how many bytes of it are the conversation's opening: the messages up to the
+    end of the first user message; 0 for completions) and ``later`` (a later turn: messages
+    follow the opening)."""
+
+    __slots__ = ("text", "opening", "later")
+
+    def __init__(self, text, opening, later):
+        self.text = text
+        self.opening = opening
+        self.later = later
+
+
+def prompt_of(fields, limit):
+    """The first ``limit`` bytes of the request's prompt as a Prompt, or None without one.
+
+    Chat: each message as its role, a newline, its text parts and a record separator, in
+    order: messages that share a system prompt share the first bytes, as vLLM's prompts share
+    their first blocks once the chat template is applied. Completions: the prompt string, or
+    a token-id list as its raw JSON."""
+    if not fields:
+        return None
+    messages = fields.messages
+    if messages:
+        parts = []
+        opening = 0
+        later = False
+        size = 0
+        for message in messages:
+            if opening:
+                later = True
+                if size >= limit:
+                    break
+            role = message.role or ""
+            parts.append(role)
+            parts.append("\n")
+            content = message.content
+            if type(content) is str:
+                parts.append(content)
+                size += len(content)
+            elif content is not None:
+                for part in content:
+                    if part.text:
+                        parts.append(part.text)
+                        size += len(part.text)
+            parts.append("\x1e")
+            size += len(role) + 2
+            if not opening and role == "user":
+                opening = len("".join(parts).encode())
+        text = "".join(parts).encode()[:limit]
+        return Prompt(text, min(opening, len(text)), later) if text else None
+    raw = fields.prompt
+    if not raw:
+        return None
+    raw = bytes(raw)
+    if raw[:1] == b'"':
+        try:
+            text = _decode_str(raw).encode()[:limit]
+        except msgspec.DecodeError:
+            return None
+    elif raw != b"null":
+        text = raw[:limit]
+    else:
+        return None
+    return Prompt(text, 0, False) if text else None

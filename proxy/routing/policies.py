@@ -8,17 +8,20 @@ How this works.
   eligibility builds a new Snapshot and swaps one reference; a lookup never sees a half-built
   ring and never takes a lock.
 - Members are duck-typed: ``member.weight`` (int >= 1), ``member.label`` (str, stable across
-  processes and restarts: it places the member's ring points) and ``member.load()`` (requests in
-  flight). Accounting lives with the member so it can move to shared memory without touching
-  this module.
+  processes and restarts: it places the member's ring points), ``member.load()`` (requests in
+  flight) and ``member.pressure(now)`` ((load, queueing) as vLLM reports it, see ``Bound``).
+  Accounting lives with the member so it can move to shared memory without touching this
+  module.
 - The ring (consistent hashing, Karger et al.): each member owns ``vnodes x weight`` points
   hashed from its label; a key goes to the first point at or after its hash. Points depend only
   on the member's own label, so a member that comes or goes moves only its own keys (~1/N).
-- Bounded loads (Mirrokni, Thorup, Zadimoghaddam 2018): with T requests in flight in the
-  cluster, a member may take a new one only while its load is below
+- Bounded loads (Mirrokni, Thorup, Zadimoghaddam 2018): with a total load T in the cluster, a
+  member may take a new request only while its load is below
   ``ceil(c x (T + 1) x weight / total_weight)``; a key whose successor is full walks on along
   the ring to the next member with room. Such a member always exists when c >= 1, and no member
-  ever goes above ``ceil(c x average)`` because of a placement.
+  ever goes above ``ceil(c x average)`` because of a placement. Load is what the inference
+  server reports, and a session is never moved below a floor or while vLLM does not queue
+  (``Bound``): moving it throws its prefix cache away.
 - ``least_request`` is the power of two choices (Mitzenmacher): two members drawn at random,
   the one with less load per unit of weight wins.
 - Each pick takes ``exclude`` (members already tried by this request, or None) and ``limit``
@@ -163,51 +166,99 @@ class LeastRequest:
         return least_request(snap, exclude, limit)
 
 
-class ConsistentHash:
-    """Ring lookup with bounded loads (see the module docstring)."""
+def ring_order(snap, key_hash):
+    """Member indices in the order a key walks the ring from its successor, each once."""
+    points = snap.points
+    npoints = len(points)
+    order = []
+    if not npoints:
+        return order
+    owners = snap.owners
+    i = bisect_left(points, key_hash)
+    seen = 0
+    full = snap.full
+    for step in range(npoints):
+        j = owners[(i + step) % npoints]
+        bit = 1 << j
+        if not seen & bit:
+            seen |= bit
+            order.append(j)
+            if seen == full:
+                break
+    return order
 
-    __slots__ = ("load_factor",)
 
-    def __init__(self, load_factor=1.25):
+class Bound:
+    """When an endpoint sheds a request to the next candidate: bounded loads on real load.
+
+    ``load`` and ``queueing`` come from ``member.pressure(now)`` (see routing/load.py): the
+    requests the endpoint holds as vLLM reports them (never fewer than this proxy's own in
+    flight), and whether vLLM says new requests wait. An endpoint keeps a request that would
+    lose its cache by moving (``sticky``) while it carries fewer than ``floor`` requests (light
+    traffic never spills), or while vLLM says it does not queue (continuous batching takes it
+    at once), or while its load is below ``ceil(c x (T + 1) x weight / total_weight)``, T the
+    cluster's total load. Placement that loses nothing (``sticky`` False) obeys the last rule
+    only, which keeps a cluster balanced. With c >= 1 some member always has room."""
+
+    __slots__ = ("load_factor", "floor")
+
+    def __init__(self, load_factor=1.25, floor=0):
         if not load_factor >= 1.0:
             raise ValueError("load_factor must be >= 1 (below 1 the cluster cannot hold its own load)")
         self.load_factor = load_factor
+        self.floor = floor
 
-    def pick(self, snap, key_hash, exclude=None, limit=0):
+    def scale(self, pressures, total_weight):
+        total = 0
+        for load, _ in pressures:
+            total += load
+        return self.load_factor * (total + 1) / total_weight
+
+    def room(self, load, queueing, cap, sticky):
+        if sticky and (load < self.floor or queueing is False):
+            return True
+        return load < cap
+
+
+class ConsistentHash:
+    """Ring lookup with bounded loads on real load (see ``Bound`` and the module docstring)."""
+
+    __slots__ = ("bound",)
+
+    def __init__(self, load_factor=1.25, floor=0):
+        self.bound = Bound(load_factor, floor)
+
+    @property
+    def load_factor(self):
+        return self.bound.load_factor
+
+    def pick(self, snap, key_hash, exclude=None, limit=0, now=0.0):
         points = snap.points
         npoints = len(points)
         if not npoints:
             return None
         members = snap.members
-        owners = snap.owners
         i = bisect_left(points, key_hash)
         if i == npoints:
             i = 0
-        # The common case: the successor is idle, not excluded, and within the breaker.
-        member = members[owners[i]]
-        load = member.load()
-        if load == 0 and (exclude is None or member not in exclude):
-            return member
-        total = 0
-        for m in members:
-            total += m.load()
-        scale = self.load_factor * (total + 1) / snap.total_weight
+        bound = self.bound
+        # The common case: the successor is idle or under the floor, not excluded, within the
+        # breaker: no need to look at the others.
+        member = members[snap.owners[i]]
+        if exclude is None or member not in exclude:
+            load, queueing = member.pressure(now)
+            if (load == 0 or load < bound.floor or queueing is False) and (not limit or member.load() < limit):
+                return member
+        pressures = [m.pressure(now) for m in members]
+        scale = bound.scale(pressures, snap.total_weight)
         weights = snap.weights
-        seen = 0
-        full = snap.full
-        for step in range(npoints):
-            j = owners[(i + step) % npoints]
-            bit = 1 << j
-            if seen & bit:
-                continue
-            seen |= bit
+        for j in ring_order(snap, key_hash):
             member = members[j]
-            if exclude is None or member not in exclude:
-                load = member.load()
-                if load < _ceil(scale * weights[j]) and (not limit or load < limit):
-                    return member
-            if seen == full:
-                break
+            if exclude is not None and member in exclude:
+                continue
+            load, queueing = pressures[j]
+            if bound.room(load, queueing, _ceil(scale * weights[j]), True) and (not limit or member.load() < limit):
+                return member
         return None
 
 

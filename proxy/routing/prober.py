@@ -1,10 +1,13 @@
-"""Active health checks: the I/O driver that feeds ``health.HealthState``.
+"""The I/O drivers beside the data path: active health checks (``check_forever``, feeding
+``health.HealthState``) and load scrapes (``scrape_forever``, feeding ``load.Report``s).
 
-One task per worker, off the data path: plain asyncio streams, a short connection of its own per
-probe (TLS for https endpoints), every endpoint probed at once each ``interval``.
+Tasks of a worker, off the data path: plain asyncio streams, a short connection of their own per
+probe (TLS for https endpoints), every endpoint probed at once each interval.
 """
 
 import asyncio
+
+from .load import SCRAPED, parse_metrics
 
 
 async def probe(host, port, path, timeout, ssl=None, server_hostname=None):
@@ -51,3 +54,68 @@ async def check_forever(endpoints, cfg):
             if endpoint.health_path is None and endpoint.health.ejection_due(now):
                 endpoint.probed(True, now)
         await asyncio.sleep(health.interval)
+
+
+async def fetch(host, port, path, timeout, ssl=None, server_hostname=None, limit=4 << 20):
+    """The body of ``GET path`` if it answers 200 within ``timeout`` seconds, else None."""
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname)
+            authority = server_hostname or f"{host}:{port}"
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
+            raw = await reader.read(limit)
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep or head[9:12] != b"200":
+        return None
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    return body
+
+
+def _dechunk(body):
+    out = []
+    while body:
+        size_line, sep, rest = body.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0], 16)
+        except ValueError:
+            return None
+        if not sep or size == 0:
+            break
+        out.append(rest[:size])
+        body = rest[size + 2:]
+    return b"".join(out)
+
+
+async def scrape_forever(endpoints, cfg, clock):
+    """Scrape ``/metrics`` of every vLLM endpoint whose last load report is older than
+    ``cfg.load.scrape_interval`` (streams carry no in-band report), and record what it says.
+
+    One worker of a group scrapes (the reports are shared); providers are never scraped."""
+    load = cfg.load
+    interval = load.scrape_interval
+    timeout = min(cfg.health.timeout, max(interval, 0.1))
+    targets = [e for e in endpoints if not e.provider]
+    while True:
+        now = clock()
+        due = [e for e in targets if _stale(e.current_report(), now, interval)]
+        if due:
+            bodies = await asyncio.gather(
+                *(fetch(e.host, e.port, load.metrics_path, timeout, e.ssl, e.server_hostname) for e in due)
+            )
+            now = clock()
+            for endpoint, body in zip(due, bodies):
+                fields = parse_metrics(body) if body else None
+                if fields is not None:
+                    endpoint.observe(fields[0], fields[1], fields[2], SCRAPED, now)
+        await asyncio.sleep(interval)
+
+
+def _stale(report, now, interval):
+    return report is None or now - report.at >= interval

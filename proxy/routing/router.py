@@ -16,6 +16,9 @@ How this works.
 """
 
 import logging
+import time
+
+from _speedups import PrefixTable
 
 from ..http.errors import ClientError, NoBackend
 from .cluster import Cluster
@@ -39,7 +42,10 @@ class Route:
 class Selection:
     """The routing state of one request (see the module docstring)."""
 
-    __slots__ = ("route", "headers", "body", "model_only", "decoded", "endpoint", "tried", "attempts", "counted")
+    __slots__ = (
+        "route", "headers", "body", "model_only", "decoded", "endpoint", "tried", "attempts", "counted",
+        "blocks_of", "prompt_blocks",
+    )
 
     def __init__(self, headers, body, model_only):
         self.headers = headers
@@ -51,6 +57,8 @@ class Selection:
         self.tried = None  # endpoints already tried (only after a retry)
         self.attempts = 0
         self.counted = False  # the request counts in flight on ``endpoint``
+        self.blocks_of = None  # the cache_aware policy ``prompt_blocks`` were cut for
+        self.prompt_blocks = None
 
     def fields(self):
         """The body's routing fields, decoded at most once."""
@@ -58,6 +66,13 @@ class Selection:
         if decoded is None:
             decoded = self.decoded = decode(self.body, self.model_only)
         return decoded
+
+    def blocks(self, policy):
+        """The prompt's blocks as a cache_aware ``policy`` cuts them, computed once."""
+        if self.blocks_of is not policy:
+            self.blocks_of = policy
+            self.prompt_blocks = policy.blocks(self.fields())
+        return self.prompt_blocks
 
     def release(self):
         """The request ended: it no longer counts in flight on its endpoint (the endpoint it
@@ -68,9 +83,14 @@ class Selection:
 
 
 class Router:
-    def __init__(self, cfg, loop, previous=None):
+    def __init__(self, cfg, loop, previous=None, table=None):
+        """``table``: the prefix index the cache_aware clusters share (a PrefixTable over memory
+        shared by the workers); a private one is made when needed and not given."""
         self.cfg = cfg
         self.loop = loop
+        # Monotonic seconds, the same clock in every process: load reports and the prefix
+        # index carry times that other workers compare.
+        self.clock = time.monotonic
         adopt = {}
         if previous is not None:
             for endpoint in previous.endpoints:
@@ -92,12 +112,24 @@ class Router:
                 self.endpoints.append(endpoint)
             return endpoint
 
-        self.clusters = {}
-        for spec in cfg.all_clusters():
+        specs = cfg.all_clusters()
+        members_of = {}
+        for spec in specs:
             provider = not hasattr(spec, "backends")
-            members = [endpoint_for(spec, True)] if provider else [endpoint_for(b, False) for b in spec.backends]
+            members_of[spec.name] = (
+                [endpoint_for(spec, True)] if provider else [endpoint_for(b, False) for b in spec.backends]
+            )
+        for index, endpoint in enumerate(self.endpoints):
+            endpoint.index = index  # its column in shared memory and in the prefix index
+        if table is None and any(spec.balance.policy == "cache_aware" for spec in specs):
+            table = PrefixTable.local(len(self.endpoints), cfg.prefix_index.blocks_per_endpoint)
+        self.table = table or None
+        self.clusters = {}
+        for spec in specs:
+            provider = not hasattr(spec, "backends")
             self.clusters[spec.name] = Cluster(
-                spec.name, spec.models, members, spec.balance, getattr(spec, "fallback", ()), provider
+                spec.name, spec.models, members_of[spec.name], spec.balance, getattr(spec, "fallback", ()),
+                provider, table, cfg.prefix_index.ttl,
             )
 
         def route_of(cluster):
@@ -127,8 +159,9 @@ class Router:
         route = self._route(selection) if self.by_model else self.default_route
         selection.route = route
         self.retry.budget.on_request()
+        now = self.clock()
         for cluster in route.clusters:
-            endpoint = cluster.pick(selection, None)
+            endpoint = cluster.pick(selection, None, now)
             if endpoint is not None:
                 endpoint.acquire()
                 selection.endpoint = endpoint
@@ -151,7 +184,7 @@ class Router:
         elif current not in tried:
             tried.append(current)
         for cluster in selection.route.clusters:
-            endpoint = cluster.pick(selection, tried)
+            endpoint = cluster.pick(selection, tried, self.clock())
             if endpoint is not None:
                 break
         else:

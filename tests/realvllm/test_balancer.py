@@ -97,3 +97,48 @@ def test_session_header_pins_the_prefix_cache_to_one_server(vllm, request, tmp_p
         assert used == {0, 1}, "every session hashed to the same server"
     finally:
         proxy.stop()
+
+
+def test_cache_aware_keeps_conversations_and_shared_prompts_warm(vllm, request, tmp_path):
+    """The default policy, cache_aware, on two real servers: every turn of a conversation on
+    one server, conversations that share a system prompt meet where it is cached, vLLM's own
+    load reports reach the proxy, and the fleet's hit rate clears a floor."""
+    vllm_b = request.getfixturevalue("vllm_b")
+    servers = [vllm, vllm_b]
+    path = tmp_path / "cache-aware.yaml"
+    lines = ["backends:"] + [f"  - url: {s.url}\n    name: b{i}" for i, s in enumerate(servers)]
+    path.write_text("\n".join(lines + ["health:", "  interval: 0.5", "  timeout: 5.0"]) + "\n")
+    proxy = start_proxy([], "--config", str(path))
+    try:
+        wait_ready(proxy)
+        start = [counters(s) for s in servers]
+        tag = uuid.uuid4().hex[:8]
+        homes = {}
+        for group in range(2):
+            system = f"Group {group} {tag}. " + " ".join(["hello"] * SYSTEM_WORDS)
+            for session in range(3):
+                before = [counters(s) for s in servers]
+                messages = [{"role": "system", "content": system}]
+                for turn in range(TURNS):
+                    messages.append({"role": "user", "content": f"session {session} turn {turn}: go on"})
+                    status, _, body = call(proxy.port, "POST", "/v1/chat/completions",
+                                           {"model": MODEL, "messages": messages, "max_tokens": 4,
+                                            "temperature": 0})
+                    assert status == 200, body
+                    messages.append({"role": "assistant", "content": json.loads(body)["choices"][0]["message"]["content"]})
+                after = [counters(s) for s in servers]
+                grew = [i for i in range(2) if after[i][0] > before[i][0]]
+                assert len(grew) == 1, f"group {group} session {session} was spread over {grew}"
+                homes.setdefault(group, set()).add(grew[0])
+                if session:  # the shared system prompt was cached there already: 4 blocks hit
+                    assert after[grew[0]][1] - before[grew[0]][1] >= 4 * 128
+        assert all(len(h) == 1 for h in homes.values()), homes  # a group met on one server
+        end = [counters(s) for s in servers]
+        queries = sum(e[0] - s[0] for e, s in zip(end, start))
+        hits = sum(e[1] - s[1] for e, s in zip(end, start))
+        assert hits / queries >= 0.6, (hits, queries)  # one server alone gets about 0.75 here
+        status, _, body = call(proxy.admin_port, "GET", "/admin/backends")
+        reports = [b.get("load") for b in json.loads(body)["backends"]]
+        assert any(r and r["source"] in ("in_band", "scrape") and r["waiting"] == 0 for r in reports), reports
+    finally:
+        proxy.stop()

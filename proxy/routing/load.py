@@ -1,0 +1,140 @@
+"""Endpoint load as vLLM itself reports it, sans-IO: parsing the reports, and what they mean.
+
+Why. The proxy's own count of requests in flight is not an inference server's load: vLLM
+batches dozens of sequences, so six requests against a mean of four is no overload, and a
+router that sheds on such counts throws a session's prefix cache away for nothing. vLLM knows:
+``num_requests_waiting`` > 0 means its batch or its KV cache is full and new requests queue.
+
+Two sources, one record (``Report``: waiting, running, KV-cache usage, when, from where):
+- in band: asked for with ``endpoint-load-metrics-format: text`` on forwarded requests, vLLM
+  answers in the ``endpoint-load-metrics`` response header (ORCA text or JSON; non-streaming
+  responses only), as fresh as the last response;
+- scraped: ``GET /metrics`` on an interval (``prober.scrape_forever``) for streams and for
+  servers that send no header: ``vllm:num_requests_waiting``, ``vllm:num_requests_running``,
+  ``vllm:kv_cache_usage_perc``, or SGLang's ``sglang:num_queue_reqs``,
+  ``sglang:num_running_reqs``, ``sglang:token_usage``.
+
+``pressure`` turns a fresh report and the proxy's own in-flight count into what the balancing
+policies compare: a load (requests the endpoint holds: at least what this proxy has in flight
+there) and whether the endpoint queues.
+"""
+
+import orjson
+
+IN_BAND = 1
+SCRAPED = 2
+SOURCES = {IN_BAND: "in_band", SCRAPED: "scrape"}
+KV_FULL = 0.95  # KV-cache usage from which vLLM is about to queue or preempt
+
+_ORCA_NAMES = {
+    b"named_metrics.num_requests_waiting": 0,
+    b"named_metrics.num_requests_running": 1,
+    b"named_metrics.kv_cache_usage_perc": 2,
+}
+# Prometheus families -> (field, is_sglang). Several label sets (engines, models) are summed,
+# except the KV usage, a share, which takes the highest.
+_FAMILIES = {
+    b"vllm:num_requests_waiting": 0,
+    b"vllm:num_requests_running": 1,
+    b"vllm:kv_cache_usage_perc": 2,
+    b"sglang:num_queue_reqs": 0,
+    b"sglang:num_running_reqs": 1,
+    b"sglang:token_usage": 2,
+}
+
+
+def parse_orca(value):
+    """(waiting, running or None, kv usage or None) from an ``endpoint-load-metrics`` value,
+    or None when it says nothing useful. ``TEXT named_metrics.num_requests_waiting=0.0,
+    named_metrics.kv_cache_usage_perc=0.0`` or ``JSON {"named_metrics": {...}}``."""
+    fields = [None, None, None]
+    if value[:5] == b"TEXT ":
+        for item in value[5:].split(b","):
+            name, sep, number = item.strip().partition(b"=")
+            index = _ORCA_NAMES.get(name)
+            if sep and index is not None:
+                try:
+                    fields[index] = float(number)
+                except ValueError:
+                    return None
+    elif value[:5] == b"JSON ":
+        try:
+            named = orjson.loads(value[5:]).get("named_metrics")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        if not isinstance(named, dict):
+            return None
+        for name, index in _ORCA_NAMES.items():
+            number = named.get(name[len(b"named_metrics."):].decode())
+            if isinstance(number, (int, float)):
+                fields[index] = float(number)
+    else:
+        return None
+    if fields[0] is None:
+        return None
+    return fields[0], fields[1], fields[2]
+
+
+def parse_metrics(text):
+    """(waiting, running, kv usage) from Prometheus text, or None without the families."""
+    fields = [None, None, None]
+    for line in text.split(b"\n"):
+        if line[:5] != b"vllm:" and line[:7] != b"sglang:":
+            continue
+        cut = line.find(b"{")
+        if cut < 0:
+            cut = line.find(b" ")
+        index = _FAMILIES.get(line[:cut])
+        if index is None:
+            continue
+        try:
+            number = float(line.rsplit(b" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        old = fields[index]
+        if old is None:
+            fields[index] = number
+        elif index == 2:
+            fields[index] = max(old, number)
+        else:
+            fields[index] = old + number
+    if fields[0] is None and fields[1] is None:
+        return None
+    return fields[0] or 0.0, fields[1], fields[2]
+
+
+class Report:
+    """One load report: what vLLM said, when (monotonic seconds) and through which source."""
+
+    __slots__ = ("waiting", "running", "kv", "at", "source")
+
+    def __init__(self, waiting, running, kv, at, source):
+        self.waiting = waiting
+        self.running = running  # None: not reported (the in-band header carries none)
+        self.kv = kv  # 0..1, None: not reported
+        self.at = at
+        self.source = source
+
+    def state(self, now):
+        return {
+            "waiting": self.waiting,
+            "running": self.running,
+            "kv_cache_usage": self.kv,
+            "age_s": round(max(0.0, now - self.at), 3),
+            "source": SOURCES.get(self.source, "unknown"),
+        }
+
+
+def pressure(report, in_flight, now, max_age):
+    """(load, queueing) for the balancing policies.
+
+    load: the requests the endpoint holds, at least this proxy's own in flight (a report is
+    up to ``max_age`` old and misses what was sent since). queueing: True when vLLM says new
+    requests wait (or its KV cache is about full), False when it says they do not, None when
+    no fresh report says anything (the caller then relies on the in-flight count alone)."""
+    if report is None or now - report.at > max_age:
+        return in_flight, None
+    held = report.waiting + (report.running if report.running is not None else in_flight)
+    load = held if held > in_flight else in_flight
+    queueing = report.waiting > 0 or (report.kv is not None and report.kv >= KV_FULL)
+    return load, queueing

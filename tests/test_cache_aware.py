@@ -1,0 +1,140 @@
+"""The cache_aware policy (proxy/routing/cache_aware.py), sans-IO: where prompts go, where
+later turns follow, when they leave, and what every worker sharing the index agrees on."""
+
+import msgspec
+import pytest
+
+from _speedups import PrefixTable
+from proxy.config import build
+from proxy.routing.cache_aware import CacheAware
+from proxy.routing.fields import decode
+from proxy.routing.policies import Snapshot
+from proxy.routing.router import Router
+
+SYSTEM = "You are a careful assistant. " * 40  # ~1.1 KB: several 256-byte blocks
+
+
+class Endpoint:
+    def __init__(self, label, index, weight=1):
+        self.label = label
+        self.index = index
+        self.weight = weight
+        self.in_flight = 0
+        self.held = None
+        self.queueing = None
+
+    def load(self):
+        return self.in_flight
+
+    def pressure(self, now):
+        if self.held is None:
+            return self.in_flight, None
+        return max(self.held, self.in_flight), self.queueing
+
+    def __repr__(self):
+        return self.label
+
+
+def fleet(n=2, floor=8):
+    eps = [Endpoint(f"e{i}", i) for i in range(n)]
+    table = PrefixTable.local(n, 1024)
+    return eps, Snapshot(eps), table, CacheAware(table, block_chars=256, depth=64, ttl=600, floor=floor)
+
+
+def chat(*turns, system=SYSTEM):
+    """A conversation body: the system prompt, then user/assistant messages in turn."""
+    messages = [{"role": "system", "content": system}]
+    for i, text in enumerate(turns):
+        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
+    return decode(msgspec.json.encode({"model": "m", "messages": messages}))
+
+
+def route(policy, snap, fields, now=1.0, exclude=None):
+    return policy.pick(snap, policy.blocks(fields), exclude, 0, now)
+
+
+def test_sessions_sharing_a_system_prompt_meet_at_light_load():
+    eps, snap, table, ca = fleet(3)
+    homes = {route(ca, snap, chat(f"question number {i}")) for i in range(20)}
+    assert len(homes) == 1  # nobody is loaded: the shared prefix decides
+
+
+def test_a_later_turn_follows_its_conversation():
+    eps, snap, table, ca = fleet(2)
+    first = route(ca, snap, chat("q1 " * 100))
+    other = next(e for e in eps if e is not first)
+    # Its home is busier than the other (under the floor, no report): placement would move a
+    # new session, but this conversation stays.
+    first.in_flight = 6
+    assert route(ca, snap, chat("q1 " * 100, "a1 " * 50, "q2")) is first
+    assert route(ca, snap, chat("another opening " * 30)) is other  # a new session is placed
+
+
+def test_a_conversation_leaves_only_when_vllm_queues_and_then_the_next_turn_follows():
+    eps, snap, table, ca = fleet(2, floor=2)
+    home = route(ca, snap, chat("hello " * 100))
+    other = next(e for e in eps if e is not home)
+    home.in_flight, home.held, home.queueing = 10, 30, False  # a big batch, nothing waiting
+    assert route(ca, snap, chat("hello " * 100, "a1 " * 60, "q2")) is home
+    home.queueing = True  # vLLM queues: shed
+    assert route(ca, snap, chat("hello " * 100, "a1 " * 60, "q2", "a2 " * 60, "q3")) is other
+    home.in_flight, home.held, home.queueing = 0, None, None  # recovered
+    # The conversation was recorded where it went: its next turn goes there, not back home.
+    assert route(ca, snap, chat("hello " * 100, "a1 " * 60, "q2", "a2 " * 60, "q3", "a3 " * 60, "q4")) is other
+
+
+def test_placement_keeps_the_cluster_balanced_under_one_hot_prompt():
+    eps, snap, table, ca = fleet(2)
+    for i in range(200):
+        chosen = route(ca, snap, chat(f"hot question {i} " * 5))
+        chosen.in_flight += 1
+        total = sum(e.in_flight for e in eps)
+        assert max(e.in_flight for e in eps) <= -(-1.25 * total // 2) + 1
+
+
+def test_short_prompts_go_by_least_request():
+    eps, snap, table, ca = fleet(2)
+    eps[0].in_flight = 5
+    short = decode(b'{"model":"m","messages":[{"role":"user","content":"hi"}]}')
+    assert ca.blocks(short) is None
+    assert route(ca, snap, short) is eps[1]
+
+
+def test_every_worker_sharing_the_index_agrees():
+    eps, snap, table, ca = fleet(3)
+    other_worker = CacheAware(table, block_chars=256, depth=64, ttl=600, floor=8)
+    for i in range(10):
+        opening = f"session {i} " * 40
+        placed = route(ca, snap, chat(opening, system=f"system prompt {i % 3} " * 30))
+        placed.in_flight += 1
+        later = chat(opening, "answer " * 30, "more", system=f"system prompt {i % 3} " * 30)
+        assert route(other_worker, snap, later) is placed
+
+
+def test_the_index_forgets_after_its_ttl():
+    eps, snap, table, ca = fleet(2)
+    home = route(ca, snap, chat("q " * 200), now=1.0)
+    home.in_flight = 5  # busier than its share: only the index keeps a later turn here
+    later = chat("q " * 200, "a " * 100, "q2")
+    assert route(ca, snap, later, now=2.0) is home
+    assert route(ca, snap, chat("q " * 200, "a " * 100, "q3"), now=2.0 + 601) is not home
+
+
+def test_exclude_and_retries():
+    eps, snap, table, ca = fleet(2)
+    first = route(ca, snap, chat("retry me " * 50))
+    again = route(ca, snap, chat("retry me " * 50), exclude=[first])
+    assert again is not first
+    assert route(ca, snap, chat("retry me " * 50), exclude=eps) is None
+
+
+def test_cache_aware_is_the_default_and_the_router_uses_it():
+    r = Router(build({"backends": ["http://a:1", "http://b:1"]}), None)
+    assert type(r.clusters["default"].policy) is CacheAware
+    body = msgspec.json.encode({"model": "m", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "x"}]})
+    picks = set()
+    for _ in range(5):
+        sel = r.select([], body)
+        picks.add(sel.endpoint.label)
+        sel.release()
+    assert len(picks) == 1
