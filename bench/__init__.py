@@ -15,6 +15,9 @@ The pieces, in the order a run uses them:
 - `cpu.py` — user + system time of a process tree from /proc.
 - `stats.py`, `report.py` — percentiles; Markdown, JSON and PNG in bench/results/.
 - `locustfile.py` — scenario d's chat user for locust (its UI, a real fleet); not used by the suite.
-- `routing.py` — prefix-cache routing quality per policy, `python -m bench.routing`: its own tool.
+- `routing.py` (+ `routing_compare.py`, `routing_fleet.py`) — routing quality, `python -m
+  bench.routing`: fleetproxy's policies beside nginx's consistent hash and one server alone, on
+  simulators or two real vLLM servers (`--backend vllm`), even and skewed chat workloads.
+- `ab.py` — CPU per request of the working tree against another revision, in one run.
 - `micro/` — micro benchmarks of single hot functions: a separate suite.
 """

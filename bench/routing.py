@@ -1,4 +1,18 @@
-"""Routing quality per balancing policy: `python -m bench.routing`.
+"""Routing quality: routers side by side, `python -m bench.routing`.
+
+The default run compares routers on the same servers, in one run: fleetproxy with every balancing
+policy its config accepts (read from `proxy.config.Balance.policy` at run time), nginx with
+`hash $http_x_session_id consistent`, and the bound (every request to ONE server: its hit rate is
+what no routing can beat), on two multi-turn chat workloads (`even`, `skewed`), `--runs` times
+each, interleaved, caches emptied before every run. Servers: two simulators (`--backend sim`, the
+default: fast) or two real vLLM servers (`--backend vllm`: started with ../shared/realvllm/start.sh,
+or `--vllm-urls` of servers already running). Per router: prefix-cache hit rate, requests per
+backend, the share of turns that stayed on their session's server (all from the servers
+themselves, not the proxy), client-side TTFT p50/p99, errors. Results:
+bench/results/<date>-routing[-vllm].md and .json. See bench/routing_compare.py (workloads,
+measurements, report) and bench/routing_fleet.py (servers, routers, load).
+
+`--workloads zipf` runs the older study, simulators only, which this module started as:
 
 A multi-turn chat workload (sessions sharing a few system prompts, each turn resending the
 whole conversation) runs through fleetproxy against N simulators that model vLLM's prefix cache
@@ -17,7 +31,7 @@ Per run: prefix-cache hit rate (``vllm:prefix_cache_hits_total / queries_total``
 simulators), requests served per backend (max/mean), peak requests in flight per backend (from
 the proxy's admin API, max/mean), TTFT p50/p99 as the client saw it, errors, and the backend HTTP
 requests per client request (only health checks come on top; routing makes no extra call).
-Results: bench/results/<date>-routing.md and .json.
+Results: bench/results/<date>-routing-zipf.md and .json.
 """
 
 from __future__ import annotations
@@ -30,13 +44,17 @@ import json
 import os
 import platform
 import random
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-from bench.procs import free_port, wait_port
+from bench import report
+from bench import routing_compare as rc
+from bench import routing_fleet as rf
+from bench.procs import Fleet, StartError, free_port, nginx_path, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -383,30 +401,99 @@ def markdown(rows, a, meta):
     return "\n".join(out)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bench.routing", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backends", type=int, default=4)
-    p.add_argument("--sessions", type=int, default=96)
-    p.add_argument("--turns", type=int, default=5)
-    p.add_argument("--concurrency", type=int, default=16, help="users playing sessions at once")
+
+# -- the command line -------------------------------------------------------------------------------
+
+# Options whose default depends on the study: (zipf, the router comparison).
+DEFAULTS = {
+    "backends": (4, 2),
+    "max_tokens": (8, 24),
+    "block_size": (16, 64),
+    "cache_blocks": (400, 1_000_000),
+    "system_words": (200, 420),
+    "user_words": (40, 30),
+    "turns": (5, None),
+}
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.routing", description=__doc__.split("\n\n")[0],
+                                epilog="Options marked (zipf) only shape the older --workloads zipf study.")
+    p.add_argument("--backend", choices=("sim", "vllm"), default="sim",
+                   help="the servers: simulators (default) or real vLLM")
+    p.add_argument("--workloads", default="even,skewed",
+                   help="comma-separated: even, skewed (default both), or zipf alone (the older study)")
+    p.add_argument("--runs", type=int, help="repetitions of every router on every workload (default 3; 1 with --quick)")
+    p.add_argument("--routers", help="comma-separated substrings of router keys (fleetproxy:POLICY, nginx-hash, "
+                                     "nginx-rr); default all but nginx-rr; the bound always runs")
+    p.add_argument("--vllm-urls", type=lambda s: [u.strip().rstrip("/") for u in s.split(",") if u.strip()],
+                   help="use these running vLLM servers (started with VLLM_SERVER_DEV_MODE=1) instead of starting two")
+    p.add_argument("--vllm-logs", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                   help="their logs (--enable-log-requests), one per URL: which server served each request")
+    p.add_argument("--vllm-out", help="OUT_DIR for start.sh (PID files, logs); default a new temp dir, kept")
+    p.add_argument("--vllm-bind", choices=("auto", "split"), default="split",
+                   help="split (default): server i's engine threads on core i (VLLM_CPU_OMP_THREADS_BIND); "
+                        "auto: vLLM's own choice, every engine on core 0")
+    p.add_argument("--vllm-arg", action="append", default=[], help="one more `vllm serve` argument (repeatable)")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--request-timeout", type=float, default=120.0, help="s per request")
+    p.add_argument("--backends", type=int, help="servers (2; zipf: 4)")
+    p.add_argument("--sessions", type=int, default=96, help="(zipf)")
+    p.add_argument("--turns", type=int, help="turns per session (5)")
+    p.add_argument("--concurrency", type=int, default=16, help="(zipf) users playing sessions at once")
     p.add_argument("--think", type=float, default=0.0, help="s between a user's turns")
-    p.add_argument("--system-prompts", type=int, default=8)
-    p.add_argument("--system-words", type=int, default=200)
-    p.add_argument("--user-words", type=int, default=40)
-    p.add_argument("--assistant-words", type=int, default=60)
-    p.add_argument("--max-tokens", type=int, default=8)
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--cache-blocks", type=int, default=400, help="per simulator")
-    p.add_argument("--prefill-per-token", type=float, default=0.0002)
-    p.add_argument("--ttft", type=float, default=0.005)
-    p.add_argument("--itl", type=float, default=0.002)
+    p.add_argument("--system-prompts", type=int, default=8, help="(zipf)")
+    p.add_argument("--system-words", type=int, help="words per system prompt (420; zipf: 200)")
+    p.add_argument("--user-words", type=int, help="words per question (30; zipf: 40)")
+    p.add_argument("--assistant-words", type=int, help="words per answer kept in the history "
+                                                       "(3/4 of --max-tokens; zipf: 60)")
+    p.add_argument("--max-tokens", type=int, help="tokens generated per turn (24; zipf: 8)")
+    p.add_argument("--block-size", type=int, help="simulator prefix-cache block, in words (64: ~128 tokens of the tiny model; zipf: 16)")
+    p.add_argument("--cache-blocks", type=int, help="per simulator (1000000; zipf: 400)")
+    p.add_argument("--prefill-per-token", type=float, default=0.0002, help="simulator")
+    p.add_argument("--ttft", type=float, default=0.005, help="simulator")
+    p.add_argument("--itl", type=float, default=0.002, help="simulator")
     p.add_argument("--max-concurrency", type=int, default=6, help="running requests per simulator")
-    p.add_argument("--health-interval", type=float, default=2.0)
+    p.add_argument("--health-interval", type=float, default=2.0, help="fleetproxy's health checks, s")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--policies", help="comma-separated substrings of policy names to run")
+    p.add_argument("--policies", help="(zipf) comma-separated substrings of policy names to run; "
+                                      "otherwise the same as --routers")
     p.add_argument("--quick", action="store_true", help="a small workload (a smoke run)")
     p.add_argument("--no-write", action="store_true", help="print, do not write bench/results")
     a = p.parse_args(argv)
+    a.workloads = [w.strip() for w in a.workloads.split(",") if w.strip()]
+    zipf = a.workloads == ["zipf"]
+    if "zipf" in a.workloads and not zipf:
+        p.error("--workloads zipf is the older study: run it alone")
+    if zipf and a.backend != "sim":
+        p.error("--workloads zipf needs simulators (their cache size and unlimited-cache bound)")
+    unknown = [w for w in a.workloads if w not in (*rc.WORKLOADS, "zipf")]
+    if unknown:
+        p.error(f"unknown workload(s) {', '.join(unknown)}; known: even, skewed, zipf")
+    for name, (old, new) in DEFAULTS.items():
+        if getattr(a, name) is None:
+            setattr(a, name, old if zipf else new)
+    if a.assistant_words is None:
+        a.assistant_words = 60 if zipf else max(1, round(a.max_tokens * 0.75))
+    if a.runs is None:
+        a.runs = 1 if a.quick else 3
+    if a.vllm_logs and not a.vllm_urls:
+        p.error("--vllm-logs goes with --vllm-urls")
+    if a.vllm_urls:
+        a.backends = len(a.vllm_urls)
+    return a, zipf
+
+
+def main(argv=None):
+    argv = list(argv if argv is not None else sys.argv[1:])
+    a, zipf = parse(argv)
+    if zipf:
+        return legacy_main(a, argv)
+    return compare(a, argv)
+
+
+def legacy_main(a, argv):
+    """The zipf study: one fleetproxy per policy variant, 4 simulators with bounded caches."""
     if a.quick:
         a.sessions, a.turns, a.concurrency = 24, 3, 8
     sessions = make_workload(a)
@@ -429,20 +516,206 @@ def main(argv=None):
             procs.stop_all()
     meta = {
         "date": datetime.date.today().isoformat(),
-        "argv": list(argv if argv is not None else sys.argv[1:]),
+        "argv": argv,
         "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()})",
     }
     text = markdown(rows, a, meta)
     print(text)
     if not a.no_write:
         os.makedirs(RESULTS, exist_ok=True)
-        base = os.path.join(RESULTS, f"{meta['date']}-routing")
+        base = os.path.join(RESULTS, f"{meta['date']}-routing-zipf")
         with open(base + ".md", "w") as f:
             f.write(text)
         with open(base + ".json", "w") as f:
             json.dump({"meta": meta, "params": vars(a), "rows": rows}, f, indent=2)
         print(f"wrote {base}.md and {base}.json")
     return 1 if any(r["errors"] for r in rows) else 0
+
+
+# -- routers side by side -------------------------------------------------------------------------
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def measure(fleet, servers, router, w, run, tag, a):
+    """One router on one workload, once: empty caches, a fresh router, the load, the counters."""
+    urls = servers.prepare()
+    names = servers.names
+    scope = names[:1] if router.kind == "bound" else names
+    running = None
+    try:
+        try:
+            running = rf.start_router(fleet, router, names, urls, a)
+        except (RuntimeError, StartError, OSError) as e:
+            row = rc.run_row(router.name, w.spec.name, run, scope, [], {}, {n: {} for n in scope},
+                             {n: {} for n in scope}, 0.0)
+            last = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            why = " / ".join([last[0], *last[-2:]]) if len(last) > 3 else " / ".join(last)
+            row.update(errors=1, error_samples=[f"router did not start: {why[-500:]}"], failed=True)
+            return row
+        before = {n: rf.scrape(u) for n, u in zip(names, urls)}
+        marks = servers.log_marks()
+        sent, seconds = rf.run_load(running.url, w, tag, a)
+        ok = sum(1 for s in sent if s.error is None)
+        after = rf.wait_counted(servers, names, urls, before, ok)
+        served_by = servers.served_by(sent, marks, wait=10.0)
+        row = rc.run_row(router.name, w.spec.name, run, scope, sent, served_by, before, after, seconds)
+        decisions = running.decisions()
+        if decisions:
+            row["decisions"] = decisions  # why cache_aware sent each request where it did
+        stray = {n: rc.delta(before[n], after[n], rc.SUCCESS) for n in names if n not in scope}
+        if any(stray.values()):
+            row["stray_requests"] = stray  # the bound's other servers must stay idle
+        return row
+    finally:
+        if running is not None:
+            for p in running.procs:
+                fleet.stop(p)
+        servers.finish()
+
+
+def token_note(servers, workloads) -> str:
+    """How many tokens the longest prompt is, asked of real vLLM's tokenizer."""
+    if not isinstance(servers, rf.VLLMServers) or not servers.urls:
+        return "a word is one simulator token"
+    counts = []
+    for w in workloads.values():
+        s = max(w.sessions, key=lambda s: len(s.bodies[-1]))
+        body = json.loads(s.bodies[-1])
+        try:
+            status, text = rf.http_call(servers.urls[0], "POST", "/tokenize",
+                                        json.dumps({"model": body["model"], "messages": body["messages"]}).encode())
+            counts.append(json.loads(text)["count"] if status == 200 else None)
+        except (OSError, ValueError, KeyError):
+            counts.append(None)
+    parts = [f"{name} {c} tokens" for name, c in zip(workloads, counts) if c]
+    return "longest prompt with the chat template: " + ", ".join(parts) if parts else "tokens unknown"
+
+
+def compare(a, argv):
+    routers = rf.select_routers(a.routers or a.policies)
+    policies, default = rf.fleetproxy_policies()
+    specs = rc.QUICK if a.quick else rc.WORKLOADS
+    workloads = {name: rc.build_workload(specs[name], a.seed, a.model, a.max_tokens, a.system_words,
+                                         a.user_words, a.assistant_words, a.turns) for name in a.workloads}
+    date = datetime.date.today().isoformat()
+    machine = report.machine(nginx_path())
+    notes = []
+    if not policies:
+        notes.append("proxy.config.Balance.policy could not be read: no fleetproxy router ran.")
+    total = a.runs * len(workloads) * len(routers)
+    print(f"{total} measurements: {len(routers)} routers x {len(workloads)} workloads x {a.runs} runs "
+          f"on {a.backend}", flush=True)
+    # SIGINT too: a run started in the background of a script inherits it ignored
+    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    fleet = Fleet()
+    servers = rf.SimServers(fleet, a) if a.backend == "sim" else rf.VLLMServers(a)
+    rows = []
+    try:
+        servers.open()
+        t_start = time.monotonic()
+        tokens = token_note(servers, workloads)
+        invocation = os.urandom(3).hex()  # request ids never repeat across bench runs on one server
+        for run in range(1, a.runs + 1):
+            k = (run - 1) % len(routers)
+            order = routers[k:] + routers[:k]  # no router always goes first after a restart
+            for wname, w in workloads.items():
+                for i, router in enumerate(order):
+                    tag = f"rt{invocation}-{run}{wname[0]}{routers.index(router)}"
+                    row = measure(fleet, servers, router, w, run, tag, a)
+                    rows.append(row)
+                    print(f"[{len(rows)}/{total} {time.monotonic() - t_start:.0f} s] run {run} {wname} "
+                          f"{router.name}: hit {rc._pcent(row['hit_rate'])}, served {row['served']}, "
+                          f"stayed {rc._pcent(row['stay_share'])}, TTFT p50/p99 {row['ttft_p50_ms']}/"
+                          f"{row['ttft_p99_ms']} ms, errors {row['errors']} {row['error_samples'][:1]}, "
+                          f"{row['seconds']} s" + (f", decisions {row['decisions']}" if row.get("decisions") else ""),
+                          flush=True)
+        servers_line = servers.describe()
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted ({e}) after {len(rows)} of {total} measurements: stopping everything, "
+              "writing nothing", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        for s in old:  # cleanup is bounded (stop.sh: 20 s per server); a second signal must not cut it
+            signal.signal(s, signal.SIG_IGN)
+        fleet.close()
+        servers.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    elapsed = time.monotonic() - t_start
+    pooled = {wname: [rc.pool([r for r in rows if r["workload"] == wname and r["router"] == router.name])
+                      for router in routers] for wname in workloads}
+    for r in rows:
+        if r.get("failed"):
+            notes.append(f"{r['router']} did not start (run {r['run']}, {r['workload']}): {r['error_samples'][0][:300]}")
+        if r["attribution_mismatch"]:
+            notes.append(f"run {r['run']} {r['workload']} {r['router']}: requests attributed per server vs the "
+                         f"server's own counter: {r['attribution_mismatch']}")
+        if r.get("stray_requests"):
+            notes.append(f"run {r['run']} {r['workload']} {r['router']}: other servers served {r['stray_requests']}")
+    measured = [r for r in rows if not r.get("failed")]
+    if measured and not any(r["attribution_mismatch"] or r["unattributed"] for r in measured):
+        notes.append(f"Attribution check: in all {len(measured)} measured runs every request was attributed to "
+                     "exactly one server, and each server's attributed count equals its own "
+                     "`vllm:request_success_total` delta.")
+    notes.append(f"The bound row sends every request to {servers.names[0]} alone: its hit rate is the reference; its "
+                 "TTFT is not comparable (one server carries all the users).")
+    if default:
+        balance = _balance_defaults()
+        notes.append(f"fleetproxy runs with its config defaults but the policy ({balance}); one worker; a fresh "
+                     f"process each run, so policies that learn (cache_aware's index) start empty with the caches.")
+    notes.append("nginx: bench/procs.py's nginx_conf (1 worker, upstream keepalive 256, proxy_buffering off, "
+                 "proxy_request_buffering off) with `hash $http_x_session_id consistent;` in the upstream. Its ketama ring "
+                 "hashes the servers' ip:port, fleetproxy's ring their names: on other ports nginx splits the "
+                 "sessions differently.")
+    notes.append(f"Whole run: {elapsed / 60:.1f} min" + (f" (+ vLLM start, {', '.join(f'{s:.0f} s' for s in servers.start_seconds)})"
+                                                        if getattr(servers, "start_seconds", None) else "") + ".")
+    meta = {
+        "date": date,
+        "target": servers.target,
+        "command": "python -m bench.routing " + shlex.join(argv),
+        "machine": machine,
+        "machine_line": report.machine_line(machine),
+        "servers_line": servers_line,
+        "routers_line": ", ".join(r.name for r in routers)
+        + (f". fleetproxy policies read from proxy.config.Balance.policy: {', '.join(policies)}; default {default}"
+           if policies else ""),
+        "runs": a.runs,
+        "reset": servers.reset,
+        "bound_name": rf.BOUND,
+        "server_names": servers.names,
+        "attribution": servers.attribution,
+        "max_tokens": a.max_tokens,
+        "tokens_note": tokens,
+        "seconds": round(elapsed, 1),
+    }
+    text = rc.markdown(meta, workloads, pooled, rows, notes)
+    print(text)
+    if not a.no_write:
+        os.makedirs(RESULTS, exist_ok=True)
+        base = os.path.join(RESULTS, f"{date}-routing" + ("-vllm" if a.backend == "vllm" else ""))
+        with open(base + ".md", "w") as f:
+            f.write(text)
+        with open(base + ".json", "w") as f:
+            json.dump({"meta": meta, "params": vars(a), "notes": notes,
+                       "workloads": {n: {"spec": vars(w.spec) | {"sessions": w.spec.sessions},
+                                         "requests_per_run": w.requests, "last_prompt_words": w.prompt_words}
+                                     for n, w in workloads.items()},
+                       "pooled": pooled, "rows": rows}, f, indent=2, default=list)
+        print(f"wrote {base}.md and {base}.json")
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+def _balance_defaults() -> str:
+    try:
+        from proxy.config import Balance
+
+        b = Balance()
+        return ", ".join(f"{k}={getattr(b, k)!r}" for k in ("hash_keys", "load_factor") if hasattr(b, k))
+    except Exception as e:  # noqa: BLE001 - only a note
+        return f"defaults unreadable: {e}"
 
 
 if __name__ == "__main__":

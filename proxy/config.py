@@ -100,6 +100,9 @@ class Balance(_Base):
     # and, for requests that would lose their cache by moving, only while vLLM queues them.
     load_factor: Annotated[float, Meta(ge=1.0, le=10.0)] = 1.25
     spill_floor: Annotated[int, Meta(ge=0)] = 8  # requests: an endpoint below this never sheds a session
+    # cache_aware: a new conversation goes where its shared prefix (a system prompt) is cached
+    # while that endpoint carries less than spread x its share of the load.
+    spread: Annotated[float, Meta(ge=1.0, le=10.0)] = 1.1
     vnodes: Annotated[int, Meta(ge=1, le=10000)] = 160  # ring points per unit of weight
     max_in_flight: Annotated[int, Meta(ge=0)] = 0  # circuit breaker per endpoint; 0 = unlimited
     block_chars: Annotated[int, Meta(ge=16, le=65536)] = 256  # cache_aware: prompt bytes per indexed block

@@ -245,3 +245,86 @@ def test_cpu_time_of_a_process_tree_includes_children():
             os.kill(pid, 9)
         parent.kill()
         parent.wait()
+
+
+# -- the routing comparison (bench/routing.py, bench/routing_compare.py) --------------------------
+
+from bench import routing as routing_bench  # noqa: E402
+from bench import routing_compare as rc  # noqa: E402
+from bench import routing_fleet as rf  # noqa: E402
+
+
+def _workload(name, seed=1):
+    return rc.build_workload(rc.WORKLOADS[name], seed, "tiny", 24, 420, 30, 18)
+
+
+def test_routing_workloads_have_the_issue_shape_and_the_same_bytes_each_time():
+    even, skewed = _workload("even"), _workload("skewed")
+    assert len(even.sessions) == 24 and even.spec.concurrency == 8 and even.requests == 120
+    assert sorted(sum(1 for s in even.sessions if s.group == g) for g in range(4)) == [6, 6, 6, 6]
+    assert len(skewed.sessions) == 32 and skewed.spec.concurrency == 16
+    assert sorted(sum(1 for s in skewed.sessions if s.group == g) for g in range(4)) == [3, 4, 4, 21]
+    assert [s.bodies for s in _workload("even").sessions] == [s.bodies for s in even.sessions]
+    assert [s.bodies for s in _workload("even", seed=2).sessions] != [s.bodies for s in even.sessions]
+    s = even.sessions[0]
+    turns = [json.loads(b) for b in s.bodies]
+    assert turns[0]["user"] == f"user-{s.index}" and turns[0]["stream_options"] == {"include_usage": True}
+    for a, b in zip(turns, turns[1:]):  # the conversation grows: the previous turn is a prefix
+        assert b["messages"][:len(a["messages"])] == a["messages"]
+        assert [m["role"] for m in b["messages"][len(a["messages"]):]] == ["assistant", "user"]
+    # sessions of one group share their system prompt, other groups do not
+    system = {x.group: json.loads(x.bodies[0])["messages"][0]["content"] for x in even.sessions}
+    assert len(set(system.values())) == 4 and len(system[0].split()) > 400
+
+
+def test_routing_stay_share_and_log_attribution():
+    sent = [rc.Sent(0, t, f"a-0-{t}", 10.0, None) for t in range(3)] + [rc.Sent(1, t, f"a-1-{t}", 10.0, None)
+                                                                        for t in range(3)]
+    served = {"a-0-0": "x", "a-0-1": "x", "a-0-2": "y", "a-1-0": "y", "a-1-1": "y"}  # a-1-2 unknown
+    assert rc.stay_share(sent, served) == (2, 3)
+    log = (b"(APIServer pid=1) INFO 12-03 13:49:34 [request_logger.py:65] Received request chatcmpl-a-0-1: "
+           b"params: SamplingParams(n=1)\n(APIServer pid=1) INFO [async_llm.py:578] Added request chatcmpl-a-0-1-ab7e99bf.\n"
+           b"INFO Received request cmpl-rt3f-1e0-5-2: params: SamplingParams(n=1)\n")
+    assert rc.ids_in_log(log) == ["a-0-1", "rt3f-1e0-5-2"]
+
+
+def test_routing_run_row_counts_from_the_servers_and_pools_runs():
+    before = {"s0": {rc.HITS: 100, rc.QUERIES: 1000, rc.SUCCESS: 5}, "s1": {}}
+    after = {"s0": {rc.HITS: 400, rc.QUERIES: 1600, rc.SUCCESS: 7}, "s1": {rc.HITS: 100, rc.QUERIES: 400, rc.SUCCESS: 2}}
+    sent = [rc.Sent(0, 0, "r0", 50.0, None), rc.Sent(0, 1, "r1", 20.0, None), rc.Sent(1, 0, "r2", 70.0, None),
+            rc.Sent(1, 1, "r3", None, "status 502")]
+    row = rc.run_row("p", "even", 1, ["s0", "s1"], sent, {"r0": "s0", "r1": "s0", "r2": "s1", "r3": "s1"},
+                     before, after, 3.0)
+    assert row["hit_rate"] == 0.4 and row["served"] == {"s0": 2, "s1": 2} and row["served_max_over_mean"] == 1.0
+    assert row["stay_share"] == 1.0 and row["errors"] == 1 and row["attribution_mismatch"] == {}
+    assert row["ttft_p50_ms"] == 50.0 and row["unattributed"] == 0
+    pooled = rc.pool([row, dict(row, hit_tokens=0, hit_rate=0.0)])
+    assert pooled["hit_rate"] == 0.2 and pooled["hit_rate_runs"] == [0.4, 0.0] and pooled["served"] == {"s0": 4, "s1": 4}
+    text = rc.workload_table([pooled], "p")
+    assert text[2].startswith("| p | 20.0% | 40.0%, 0.0% | 100% | 4 / 4 | 1.0 | 100.0% |")
+    assert rc.parse_metrics('# HELP x\nvllm:a_total{engine="0",r="x"} 2.0\nvllm:a_total{engine="0",r="y"} 3\n') \
+        == {"vllm:a_total": 5.0}
+
+
+def test_routing_routers_follow_the_config_schema_and_nginx_hashes_the_session():
+    names, default = rf.fleetproxy_policies()
+    from proxy.config import Balance
+    import typing
+    assert names == list(typing.get_args(typing.get_type_hints(Balance)["policy"]))
+    routers = rf.select_routers(None)
+    assert [r.key for r in routers if r.kind == "fleetproxy"][0] == f"fleetproxy:{default}"
+    assert {r.kind for r in routers} == {"fleetproxy", "nginx-hash", "bound"} and routers[-1].kind == "bound"
+    assert [r.kind for r in rf.select_routers("nginx")] == ["nginx-hash", "nginx-rr", "bound"]
+    conf = rf.nginx_hash_conf("/tmp/x", 8080, ["http://127.0.0.1:1", "http://127.0.0.1:2"], "/bin/false", True)
+    upstream = conf[conf.index("upstream fleet {"):]
+    assert upstream.index("hash $http_x_session_id consistent;") < upstream.index("keepalive 256;")
+    assert "hash " not in rf.nginx_hash_conf("/tmp/x", 8080, ["http://127.0.0.1:1"], "/bin/false", False)
+
+
+def test_routing_command_line_keeps_the_zipf_study_and_picks_defaults_per_study():
+    a, zipf = routing_bench.parse([])
+    assert not zipf and a.workloads == ["even", "skewed"] and a.runs == 3 and a.backends == 2 and a.max_tokens == 24
+    a, zipf = routing_bench.parse(["--workloads", "zipf", "--quick"])
+    assert zipf and a.backends == 4 and a.max_tokens == 8 and a.cache_blocks == 400 and a.sessions == 96
+    a, _ = routing_bench.parse(["--backend", "vllm", "--quick", "--vllm-urls", "http://h:1/,http://h:2"])
+    assert a.runs == 1 and a.vllm_urls == ["http://h:1", "http://h:2"] and a.backends == 2

@@ -59,18 +59,20 @@ def test_metrics_without_the_families():
 
 
 def test_pressure_from_a_fresh_report():
-    scraped = Report(waiting=2.0, running=10.0, kv=0.5, at=100.0, source=SCRAPED)
-    assert pressure(scraped, 3, 100.5, max_age=2.0) == (12.0, True)
-    idle = Report(waiting=0.0, running=1.0, kv=0.1, at=100.0, source=SCRAPED)
-    # vLLM's count misses what this proxy sent since: never below our own in flight.
+    queued = Report(waiting=2.0, running=10.0, kv=0.5, at=100.0, source=SCRAPED)
+    assert pressure(queued, 3, 100.5, max_age=2.0) == (3, True)  # its queue holds ours
+    crowded = Report(waiting=7.0, running=10.0, kv=0.5, at=100.0, source=SCRAPED)
+    assert pressure(crowded, 3, 100.5, max_age=2.0) == (7.0, True)  # others queue there too
+    idle = Report(waiting=0.0, running=9.0, kv=0.1, at=100.0, source=SCRAPED)
+    # A running count up to a scrape old does not steer: finished requests would look busy.
     assert pressure(idle, 4, 100.5, max_age=2.0) == (4, False)
     full = Report(waiting=0.0, running=30.0, kv=0.97, at=100.0, source=SCRAPED)
-    assert pressure(full, 1, 100.5, max_age=2.0) == (30.0, True)  # about to queue
+    assert pressure(full, 1, 100.5, max_age=2.0) == (1, True)  # about to queue
 
 
-def test_in_band_report_has_no_running_count():
+def test_in_band_report():
     report = Report(waiting=1.0, running=None, kv=0.2, at=10.0, source=IN_BAND)
-    assert pressure(report, 5, 10.1, max_age=2.0) == (6, True)
+    assert pressure(report, 5, 10.1, max_age=2.0) == (5, True)
 
 
 def test_stale_or_missing_reports_fall_back_to_in_flight():

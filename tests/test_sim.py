@@ -28,7 +28,7 @@ import uvloop
 
 from proxy.sim import SimConfig, start_sim
 from proxy.sim.cli import parse_args
-from proxy.sim.engine import WORDS, Output, PrefixCache
+from proxy.sim.engine import WORDS, KVCache, Output
 from proxy.sim.render import Reply
 from realvllm.compare import event  # one parser of a chunk's single SSE event, shared
 
@@ -579,7 +579,8 @@ def test_queue_beyond_max_concurrency(make_sim):
         t.start()
     assert wait_for(lambda: metric(s.port, "vllm:num_requests_waiting") == 1, 0.4)
     assert metric(s.port, "vllm:num_requests_running") == 1
-    assert metric(s.port, "vllm:kv_cache_usage_perc") == 1.0
+    # The slot is full, not the KV cache: the running request holds 1 of 4095 blocks.
+    assert metric(s.port, "vllm:kv_cache_usage_perc") == 1 - 4094 / 4095
     for t in threads:
         t.join(TIMEOUT)
     assert [r[0] for r in results] == [200, 200]
@@ -612,7 +613,7 @@ def words(n, start=0) -> str:
 
 
 def test_prefix_cache_hits_leading_full_blocks_only():
-    cache = PrefixCache(block_size=4, capacity=100)
+    cache = KVCache(block_size=4, capacity=100)
     first = words(10).split()  # two full blocks and a tail of 2
     assert cache.lookup_insert(first) == (0, 8) and len(cache) == 2  # (hit, newly cached)
     assert cache.lookup_insert(first) == (8, 0)
@@ -625,7 +626,7 @@ def test_prefix_cache_hits_leading_full_blocks_only():
 
 
 def test_prefix_cache_recomputes_the_last_token_like_vllm():
-    cache = PrefixCache(block_size=4, capacity=100)
+    cache = KVCache(block_size=4, capacity=100)
     exact = words(8).split()
     cache.lookup_insert(exact)
     assert cache.lookup_insert(exact) == (4, 0)  # cached whole, yet its last block is computed
@@ -633,19 +634,20 @@ def test_prefix_cache_recomputes_the_last_token_like_vllm():
 
 
 def test_prefix_cache_lru_eviction_takes_tails_first():
-    cache = PrefixCache(block_size=2, capacity=3)
+    cache = KVCache(block_size=2, capacity=3)
     a = words(4).split()  # blocks a1 a2
     cache.lookup_insert(a)
     cache.lookup_insert(words(4, 50).split())  # b1 b2: a2 (a's tail) is evicted first
     assert len(cache) == 3
-    assert cache.lookup_insert(a + ["x"]) == (2, 2)  # a1 survived, a2 did not
-    cache.lookup_insert(words(4, 80).split())  # c1 c2 evict b's blocks (least recent)
-    cache.lookup_insert(words(4, 90).split())  # d1 d2 evict a1 a2 and c's tail
+    # a1 survived, a2 did not; a2 again and the partial block "x" evict b2 and b1.
+    assert cache.lookup_insert(a + ["x"]) == (2, 2)
+    cache.lookup_insert(words(4, 80).split())  # c1 c2 take x's block and a2 (freed first)
+    cache.lookup_insert(words(4, 90).split())  # d1 d2 take a1 and c2
     assert cache.lookup_insert(a + ["x"]) == (0, 4)
 
 
 def test_prefix_cache_off_with_zero_blocks():
-    cache = PrefixCache(block_size=2, capacity=0)
+    cache = KVCache(block_size=2, capacity=0)
     cache.lookup_insert(words(8).split())
     assert cache.lookup_insert(words(8).split()) == (0, 0) and len(cache) == 0
 

@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "vllm"  # see tests/data/README.md
 OURS = ROOT / "tests" / "realvllm" / "recorded"
 CASES = json.loads((OURS / "cases.json").read_text())
-# Simulator flags that stand for the vLLM flags each recording was made with.
-COMMON = ("--max-model-len", "1024", "--id-from-request-id", "--strict-content-type")
+# Simulator flags that stand for the vLLM flags each recording was made with. The CPU
+# build caches blocks of 128 tokens (4096 of them: the simulator's default count).
+COMMON = ("--max-model-len", "1024", "--id-from-request-id", "--strict-content-type",
+          "--block-size", "128")
 FLAVOURS = {"details": ("--prompt-tokens-details",), "rid": ("--enable-request-id-headers",)}
 
 
@@ -81,8 +83,19 @@ def test_prefix_cache_hit_is_reported_like_vllm(sims):
     details = json.loads(body)["usage"]["prompt_tokens_details"]
     real = json.loads(parse((OURS / "details" / "chat_long_again.http").read_bytes())[2])
     assert list(details) == list(real["usage"]["prompt_tokens_details"])
-    assert details["cached_tokens"] > 0 and real["usage"]["prompt_tokens_details"][
-        "cached_tokens"] > 0
+    real_cached = real["usage"]["prompt_tokens_details"]["cached_tokens"]
+    # Whole 128-token blocks only, on both (the simulator's tokens are words: fewer).
+    assert details["cached_tokens"] > 0 and real_cached > 0
+    assert details["cached_tokens"] % 128 == 0 and real_cached % 128 == 0
+
+
+@pytest.mark.parametrize("name", ["load_text", "load_json", "load_stream"])
+def test_in_band_load_matches_the_recording(sims, name):
+    """The same ORCA header, byte for byte, from an idle server; none on a stream."""
+    real = dict(parse((OURS / "details" / f"{name}.http").read_bytes())[1])
+    got = dict(parse(replay(sims["details"], CASES["details"][name]))[1])
+    assert got.get("endpoint-load-metrics") == real.get("endpoint-load-metrics")
+    assert ("endpoint-load-metrics" in real) == (name != "load_stream")
 
 
 # -- tests/data/vllm ------------------------------------------------------------------------

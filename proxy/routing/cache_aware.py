@@ -16,9 +16,14 @@ How this works.
 - Every other request (a first turn, completions, a conversation no endpoint remembers) is
   *placed*: candidates in order of the longest cached prefix, ties broken by walking the hash
   ring from the first block's home (so sessions that share a system prompt meet, and every
-  proxy replica walks the same order), and the first with room under the bounded-load cap takes
-  it. Placement loses at most a shared prefix (a system prompt prefilled once more on a second
-  endpoint), so it keeps the cluster balanced.
+  proxy replica walks the same order). The first candidate whose share of the requests placed
+  recently (decayed over ``WINDOW``) stays under ``spread`` x its fair share takes it; a prompt
+  nobody holds goes to the first under its fair share, which spreads new system prompts evenly.
+  Shares over time, not momentary in-flight counts: with a few sessions per backend the
+  momentary counts swing with every session that starts or ends, and chasing them would split
+  conversation groups for nothing, while a share says when a prompt is too hot for one backend
+  (it then gets a second home: prefilled once more, never piled on one). No placement goes to
+  an endpoint that sheds by vLLM's signal.
 - Wherever the request goes, its blocks and conversation key are recorded there: the next turn
   follows it.
 - Prompts shorter than one block have nothing to cache: least request decides.
@@ -29,19 +34,42 @@ and a later turn that reaches a replica that did not place the conversation is p
 longest cached prefix as that replica knows it, falling back to the ring home of its first block.
 """
 
+import math
+
 from _speedups import block_hashes
 
 from .fields import prompt_of
 from .policies import Bound, _ceil, least_request, ring_order
 
 _M32 = 0xFFFFFFFF
+WINDOW = 60.0  # s: how long the recent-request counts that balance placement remember
+OVER = 1.4  # x its fair share of recent requests: an endpoint too busy to keep a group
+SLACK = 2.0  # requests above that it may carry first (shares are noisy at the start)
+PRIOR = 4.0  # requests per endpoint assumed already spread evenly, when judging a prompt hot
+MAX_GROUPS = 4096
+# kept/shed: a later turn stayed with its conversation or left it (vLLM queued there); cached: a
+# new conversation went where its prefix is; hot: its prefix was too hot for one endpoint; over:
+# that endpoint was well over its share; new: nobody held the prefix; short: no full block.
+DECISIONS = ("kept", "shed", "cached", "hot", "over", "new", "short")  # first blocks whose recent traffic is remembered
 
 
 class CacheAware:
-    __slots__ = ("bound", "block", "depth", "table", "ttl_ms")
+    __slots__ = ("bound", "spread", "block", "depth", "table", "ttl_ms", "recent", "window", "groups", "decisions")
 
-    def __init__(self, table, block_chars=256, depth=128, ttl=600.0, load_factor=1.25, floor=8):
+    def __init__(self, table, block_chars=256, depth=128, ttl=600.0, load_factor=1.25, floor=8, spread=1.1,
+                 endpoints=None, window=WINDOW):
         self.bound = Bound(load_factor, floor)
+        self.spread = spread
+        self.window = window
+        # Per endpoint (by index): [requests placed here recently, decayed; when last aged].
+        # This worker's own: each worker balances what it sends, and so the sum is balanced.
+        self.recent = _Recent()
+        # Per first block (a system prompt, typically): requests placed recently, decayed, so
+        # a prompt too hot for one endpoint is seen as such. Bounded: see _Recent.
+        self.groups = _Recent(MAX_GROUPS)
+        # How requests were routed, for /admin/backends: a conversation kept or shed, and why
+        # others went where they went.
+        self.decisions = dict.fromkeys(DECISIONS, 0)
         self.block = block_chars
         self.depth = depth
         self.table = table  # _speedups.PrefixTable, columns in Endpoint.index order
@@ -65,6 +93,7 @@ class CacheAware:
         """An endpoint for a request whose ``blocks`` are as ``blocks()`` returned (None: no
         cacheable prompt), or None when every member is excluded or at ``limit``."""
         if blocks is None:
+            self.decisions["short"] += 1
             return least_request(snap, exclude, limit)
         members = snap.members
         if not members:
@@ -74,36 +103,101 @@ class CacheAware:
         oldest = now_ms - self.ttl_ms
         table = self.table
         matches = table.matches(hashes, oldest)
-        holders = table.matches((key,), oldest) if later and key else None
         order = ring_order(snap, (hashes[0] >> 31) & _M32)
         ranked = sorted(order, key=lambda j: -matches[members[j].index])  # stable: ring order breaks ties
         pressures = [m.pressure(now) for m in members]
-        scale = self.bound.scale(pressures, snap.total_weight)
+        bound = self.bound
         weights = snap.weights
+        scale = bound.scale(pressures, snap.total_weight)
+
+        def has_room(j):
+            # Never onto an endpoint that must shed by vLLM's own signal.
+            load, queueing = pressures[j]
+            return bound.room(load, queueing, _ceil(scale * weights[j]), True)
+
         chosen = None
-        if holders is not None:
+        if later and key:
             # A later turn: its conversation's endpoint first, as long as it need not shed.
+            holders = table.matches((key,), oldest)
             for j in ranked:
                 member = members[j]
                 if holders[member.index] and _usable(member, exclude, limit):
-                    load, queueing = pressures[j]
-                    if self.bound.room(load, queueing, _ceil(scale * weights[j]), True):
+                    if has_room(j):
                         chosen = member
+                        self.decisions["kept"] += 1
+                    else:
+                        self.decisions["shed"] += 1
                     break
         if chosen is None:
-            for j in ranked:
-                member = members[j]
-                if _usable(member, exclude, limit):
-                    load, queueing = pressures[j]
-                    if self.bound.room(load, queueing, _ceil(scale * weights[j]), False):
-                        chosen = member
-                        break
-        if chosen is None:
-            return None
+            chosen = self._place(members, ranked, matches, hashes[0], has_room, pressures, exclude, limit, now, snap)
+            if chosen is None:
+                return None
+        self.recent[chosen.index][0] += 1.0
+        self.groups[hashes[0]][0] += 1.0
         table.record(chosen.index, hashes, now_ms)
         if key:
             table.record(chosen.index, (key,), now_ms)
         return chosen
+
+
+    def _place(self, members, ranked, matches, group, has_room, pressures, exclude, limit, now, snap):
+        """Where a request goes that no conversation claims (see the module docstring)."""
+        recent = self.recent
+        window = self.window
+        total = 0.0
+        for member in members:
+            total += aged(recent[member.index], now, window)
+        weights = snap.weights
+        fair = total / snap.total_weight  # recent requests per unit of weight
+        usable = [j for j in ranked if _usable(members[j], exclude, limit)]
+        if not usable:
+            return None
+        roomy = [j for j in usable if has_room(j)] or usable
+        best = roomy[0]
+        if matches[members[best].index]:
+            # The prefix is cached there. Stay unless this prefix alone is too hot for one
+            # endpoint, or that endpoint is well over its share however it got there.
+            # The prior keeps the first few requests, when every share is noise, from
+            # calling a prompt hot.
+            group_share = aged(self.groups[group], now, window) / (total + PRIOR * len(members))
+            hot = group_share > self.spread * weights[best] / snap.total_weight
+            over = recent[members[best].index][0] > OVER * (fair + PRIOR) * weights[best] + SLACK
+            if not hot and not over:
+                self.decisions["cached"] += 1
+                return members[best]
+            if hot:
+                self.decisions["hot"] += 1
+                # A hot prompt's new conversations go where the fewest run now: they will
+                # stay there, and the load they bring is what their turns to come add up to.
+                return members[min(roomy, key=lambda j: (pressures[j][0] / weights[j], recent[members[j].index][0]))]
+        # A new prefix: where the recent share is lowest (ring order breaks ties).
+        self.decisions["over" if matches[members[best].index] else "new"] += 1
+        return members[min(roomy, key=lambda j: recent[members[j].index][0] / weights[j])]
+
+
+def aged(cell, now, window):
+    """A decayed count ([value, when last aged]) brought to ``now``; returns its value."""
+    elapsed = now - cell[1]
+    if elapsed > 0:
+        cell[0] *= math.exp(-elapsed / window)
+        cell[1] = now
+    return cell[0]
+
+
+class _Recent(dict):
+    """Decayed request counts ([value, when last aged]) by key, made on first use; at most
+    ``limit`` keys (the smallest are dropped first when full)."""
+
+    def __init__(self, limit=0):
+        super().__init__()
+        self.limit = limit
+
+    def __missing__(self, key):
+        if self.limit and len(self) >= self.limit:
+            for old in sorted(self, key=lambda k: self[k][0])[: self.limit // 4]:
+                del self[old]
+        cell = self[key] = [0.0, 0.0]
+        return cell
 
 
 def _usable(member, exclude, limit):

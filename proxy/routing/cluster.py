@@ -39,7 +39,8 @@ class Cluster:
             self.policy = ConsistentHash(balance.load_factor, balance.spill_floor)
         elif self.cached:
             self.policy = CacheAware(
-                table, balance.block_chars, balance.index_depth, ttl, balance.load_factor, balance.spill_floor
+                table, balance.block_chars, balance.index_depth, ttl, balance.load_factor, balance.spill_floor,
+                balance.spread,
             )
         else:
             self.policy = LeastRequest()
@@ -114,4 +115,5 @@ class Cluster:
             "eligible": [e.label for e in self.snapshot.members],
             "max_in_flight": self.limit,
             "snapshot": self.snapshot.stats(),
+            **({"decisions": dict(self.policy.decisions)} if self.cached else {}),
         }

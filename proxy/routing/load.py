@@ -15,8 +15,8 @@ Two sources, one record (``Report``: waiting, running, KV-cache usage, when, fro
   ``sglang:num_running_reqs``, ``sglang:token_usage``.
 
 ``pressure`` turns a fresh report and the proxy's own in-flight count into what the balancing
-policies compare: a load (requests the endpoint holds: at least what this proxy has in flight
-there) and whether the endpoint queues.
+policies compare: a load (this proxy's requests in flight there, or vLLM's queue when longer)
+and whether the endpoint queues.
 """
 
 import orjson
@@ -128,13 +128,16 @@ class Report:
 def pressure(report, in_flight, now, max_age):
     """(load, queueing) for the balancing policies.
 
-    load: the requests the endpoint holds, at least this proxy's own in flight (a report is
-    up to ``max_age`` old and misses what was sent since). queueing: True when vLLM says new
-    requests wait (or its KV cache is about full), False when it says they do not, None when
-    no fresh report says anything (the caller then relies on the in-flight count alone)."""
+    load: the requests this proxy has in flight there, or vLLM's queue when that is longer
+    (other clients queue there too). Not vLLM's running count, nor the sum: a report is up to a
+    scrape interval old, and at the handful of requests a small fleet carries, a stale count of
+    finished requests, or our own queued requests counted twice, would steer placement more
+    than the load itself (each proxy replica balances its own requests). queueing: True when
+    vLLM says new requests wait (or its KV cache is about full), False when it says they do
+    not, None when no fresh report says anything (the caller then relies on the in-flight count
+    alone)."""
     if report is None or now - report.at > max_age:
         return in_flight, None
-    held = report.waiting + (report.running if report.running is not None else in_flight)
-    load = held if held > in_flight else in_flight
-    queueing = report.waiting > 0 or (report.kv is not None and report.kv >= KV_FULL)
-    return load, queueing
+    waiting = report.waiting
+    queueing = waiting > 0 or (report.kv is not None and report.kv >= KV_FULL)
+    return (waiting if waiting > in_flight else in_flight), queueing

@@ -100,7 +100,8 @@ async def scrape_forever(endpoints, cfg, clock):
     One worker of a group scrapes (the reports are shared); providers are never scraped."""
     load = cfg.load
     interval = load.scrape_interval
-    timeout = min(cfg.health.timeout, max(interval, 0.1))
+    # A busy inference server answers /metrics slowly; a report a second late still beats none.
+    timeout = max(interval, cfg.health.timeout)
     targets = [e for e in endpoints if not e.provider]
     while True:
         now = clock()

@@ -8,7 +8,7 @@ from typing import Any, Callable, Coroutine
 import orjson
 
 from .config import VERSION, SimConfig
-from .engine import WORDS, Output, Scheduler, Stats, chat_words, prompt_words
+from .engine import WORDS, Engine, KVCache, Output, Stats, chat_words, prompt_words
 from .generate import Generator
 from .metrics import render_metrics
 from .render import error_body
@@ -32,8 +32,11 @@ class Api:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.stats = Stats()
-        self.scheduler = Scheduler(self.stats, cfg.max_concurrency)
-        self.generator = Generator(cfg, self.stats, self.scheduler)
+        # One block is vLLM's reserved null block: num_gpu_blocks - 1 hold KV.
+        kv = KVCache(cfg.block_size, max(0, cfg.cache_blocks - 1))
+        self.engine = Engine(self.stats, cfg.max_concurrency, kv, cfg.itl_per_seq,
+                             cfg.shared_prefill)
+        self.generator = Generator(cfg, self.stats, self.engine)
         self.started = int(time.time())
         self.routes: dict[bytes, dict[bytes, Handler]] = {
             b"/v1/chat/completions": {b"POST": self.chat},
@@ -70,7 +73,8 @@ class Api:
         conn.respond(200, req, b'{"version":"%b"}' % VERSION.encode())
 
     def metrics(self, req: Request, conn: Connection) -> None:
-        conn.respond(200, req, render_metrics(self.stats, self.cfg), PROMETHEUS)
+        conn.respond(200, req, render_metrics(self.stats, self.cfg, self.engine.kv.usage()),
+                     PROMETHEUS)
 
     def models(self, req: Request, conn: Connection) -> None:
         model = self.cfg.model

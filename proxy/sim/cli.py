@@ -26,18 +26,29 @@ def parse_args(argv: list[str] | None) -> SimConfig:
                         "max_tokens is clamped to what is left")
     p.add_argument("--ttft", type=float, default=d.ttft, help="seconds to the first token")
     p.add_argument("--itl", type=float, default=d.itl, help="seconds between tokens")
-    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency,
-                   help="running requests; the rest wait in a queue")
+    p.add_argument("--max-concurrency", "--max-num-seqs", dest="max_concurrency", type=int,
+                   default=d.max_concurrency, metavar="N",
+                   help="running requests (vLLM's --max-num-seqs); the rest, and requests "
+                        "the KV cache cannot hold, wait in a queue")
     p.add_argument("--fault", default=d.fault, choices=sorted(FAULTS))
     p.add_argument("--fault-after", type=int, default=d.fault_after,
                    help="content tokens before die-after/error-event/bad-framing")
     p.add_argument("--name", default=d.name, help="backend name for the x-sim-backend header")
     p.add_argument("--block-size", type=int, default=d.block_size,
-                   help="prefix cache block, in prompt tokens (words); full blocks only")
+                   help="KV cache block, in tokens (words); only full blocks are cached "
+                        "(vLLM: 16 on GPUs, 128 in the CPU build)")
     p.add_argument("--cache-blocks", type=int, default=d.cache_blocks,
-                   help="prefix cache capacity in blocks (LRU); 0 turns the cache off")
+                   help="KV cache size in blocks (vLLM's num_gpu_blocks, one reserved): "
+                        "running requests hold blocks, free ones are the prefix cache (LRU); "
+                        "0 turns both off")
     p.add_argument("--prefill-per-token", type=float, default=d.prefill_per_token,
                    help="seconds of extra time to first token per uncached prompt token")
+    p.add_argument("--itl-per-seq", type=float, default=d.itl_per_seq,
+                   help="seconds added to every token, and to the time to first token, per "
+                        "other running request: vLLM's step computes the whole batch")
+    p.add_argument("--shared-prefill", action="store_true",
+                   help="prefills take turns on one engine and pause every running request "
+                        "for their compute time, as vLLM's mixed prefill/decode steps do")
     p.add_argument("--prompt-tokens-details", action="store_true",
                    help="report usage.prompt_tokens_details.cached_tokens "
                         "(vLLM's --enable-prompt-tokens-details)")
@@ -54,6 +65,7 @@ def parse_args(argv: list[str] | None) -> SimConfig:
                          fault=a.fault, fault_after=a.fault_after, name=a.name,
                          block_size=a.block_size, cache_blocks=a.cache_blocks,
                          prefill_per_token=a.prefill_per_token,
+                         itl_per_seq=a.itl_per_seq, shared_prefill=a.shared_prefill,
                          prompt_tokens_details=a.prompt_tokens_details,
                          max_model_len=a.max_model_len,
                          request_id_headers=a.enable_request_id_headers,

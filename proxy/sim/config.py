@@ -23,15 +23,24 @@ class SimConfig(msgspec.Struct, frozen=True):
     max_model_len: int = 32768
     ttft: float = 0.0  # seconds from admission to the first token
     itl: float = 0.0  # seconds between tokens
-    max_concurrency: int = 256  # running slots; the rest wait, like vLLM's queue
+    # Running requests (vLLM's --max-num-seqs); the rest wait in a queue, as do requests
+    # the KV cache cannot hold. vLLM's default is 256 on most GPUs, 128 in the CPU build
+    # (vllm/engine/arg_utils.py): a handful of requests is a batch, not a queue.
+    max_concurrency: int = 256
     fault: str = "none"  # one of FAULTS
     fault_after: int = 3  # content tokens sent before die-after/error-event/bad-framing
     name: str | None = None  # echoed in `x-sim-backend`; default "host:port"
-    # Prefix cache (see engine.PrefixCache). vLLM's default block is 16 tokens on GPUs
-    # (the CPU build uses 128); cache_blocks=0 turns the cache off.
-    block_size: int = 16  # tokens per cached block; only full blocks are cached
-    cache_blocks: int = 4096  # blocks the LRU holds
+    # The KV cache (see engine.KVCache): `cache_blocks` blocks of `block_size` tokens
+    # (words) hold running requests and, once free, the prefix cache (LRU). Like vLLM's
+    # num_gpu_blocks one block is reserved. vLLM's GPU default block is 16 tokens, the CPU
+    # build that tests/data/vllm recorded uses 128 (x 4096 blocks); 0 blocks turns the KV
+    # model and the prefix cache off.
+    block_size: int = 16  # tokens per block; only full blocks are cached
+    cache_blocks: int = 4096
     prefill_per_token: float = 0.0  # seconds of extra TTFT per uncached prompt token
+    # Batching (see engine.Engine): off by default so every request keeps its own clock.
+    itl_per_seq: float = 0.0  # seconds added per token for each other running request
+    shared_prefill: bool = False  # prefills take turns on the engine and pause the batch
     prompt_tokens_details: bool = False  # like vLLM's --enable-prompt-tokens-details
     request_id_headers: bool = False  # like vLLM's --enable-request-id-headers
     # vLLM names a reply after the request's X-Request-Id ("chatcmpl-<id>"). Off by
@@ -48,7 +57,9 @@ class SimConfig(msgspec.Struct, frozen=True):
             raise ValueError("tokens and max_concurrency must be >= 1, fault_after >= 0")
         if self.max_model_len < 2:
             raise ValueError("max_model_len must be >= 2")
-        if self.ttft < 0 or self.itl < 0 or self.prefill_per_token < 0:
-            raise ValueError("ttft, itl and prefill_per_token are durations and cannot be negative")
-        if self.block_size < 1 or self.cache_blocks < 0:
-            raise ValueError("block_size must be >= 1 and cache_blocks >= 0")
+        if min(self.ttft, self.itl, self.prefill_per_token, self.itl_per_seq) < 0:
+            raise ValueError("ttft, itl, prefill_per_token and itl_per_seq are durations "
+                             "and cannot be negative")
+        if self.block_size < 1 or self.cache_blocks < 0 or self.cache_blocks == 1:
+            raise ValueError("block_size must be >= 1, cache_blocks 0 (off) or >= 2 "
+                             "(one block is reserved, as in vLLM)")

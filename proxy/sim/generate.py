@@ -1,11 +1,16 @@
 """The life of one generation request: knobs, admission, timing, faults.
 
-Timing model: a request is admitted to a running slot (or queues), looks its
-prompt up in the prefix cache, waits `ttft + prefill_per_token * uncached prompt
-tokens` seconds, then emits one token every `itl` seconds. Streaming sends the head and
-the role chunk with the first token, as vLLM does after prefill; non-streaming
-answers once after ttft + tokens * itl. With ttft = itl = 0 and a free slot the
-whole reply is rendered and written at once without a task: the benchmark path.
+Timing model: a request is admitted to the batch (or queues: engine.py says when),
+looks its prompt up in the prefix cache, waits `ttft + prefill_per_token * uncached
+prompt tokens` seconds, then emits one token every `itl` seconds. Streaming sends the
+head and the role chunk with the first token, as vLLM does after prefill;
+non-streaming answers once after ttft + tokens * itl. With ttft = itl = 0 and a free
+slot the whole reply is rendered and written at once without a task: the benchmark
+path. Two flags make a request's time depend on the others, as on a real vLLM where
+one engine computes the whole batch (engine.Engine): `itl_per_seq` adds that many
+seconds to each token, and to the time to first token, per other running request;
+`shared_prefill` makes prefills take turns on the engine and pauses every running
+request for each one's compute time.
 
 Knobs, most specific first: body `max_tokens` (or `max_completion_tokens`),
 then header `x-sim-tokens`, then `--tokens`; headers `x-sim-fault`,
@@ -31,7 +36,7 @@ import asyncio
 from typing import Any, Coroutine
 
 from .config import FAULTS, SimConfig
-from .engine import Output, PrefixCache, Scheduler, Stats, chat_words, prompt_words
+from .engine import Engine, Output, Seq, Stats, chat_words, prompt_words
 from .render import DONE, ERROR_EVENT, LAST_CHUNK, Reply, chunk, error_body
 from .server import JSON, Connection, Request
 from .validate import (BadRequest, check_content_type, check_context, max_tokens_of,
@@ -77,40 +82,43 @@ class Knobs:
 
 
 class Generator:
-    def __init__(self, cfg: SimConfig, stats: Stats, scheduler: Scheduler) -> None:
+    def __init__(self, cfg: SimConfig, stats: Stats, engine: Engine) -> None:
         self.cfg = cfg
         self.stats = stats
-        self.scheduler = scheduler
-        self.cache = PrefixCache(cfg.block_size, cfg.cache_blocks)
+        self.engine = engine
+        # The answer needs no clock of its own: no ttft, no itl, no load-dependent time.
+        self.instant = not engine.batching
 
-    def _prefill(self, reply: Reply, words: list[str]) -> int:
-        """Look the admitted prompt up in the prefix cache; return its uncached tokens."""
-        cached, reply.created_cache = self.cache.lookup_insert(words)
-        if self.cache.capacity:
-            self.stats.prefix_cache_queries += reply.prompt_tokens
-            self.stats.prefix_cache_hits += cached
-        reply.cached = cached
-        return reply.prompt_tokens - cached
+    def _admitted(self, reply: Reply, seq: Seq) -> int:
+        """Note what the prefix cache held for the admitted prompt; return its uncached tokens."""
+        reply.cached = seq.hit_tokens
+        reply.created_cache = seq.created_tokens
+        return reply.prompt_tokens - reply.cached
 
     def load_header(self, req: Request) -> bytes:
         """vLLM's in-band load report (ORCA), asked for with endpoint-load-metrics-format.
 
-        It describes the engine as the finished request leaves it, so that request's
-        own slot is not counted.
+        vLLM reads its Prometheus gauges when it writes the response, and its engine is
+        done with the request by then: the values are the current ones, the finished
+        request's blocks already free (the caller frees them first), requests it made
+        room for still counted as waiting until the next step admits them. Only
+        non-streaming chat and completions answers carry it, only for "text" or "json"
+        (any case): a stream, an error or another format gets none. The two metrics and
+        their order are vLLM 0.32's (tests/realvllm/recorded/details/load_*.http).
         """
         fmt = req.headers.get(b"endpoint-load-metrics-format")
         if fmt is None:
             return b""
-        waiting = float(self.stats.waiting)
-        kv = max(0, self.stats.running - 1) / self.cfg.max_concurrency
         fmt = fmt.strip().lower()
+        if fmt != b"text" and fmt != b"json":
+            return b""
+        waiting = float(self.stats.waiting)
+        kv = self.engine.kv.usage()
         if fmt == b"json":
             return b'endpoint-load-metrics: JSON {"named_metrics": {"num_requests_waiting": ' \
                 b'%r, "kv_cache_usage_perc": %r}}\r\n' % (waiting, kv)
-        if fmt == b"text":
-            return b"endpoint-load-metrics: TEXT named_metrics.num_requests_waiting=%r, " \
-                b"named_metrics.kv_cache_usage_perc=%r\r\n" % (waiting, kv)
-        return b""
+        return b"endpoint-load-metrics: TEXT named_metrics.num_requests_waiting=%r, " \
+            b"named_metrics.kv_cache_usage_perc=%r\r\n" % (waiting, kv)
 
     def handle(self, req: Request, conn: Connection, chat: bool
                ) -> Coroutine[Any, Any, None] | None:
@@ -163,37 +171,41 @@ class Generator:
                       stop_strings(body) if "stop" in body else (), usage, continuous)
         n = reply.out.n  # a stop string may end it early
         stats.prompt_tokens += prompt_tokens
+        engine = self.engine
+        seq = Seq(words, n, engine.kv)
         if (fault == "none" and knobs.ttft == 0 and knobs.itl == 0 and knobs.prefill == 0
-                and self.scheduler.try_admit()):
+                and self.instant and engine.try_admit(seq, now=True)):
             try:
-                self._prefill(reply, words)
+                self._admitted(reply, seq)
                 if stream:
                     conn.write(self._stream_bytes(req, conn, reply, 0, n, "none"))
                 else:
+                    engine.finish(seq)  # done before the answer leaves, as in vLLM
                     conn.respond(200, req, reply.body(), before=self.load_header(req))
                 stats.generation_tokens += n
                 stats.finished[reply.finish] += 1
             finally:
-                self.scheduler.release()
+                engine.release(seq)
             return None
-        return self._run(req, conn, reply, words, stream, knobs)
+        return self._run(req, conn, reply, seq, stream, knobs)
 
-    async def _run(self, req: Request, conn: Connection, reply: Reply, words: list[str],
+    async def _run(self, req: Request, conn: Connection, reply: Reply, seq: Seq,
                    stream: bool, knobs: Knobs) -> None:
         """One admitted generation; a cancel here is the client's abort."""
+        engine = self.engine
         admitted = finished = False
         try:
-            await self.scheduler.admit()
+            await engine.admit(seq)
             admitted = True
-            ttft = knobs.ttft + knobs.prefill * self._prefill(reply, words)
+            ttft = knobs.ttft + engine.prefill(knobs.prefill * self._admitted(reply, seq))
             if knobs.fault == "hang":
                 await asyncio.get_running_loop().create_future()  # until the client leaves
             if ttft:
                 await asyncio.sleep(ttft)
             if stream:
-                await self._stream(req, conn, reply, knobs)
+                await self._stream(req, conn, reply, seq, knobs)
             else:
-                await self._whole(req, conn, reply, knobs)
+                await self._whole(req, conn, reply, seq, knobs)
             finished = True
         except asyncio.CancelledError:
             if not finished:
@@ -201,7 +213,7 @@ class Generator:
             raise
         finally:
             if admitted:
-                self.scheduler.release()
+                engine.release(seq)
 
     def _stream_bytes(self, req: Request, conn: Connection, reply: Reply,
                       start: int, stop: int, fault: str) -> bytes:
@@ -226,12 +238,14 @@ class Generator:
             return b""
         return (chunk(reply.usage_event()) if reply.usage else b"") + chunk(DONE) + LAST_CHUNK
 
-    async def _stream(self, req: Request, conn: Connection, reply: Reply, knobs: Knobs) -> None:
+    async def _stream(self, req: Request, conn: Connection, reply: Reply, seq: Seq,
+                      knobs: Knobs) -> None:
         n = reply.out.n
         fault = knobs.fault if knobs.fault in IN_STREAM_FAULTS else "none"
         stop = min(knobs.fault_after, n) if fault != "none" else n
         stats = self.stats
-        if knobs.itl == 0:
+        engine = self.engine
+        if knobs.itl == 0 and not engine.batching:
             conn.write(self._stream_bytes(req, conn, reply, 0, stop, fault))
             stats.generation_tokens += stop
         else:
@@ -241,7 +255,8 @@ class Generator:
                                           fault if first == stop else "none"))
             stats.generation_tokens += first
             for i in range(first, stop):
-                await asyncio.sleep(knobs.itl)
+                await engine.decode(knobs.itl)
+                engine.grow(seq, i)
                 conn.write(self._stream_bytes(req, conn, reply, i, i + 1,
                                               fault if i + 1 == stop else "none"))
                 stats.generation_tokens += 1
@@ -249,11 +264,23 @@ class Generator:
                     await conn.drain()
         self._end(conn, reply, fault)
 
-    async def _whole(self, req: Request, conn: Connection, reply: Reply, knobs: Knobs) -> None:
+    async def _whole(self, req: Request, conn: Connection, reply: Reply, seq: Seq,
+                     knobs: Knobs) -> None:
         n = reply.out.n
-        if knobs.itl:
-            await asyncio.sleep(n * knobs.itl)
-        self.stats.generation_tokens += n
+        engine = self.engine
+        if knobs.itl or engine.batching:
+            # Wake at every KV block the reply fills: the blocks it holds, and the
+            # tokens counted, grow while it is generated, as vLLM's do.
+            size = engine.kv.block_size
+            done = 0
+            while done < n:
+                step = min(n - done, size - (seq.prompt + done) % size)
+                await engine.decode(knobs.itl, step)
+                done += step
+                engine.grow(seq, done - 1)  # the last token's KV is computed next step
+                self.stats.generation_tokens += step
+        else:
+            self.stats.generation_tokens += n
         fault = knobs.fault
         if fault == "error-event":
             # Without a stream there is no in-band channel: vLLM answers 500.
@@ -267,6 +294,7 @@ class Generator:
         elif fault == "bad-framing":
             conn.write(conn.head(200, req, JSON) + b"zz\r\n")
         else:
+            engine.finish(seq)  # done before the answer leaves: its blocks are free
             conn.respond(200, req, body, before=self.load_header(req))
         self._end(conn, reply, fault)
 

@@ -2,8 +2,11 @@
 
 The `vllm:` families carry vLLM's labels (engine="0", model_name) and HELP
 texts, so a router that scrapes real vLLM scrapes the simulator unchanged.
-The `sim:` families exist only here; `sim:requests_aborted_total` is how tests
-see that a proxy really closed an upstream connection when its client left.
+The load gauges (running, waiting, KV-cache usage) are read from the engine at
+the moment of the scrape: the values the in-band `endpoint-load-metrics` header
+reports (generate.py). The `sim:` families exist only here;
+`sim:requests_aborted_total` is how tests see that a proxy really closed an
+upstream connection when its client left.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ def _family(out: list[str], name: str, kind: str, help_: str,
         out.append(f"{name}{labels} {float(value)!r}")
 
 
-def render_metrics(stats: Stats, cfg: SimConfig) -> bytes:
+def render_metrics(stats: Stats, cfg: SimConfig, kv_usage: float) -> bytes:
+    """The exposition as it is now: every gauge is read at the moment of the scrape."""
     base = '{engine="0",model_name="%s"}' % cfg.model
     out: list[str] = []
     g = _family
@@ -28,10 +32,9 @@ def render_metrics(stats: Stats, cfg: SimConfig) -> bytes:
       "Number of requests in model execution batches.", [(base, stats.running)])
     g(out, "vllm:num_requests_waiting", "gauge",
       "Number of requests waiting to be processed.", [(base, stats.waiting)])
-    # KV use approximated by the share of running slots taken.
+    # Blocks held by running requests / blocks (engine.KVCache); free cached ones are free.
     g(out, "vllm:kv_cache_usage_perc", "gauge",
-      "KV-cache usage. 1 means 100 percent usage.",
-      [(base, min(1.0, stats.running / cfg.max_concurrency))])
+      "KV-cache usage. 1 means 100 percent usage.", [(base, kv_usage)])
     g(out, "vllm:prefix_cache_queries_total", "counter",
       "Prefix cache queries, in terms of number of queried tokens.",
       [(base, stats.prefix_cache_queries)])
