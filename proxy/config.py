@@ -122,7 +122,10 @@ class LoadConfig(_Base):
     # unless it asked itself.
     in_band: bool = True
     scrape_interval: Annotated[float, Meta(ge=0)] = 0.5  # s between /metrics scrapes; 0 = off
-    max_age: Seconds = 2.0  # s: an older report is stale; routing falls back to requests in flight
+    # s: an older report is stale and routing falls back to requests in flight. A busy server
+    # answers /metrics late; its queue changes over seconds, and a report a few seconds old still
+    # knows more than the proxy's own counts.
+    max_age: Seconds = 5.0
     metrics_path: str = "/metrics"
 
 

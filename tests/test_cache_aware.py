@@ -179,10 +179,13 @@ def test_exclude_and_retries():
 def test_cache_aware_is_the_default_and_the_router_uses_it():
     r = Router(build({"backends": ["http://a:1", "http://b:1"]}), None)
     assert type(r.clusters["default"].policy) is CacheAware
-    body = msgspec.json.encode({"model": "m", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "x"}]})
-    picks = set()
-    for _ in range(5):
+    homes = {}
+    for i in range(12):
+        system = f"system prompt {i % 4} " * 80
+        body = msgspec.json.encode({"model": "m", "messages": [{"role": "system", "content": system},
+                                                                {"role": "user", "content": f"q{i}"}]})
         sel = r.select([], body)
-        picks.add(sel.endpoint.label)
+        homes.setdefault(i % 4, set()).add(sel.endpoint.label)
         sel.release()
-    assert len(picks) == 1
+    assert all(len(h) == 1 for h in homes.values()), homes
+    assert r.state()["clusters"][0]["decisions"]["cached"] == 8

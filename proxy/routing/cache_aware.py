@@ -45,7 +45,8 @@ _M32 = 0xFFFFFFFF
 WINDOW = 60.0  # s: how long the recent-request counts that balance placement remember
 OVER = 1.4  # x its fair share of recent requests: an endpoint too busy to keep a group
 SLACK = 2.0  # requests above that it may carry first (shares are noisy at the start)
-PRIOR = 4.0  # requests per endpoint assumed already spread evenly, when judging a prompt hot
+PRIOR = 1.0  # conversations per endpoint assumed already spread evenly, when judging a prompt hot
+OVER_PRIOR = 4.0  # requests per endpoint likewise, when judging an endpoint over its share
 MAX_GROUPS = 4096
 # kept/shed: a later turn stayed with its conversation or left it (vLLM queued there); cached: a
 # new conversation went where its prefix is; hot: its prefix was too hot for one endpoint; over:
@@ -54,7 +55,10 @@ DECISIONS = ("kept", "shed", "cached", "hot", "over", "new", "short")  # first b
 
 
 class CacheAware:
-    __slots__ = ("bound", "spread", "block", "depth", "table", "ttl_ms", "recent", "window", "groups", "decisions")
+    __slots__ = (
+        "bound", "spread", "block", "depth", "table", "ttl_ms", "recent", "window", "groups", "placed",
+        "conversations", "decisions",
+    )
 
     def __init__(self, table, block_chars=256, depth=128, ttl=600.0, load_factor=1.25, floor=8, spread=1.1,
                  endpoints=None, window=WINDOW):
@@ -64,9 +68,11 @@ class CacheAware:
         # Per endpoint (by index): [requests placed here recently, decayed; when last aged].
         # This worker's own: each worker balances what it sends, and so the sum is balanced.
         self.recent = _Recent()
-        # Per first block (a system prompt, typically): requests placed recently, decayed, so
-        # a prompt too hot for one endpoint is seen as such. Bounded: see _Recent.
+        # Per first block (a system prompt, typically): conversations placed recently, decayed,
+        # so a prompt too hot for one endpoint is seen as such. Bounded: see _Recent.
         self.groups = _Recent(MAX_GROUPS)
+        self.placed = [0.0, 0.0]  # conversations placed recently (decayed), the groups' total
+        self.conversations = _Recent()  # per endpoint index: conversations placed there recently
         # How requests were routed, for /admin/backends: a conversation kept or shed, and why
         # others went where they went.
         self.decisions = dict.fromkeys(DECISIONS, 0)
@@ -133,7 +139,6 @@ class CacheAware:
             if chosen is None:
                 return None
         self.recent[chosen.index][0] += 1.0
-        self.groups[hashes[0]][0] += 1.0
         table.record(chosen.index, hashes, now_ms)
         if key:
             table.record(chosen.index, (key,), now_ms)
@@ -142,6 +147,9 @@ class CacheAware:
 
     def _place(self, members, ranked, matches, group, has_room, pressures, exclude, limit, now, snap):
         """Where a request goes that no conversation claims (see the module docstring)."""
+        self.groups[group][0] += 1.0
+        self.placed[0] += 1.0
+        conversations = self.conversations
         recent = self.recent
         window = self.window
         total = 0.0
@@ -156,23 +164,33 @@ class CacheAware:
         best = roomy[0]
         if matches[members[best].index]:
             # The prefix is cached there. Stay unless this prefix alone is too hot for one
-            # endpoint, or that endpoint is well over its share however it got there.
-            # The prior keeps the first few requests, when every share is noise, from
-            # calling a prompt hot.
-            group_share = aged(self.groups[group], now, window) / (total + PRIOR * len(members))
+            # endpoint (its share of the conversations started recently: counted from the
+            # first burst on, which decides where most of them will stay), or that endpoint
+            # is well over its share of requests however it got there. The prior keeps the
+            # first two or three conversations, when every share is noise, from calling a
+            # prompt hot.
+            placed = aged(self.placed, now, window)
+            group_share = aged(self.groups[group], now, window) / (placed + PRIOR * len(members))
             hot = group_share > self.spread * weights[best] / snap.total_weight
-            over = recent[members[best].index][0] > OVER * (fair + PRIOR) * weights[best] + SLACK
+            over = recent[members[best].index][0] > OVER * (fair + OVER_PRIOR) * weights[best] + SLACK
             if not hot and not over:
                 self.decisions["cached"] += 1
+                conversations[members[best].index][0] += 1.0
                 return members[best]
             if hot:
                 self.decisions["hot"] += 1
-                # A hot prompt's new conversations go where the fewest run now: they will
-                # stay there, and the load they bring is what their turns to come add up to.
-                return members[min(roomy, key=lambda j: (pressures[j][0] / weights[j], recent[members[j].index][0]))]
+                # A hot prompt's new conversations go where the fewest conversations started
+                # recently: each stays where it starts, so the turns it will bring follow
+                # conversations, not the requests in flight at this instant.
+                chosen = min(roomy, key=lambda j: (aged(conversations[members[j].index], now, window) / weights[j],
+                                                    pressures[j][0] / weights[j]))
+                conversations[members[chosen].index][0] += 1.0
+                return members[chosen]
         # A new prefix: where the recent share is lowest (ring order breaks ties).
         self.decisions["over" if matches[members[best].index] else "new"] += 1
-        return members[min(roomy, key=lambda j: recent[members[j].index][0] / weights[j])]
+        chosen = min(roomy, key=lambda j: recent[members[j].index][0] / weights[j])
+        conversations[members[chosen].index][0] += 1.0
+        return members[chosen]
 
 
 def aged(cell, now, window):
