@@ -38,6 +38,8 @@ class Timeouts(_Base):
     request_read: Seconds = 60.0  # s: a client's head and body together
     keepalive: Seconds = 75.0  # s: an idle client connection is kept open
     pool_idle: Seconds = 4.0  # s: an idle upstream connection is kept (below uvicorn's 5 s)
+    write_stall: Seconds = 30.0  # s: a client that reads nothing of a response for this long is cut off
+    pool_wait: Seconds = 10.0  # s: a request waits at most this long for an upstream connection (then 503)
 
 
 class Limits(_Base):
@@ -47,6 +49,9 @@ class Limits(_Base):
     max_request_line: Bytes = 8 * KIB  # method + target + version, else 414
     max_pipelined: Count = 16  # parsed requests queued behind the active one
     high_water: Bytes = 64 * KIB  # transport write buffer mark; low water is a quarter
+    max_connections: Count = 10000  # client connections per worker; beyond them, the kernel's backlog
+    max_queued_bytes: Bytes = 4 * MIB  # request bytes held for a connection's pipelined requests
+    max_worker_queued_bytes: Bytes = 256 * MIB  # the same, summed over a worker's connections
 
 
 class ConnectionPoolConfig(_Base):
@@ -54,6 +59,7 @@ class ConnectionPoolConfig(_Base):
 
     max_connections: Count = 1024  # per endpoint, in use + idle; beyond it requests wait
     max_idle: Count = 256  # per endpoint
+    max_waiters: Count = 1024  # requests queued for a connection per endpoint; beyond them, 503
 
 
 class Health(_Base):
@@ -127,6 +133,15 @@ class LoadConfig(_Base):
     # knows more than the proxy's own counts.
     max_age: Seconds = 5.0
     metrics_path: str = "/metrics"
+
+
+class AdminConfig(_Base):
+    """The admin listener's guard (the ``admin:`` section): mutating routes need a token."""
+
+    token_env: Optional[str] = "FLEETPROXY_ADMIN_TOKEN"  # environment variable holding the token
+    token_file: Optional[str] = None  # or a file holding it (first line)
+    max_request_bytes: Bytes = 64 * KIB  # an admin request's head and body
+    idle_timeout: Seconds = 10.0  # s: an admin connection that sends nothing is closed
 
 
 class PrefixIndexConfig(_Base):
@@ -244,6 +259,10 @@ class Config(_Base):
     outlier: Outlier = Outlier()
     retry: Retry = Retry()
     load: LoadConfig = LoadConfig()
+    admin: AdminConfig = AdminConfig()
+    # Peers (addresses or CIDRs) whose X-Forwarded-For, Forwarded and X-Real-IP are believed;
+    # from anyone else these are dropped and the peer's address is what goes upstream.
+    trusted_proxies: list[str] = []
     prefix_index: PrefixIndexConfig = PrefixIndexConfig()
     log_level: str = "info"
     access_log: bool = False
