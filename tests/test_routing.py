@@ -555,6 +555,7 @@ def test_load_reports_in_band_and_scraped_reach_every_worker(tmp_path, sims):
 
         assert wait_for(reported, timeout=10)
         for entry in backends(proxy).values():
+            assert entry["load"]["age_s"] < 5  # the supervisor's merged view carries it too
             for view in entry["workers"]:
                 load = view["load"]
                 assert load["source"] in ("in_band", "scrape") and load["age_s"] < 5

@@ -83,6 +83,9 @@ async def backends_state(sup):
             entry["in_flight"] += backend.get("in_flight", 0)
             entry["requests"] += backend.get("requests", 0)
             entry["in_flight_shared"] = backend.get("in_flight_all", 0)
+            load = backend.get("load")
+            if load is not None and (entry.get("load") is None or load["age_s"] < entry["load"]["age_s"]):
+                entry["load"] = load  # the same shared report every worker reads; the freshest view
             entry["workers"].append({"slot": worker.slot, "pid": worker.pid, **backend})
     out = dict(answers[0][1]) if answers else {}
     out["backends"] = merged
