@@ -15,9 +15,15 @@ COPY --from=build /src/dist/wheels /tmp/wheels
 RUN pip install --no-cache-dir --no-index /tmp/wheels/*.whl && rm -rf /tmp/wheels \
  && fleetproxy --version
 USER fleetproxy
-# 8080: data listener; 9090: admin (healthz, readyz, backends)
-EXPOSE 8080 9090
+# 8080: data listener (GET /health there is the probe for load balancers and orchestrators).
+# 9090: admin (healthz, readyz, metrics, backends, drains, scaling), bound to the container's
+# loopback by default, so it is not published: reach it with `docker exec`, or expose it
+# deliberately, with a token (without one its POST routes answer 403):
+#   docker run -p 8080:8080 -p 9090:9090 -e FLEETPROXY_ADMIN_TOKEN="$(openssl rand -hex 32)" \
+#     IMAGE --listen 0.0.0.0:8080 --admin-listen 0.0.0.0:9090 --config /etc/fleetproxy/fleetproxy.yaml
+# (or admin.token_file pointing at a mounted secret; POSTs then send Authorization: Bearer <token>).
+EXPOSE 8080
 # Mount a config at /etc/fleetproxy/fleetproxy.yaml (see examples/), or pass flags instead:
 #   docker run -p 8080:8080 IMAGE --listen 0.0.0.0:8080 --backend http://vllm:8000
 ENTRYPOINT ["fleetproxy"]
-CMD ["--listen", "0.0.0.0:8080", "--admin-listen", "0.0.0.0:9090", "--config", "/etc/fleetproxy/fleetproxy.yaml"]
+CMD ["--listen", "0.0.0.0:8080", "--admin-listen", "127.0.0.1:9090", "--config", "/etc/fleetproxy/fleetproxy.yaml"]

@@ -40,11 +40,25 @@ def _parser():
     t.add_argument("--request-timeout", type=float, dest="t_request_read")
     t.add_argument("--keepalive-timeout", type=float, dest="t_keepalive")
     t.add_argument("--pool-idle-timeout", type=float, dest="t_pool_idle")
+    t.add_argument(
+        "--write-stall-timeout", type=float, dest="t_write_stall", help="a client that reads nothing this long is cut off"
+    )
+    t.add_argument(
+        "--pool-wait-timeout", type=float, dest="t_pool_wait", help="wait for an upstream connection at most (then 503)"
+    )
     lim = p.add_argument_group("limits")
-    lim.add_argument("--max-body-bytes", type=int, dest="l_max_body_bytes")
+    lim.add_argument("--max-body-bytes", type=int, dest="l_max_body_bytes", help="request body (default 8 MiB)")
     lim.add_argument("--max-header-bytes", type=int, dest="l_max_header_bytes")
     lim.add_argument("--max-headers", type=int, dest="l_max_headers")
     lim.add_argument("--max-connections-per-backend", type=int, dest="p_max_connections")
+    lim.add_argument("--max-pool-waiters", type=int, dest="p_max_waiters", help="per backend, then 503")
+    lim.add_argument("--max-connections", type=int, dest="l_max_connections", help="client connections per worker")
+    lim.add_argument(
+        "--max-queued-bytes", type=int, dest="l_max_queued_bytes", help="pipelined request bytes per connection"
+    )
+    lim.add_argument(
+        "--max-worker-queued-bytes", type=int, dest="l_max_worker_queued_bytes", help="the same per worker"
+    )
     return p
 
 

@@ -43,7 +43,11 @@ class Timeouts(_Base):
 
 
 class Limits(_Base):
-    max_body_bytes: Bytes = 32 * MIB  # request body, else 413
+    # Request body, else 413. A text API's largest bodies are long prompts: 8 MiB of JSON is
+    # about 2M tokens of text (4 bytes a token) or 1M as token ids, beyond any context window
+    # served today, while it keeps what one request makes us hold (and pipelining multiplies)
+    # a quarter of what 32 MiB did. Multimodal (base64 images, audio) may need more: raise it.
+    max_body_bytes: Bytes = 8 * MIB
     max_header_bytes: Bytes = 64 * KIB  # request line + header block, else 431
     max_headers: Count = 100  # header fields, else 431
     max_request_line: Bytes = 8 * KIB  # method + target + version, else 414
@@ -136,12 +140,59 @@ class LoadConfig(_Base):
 
 
 class AdminConfig(_Base):
-    """The admin listener's guard (the ``admin:`` section): mutating routes need a token."""
+    """The admin listener's guard (the ``admin:`` section): mutating routes need a token.
+
+    Every POST on an admin listener (the supervisor's and each worker's) must carry
+    ``Authorization: Bearer <token>``. The token is the first line of ``token_file`` when that
+    is given (an explicit file wins over the default variable name), else the value of the
+    environment variable ``token_env``. With neither, mutating routes answer 403 and say how to
+    set one: an admin port that anyone who reaches it can drive is never the default.
+    The token is read again on every check (``token()``), so a rotated file takes effect
+    without a restart, and the supervisor and its workers (same file, same environment) agree.
+    """
+
+    MIN_TOKEN_CHARS = 16  # (a class constant, not a field) an admin token shorter than this is refused
 
     token_env: Optional[str] = "FLEETPROXY_ADMIN_TOKEN"  # environment variable holding the token
     token_file: Optional[str] = None  # or a file holding it (first line)
     max_request_bytes: Bytes = 64 * KIB  # an admin request's head and body
     idle_timeout: Seconds = 10.0  # s: an admin connection that sends nothing is closed
+    # Host values the admin listener also answers (NAME or NAME:PORT; the listener's port when
+    # none), besides its own addresses: e.g. the DNS name it is scraped by once exposed.
+    hosts: list[str] = []
+
+    def __post_init__(self):
+        if self.token_env is not None and not self.token_env:
+            raise ValueError("admin.token_env must name an environment variable (or be null)")
+        token = self.token()  # a file that cannot be read, or a bad token, fails at load
+        if self.token_file is not None and token is None:
+            raise ValueError(f"admin.token_file {self.token_file!r} is empty")
+
+    def token(self):
+        """The admin token as it stands now, or None when none is configured. Raises
+        ValueError when the file cannot be read, the token is shorter than ``MIN_TOKEN_CHARS``
+        (a short token is guessed by trying) or holds characters a header field cannot carry
+        (the supervisor sends it on to its workers)."""
+        if self.token_file is not None:
+            try:
+                with open(self.token_file, encoding="utf-8") as f:
+                    value = f.readline().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise ValueError(f"admin.token_file {self.token_file!r} cannot be read: {reason}") from None
+            where = f"admin.token_file {self.token_file!r}"
+        elif self.token_env:
+            value = os.environ.get(self.token_env, "").strip()
+            where = f"environment variable {self.token_env} (admin.token_env)"
+        else:
+            return None
+        if not value:
+            return None
+        if len(value) < self.MIN_TOKEN_CHARS:
+            raise ValueError(f"the admin token in {where} is shorter than {self.MIN_TOKEN_CHARS} characters")
+        if not all("!" <= c <= "~" for c in value):
+            raise ValueError(f"the admin token in {where} must be visible ASCII characters, no spaces")
+        return value
 
 
 class PrefixIndexConfig(_Base):
@@ -218,8 +269,46 @@ class ProviderConfig(EndpointConfig, kw_only=True):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.api_key_env is not None and not self.api_key_env:
-            raise ValueError("api_key_env must name an environment variable")
+        parts = urlsplit(self.url)
+        if parts.scheme == "http" and not self.loopback(parts.hostname):
+            # The API key and every prompt would cross the network in clear. A loopback host
+            # never leaves the machine: a local egress sidecar that speaks TLS onward, or a
+            # test double, may use plain http.
+            raise ValueError(
+                f"provider {self.name!r}: url {self.url!r} must be https:// "
+                "(plain http is accepted only to a loopback host: 127.0.0.0/8, ::1, localhost)"
+            )
+        if self.api_key_env is not None:
+            if not self.api_key_env:
+                raise ValueError("api_key_env must name an environment variable")
+            key = os.environ.get(self.api_key_env, "")
+            if not key.strip():
+                # Checked at load, so a typo or a missing secret stops the start (or the
+                # reload) instead of sending every fallback request without a key.
+                raise ValueError(
+                    f"provider {self.name!r}: api_key_env names {self.api_key_env}, "
+                    "which is not set or empty in the environment"
+                )
+            if not all("!" <= c <= "~" for c in key):
+                # It goes into a header field: CR/LF would let it write a head of its own.
+                raise ValueError(
+                    f"provider {self.name!r}: api_key_env {self.api_key_env} holds spaces or control "
+                    "characters"
+                )
+
+    @staticmethod
+    def loopback(host):
+        """``host`` (a URL's host name) is this machine's loopback: 127.0.0.0/8, ::1 or localhost."""
+        import ipaddress
+
+        if host is None:
+            return False
+        if host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
 
 class ClusterConfig(_Base, kw_only=True):
@@ -303,6 +392,10 @@ class Config(_Base):
             for b in members:
                 if named.setdefault(b.label, b) != b:
                     raise ValueError(f"backend name {b.label!r} is given to two different backends")
+        if self.trusted_proxies:
+            from .http.heads import trusted_networks  # a bad entry would fail every request
+
+            trusted_networks(tuple(self.trusted_proxies))
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be one of debug, info, warning, error")
 

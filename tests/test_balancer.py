@@ -408,6 +408,12 @@ def exchange(body=b"", headers=()):
     )
 
 
+@pytest.fixture(autouse=True)
+def provider_key(monkeypatch):
+    # A provider whose key variable is empty is refused at load (tests/test_provider_security.py).
+    monkeypatch.setenv("FP_TEST_KEY", "sk-secret")
+
+
 def router_for(raw):
     return Router(build(raw), None)
 

@@ -15,11 +15,12 @@ def write(tmp_path, name, text):
     return str(path)
 
 
-def test_example_config_loads():
+def test_example_config_loads(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-example")  # the example's provider needs its key
     cfg = load(f"{ROOT}/examples/fleetproxy.yaml")
     assert [b.label for b in cfg.backends] == ["vllm-a", "127.0.0.1:8002"]
     assert cfg.timeouts.idle == 60.0
-    assert cfg.limits.max_body_bytes == 32 * 1024 * 1024
+    assert cfg.limits.max_body_bytes == 8 * 1024 * 1024
 
 
 @pytest.mark.parametrize(

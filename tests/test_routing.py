@@ -45,9 +45,12 @@ def post(port, body, headers=None, path="/v1/chat/completions", timeout=10):
         conn.close()
 
 
+ADMIN_TOKEN = "test-admin-token-0123456789"  # admin POSTs need it (tests/test_admin_security.py)
+
+
 def admin_post(proxy, path):
     conn = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
-    conn.request("POST", path, b"", {"content-length": "0"})
+    conn.request("POST", path, b"", {"content-length": "0", "authorization": f"Bearer {ADMIN_TOKEN}"})
     resp = conn.getresponse()
     body = resp.read()
     conn.close()
@@ -478,7 +481,10 @@ def test_model_clusters_404_and_v1_models(tmp_path, sims):
 
 def test_drain_and_undrain(tmp_path, sims):
     ss = sims(2)
-    proxy = proxy_with(tmp_path, {"backends": [{"url": s.url, "name": f"s{i}"} for i, s in enumerate(ss)]})
+    proxy = proxy_with(
+        tmp_path, {"backends": [{"url": s.url, "name": f"s{i}"} for i, s in enumerate(ss)]},
+        env={"FLEETPROXY_ADMIN_TOKEN": ADMIN_TOKEN},
+    )
     try:
         status, _ = admin_post(proxy, "/admin/backends/s0/drain")
         assert status == 200

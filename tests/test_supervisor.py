@@ -172,7 +172,8 @@ def test_sigterm_lets_a_stream_finish_then_exits_0(sim2):
 
 
 def test_ttin_ttou_change_worker_count(sim2):
-    proxy = start_proxy([sim2], "--workers", "1")
+    token = "test-admin-token-0123456789"
+    proxy = start_proxy([sim2], "--workers", "1", env={"FLEETPROXY_ADMIN_TOKEN": token})
     try:
         proxy.proc.send_signal(signal.SIGTTIN)
         assert wait_for(lambda: len(live_pids(proxy)) == 2, timeout=5)
@@ -181,7 +182,8 @@ def test_ttin_ttou_change_worker_count(sim2):
         proxy.proc.send_signal(signal.SIGTTOU)
         assert wait_for(lambda: len(live_pids(proxy)) == 2, timeout=5)
         conn = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
-        conn.request("POST", "/admin/workers", json.dumps({"workers": 1}))
+        conn.request("POST", "/admin/workers", json.dumps({"workers": 1}),
+                     {"content-type": "application/json", "authorization": f"Bearer {token}"})
         resp = conn.getresponse()
         assert resp.status == 200 and json.loads(resp.read())["target"] == 1
         assert wait_for(lambda: len(live_pids(proxy)) == 1, timeout=5)

@@ -9,6 +9,19 @@ waiter. A connection goes back only after a response read to its end with keep-a
 other exit closes it (see ``exchange.Exchange.finish``). Idle connections older than
 ``pool_idle`` are closed before the backend's own timer can race us.
 
+Waiting is bounded and visible. A full pool means the endpoint already carries
+``max_connections`` requests; a request that waits behind them waits for a whole generation
+to end, which can be minutes. So at most ``max_waiters`` requests wait, each at most
+``pool_wait`` seconds (the first wait sets the deadline; a waiter woken to open a connection
+that it then cannot open keeps its place and its deadline); beyond either, ``PoolBusy`` (a 503
+with ``Retry-After``: the client, or the exchange on another endpoint, may try again soon).
+``stats`` counts the waits, their time-outs and the refusals, and the first wait of a pool is
+logged once, so a pool bound that is too small shows itself instead of silently adding latency.
+A waiter is a future resolved by ``release`` (a connection), ``_wake`` (``None``: a slot is
+free, open one) or its own timer (``_EXPIRED``); whichever comes first wins, synchronously, so
+a connection is never handed to a waiter that already gave up, and a waiter cancelled after
+being handed one (its client left) passes it on.
+
 TLS (https endpoints) is the transport's business: the pool opens its connections with the
 endpoint's ``ssl`` context and ``server_hostname`` (SNI and the name verified); nothing else
 changes. ``close`` is graceful: idle connections close now, busy ones when they are released,
@@ -16,16 +29,31 @@ so a config reload drains an old pool without cutting a stream.
 """
 
 import asyncio
+import logging
 from collections import deque
 
+from .errors import NoBackend
 from .upstream import UpstreamConnection
+
+log = logging.getLogger("fleetproxy.pool")
+
+RETRY_AFTER = 1  # s: what a refused request is told; streams end and free connections within seconds
+_EXPIRED = object()  # a waiter's result when its pool_wait ran out
+
+
+class PoolBusy(NoBackend):
+    """No connection within the pool's bounds (too many waiters, or waited too long): a 503
+    with ``Retry-After``. The client is not at fault and may retry; nothing reached the backend."""
+
+    retry_after = RETRY_AFTER
 
 
 class ConnectionPool:
     __slots__ = (
         "loop", "host", "port", "max_connections", "max_idle", "idle_timeout",
         "connect_timeout", "high_water", "conns", "idle", "waiters", "opened", "ssl",
-        "server_hostname", "closing",
+        "server_hostname", "closing", "max_waiters", "wait_timeout", "queued", "wait_timeouts",
+        "refused",
     )
 
     def __init__(self, loop, host, port, cfg, ssl=None, server_hostname=None):
@@ -40,10 +68,15 @@ class ConnectionPool:
         self.idle_timeout = cfg.timeouts.pool_idle
         self.connect_timeout = cfg.timeouts.connect
         self.high_water = cfg.limits.high_water
+        self.max_waiters = cfg.connection_pool.max_waiters
+        self.wait_timeout = cfg.timeouts.pool_wait
         self.conns = set()
         self.idle = deque()
         self.waiters = deque()
         self.opened = 0  # connections ever opened (tests read it to see reuse)
+        self.queued = 0  # requests that had to wait for a connection
+        self.wait_timeouts = 0  # of those, the ones that waited pool_wait in vain
+        self.refused = 0  # requests refused at once: max_waiters were waiting already
 
     def take_idle(self):
         """An idle connection ready for a request, or None. Never awaits."""
@@ -62,23 +95,70 @@ class ConnectionPool:
         return None
 
     async def acquire(self):
-        """A connection: idle, new, or the next one released. Raises OSError/TimeoutError."""
+        """A connection: idle, new, or the next one released. Raises OSError/TimeoutError
+        (connecting), or PoolBusy (see the module docstring)."""
+        deadline = None
         while True:
             conn = self.take_idle()
             if conn is not None:
                 return conn
             if len(self.conns) < self.max_connections:
                 return await self._open()
-            waiter = self.loop.create_future()
-            self.waiters.append(waiter)
+            loop = self.loop
+            now = loop.time()
+            if deadline is None:
+                if len(self.waiters) >= self.max_waiters:
+                    self.refused += 1
+                    raise PoolBusy("the backend is at its connection limit and too many requests wait; retry later")
+                if not self.queued:
+                    log.warning(
+                        "connection pool of %s:%d is full (%d connections): requests now wait for a connection "
+                        "(at most %d at once, %.3g s each); this is logged once per pool",
+                        self.host, self.port, self.max_connections, self.max_waiters, self.wait_timeout,
+                    )
+                self.queued += 1
+                deadline = now + self.wait_timeout
+                waiter = loop.create_future()
+                self.waiters.append(waiter)
+            else:
+                # Woken to open a connection that another request took first: keep its place.
+                waiter = loop.create_future()
+                self.waiters.appendleft(waiter)
+            timer = loop.call_later(max(0.0, deadline - now), self._expire, waiter)
             try:
                 conn = await waiter
+            except BaseException:  # cancelled: the request ended while it waited
+                self._abandon(waiter)
+                raise
             finally:
-                if not waiter.done():
-                    waiter.cancel()
+                timer.cancel()
+            if conn is _EXPIRED:
+                self.wait_timeouts += 1
+                raise PoolBusy("timed out waiting for a connection to the backend; retry later")
             if conn is not None and not conn.closed:
                 return conn
             # None: a slot was freed; loop to open one.
+
+    def _expire(self, waiter):
+        if not waiter.done():
+            waiter.set_result(_EXPIRED)
+            self._unqueue(waiter)
+
+    def _unqueue(self, waiter):
+        try:
+            self.waiters.remove(waiter)  # O(waiters), bounded by max_waiters, off the hot path
+        except ValueError:
+            pass
+
+    def _abandon(self, waiter):
+        """A waiter's request ended; if it was handed a connection or a free slot, pass it on."""
+        self._unqueue(waiter)
+        if waiter.done() and not waiter.cancelled():
+            handed = waiter.result()
+            if handed is None:
+                self._wake()
+            elif handed is not _EXPIRED:
+                self.release(handed)
 
     async def _open(self):
         conn = UpstreamConnection(self)
@@ -160,6 +240,10 @@ class ConnectionPool:
             "open": len(self.conns),
             "idle": len(self.idle),
             "waiting": len(self.waiters),
+            "max_waiters": self.max_waiters,
+            "queued": self.queued,
+            "wait_timeouts": self.wait_timeouts,
+            "refused": self.refused,
             "opened": self.opened,
             "tls": self.ssl is not None,
             "closing": self.closing,

@@ -10,6 +10,11 @@ How this works.
   failure, a reset, or a status the config lists (429/502/503), if the router allows it
   (``Router.reselect``: attempts, untried endpoints of the route, the retry budget). The
   in-flight count moves with the selection, so exactly one endpoint counts the request.
+- A pool that cannot give a connection within its bounds (``connection_pool.PoolBusy``: too
+  many waiters, or ``pool_wait`` spent) is no failure of the endpoint (no outlier count): the
+  request moves to another endpoint if the router allows, else it is a 503 with
+  ``Retry-After``. Every error with a ``retry_after`` is rendered with that header
+  (``error_response``).
 - Outcomes feed outlier detection through the endpoint (``failed``, ``answered``).
 - ``finish`` is the guard every exit path runs, exactly once: it stops the watchdog and any
   connect task, returns the connection to the pool only after a response read to its end with
@@ -25,6 +30,7 @@ import logging
 
 from ..observe import accesslog
 from . import responses
+from .connection_pool import PoolBusy
 from .errors import ProxyError, UpstreamError, UpstreamTimeout
 from .relay import Relay
 
@@ -34,7 +40,7 @@ log = logging.getLogger("fleetproxy.exchange")
 class Exchange(Relay):
     __slots__ = (
         "down", "method", "target", "headers", "body", "http10", "keep_alive", "request_id", "error",
-        "selection", "close_after", "task", "finished", "retried", "t0", "asked_load",
+        "selection", "close_after", "task", "finished", "retried", "t0", "asked_load", "size",
     )
 
     def __init__(self, down, method, target, headers, body, http10, keep_alive, request_id, error=None):
@@ -55,6 +61,7 @@ class Exchange(Relay):
         self.retried = False  # the one same-endpoint retry of a reused connection was spent
         self.t0 = 0.0  # start time, kept only for the access log
         self.asked_load = False  # the client asked for the endpoint's load report itself
+        self.size = 0  # bytes it holds while queued behind another (Downstream's accounting)
 
     @property
     def endpoint(self):
@@ -70,7 +77,7 @@ class Exchange(Relay):
             self.t0 = ctx.loop.time()
         if self.error is not None:
             self.finished = True
-            down.answer(self, responses.error(self.error, self.request_id, close=True), close=True)
+            down.answer(self, error_response(self.error, self.request_id, True), close=True)
             return
         if self.method == b"GET":
             target = self.target
@@ -93,7 +100,14 @@ class Exchange(Relay):
         self._connect_or_send()
 
     def _connect_or_send(self):
-        conn = self.selection.endpoint.pool.take_idle()
+        endpoint = self.selection.endpoint
+        adapter = endpoint.adapter
+        if adapter is not None:
+            refused = adapter.refusal(self.method, self.target)
+            if refused is not None:  # an external provider never sees it (routing/provider.py)
+                self.fail(refused)
+                return
+        conn = endpoint.pool.take_idle()
         if conn is not None:
             self.send(conn)
         else:
@@ -103,6 +117,11 @@ class Exchange(Relay):
         endpoint = self.selection.endpoint
         try:
             conn = await endpoint.pool.acquire()
+        except PoolBusy as exc:
+            self.task = None
+            if not self.retry(False):
+                self.fail(exc)
+            return
         except TimeoutError:
             self.task = None
             self.upstream_failed(f"timed out connecting to backend {endpoint.label}", timeout=True, retryable=True)
@@ -194,7 +213,7 @@ class Exchange(Relay):
         down = self.down
         if down.ctx.access_log:
             accesslog.write(self, err.status, "error")
-        down.answer(self, responses.error(err, self.request_id, close=self.close_after))
+        down.answer(self, error_response(err, self.request_id, self.close_after))
 
     def break_stream(self, message, err=None):
         """Failure after the response started: report it in-band if we can, then close the
@@ -245,6 +264,14 @@ class Exchange(Relay):
         self._give_back(reusable)
         if self.selection is not None:
             self.selection.release()
+
+
+def error_response(err, request_id=b"", close=True):
+    """``responses.error`` for ``err``, with ``Retry-After`` when the error carries one (a
+    bound of ours was reached: the request may succeed if sent again a little later)."""
+    retry_after = getattr(err, "retry_after", 0)
+    headers = b"retry-after: %d\r\n" % retry_after if retry_after else b""
+    return responses.error(err, request_id, close, headers)
 
 
 def _reason(exc):

@@ -11,12 +11,16 @@ import orjson
 REASONS = {
     200: b"OK",
     400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",
+    415: b"Unsupported Media Type",
     417: b"Expectation Failed",
+    421: b"Misdirected Request",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
@@ -32,13 +36,15 @@ PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def response(status, body, content_type=JSON, request_id=b"", close=False):
-    """A complete HTTP/1.1 response with a body of known length."""
+def response(status, body, content_type=JSON, request_id=b"", close=False, headers=b""):
+    """A complete HTTP/1.1 response with a body of known length; ``headers``: extra fields,
+    each ending in CRLF."""
     return b"".join(
         (
             b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
             % (status, REASONS.get(status, b"Unknown"), content_type, len(body)),
             b"x-request-id: " + request_id + b"\r\n" if request_id else b"",
+            headers,
             b"connection: close\r\n\r\n" if close else b"\r\n",
             body,
         )
@@ -58,9 +64,9 @@ def error_body(message, type, status):
     return orjson.dumps({"error": {"message": message, "type": type, "param": None, "code": status}})
 
 
-def error(err, request_id=b"", close=True):
-    """The response for ``err`` (any errors.ProxyError)."""
-    return response(err.status, error_body(err.message, err.type, err.status), JSON, request_id, close)
+def error(err, request_id=b"", close=True, headers=b""):
+    """The response for ``err`` (any errors.ProxyError); ``headers`` as in ``response``."""
+    return response(err.status, error_body(err.message, err.type, err.status), JSON, request_id, close, headers)
 
 
 def sse_error_event(message, type="upstream_error", status=502):

@@ -4,6 +4,17 @@ It answers what it knows itself (liveness, workers, scaling) and fans everything
 each live worker's private admin port: ``/readyz`` is ready when any worker is, and
 ``/admin/backends`` lists each backend once, with its in-flight and request counts summed
 over the workers and every worker's own view beside them.
+
+Both listeners apply the same rules (``admin.AdminProtocol``): reads are open, ``GET
+/admin/backends`` and ``GET /admin/workers`` included (read-only state); every POST needs the
+admin token. A POST is checked here, then fanned out with the token in its Authorization
+field, and each worker checks it again against its own copy (same environment, same file,
+read at each check). Why the token rather than a private supervisor-to-worker secret: a
+worker's private port is on 127.0.0.1, so any local process can reach it, and it must refuse
+what the public port refuses; carrying the one token keeps a single rule and a single secret
+on both listeners, and a worker started without a supervisor (``--single-process``, the demo)
+is guarded by the very same code. The fan-out names the worker's own address in Host, so the
+workers' Host check holds too.
 """
 
 import asyncio
@@ -12,20 +23,31 @@ import orjson
 
 from ..routing.load import Report
 from . import metrics
-from .admin import AdminProtocol
+from .admin import READ_ONLY, AdminProtocol
 
 FANOUT_TIMEOUT = 2.0  # s for one worker's admin answer
 
 
-async def fetch(port, method, path, body=b""):
+def request_head(port, method, path, body_len, token=None):
+    """The head of a fan-out request to the worker admin port ``port``: its own address in
+    Host, the admin token when there is one, and the JSON content type when there is a body."""
+    return b"".join(
+        (
+            b"%s %s HTTP/1.1\r\n" % (method.encode(), path.encode()),
+            b"Host: 127.0.0.1:%d\r\nConnection: close\r\n" % port,
+            b"Authorization: Bearer %s\r\n" % token.encode() if token else b"",
+            b"Content-Type: application/json\r\n" if body_len else b"",
+            b"Content-Length: %d\r\n\r\n" % body_len,
+        )
+    )
+
+
+async def fetch(port, method, path, body=b"", token=None):
     """(status, parsed JSON or None) from a worker's private admin port."""
     try:
         async with asyncio.timeout(FANOUT_TIMEOUT):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(
-                b"%s %s HTTP/1.1\r\nHost: worker\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                % (method.encode(), path.encode(), len(body), body)
-            )
+            writer.write(request_head(port, method, path, len(body), token) + body)
             raw = await reader.read()
             writer.close()
     except (OSError, TimeoutError):
@@ -39,8 +61,15 @@ async def fetch(port, method, path, body=b""):
 
 
 async def fan_out(sup, method, path, body=b""):
+    """Ask every live worker; a mutating request carries the admin token (checked already)."""
     workers = sup.live_workers()
-    results = await asyncio.gather(*(fetch(w.admin_port, method, path, body) for w in workers))
+    token = None
+    if method not in READ_ONLY:
+        try:
+            token = sup.cfg.admin.token()
+        except ValueError:  # the file went bad since the check: the workers will refuse too
+            token = None
+    results = await asyncio.gather(*(fetch(w.admin_port, method, path, body, token) for w in workers))
     return [(w, status, payload) for w, (status, payload) in zip(workers, results)]
 
 
@@ -152,4 +181,9 @@ async def start(sup):
     async def handle_request(method, path, body):
         return await handle(sup, method, path, body)
 
-    return await sup.loop.create_server(lambda: AdminProtocol(handle_request), host, port, reuse_address=True)
+    def settings():
+        return sup.cfg.admin  # the current generation's (a reload may change the token file)
+
+    return await sup.loop.create_server(
+        lambda: AdminProtocol(handle_request, settings, host), host, port, reuse_address=True
+    )

@@ -34,6 +34,11 @@ class Context:
         # GET /v1/models lists the configured models when clusters are keyed by model.
         self.models_body = responses.models_body(router.models) if router.models else None
         self.connections = set()
+        self.turned_away = 0  # connections refused over limits.max_connections
+        # Request bytes waiting behind active exchanges, summed over this worker's connections
+        # (bounded by limits.max_worker_queued_bytes; see http/downstream.py).
+        self.queued_bytes = 0
+        self.warned = set()  # conditions logged once per worker
         self.draining = False
         self.access_log = cfg.access_log
         t = cfg.timeouts
@@ -42,8 +47,9 @@ class Context:
         self.tick = min(t.first_byte, t.idle) / 4
         self.first_byte_ticks = max(1, round(t.first_byte / self.tick))
         self.idle_ticks = max(1, round(t.idle / self.tick))
-        # The client-connection timer never sleeps past the shortest client deadline.
-        self.timer_cap = min(t.header_read, t.request_read, t.keepalive)
+        # The client-connection timer never sleeps past the shortest client deadline (a write
+        # stall included: it starts whenever the client stops reading).
+        self.timer_cap = min(t.header_read, t.request_read, t.keepalive, t.write_stall)
         self._rid_prefix = b"%x-%x-" % (os.getpid(), int.from_bytes(os.urandom(4), "big"))
         self._rid = 0
 

@@ -121,6 +121,9 @@ class Router:
             )
         for index, endpoint in enumerate(self.endpoints):
             endpoint.index = index  # its column in shared memory and in the prefix index
+        # What readiness counts (``any_healthy``): the vLLM endpoints, or the providers when
+        # nothing else is configured.
+        self.ready_endpoints = tuple(e for e in self.endpoints if not e.provider) or tuple(self.endpoints)
         if table is None and any(spec.balance.policy == "cache_aware" for spec in specs):
             table = PrefixTable.local(len(self.endpoints), cfg.prefix_index.blocks_per_endpoint)
         self.table = table or None
@@ -222,7 +225,13 @@ class Router:
     # -- beside the data path --
 
     def any_healthy(self):
-        return any(e.eligible for e in self.endpoints)
+        """Readiness (``/health`` on the data port, ``/readyz``): any endpoint may take traffic.
+
+        Only the fleet's own endpoints count when there are any: a provider is a fallback, so
+        with every vLLM endpoint down the proxy is degraded, not ready; a load balancer
+        told "ready" would keep sending traffic that only the paid fallback (or nobody, for
+        the routes a provider refuses) can serve. A fleet of providers alone counts them."""
+        return any(e.eligible for e in self.ready_endpoints)
 
     def find(self, name):
         for endpoint in self.endpoints:
