@@ -145,6 +145,15 @@ async def until(predicate, timeout=5.0):
 # -- 1. pipelining: parsed no further than the queue's room, answered iteratively -----------
 
 
+
+def run_then_release(main, release, backend):
+    """Run ``main`` on uvloop; whatever happens, let the held backend go and close it."""
+    try:
+        uvloop.run(main())
+    finally:
+        release.set()
+        backend.close()
+
 def test_pipelined_burst_is_parsed_only_as_far_as_the_queue_has_room():
     """A read of 5,000 tiny pipelined requests behind a slow one: at most max_pipelined are
     parsed and queued, the rest of the read waits unparsed with reading paused, and once the
@@ -177,11 +186,7 @@ def test_pipelined_burst_is_parsed_only_as_far_as_the_queue_has_room():
         finally:
             await stop(ctx, server)
 
-    try:
-        uvloop.run(main())
-    finally:
-        release.set()
-        backend.close()
+    run_then_release(main, release, backend)
 
 
 def test_pipelined_burst_through_the_proxy_process_is_answered_in_full():
@@ -244,11 +249,7 @@ def test_queued_bytes_per_connection_pause_reading_and_nothing_is_lost():
         finally:
             await stop(ctx, server)
 
-    try:
-        uvloop.run(main())
-    finally:
-        release.set()
-        backend.close()
+    run_then_release(main, release, backend)
 
 
 def test_worker_queued_bytes_budget_refuses_the_connection_that_exceeds_it():
@@ -288,11 +289,7 @@ def test_worker_queued_bytes_budget_refuses_the_connection_that_exceeds_it():
         finally:
             await stop(ctx, server)
 
-    try:
-        uvloop.run(main())
-    finally:
-        release.set()
-        backend.close()
+    run_then_release(main, release, backend)
 
 
 # -- 2. the write stall ---------------------------------------------------------------------
