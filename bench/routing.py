@@ -261,16 +261,6 @@ async def drive(port, sessions, a, use_session_header):
     return results, errors, time.perf_counter() - t0
 
 
-def pct(values, p):
-    if not values:
-        return None
-    values = sorted(values)
-    k = (len(values) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
 def summarize(name, results, errors, elapsed, sims_metrics, peaks):
     ttfts = [r.ttft * 1000 for r in results if r.ttft is not None]
     queries = sum(m.get("vllm:prefix_cache_queries_total", 0) for m in sims_metrics.values())
@@ -299,8 +289,8 @@ def summarize(name, results, errors, elapsed, sims_metrics, peaks):
         "peak_max_over_mean": round(max(peak_values) / (sum(peak_values) / len(peak_values)), 3)
         if peak_values and sum(peak_values)
         else None,
-        "ttft_p50_ms": round(pct(ttfts, 50), 1) if ttfts else None,
-        "ttft_p99_ms": round(pct(ttfts, 99), 1) if ttfts else None,
+        "ttft_p50_ms": round(rc.pct(ttfts, 50), 1) if ttfts else None,
+        "ttft_p99_ms": round(rc.pct(ttfts, 99), 1) if ttfts else None,
         "backend_requests_per_request": round(generation / len(results), 3) if results else None,
         "other_backend_http": int(other_http),
     }

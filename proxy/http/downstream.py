@@ -50,7 +50,7 @@ import struct
 import termios
 from collections import deque
 
-from . import responses
+from . import heads, responses
 from .errors import ClientError, InternalError, NoBackend
 from .exchange import Exchange, error_response
 from .request import IDLE, READING_HEAD, RequestReader
@@ -81,7 +81,7 @@ class Overloaded(NoBackend):
 
 class Downstream(asyncio.Protocol):
     __slots__ = (
-        "ctx", "loop", "transport", "reader", "peer", "queue", "active", "closed", "writing_paused",
+        "ctx", "loop", "transport", "reader", "peer", "trusted", "queue", "active", "closed", "writing_paused",
         "paused", "timer", "unparsed", "advancing", "feeding", "completed", "requests", "queued_size",
         "partial", "queued_bytes", "stall_since", "stall_size",
     )
@@ -92,6 +92,7 @@ class Downstream(asyncio.Protocol):
         self.transport = None
         self.reader = None
         self.peer = b""
+        self.trusted = False  # the peer is one of trusted_proxies: its forwarding headers count
         self.queue = deque()
         self.active = None
         self.closed = False
@@ -119,6 +120,7 @@ class Downstream(asyncio.Protocol):
             return
         peer = transport.get_extra_info("peername")
         self.peer = peer[0].encode() if peer else b"unknown"
+        self.trusted = heads.peer_trusted(self.peer, self.ctx.cfg.trusted_proxies)  # once per connection
         high = ctx.cfg.limits.high_water
         transport.set_write_buffer_limits(high, high // 4)
         self.reader = RequestReader(ctx.cfg.limits, self, self.loop.time)

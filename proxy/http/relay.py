@@ -60,7 +60,7 @@ class Relay:
             extra = adapter.extra
         head = heads.upstream_head(
             self.method, target, headers, endpoint.authority, down.peer, self.request_id, len(body), extra,
-            endpoint.ask_load and not self.asked_load, heads.peer_trusted(down.peer, ctx.cfg.trusted_proxies),
+            endpoint.ask_load and not self.asked_load, down.trusted,
         )
         transport = conn.transport
         if down.writing_paused:
