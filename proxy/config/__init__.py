@@ -1,4 +1,5 @@
-"""Typed, frozen configuration. Every tunable lives here, with its unit in the comment.
+"""Typed, frozen configuration. Every tunable lives here (a feature's own section in a module
+beside this one), with its unit in the comment.
 
 A file (YAML or TOML) and the command line both become one plain dict, which msgspec decodes
 into these Structs; so a bad value reads the same whichever way it came in, and the error names
@@ -12,22 +13,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
-Seconds = Annotated[float, Meta(gt=0)]
-Bytes = Annotated[int, Meta(gt=0)]
-Count = Annotated[int, Meta(gt=0)]
-Share = Annotated[float, Meta(ge=0, le=1)]
-Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
-
-KIB = 1024
-MIB = 1024 * KIB
-
-
-class ConfigError(Exception):
-    """A configuration that cannot run; the message names the source and the field."""
-
-
-class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
+from .base import KIB, MIB, Bytes, ConfigError, Count, Name, Seconds, Share, _Base  # noqa: F401
 
 
 class Timeouts(_Base):
@@ -393,7 +379,7 @@ class Config(_Base):
                 if named.setdefault(b.label, b) != b:
                     raise ValueError(f"backend name {b.label!r} is given to two different backends")
         if self.trusted_proxies:
-            from .http.heads import trusted_networks  # a bad entry would fail every request
+            from ..http.heads import trusted_networks  # a bad entry would fail every request
 
             trusted_networks(tuple(self.trusted_proxies))
         if self.log_level not in ("debug", "info", "warning", "error"):
