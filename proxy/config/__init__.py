@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from .base import KIB, MIB, Bytes, ConfigError, Count, Name, Seconds, Share, _Base  # noqa: F401
+from .discovery import DiscoveryConfig
 
 
 class Timeouts(_Base):
@@ -303,13 +304,14 @@ class ClusterConfig(_Base, kw_only=True):
 
     name: Name
     models: list[str] = []  # model names routed here; [] = every model no other cluster claims
-    backends: list[EndpointConfig]
+    backends: list[EndpointConfig] = []
     balance: Balance = Balance()
     fallback: list[Name] = []  # clusters or providers tried next, in order
+    discovery: Optional[DiscoveryConfig] = None  # members found at run time, beside ``backends``
 
     def __post_init__(self):
-        if not self.backends:
-            raise ValueError(f"cluster {self.name!r} has no backends")
+        if not self.backends and self.discovery is None:
+            raise ValueError(f"cluster {self.name!r} has no backends (and no discovery:)")
 
 
 def _address(value, field):
@@ -325,6 +327,7 @@ class Config(_Base):
     backends: list[EndpointConfig] = []  # the cluster named "default": every model no other claims
     balance: Balance = Balance()  # the default cluster's policy
     fallback: list[Name] = []  # the default cluster's fallback chain
+    discovery: Optional[DiscoveryConfig] = None  # the default cluster's members found at run time
     clusters: list[ClusterConfig] = []  # (``pools:`` is read as an older name for it)
     providers: list[ProviderConfig] = []
     timeouts: Timeouts = Timeouts()
@@ -347,8 +350,8 @@ class Config(_Base):
     def __post_init__(self):
         _address(self.listen, "listen")
         _address(self.admin_listen, "admin_listen")
-        if not self.backends and not self.clusters and not self.providers:
-            raise ValueError("at least one backend is required (--backend URL, backends: or clusters:)")
+        if not self.backends and not self.discovery and not self.clusters and not self.providers:
+            raise ValueError("at least one backend is required (--backend URL, backends:, discovery: or clusters:)")
         names = set()
         for cluster in self.all_clusters():
             if cluster.name in names:
@@ -388,8 +391,11 @@ class Config(_Base):
     def all_clusters(self):
         """Every cluster, the default one (from ``backends``) first, then the providers."""
         out = []
-        if self.backends:
-            out.append(ClusterConfig(name="default", backends=self.backends, balance=self.balance, fallback=self.fallback))
+        if self.backends or self.discovery:
+            out.append(ClusterConfig(
+                name="default", backends=self.backends, balance=self.balance, fallback=self.fallback,
+                discovery=self.discovery,
+            ))
         out.extend(self.clusters)
         out.extend(self.providers)
         return out

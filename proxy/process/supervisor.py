@@ -35,6 +35,7 @@ from _speedups import PrefixTable
 
 from . import supervisor_admin
 from ..config import ConfigError
+from ..discovery.columns import reserve
 from ..routing.router import Router
 from .shm import MAX_SLOTS, Segment, SharedCounters
 
@@ -45,11 +46,21 @@ YOUNG = 5.0  # s: a worker dying younger than this counts towards crash-loop bac
 MAX_BACKOFF = 10.0  # s
 
 
-def usable_cpus():
+def usable_cpus(quota_file="/sys/fs/cgroup/cpu.max"):
+    """CPUs this process may use: its affinity, capped by the cgroup v2 CPU quota (a container's
+    CPU limit: Kubernetes sets the quota, not the affinity), rounded up."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        with open(quota_file) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota readable: no limit
+    return cpus
 
 
 def worker_count(cfg):
@@ -64,7 +75,9 @@ class Generation:
         self.cfg = cfg
         # One column per distinct endpoint, in the order every worker's router lists them.
         self.labels = [e.label for e in Router(cfg, None, table=False).endpoints]
-        self.columns = len(self.labels)
+        self.static = len(self.labels)
+        self.columns = self.static + reserve(cfg)  # then the columns discovered members claim
+        self.claims = Segment(2 * (self.columns - self.static)) if self.columns > self.static else None
         self.counters = SharedCounters(MAX_SLOTS, self.columns)
         self.index = Segment(PrefixTable.cells_needed(self.columns, cfg.prefix_index.blocks_per_endpoint))
         self.workers = set()
@@ -72,6 +85,8 @@ class Generation:
     def close(self):
         self.counters.close()
         self.index.close()
+        if self.claims is not None:
+            self.claims.close()
 
 
 class Worker:
@@ -195,6 +210,8 @@ class Supervisor:
                 "shm": generation.counters.name,
                 "index": generation.index.name,
                 "columns": generation.columns,
+                "static": generation.static,
+                "claims": generation.claims.name if generation.claims is not None else None,
                 "fd": sock.fileno(),
             }
         ).decode()

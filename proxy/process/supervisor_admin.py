@@ -93,21 +93,20 @@ def workers_state(sup):
 
 async def backends_state(sup):
     answers = [(w, p) for w, status, p in await fan_out(sup, "GET", "/admin/backends") if status == 200]
-    merged = []
+    merged = {}  # by name: discovered members may come and go in a different order per worker
     for worker, payload in answers:
-        for i, backend in enumerate(payload.get("backends", [])):
-            if i == len(merged):
-                merged.append(
-                    {
-                        "name": backend.get("name"),
-                        "url": backend.get("url"),
-                        "healthy": False,
-                        "in_flight": 0,
-                        "requests": 0,
-                        "workers": [],
-                    }
-                )
-            entry = merged[i]
+        for backend in payload.get("backends", []):
+            entry = merged.get(backend.get("name"))
+            if entry is None:
+                entry = merged[backend.get("name")] = {
+                    "name": backend.get("name"),
+                    "url": backend.get("url"),
+                    "source": backend.get("source", "static"),
+                    "healthy": False,
+                    "in_flight": 0,
+                    "requests": 0,
+                    "workers": [],
+                }
             entry["healthy"] = entry["healthy"] or bool(backend.get("healthy"))
             entry["in_flight"] += backend.get("in_flight", 0)
             entry["requests"] += backend.get("requests", 0)
@@ -117,7 +116,7 @@ async def backends_state(sup):
                 entry["load"] = load  # the same shared report every worker reads; the freshest view
             entry["workers"].append({"slot": worker.slot, "pid": worker.pid, **backend})
     out = dict(answers[0][1]) if answers else {}
-    out["backends"] = merged
+    out["backends"] = list(merged.values())
     out["workers"] = len(answers)
     return out
 

@@ -13,7 +13,9 @@ import uvloop
 
 from _speedups import IMPLEMENTATION, PrefixTable
 
+from .. import discovery
 from ..config import Config
+from ..discovery.columns import Columns
 from ..http import responses
 from ..http.downstream import Downstream
 from ..routing import prober
@@ -61,17 +63,20 @@ class Context:
         return not self.draining and self.router.any_healthy()
 
 
-async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None):
+async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None, columns=None):
     """Serve until SIGTERM/SIGINT, then drain; a second signal exits at once.
 
     ``sock``: an inherited listening socket (under the supervisor), else bind cfg.listen.
     ``counters``/``slot``: this worker's row in the generation's shared counters; ``table``:
-    the generation's shared prefix index. ``started(ctx, admin_port)`` is called once listening.
+    the generation's shared prefix index; ``columns``: its claims on the columns kept for
+    discovered members. ``started(ctx, admin_port)`` is called once listening.
     """
     loop = asyncio.get_running_loop()
     router = Router(cfg, loop, table=table)
     if counters is not None:
         router.attach_counters(counters, slot)
+    if columns is not None:
+        router.use_columns(columns)
     endpoints = router.endpoints
     ctx = Context(cfg, loop, router)
     if sock is not None:
@@ -85,6 +90,8 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None)
     if cfg.load.scrape_interval and slot == 0:
         # Load reports are shared: one scraper per group is enough (slot 0, or the only worker).
         tasks.append(loop.create_task(prober.scrape_forever(endpoints, cfg, router.clock)))
+    # Each worker discovers for itself (see proxy/discovery/__init__.py for why).
+    tasks += discovery.start(router, loop)
     stop = asyncio.Event()
 
     def on_signal():
@@ -173,6 +180,10 @@ def main():
     counters = SharedCounters(MAX_SLOTS, spec["columns"], name=spec["shm"])
     index = Segment(0, name=spec["index"])
     table = PrefixTable(index.cells, spec["columns"], cfg.prefix_index.blocks_per_endpoint)
+    claims = Segment(0, name=spec["claims"]) if spec.get("claims") else None
+    columns = None
+    if claims is not None:
+        columns = Columns(claims.cells, spec["static"], spec["columns"] - spec["static"], "/dev/shm/" + claims.name)
     sock = socket.socket(fileno=spec["fd"])
 
     def started(ctx, admin_port):
@@ -180,9 +191,11 @@ def main():
         sys.stdout.flush()
 
     try:
-        uvloop.run(serve(cfg, started, sock=sock, counters=counters, slot=slot, table=table))
+        uvloop.run(serve(cfg, started, sock=sock, counters=counters, slot=slot, table=table, columns=columns))
     finally:
-        del table
+        del table, columns
+        if claims is not None:
+            claims.close()
         index.close()
         counters.close()
 

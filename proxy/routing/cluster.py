@@ -74,6 +74,17 @@ class Cluster:
     def rebuild(self):
         self.snapshot = Snapshot([e for e in self.endpoints if e.eligible], self.vnodes, self._points_of)
 
+    # Membership changes (discovery, see Router.set_members); the caller rebuilds once after.
+
+    def join(self, endpoint):
+        self.endpoints.append(endpoint)
+        endpoint.clusters.append(self)
+
+    def leave(self, endpoint):
+        self.endpoints.remove(endpoint)
+        endpoint.clusters.remove(self)
+        self.points.pop(endpoint.label, None)
+
     def key_hash(self, selection):
         """The hash of the first key source the request has, or None."""
         for kind, arg in self.keys:

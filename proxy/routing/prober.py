@@ -102,10 +102,10 @@ async def scrape_forever(endpoints, cfg, clock):
     interval = load.scrape_interval
     # A busy inference server answers /metrics slowly; a report a second late still beats none.
     timeout = max(interval, cfg.health.timeout)
-    targets = [e for e in endpoints if not e.provider]
     while True:
         now = clock()
-        due = [e for e in targets if _stale(e.current_report(), now, interval)]
+        # ``endpoints`` is the router's own list: discovery adds and removes members in it.
+        due = [e for e in endpoints if not e.provider and _stale(e.current_report(), now, interval)]
         if due:
             bodies = await asyncio.gather(
                 *(fetch(e.host, e.port, load.metrics_path, timeout, e.ssl, e.server_hostname) for e in due)

@@ -13,6 +13,10 @@ How this works.
 - The model is read from the body only when clusters are keyed by model; ``user`` and the
   prompt's opening only when a consistent-hash cluster keys on them and no earlier key source
   (a header) answered. One msgspec decode per request at most.
+- Discovery changes one cluster's membership at a time (``set_members``): members that stay
+  keep their Endpoint (health, counts, connections); a new one gets a column of the shared
+  memory (``discovery/columns.py``); one that leaves is out of the next snapshot at once, while
+  requests already on it finish on its connections.
 """
 
 import logging
@@ -20,6 +24,8 @@ import time
 
 from _speedups import PrefixTable
 
+from ..discovery.columns import Columns, reserve, reset_column
+from ..discovery.members import diff
 from ..http.errors import ClientError, NoBackend
 from .cluster import Cluster
 from .endpoint import Endpoint, endpoint_key
@@ -123,9 +129,17 @@ class Router:
             endpoint.index = index  # its column in shared memory and in the prefix index
         # What readiness counts (``any_healthy``): the vLLM endpoints, or the providers when
         # nothing else is configured.
-        self.ready_endpoints = tuple(e for e in self.endpoints if not e.provider) or tuple(self.endpoints)
+        self._ready_set()
+        # Where each endpoint came from (/admin/backends): "static" (the config) or a discovery
+        # source; discovered members take columns after the static ones (``set_members``).
+        self.sources = dict.fromkeys((e.label for e in self.endpoints), "static")
+        self.discovery = []  # the discovery sources' state objects (``state()``), set by their loops
+        self.counters = None
+        self.slot = 0
+        self.columns = None
+        self.use_columns(Columns.local(len(self.endpoints), reserve(cfg)))
         if table is None and any(spec.balance.policy == "cache_aware" for spec in specs):
-            table = PrefixTable.local(len(self.endpoints), cfg.prefix_index.blocks_per_endpoint)
+            table = PrefixTable.local(len(self.endpoints) + reserve(cfg), cfg.prefix_index.blocks_per_endpoint)
         self.table = table or None
         self.clusters = {}
         for spec in specs:
@@ -249,8 +263,74 @@ class Router:
     def attach_counters(self, counters, slot):
         """Share in-flight counts with the other workers (``counters`` has one column per
         endpoint, in ``self.endpoints`` order, the same in every worker of a generation)."""
+        self.counters = counters
+        self.slot = slot
         for index, endpoint in enumerate(self.endpoints):
             endpoint.attach(counters, slot, index)
+
+    # -- membership from discovery --
+
+    def use_columns(self, columns):
+        """Claim discovered members' columns from ``columns`` (the generation's shared claims)."""
+        self.columns = columns
+        columns.busy = lambda column: self.counters is not None and self.counters.in_flight(column) > 0
+        columns.reset = lambda column: reset_column(self.table, self.counters, column)
+
+    def set_members(self, cluster_name, source, desired):
+        """Make ``source``'s members of one cluster exactly ``desired`` ({label: EndpointConfig}),
+        keeping the Endpoints of members that stay. Returns (added, removed, changed, refused)
+        labels; refused: no column was free (``discovery.max_members``)."""
+        cluster = self.clusters[cluster_name]
+        current = {e.label: e for e in cluster.endpoints if self.sources.get(e.label) == source}
+        added, removed, changed = diff({label: e.spec for label, e in current.items()}, desired)
+        for label in removed:
+            endpoint = current[label]
+            cluster.leave(endpoint)
+            if not endpoint.clusters:  # no other cluster holds it: it leaves the router
+                self.endpoints.remove(endpoint)
+                del self.sources[label]
+                if endpoint.pool is not None:
+                    endpoint.pool.close()  # idle connections now, busy ones when their request ends
+        for label in changed:  # a new weight: same endpoint, new ring points
+            endpoint, spec = current[label], desired[label]
+            endpoint.spec = spec
+            endpoint.weight = spec.weight
+            for c in endpoint.clusters:
+                c.points.pop(label, None)
+        refused = []
+        for label in added:
+            endpoint = self.find(label)
+            if endpoint is None:
+                index = self.columns.claim(label)
+                if index is None:
+                    refused.append(label)
+                    continue
+                endpoint = Endpoint(desired[label], self.loop, self.cfg)
+                endpoint.owner = self
+                endpoint.index = index
+                if self.counters is not None:
+                    endpoint.attach(self.counters, self.slot, index)
+                self.endpoints.append(endpoint)
+                self.sources[label] = source
+            elif cluster in endpoint.clusters:
+                continue  # configured statically, or found by another source: it is there already
+            cluster.join(endpoint)
+        for c in {c for label in changed for c in current[label].clusters} | {cluster}:
+            c.rebuild()
+        self._ready_set()
+        if refused:
+            log.warning(
+                "cluster %s: no shared column left for %s (discovery.max_members %d is reached)",
+                cluster_name, ", ".join(refused), self.columns.count,
+            )
+        return added, removed, changed, refused
+
+    def discovered(self):
+        """Labels of the discovered members (their claims are refreshed with ``columns.touch``)."""
+        return [label for label, source in self.sources.items() if source != "static"]
+
+    def _ready_set(self):
+        self.ready_endpoints = tuple(e for e in self.endpoints if not e.provider) or tuple(self.endpoints)
 
     def close(self):
         """After this router was replaced: drain the connection pools of endpoints the new
@@ -262,8 +342,9 @@ class Router:
     def state(self):
         now = self.loop.time() if self.loop is not None else 0.0
         return {
-            "backends": [e.state(now) for e in self.endpoints],
+            "backends": [{**e.state(now), "source": self.sources.get(e.label, "static")} for e in self.endpoints],
             "clusters": [c.state() for c in self.clusters.values()],
+            **({"discovery": [d.state() for d in self.discovery]} if self.discovery else {}),
             "models": self.models,
             "retry": self.retry.stats(),
         }
