@@ -15,6 +15,7 @@ from msgspec import Meta
 
 from .base import KIB, MIB, Bytes, ConfigError, Count, Name, Seconds, Share, _Base  # noqa: F401
 from .discovery import DiscoveryConfig
+from .observe import ObserveConfig
 
 
 class Timeouts(_Base):
@@ -342,6 +343,7 @@ class Config(_Base):
     # from anyone else these are dropped and the peer's address is what goes upstream.
     trusted_proxies: list[str] = []
     prefix_index: PrefixIndexConfig = PrefixIndexConfig()
+    observe: ObserveConfig = ObserveConfig()  # metrics, access log (access_log: on), tracing
     log_level: str = "info"
     access_log: bool = False
     workers: Union[Annotated[int, Meta(ge=1, le=1024)], Literal["auto"]] = 1  # processes; auto = usable CPUs

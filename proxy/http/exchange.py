@@ -28,7 +28,7 @@ How this works.
 
 import logging
 
-from ..observe import accesslog
+from ..observe import CLIENT_ABORT, OK, UPSTREAM_ERROR, outcome_of
 from . import responses
 from .connection_pool import PoolBusy
 from .errors import ProxyError, UpstreamError, UpstreamTimeout
@@ -40,7 +40,7 @@ log = logging.getLogger("fleetproxy.exchange")
 class Exchange(Relay):
     __slots__ = (
         "down", "method", "target", "headers", "body", "http10", "keep_alive", "request_id", "error",
-        "selection", "close_after", "task", "finished", "retried", "t0", "asked_load", "size",
+        "selection", "close_after", "task", "finished", "retried", "obs", "asked_load", "size",
     )
 
     def __init__(self, down, method, target, headers, body, http10, keep_alive, request_id, error=None):
@@ -59,7 +59,7 @@ class Exchange(Relay):
         self.task = None  # connecting or waiting for a pooled connection
         self.finished = False
         self.retried = False  # the one same-endpoint retry of a reused connection was spent
-        self.t0 = 0.0  # start time, kept only for the access log
+        self.obs = None  # observe.Timing, only while metrics, access log or tracing are on
         self.asked_load = False  # the client asked for the endpoint's load report itself
         self.size = 0  # bytes it holds while queued behind another (Downstream's accounting)
 
@@ -73,8 +73,8 @@ class Exchange(Relay):
     def start(self):
         down = self.down
         ctx = down.ctx
-        if ctx.access_log:
-            self.t0 = ctx.loop.time()
+        if ctx.observe is not None:
+            ctx.observe.begin(self)
         if self.error is not None:
             self.finished = True
             down.answer(self, error_response(self.error, self.request_id, True), close=True)
@@ -115,6 +115,7 @@ class Exchange(Relay):
 
     async def _connect(self):
         endpoint = self.selection.endpoint
+        t = self.down.ctx.loop.time() if self.obs is not None else 0.0
         try:
             conn = await endpoint.pool.acquire()
         except PoolBusy as exc:
@@ -135,6 +136,8 @@ class Exchange(Relay):
             self.down.crashed(exc)
             return
         self.task = None
+        if self.obs is not None:  # a fresh connection was opened for it, or it queued for one
+            self.down.ctx.observe.waited(self, self.down.ctx.loop.time() - t, conn.requests == 0)
         if self.finished:  # the client left while we connected; the connection is clean
             endpoint.pool.release(conn)
             return
@@ -191,6 +194,8 @@ class Exchange(Relay):
         old = selection.endpoint
         if not self.down.ctx.router.reselect(selection, self.down.ctx.loop.time()):
             return False
+        if self.obs is not None:
+            self.down.ctx.observe.retried(self, old, self.framer.status if self.framer is not None else 0)
         self._give_back(reusable)
         self._cancel_timer()
         self.framer = None
@@ -203,16 +208,16 @@ class Exchange(Relay):
 
     def complete(self, reusable):
         self.finish(reusable)
-        if self.down.ctx.access_log:
-            accesslog.write(self, self.framer.status, "done")
+        if self.obs is not None:
+            self.down.ctx.observe.done(self, self.framer.status, OK)
         self.down.exchange_done(self)
 
     def fail(self, err):
         """Failure before any response byte reached the client: a 5xx it can read."""
         self.finish(False)
         down = self.down
-        if down.ctx.access_log:
-            accesslog.write(self, err.status, "error")
+        if self.obs is not None:
+            down.ctx.observe.done(self, err.status, outcome_of(err))
         down.answer(self, error_response(err, self.request_id, self.close_after))
 
     def break_stream(self, message, err=None):
@@ -226,8 +231,8 @@ class Exchange(Relay):
             event = responses.sse_error_event(message)
         else:
             event = responses.sse_error_event(message, err.type, err.status)
-        if down.ctx.access_log:
-            accesslog.write(self, self.framer.status, "broken")
+        if self.obs is not None:
+            down.ctx.observe.done(self, self.framer.status, UPSTREAM_ERROR)
         event = self.in_band_error(event)
         if event is not None:
             down.transport.write(event)
@@ -242,14 +247,14 @@ class Exchange(Relay):
             self.break_stream(err.message, err)
             return
         self.finish(False)
-        if self.down.ctx.access_log:
-            accesslog.write(self, err.status, "error")
+        if self.obs is not None:
+            self.down.ctx.observe.done(self, err.status, UPSTREAM_ERROR)
         self.down.transport.write(responses.error(err, self.request_id, close=True))
 
     def client_gone(self):
         """The client disconnected: abandon the upstream request at once."""
-        if not self.finished and self.down.ctx.access_log:
-            accesslog.write(self, 499, "client_gone")
+        if not self.finished and self.obs is not None:
+            self.down.ctx.observe.done(self, 499, CLIENT_ABORT)  # nginx's status for it
         self.finish(False)
 
     def finish(self, reusable):

@@ -21,6 +21,8 @@ exchange's business: ``Relay`` reports to ``on_status``, ``complete``, ``break_s
 
 from _speedups import CHUNKED, DONE, ERROR, HEAD, UNTIL_CLOSE, ResponseFramer, dechunk
 
+from ..observe.metrics import TAIL_MIN
+from ..observe.tracing import upstream_headers
 from . import heads
 from .errors import UpstreamError
 
@@ -58,6 +60,11 @@ class Relay:
         else:
             target, headers, body = adapter.adapt(self.target, self.headers, body)
             extra = adapter.extra
+        obs = self.obs
+        if obs is not None:
+            obs.t_sent = ctx.loop.time()
+            if obs.span is not None:
+                headers, extra = upstream_headers(headers, extra, obs.span)
         head = heads.upstream_head(
             self.method, target, headers, endpoint.authority, down.peer, self.request_id, len(body), extra,
             endpoint.ask_load and not self.asked_load, down.trusted,
@@ -82,7 +89,15 @@ class Relay:
         n = len(data)
         start = 0
         head = None
+        obs = self.obs
+        if obs is not None:  # observe.metrics: no copy, no time read per token
+            if n > TAIL_MIN:
+                obs.tail = data
+            if obs.t_body == 0.0 and framer.body_bytes:
+                obs.t_body = down.ctx.loop.time()
         if flags & HEAD:
+            if obs is not None:
+                obs.t_head = down.ctx.loop.time()
             if self.on_status(framer.status, flags & DONE and not flags & ERROR and framer.keep_alive):
                 return  # retried elsewhere; this response is dropped
             if framer.kind == UNTIL_CLOSE or down.ctx.draining:
@@ -126,6 +141,8 @@ class Relay:
             out = dechunk(out)
         if head is not None:
             down.transport.write(head + out if out else head)
+            if obs is not None:
+                obs.t_resp = down.ctx.loop.time()
         elif out:
             down.transport.write(out)
 

@@ -313,7 +313,7 @@ async def start(ctx):
             if path == "/readyz":
                 return readiness(ctx.ready())
             if path == "/metrics":
-                return 200, worker_metrics(router)
+                return 200, worker_metrics(router, ctx)
             if path == "/admin/backends":
                 return 200, router.state()
         if method == "POST" and path.startswith("/admin/backends/"):
@@ -328,10 +328,16 @@ async def start(ctx):
     )
 
 
-def worker_metrics(router):
+def worker_metrics(router, ctx=None):
     """/metrics of a process serving alone (no supervisor): its own counts."""
     rows = [metrics.endpoint_row(e.label, e.load(), e.requests, e.healthy, e.current_report()) for e in router.endpoints]
-    return metrics.exposition(rows, workers=1, restarts=0, generation=1)
+    observer = ctx.observe if ctx is not None else None
+    merged = None
+    if observer is not None and observer.owned:
+        from ..observe.exposition import Totals
+
+        merged = Totals().merged(observer.table)
+    return metrics.exposition(rows, workers=1, restarts=0, generation=1, cfg=ctx.cfg if ctx else None, merged=merged)
 
 
 def drain_action(router, rest):

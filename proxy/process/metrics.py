@@ -2,10 +2,14 @@
 
 The supervisor renders it from the generation's shared memory (summed over workers, load from
 the freshest report); a single process (``--single-process``, ``fleetproxy demo``) from its own
-router. Either way the same families, names and labels.
+router. Either way the same families, names and labels. The request families (latency,
+tokens, outcomes, pools, demand) come from ``observe.exposition``: unlike the per-generation
+families here, they survive reloads and worker restarts.
 """
 
 import time
+
+from ..observe import exposition as requests_text
 
 
 def _escape(value):
@@ -17,8 +21,9 @@ def endpoint_row(name, in_flight, requests, healthy, report):
     return name, in_flight, requests, healthy, report
 
 
-def exposition(endpoints, workers, restarts, generation):
-    """``endpoints``: rows made by ``endpoint_row``."""
+def exposition(endpoints, workers, restarts, generation, cfg=None, merged=None):
+    """``endpoints``: rows made by ``endpoint_row``; ``merged``: ``Totals.merged`` of the
+    request metrics table (None: request metrics are off), ``cfg`` the current config."""
     now = time.monotonic()  # the clock load reports are stamped with
     labels = [f'{{backend="{_escape(e[0])}"}}' for e in endpoints]
     lines = []
@@ -46,4 +51,8 @@ def exposition(endpoints, workers, restarts, generation):
     family("fleetproxy_worker_restarts_total", "counter", "Workers respawned after dying.", [("", restarts)])
     family("fleetproxy_config_generation", "gauge", "Config generation (1 at start, +1 per reload).",
            [("", generation)])
+    if merged is not None:
+        reports = {e[0]: e[4] for e in endpoints}
+        demand = requests_text.demand_rows(cfg, reports, requests_text.pool_waiting(merged))
+        requests_text.render(lines, merged, demand)
     return ("\n".join(lines) + "\n").encode()

@@ -35,6 +35,8 @@ from _speedups import PrefixTable
 
 from . import supervisor_admin
 from ..config import ConfigError
+from ..observe.exposition import Totals
+from ..observe.table import R_PID, MetricsTable
 from ..discovery.columns import reserve
 from ..routing.router import Router
 from .shm import MAX_SLOTS, Segment, SharedCounters
@@ -90,7 +92,7 @@ class Generation:
 
 
 class Worker:
-    __slots__ = ("slot", "generation", "proc", "started", "ready", "admin_port", "draining", "exited")
+    __slots__ = ("slot", "generation", "proc", "started", "ready", "admin_port", "draining", "exited", "row")
 
     def __init__(self, slot, generation, proc):
         self.slot = slot
@@ -101,6 +103,7 @@ class Worker:
         self.admin_port = 0
         self.draining = False
         self.exited = asyncio.get_running_loop().create_future()
+        self.row = -1  # its row of the request metrics table
 
     @property
     def pid(self):
@@ -127,6 +130,10 @@ class Supervisor:
         self.stopping = False
         self.fails = {}  # slot -> consecutive young deaths
         self.restarts = 0  # workers respawned after dying (fleetproxy_worker_restarts_total)
+        # Request metrics: one table for the supervisor's whole life, across generations, and
+        # the counts of workers that have exited (observe/table.py, observe/exposition.py).
+        self.metrics = None
+        self.totals = Totals()
         self.loop = None
 
     # -- main loop ----------------------------------------------------------------------------
@@ -137,6 +144,9 @@ class Supervisor:
             log.warning("SO_REUSEPORT is not available: all workers share one listening socket")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             self.loop.add_signal_handler(sig, self.signals.put_nowait, sig)
+        if self.cfg.observe.metrics:
+            rows = min(2 * MAX_SLOTS, max(self.cfg.observe.max_worker_rows, 2 * self.target + 2))
+            self.metrics = MetricsTable(rows, self.cfg.observe.max_series)
         self.generation = Generation(1, self.cfg)
         self.generation.counters.set_slots_in_use(self.target)
         booted = await asyncio.gather(*(self.spawn(slot, self.generation) for slot in range(self.target)))
@@ -201,6 +211,10 @@ class Supervisor:
         """Start a worker for ``slot`` and wait until it serves; False if it did not boot."""
         generation.counters.reset_slot(slot)
         sock = self.listen_socket(slot)
+        row = self.metrics.claim_row(-1) if self.metrics is not None else -1
+        if row < 0 and self.metrics is not None:
+            log.warning("worker %d: every row of the metrics table is taken (observe.max_worker_rows): "
+                        "its requests go uncounted", slot)
         env = dict(os.environ)
         env["FLEETPROXY_WORKER"] = orjson.dumps(
             {
@@ -213,6 +227,8 @@ class Supervisor:
                 "static": generation.static,
                 "claims": generation.claims.name if generation.claims is not None else None,
                 "fd": sock.fileno(),
+                "metrics": self.metrics.name if self.metrics is not None and row >= 0 else None,
+                "metrics_row": row,
             }
         ).decode()
         proc = await asyncio.create_subprocess_exec(
@@ -220,6 +236,9 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE, pass_fds=(sock.fileno(),), env=env,
         )
         worker = Worker(slot, generation, proc)
+        worker.row = row
+        if row >= 0:
+            self.metrics.cells[self.metrics.row_base(row) + R_PID] = proc.pid
         generation.workers.add(worker)
         self.loop.create_task(self._watch(worker))
         try:
@@ -240,6 +259,8 @@ class Supervisor:
         generation = worker.generation
         generation.workers.discard(worker)
         generation.counters.reset_slot(worker.slot)  # a dead worker leaves no stale counts
+        if worker.row >= 0 and self.metrics is not None:
+            self.totals.fold(self.metrics, worker.row)  # its counts outlive it
         worker.exited.set_result(code)
         if worker.draining or self.stopping:
             log.info("worker %d (pid %d) finished draining (%s)", worker.slot, worker.pid, _cause(code))
@@ -348,6 +369,8 @@ class Supervisor:
         second.cancel()
         for gen in [self.generation, *self.old_generations]:
             gen.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def _cause(code):

@@ -130,8 +130,9 @@ def report(counters, endpoint):
 async def metrics_text(sup):
     """Prometheus text for the whole process group, from the generation's shared memory.
 
-    Counters live in the current generation's segment: a reload (SIGHUP) starts them from zero,
-    which Prometheus reads as a counter reset.
+    The backend counters live in the current generation's segment: a reload (SIGHUP) starts
+    them from zero, which Prometheus reads as a counter reset. The request metrics live in the
+    supervisor's own table and totals, and never restart (``observe/exposition.py``).
     """
     gen = sup.generation
     counters = gen.counters
@@ -140,7 +141,8 @@ async def metrics_text(sup):
         metrics.endpoint_row(label, counters.in_flight(i), counters.requests(i), health.get(label), report(counters, i))
         for i, label in enumerate(gen.labels)
     ]
-    return metrics.exposition(rows, len(sup.live_workers()), sup.restarts, gen.number)
+    merged = sup.totals.merged(sup.metrics) if sup.metrics is not None else None
+    return metrics.exposition(rows, len(sup.live_workers()), sup.restarts, gen.number, gen.cfg, merged)
 
 
 async def handle(sup, method, path, body):

@@ -18,6 +18,8 @@ from ..config import Config
 from ..discovery.columns import Columns
 from ..http import responses
 from ..http.downstream import Downstream
+from ..observe import Observer
+from ..observe.table import MetricsTable
 from ..routing import prober
 from ..routing.router import Router
 from . import admin
@@ -43,6 +45,7 @@ class Context:
         self.warned = set()  # conditions logged once per worker
         self.draining = False
         self.access_log = cfg.access_log
+        self.observe = None  # observe.Observer: metrics, access log, tracing (None: all off)
         t = cfg.timeouts
         # The upstream watchdog ticks at a quarter of the shorter upstream timeout, so a stall
         # is caught between 1 and 1.25 times its limit (see http/relay.py, the watchdog).
@@ -63,7 +66,7 @@ class Context:
         return not self.draining and self.router.any_healthy()
 
 
-async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None, columns=None):
+async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None, columns=None, metrics=(None, -1)):
     """Serve until SIGTERM/SIGINT, then drain; a second signal exits at once.
 
     ``sock``: an inherited listening socket (under the supervisor), else bind cfg.listen.
@@ -79,6 +82,7 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
         router.use_columns(columns)
     endpoints = router.endpoints
     ctx = Context(cfg, loop, router)
+    ctx.observe = Observer.build(cfg, loop, *metrics)  # metrics: (shared table, this worker's row)
     if sock is not None:
         server = await loop.create_server(lambda: Downstream(ctx), sock=sock, backlog=4096)
     else:
@@ -92,6 +96,8 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
         tasks.append(loop.create_task(prober.scrape_forever(endpoints, cfg, router.clock)))
     # Each worker discovers for itself (see proxy/discovery/__init__.py for why).
     tasks += discovery.start(router, loop)
+    if ctx.observe is not None:
+        tasks.append(loop.create_task(ctx.observe.sample_forever(ctx)))
     stop = asyncio.Event()
 
     def on_signal():
@@ -115,6 +121,8 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
     admin_server.close()
     for endpoint in endpoints:
         endpoint.pool.close()
+    if ctx.observe is not None:
+        ctx.observe.close()
 
 
 async def _drain(ctx, server, timeout):
@@ -185,19 +193,23 @@ def main():
     if claims is not None:
         columns = Columns(claims.cells, spec["static"], spec["columns"] - spec["static"], "/dev/shm/" + claims.name)
     sock = socket.socket(fileno=spec["fd"])
+    mtable = MetricsTable(name=spec["metrics"]) if spec.get("metrics") else None
 
     def started(ctx, admin_port):
         sys.stdout.write("READY %d\n" % admin_port)
         sys.stdout.flush()
 
     try:
-        uvloop.run(serve(cfg, started, sock=sock, counters=counters, slot=slot, table=table, columns=columns))
+        uvloop.run(serve(cfg, started, sock=sock, counters=counters, slot=slot, table=table, columns=columns,
+                            metrics=(mtable, spec.get("metrics_row", -1))))
     finally:
         del table, columns
         if claims is not None:
             claims.close()
         index.close()
         counters.close()
+        if mtable is not None:
+            mtable.close()
 
 
 if __name__ == "__main__":

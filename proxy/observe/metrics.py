@@ -1,0 +1,194 @@
+"""A worker's side of the request metrics: integer adds into its own row of the shared table.
+
+Per request (only when ``observe.metrics`` is on): a handful of ``loop.time()`` reads along the
+exchange (start, sent upstream, response head, first body byte), then at the end one series
+lookup (a dict hit after the first request of a label set), a bisect per histogram and a few
+int64 adds. Tokens are read once, at the end, from the last read of the response that was
+longer than a [DONE] event (the relay keeps a reference to it, never a copy): the ``usage``
+object closes a non-streamed body and is the last data event of a stream that asked for it.
+Nothing is done per token. Gauges that cost a walk (open connections, open streams, the
+pools) are written once a second by ``sample``, off the request path.
+"""
+
+import bisect
+
+from ..routing.fields import decode
+from .table import (
+    CLASSES, FALLBACK, H_CONNECT, H_E2E, H_ITL, H_OVER_REQ, H_OVER_RESP, H_QUEUE, H_TTFT, HIST_AT, HISTOGRAMS,
+    KEY_CELLS, OUTCOMES, OVERFLOW, R_CONNECTIONS, R_DROPPED, R_STREAMS, ROW_HEADER, S_BYTES, S_ERR_EVENTS, S_KEY,
+    S_KEYLEN, S_POOL_OPEN, S_POOL_REFUSED, S_POOL_WAITING, S_REQ, S_TOK, SERIES_CELLS, encode_key,
+)
+
+DEFAULT_TENANT = "default"  # until tenants exist (issue 15): Exchange.tenant fills it then
+TAIL_MIN = 32  # bytes: a read this short is a [DONE] event or the last chunk, not the usage
+_BOUNDS = [b for _, _, b in HISTOGRAMS]
+_NCLASS = len(OUTCOMES)
+_STATUS_ROW = [i * _NCLASS for i in range(len(CLASSES))]
+
+
+class Timing:
+    """What one request's metrics, log line and span need; made only while observing."""
+
+    __slots__ = ("t0", "t_sent", "t_head", "t_resp", "t_body", "t_wait", "tail", "tenant", "span")
+
+    def __init__(self, t0, tenant=DEFAULT_TENANT):
+        self.t0 = t0  # request handed to the exchange
+        self.t_sent = 0.0  # request head written upstream (last attempt)
+        self.t_head = 0.0  # response head from upstream
+        self.t_resp = 0.0  # response head written to the client
+        self.t_body = 0.0  # first response body byte from upstream
+        self.t_wait = 0.0  # s spent connecting or queued for a pooled connection
+        self.tail = None  # the last read longer than TAIL_MIN (where usage is)
+        self.tenant = tenant
+        self.span = None  # tracing.Span when tracing is on
+
+
+class Recorder:
+    """This worker's row: the series it has claimed and the cells to add into."""
+
+    __slots__ = ("table", "cells", "row", "base", "index", "used", "overflow")
+
+    def __init__(self, table, row):
+        self.table = table
+        self.cells = table.cells
+        self.row = row
+        self.base = table.row_base(row)
+        self.index = {}  # (model, backend, tenant) -> first cell of its series
+        self.used = 0
+        self.overflow = self._claim(OVERFLOW)  # series 0: what no longer fits goes here
+
+    def _claim(self, key):
+        base = self.table.series_base(self.row, self.used)
+        self.used += 1
+        raw = encode_key(*key)
+        padded = raw + bytes(KEY_CELLS * 8 - len(raw))
+        self.cells[base + S_KEY:base + S_KEY + KEY_CELLS] = memoryview(padded).cast("q")
+        self.cells[base + S_KEYLEN] = len(raw)  # published last: readers skip a series until then
+        self.index[key] = base
+        return base
+
+    def series(self, model, backend, tenant):
+        key = (model, backend, tenant)
+        base = self.index.get(key)
+        if base is None:
+            if self.used < self.table.series:
+                return self._claim(key)
+            self.cells[self.base + R_DROPPED] += 1
+            return self.overflow
+        return base
+
+    def observe(self, base, hist, seconds):
+        """One observation of ``seconds`` into histogram ``hist`` of the series at ``base``."""
+        at = base + HIST_AT[hist]
+        bounds = _BOUNDS[hist]
+        cells = self.cells
+        cells[at + bisect.bisect_left(bounds, seconds)] += 1
+        cells[at + len(bounds) + 1] += int(seconds * 1e6)
+
+    def record(self, ex, status, outcome, now, tokens, model, backend):
+        """The request ``ex`` (an http.exchange.Exchange) ended with ``outcome`` (an index
+        into table.OUTCOMES) and ``status`` (0: no response)."""
+        selection = ex.selection
+        if outcome == 0 and selection is not None and len(selection.route.clusters) > 1:
+            if selection.route.clusters[0] not in selection.endpoint.clusters:
+                outcome = FALLBACK
+        obs = ex.obs
+        base = self.series(model, backend, obs.tenant)
+        cells = self.cells
+        cells[base + S_REQ + _STATUS_ROW[status // 100 if status < 600 else 0] + outcome] += 1
+        framer = ex.framer
+        if framer is None:
+            return
+        cells[base + S_BYTES] += framer.body_bytes
+        t0 = obs.t0
+        if obs.t_head:
+            self.observe(base, H_E2E, now - t0)
+            self.observe(base, H_OVER_RESP, obs.t_resp - obs.t_head)
+        if obs.t_sent and selection.attempts == 1:
+            self.observe(base, H_OVER_REQ, max(0.0, obs.t_sent - t0 - obs.t_wait))
+        t_body = obs.t_body
+        if t_body > 0.0:
+            self.observe(base, H_TTFT, t_body - t0)
+        if tokens is not NO_TOKENS:
+            cells[base + S_TOK] += tokens[0]
+            cells[base + S_TOK + 1] += tokens[1]
+            cells[base + S_TOK + 2] += tokens[2]
+            if framer.event_stream and tokens[1] > 1 and t_body > 0.0:
+                self.observe(base, H_ITL, (now - t_body) / (tokens[1] - 1))
+        if framer.event_stream and obs.tail is not None and obs.tail.find(b'data: {"error"') >= 0:
+            cells[base + S_ERR_EVENTS] += 1
+
+    def retried(self, ex, endpoint, status):
+        """An attempt of ``ex`` on ``endpoint`` that went to another endpoint instead."""
+        base = self.series(model_of(ex.body, ex.selection), endpoint.label, ex.obs.tenant)
+        self.cells[base + S_REQ + _STATUS_ROW[status // 100 if status < 600 else 0] + 5] += 1
+
+    def waited(self, ex, seconds, fresh):
+        """``ex`` waited ``seconds`` for its connection: to open it (``fresh``) or in the queue."""
+        ex.obs.t_wait += seconds
+        base = self.series(model_of(ex.body, ex.selection), ex.selection.endpoint.label, ex.obs.tenant)
+        self.observe(base, H_CONNECT if fresh else H_QUEUE, seconds)
+
+    def sample(self, ctx):
+        """Once a second: the gauges that cost a walk, and the pools' counters."""
+        cells, base = self.cells, self.base
+        streams = 0
+        for conn in ctx.connections:
+            ex = conn.active
+            if ex is not None and ex.head_sent and ex.framer is not None and ex.framer.event_stream:
+                streams += 1
+        cells[base + R_CONNECTIONS] = len(ctx.connections)
+        cells[base + R_STREAMS] = streams
+        for endpoint in ctx.router.endpoints:
+            pool = endpoint.pool
+            s = self.series("", endpoint.label, "")
+            cells[s + S_POOL_WAITING] = len(pool.waiters)
+            cells[s + S_POOL_OPEN] = len(pool.conns)
+            cells[s + S_POOL_REFUSED] = pool.refused + pool.wait_timeouts
+
+
+NO_TOKENS = (0, 0, 0)
+
+
+def usage(tail):
+    """(prompt, completion, cached) tokens from the ``usage`` object in ``tail``, the last
+    substantial read of a response; NO_TOKENS when it holds none."""
+    if tail is None:
+        return NO_TOKENS
+    at = tail.rfind(b'"usage"')
+    if at < 0:
+        return NO_TOKENS
+    return (
+        _number(tail, b'"prompt_tokens":', at),
+        _number(tail, b'"completion_tokens":', at),
+        _number(tail, b'"cached_tokens":', at),
+    )
+
+
+def model_of(body, selection):
+    """The request's model, from the routing fields when routing decoded them already."""
+    fields = selection.decoded if selection is not None else None
+    if fields is None:
+        if not body:
+            return ""
+        # Model only, and not kept on the selection: a retry's cache-aware pick needs all.
+        fields = decode(body, True)
+    return (fields.model or "") if fields else ""
+
+
+def _number(data, name, start):
+    at = data.find(name, start)
+    if at < 0:
+        return 0
+    at += len(name)
+    end = at
+    n = len(data)
+    while end < n and (data[end] == 32 or 48 <= data[end] <= 57):
+        end += 1
+    try:
+        return int(data[at:end])
+    except ValueError:
+        return 0
+
+
+assert SERIES_CELLS > S_POOL_REFUSED and ROW_HEADER > R_STREAMS

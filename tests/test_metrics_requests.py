@@ -1,0 +1,167 @@
+"""Request metrics (issue 14): the supervisor's /metrics over real workers, parsed by
+prometheus_client's own text parser; counters that survive a reload and a worker's death."""
+
+import http.client
+import json
+import os
+import signal
+import socket
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ScriptedBackend, start_proxy, start_sim, wait_for
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+
+def post(port, body, path="/v1/chat/completions"):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, data
+
+
+def scrape(proxy):
+    """{family name: [(sample name, labels, value)]}, as prometheus_client parses it."""
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=10)
+    conn.request("GET", "/metrics")
+    resp = conn.getresponse()
+    assert resp.getheader("content-type").startswith("text/plain")
+    text = resp.read().decode()
+    conn.close()
+    return {f.name: [(s.name, s.labels, s.value) for s in f.samples] for f in text_string_to_metric_families(text)}
+
+
+def total(families, family, sample=None, **labels):
+    sample = sample or family
+    return sum(
+        v for name, lab, v in families.get(family, ())
+        if name == sample and all(lab.get(k) == want for k, want in labels.items())
+    )
+
+
+@pytest.fixture(scope="module")
+def group():
+    sim = start_sim("--ttft", "0.02", "--itl", "0.002")
+    proxy = start_proxy([sim], "--workers", "2")
+    yield sim, proxy
+    proxy.stop()
+    sim.stop()
+
+
+def test_requests_tokens_and_latency_families(group):
+    sim, proxy = group
+    before = scrape(proxy)
+    streamed = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    for _ in range(3):
+        assert post(proxy.port, CHAT)[0] == 200
+        status, body = post(proxy.port, streamed)
+        assert status == 200 and body.endswith(b"data: [DONE]\n\n")
+    after = scrape(proxy)
+    ok = dict(model="tiny", tenant="default", code="2xx", outcome="ok")
+    assert total(after, "fleetproxy_requests", "fleetproxy_requests_total", **ok) - total(
+        before, "fleetproxy_requests", "fleetproxy_requests_total", **ok) == 6
+    # The simulator answers max_tokens tokens to each: 6 x 5, from bodies and final usage events.
+    completion = dict(model="tiny", kind="completion")
+    assert total(after, "fleetproxy_tokens", "fleetproxy_tokens_total", **completion) - total(
+        before, "fleetproxy_tokens", "fleetproxy_tokens_total", **completion) == 30
+    assert total(after, "fleetproxy_tokens", "fleetproxy_tokens_total", model="tiny", kind="prompt") > 0
+    for family, added in (
+        ("fleetproxy_time_to_first_token_seconds", 6),
+        ("fleetproxy_request_duration_seconds", 6),
+        ("fleetproxy_proxy_response_overhead_seconds", 6),
+        ("fleetproxy_inter_token_latency_seconds", 3),  # streams only
+    ):
+        count = family + "_count"
+        assert total(after, family, count, model="tiny") - total(before, family, count, model="tiny") == added, family
+        buckets = [v for name, lab, v in after[family] if name == family + "_bucket" and lab["model"] == "tiny"]
+        assert buckets == sorted(buckets) and buckets[-1] == total(after, family, count, model="tiny")
+    assert total(after, "fleetproxy_open_connections") >= 0
+    assert "fleetproxy_model_demand" in after and "fleetproxy_pool_refused" in after
+
+
+def test_outcomes_upstream_error_and_refused():
+    def close_at_once(request, conn):
+        conn.close()
+
+    backend = ScriptedBackend(close_at_once)
+    proxy = start_proxy([backend.url], "--workers", "1")
+    try:
+        status, _ = post(proxy.port, CHAT)
+        assert status == 502
+        families = scrape(proxy)
+        assert total(families, "fleetproxy_requests", "fleetproxy_requests_total",
+                     model="tiny", code="5xx", outcome="upstream_error") == 1
+    finally:
+        proxy.stop()
+        backend.close()
+
+
+def test_client_abort_is_counted(group):
+    sim, proxy = group
+    slow = {**CHAT, "max_tokens": 2000, "stream": True}
+    before = total(scrape(proxy), "fleetproxy_requests", "fleetproxy_requests_total", outcome="client_abort")
+    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    body = json.dumps(slow).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    sock.close()
+    assert wait_for(lambda: total(scrape(proxy), "fleetproxy_requests", "fleetproxy_requests_total",
+                                  outcome="client_abort") == before + 1, timeout=5)
+
+
+def workers(proxy):
+    return proxy.admin("/admin/workers")[1]
+
+
+def test_counters_survive_reload_and_worker_restart():
+    sim = start_sim()
+    proxy = start_proxy([sim], "--workers", "2")
+    try:
+        def ok_requests():
+            return total(scrape(proxy), "fleetproxy_requests", "fleetproxy_requests_total", outcome="ok")
+
+        for _ in range(4):
+            assert post(proxy.port, CHAT)[0] == 200
+        assert ok_requests() == 4
+        proxy.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: workers(proxy)["generation"] == 2 and all(
+            w["generation"] == 2 for w in workers(proxy)["workers"]), timeout=20)
+        assert ok_requests() == 4  # the old generation's workers exited; their counts stayed
+        for _ in range(3):
+            assert post(proxy.port, CHAT)[0] == 200
+        assert ok_requests() == 7
+        victim = workers(proxy)["workers"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: len(workers(proxy)["workers"]) == 2 and victim not in
+                        [w["pid"] for w in workers(proxy)["workers"]], timeout=20)
+        assert ok_requests() == 7
+        assert total(scrape(proxy), "fleetproxy_worker_restarts", "fleetproxy_worker_restarts_total") == 1
+        tokens = total(scrape(proxy), "fleetproxy_tokens", "fleetproxy_tokens_total", kind="completion")
+        assert tokens == 7 * CHAT["max_tokens"]
+    finally:
+        proxy.stop()
+        sim.stop()
+
+
+def test_label_sets_beyond_max_series_go_to_overflow(tmp_path):
+    sim = start_sim()
+    config = tmp_path / "fp.yaml"
+    config.write_text(f"backends: [{{url: '{sim.url}'}}]\nobserve: {{max_series: 8}}\n")
+    proxy = start_proxy([], "--config", str(config))
+    try:
+        # Unknown models get vLLM's 404 from the simulator: 12 label sets, 8 series (one is
+        # the overflow series, one the pool's).
+        for i in range(12):
+            post(proxy.port, {**CHAT, "model": f"m{i}"})
+        families = scrape(proxy)
+        assert total(families, "fleetproxy_requests", "fleetproxy_requests_total") == 12
+        assert total(families, "fleetproxy_requests", "fleetproxy_requests_total", model="_other") == 6
+        assert total(families, "fleetproxy_metrics_overflow", "fleetproxy_metrics_overflow_total") == 6
+    finally:
+        proxy.stop()
+        sim.stop()
