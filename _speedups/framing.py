@@ -54,6 +54,7 @@ S_ERROR = 8
 MAX_HEAD = 64 * 1024  # bytes, CRLFCRLF included: a larger response head is an upstream fault
 MAX_SIZE_LINE = 4096  # bytes: chunk-size line incl. extensions and CR, excl. LF
 MAX_TRAILER = 64 * 1024  # bytes: the whole trailer section
+MAX_INTERIM = 8  # interim (1xx) responses before the final one; more is a backend stalling in the head
 MAX_LENGTH_DIGITS = 18  # significant digits of Content-Length: below 10**18 bytes, fits 63 bits
 
 # RFC 9110 5.6.2 tchar, as a 256-entry table (1 = allowed in a field name).
@@ -136,6 +137,7 @@ class ResponseFramer:
         self._trailer = 0  # bytes of trailer section so far
         self._tail = 0  # last four body bytes (SSE boundary detection)
         self._hold = False  # safe_end marks boundaries (event streams, de-chunking)
+        self._interim = 0  # interim (1xx) responses read before the final head
 
     # -- body -----------------------------------------------------------------------------
 
@@ -287,32 +289,47 @@ class ResponseFramer:
 
     def _head(self, data, n):
         """Buffer the head until its blank line, then parse it. Return the offset of the body
-        in ``data``, 0 while the head is incomplete, -1 on error."""
-        acc = self._head_buf
-        if acc is None:
-            prior = 0
-            end = data.find(b"\r\n\r\n")
-        else:
-            prior = len(acc)
-            acc += data
-            end = acc.find(b"\r\n\r\n", prior - 3 if prior > 3 else 0)
-        if end < 0:
-            if prior + n >= MAX_HEAD:
+        in ``data``, 0 while the head is incomplete, -1 on error. Interim responses (100, 102,
+        103) before the final head are read and dropped: this proxy sent the request whole, so
+        nothing waits on them, and the client's own ``Expect`` was answered by the proxy."""
+        skip = 0  # where this head starts in data: after the interim heads already read
+        while True:
+            acc = self._head_buf
+            if acc is None:
+                prior = 0
+                end = data.find(b"\r\n\r\n", skip)
+            else:
+                prior = len(acc)
+                acc += data
+                end = acc.find(b"\r\n\r\n", prior - 3 if prior > 3 else 0)
+            if end < 0:
+                if prior + n - skip >= MAX_HEAD:
+                    self._fail("upstream response head too large")
+                    return -1
+                if acc is None:
+                    self._head_buf = bytearray(data[skip:] if skip else data)
+                return 0
+            if end + 4 - skip > MAX_HEAD:
                 self._fail("upstream response head too large")
                 return -1
-            if acc is None:
-                self._head_buf = bytearray(data)
-            return 0
-        if end + 4 > MAX_HEAD:
-            self._fail("upstream response head too large")
-            return -1
-        head = data[:end] if acc is None else bytes(acc[:end])
-        self._head_buf = None
-        err = self._parse_head(head)
-        if err is not None:
-            self._fail(err)
-            return -1
-        pos = end + 4 - prior
+            head = data[skip:end] if acc is None else bytes(acc[:end])
+            self._head_buf = None
+            err = self._parse_head(head)
+            if err is not None:
+                self._fail(err)
+                return -1
+            pos = end + 4 - prior
+            if self.status >= 200:
+                break
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                self._fail("too many interim responses from upstream")
+                return -1
+            self.status = 0
+            del self.headers[:]
+            if pos >= n:
+                return 0
+            skip = pos
         kind = self.kind
         if kind == NONE:
             state = S_DONE
@@ -349,6 +366,10 @@ class ResponseFramer:
         self.version = version
         self.status = int(code)
         self.reason = parts[2] if len(parts) == 3 else b""
+        if self.status < 200:
+            # 101 would switch to a protocol this proxy never asked for; the other 1xx are
+            # interim responses, dropped by _head before the final one.
+            return "unexpected 101 Switching Protocols from upstream" if self.status == 101 else None
         keep_alive = version == b"HTTP/1.1"
         chunked = False
         length = -1
@@ -394,10 +415,6 @@ class ResponseFramer:
             return "upstream sent both Content-Length and Transfer-Encoding"
         self.content_length = length
         status = self.status
-        if status < 200:
-            # Interim responses (100 Continue) are not forwarded by this proxy; the upstream has
-            # no business sending them for requests we sent whole.
-            return "unexpected interim response from upstream"
         if self.head_request or status == 204 or status == 304:
             self.kind = NONE
         elif chunked:

@@ -10,7 +10,7 @@
 cimport cython
 
 cdef int S_HEAD, S_LENGTH, S_SIZE, S_DATA, S_DATA_CRLF, S_TRAILER, S_CLOSE, S_DONE, S_ERROR
-cdef Py_ssize_t MAX_HEAD, MAX_SIZE_LINE, MAX_TRAILER, MAX_LENGTH_DIGITS
+cdef Py_ssize_t MAX_HEAD, MAX_SIZE_LINE, MAX_TRAILER, MAX_LENGTH_DIGITS, MAX_INTERIM
 cdef bytes _TCHAR
 
 cdef bint _sse_tail_is_boundary(unsigned int tail) noexcept
@@ -47,6 +47,7 @@ cdef class ResponseFramer:
     cdef Py_ssize_t _trailer
     cdef unsigned int _tail
     cdef bint _hold
+    cdef int _interim
 
     @cython.locals(buf="const unsigned char *", lbuf="const unsigned char *", line=bytes,
                    n=Py_ssize_t, flags=int, pos=Py_ssize_t, state=int, sse=bint,
@@ -55,7 +56,7 @@ cdef class ResponseFramer:
     cpdef int feed(self, data) except -1
 
     @cython.locals(acc=bytearray, prior=Py_ssize_t, end=Py_ssize_t, pos=Py_ssize_t,
-                   head=bytes, err=str, kind=int, state=int)
+                   head=bytes, err=str, kind=int, state=int, skip=Py_ssize_t)
     cdef Py_ssize_t _head(self, bytes data, Py_ssize_t n) except -2
 
     @cython.locals(lines=list, count=Py_ssize_t, parts=list, version=bytes, code=bytes,

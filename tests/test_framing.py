@@ -300,7 +300,8 @@ CHUNKED = H + b"Transfer-Encoding: chunked\r\n\r\n"
         (b"HTTP/1.1 2000 OK\r\n\r\n", "invalid status code"),
         (b"HTTP/1.1 20x OK\r\n\r\n", "invalid status code"),
         (b"HTTP/1.1 099 Odd\r\n\r\n", "invalid status code"),
-        (b"HTTP/1.1 100 Continue\r\n\r\n", "interim response"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", "unexpected 101"),
+        (b"HTTP/1.1 100 Continue\r\n\r\n" * 9 + H + b"\r\n", "too many interim responses"),
         (b"HTTP/1.1 200 OK\nX: 1\r\n\r\n", "bare CR, bare LF or NUL"),
         # Response splitting: a bare LF in the reason or a value would end a line downstream.
         (b"HTTP/1.1 200 OK\nSet-Cookie: x\r\n\r\n", "bare CR, bare LF or NUL"),
@@ -337,6 +338,26 @@ def test_refusals(fr, data, message):
     r = check(fr, data)
     assert r["flags"] & ERROR and message in r["error"], r["error"]
     assert not r["done"]
+
+
+@pytest.mark.parametrize("interim", [
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+    b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+])
+def test_interim_responses_are_dropped_before_the_final_one(fr, interim):
+    # RFC 9110 15.2: a client must accept 1xx responses before the final one. The proxy forwards
+    # none of them (it sent the request whole), and the final head's offset counts past them.
+    final = H + b"Content-Length: 2\r\nX-Final: 1\r\n\r\nhi"
+    r = check(fr, interim + final)
+    assert r["status"] == 200 and r["done"] and not r["flags"] & ERROR
+    assert r["headers"] == [(b"Content-Length", b"2"), (b"X-Final", b"1")]
+    assert r["head_end"] == len(interim) + len(final) - 2 and r["msg_end"] == len(interim) + len(final)
+
+
+def test_an_interim_response_alone_is_not_a_response(fr):
+    r = check(fr, b"HTTP/1.1 100 Continue\r\n\r\n", eof=True)
+    assert not r["flags"] and r["status"] == 0 and not r["started"] and r["eof"] is False
 
 
 def test_limits_hold_the_same_whole_or_split(fr):

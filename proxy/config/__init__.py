@@ -71,6 +71,12 @@ class Outlier(_Base):
     max_ejected_percent: Annotated[int, Meta(ge=0, le=100)] = 50  # of a cluster's endpoints at once
 
 
+STATELESS_PATHS = (
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/score", "/v1/rerank", "/score", "/rerank",
+    "/tokenize", "/detokenize", "/pooling", "/classify",
+)
+
+
 class Retry(_Base):
     """Retries happen only before any response byte reached the client."""
 
@@ -78,6 +84,10 @@ class Retry(_Base):
     budget: Share = 0.2  # retries as a share of requests (a token bucket): no retry storms
     min_per_second: Annotated[float, Meta(ge=0)] = 5.0  # retries/s always allowed (low traffic)
     on_status: list[Annotated[int, Meta(ge=400, le=599)]] = msgspec.field(default_factory=lambda: [429, 502, 503])  # retried statuses
+    # POSTs that may be sent again after they reached a backend that then failed (before any
+    # response byte): vLLM keeps no state for these, so a second copy costs compute only.
+    # Other POSTs (files, batches, stored responses) never are; [] for nginx's strict rule.
+    resend_paths: list[str] = msgspec.field(default_factory=lambda: list(STATELESS_PATHS))
 
 
 class Balance(_Base):

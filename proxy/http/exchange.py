@@ -8,7 +8,9 @@ How this works.
   outcomes mean.
 - Retries and fallback happen only before any response byte reached the client: on a connect
   failure, a reset, or a status the config lists (429/502/503), if the router allows it
-  (``Router.reselect``: attempts, untried endpoints of the route, the retry budget). The
+  (``Router.reselect``: attempts, untried endpoints of the route, the retry budget) and a
+  second copy can do no harm (``RetryPolicy.may_resend``: nothing was written, an idempotent
+  method, or a stateless inference call). The
   in-flight count moves with the selection, so exactly one endpoint counts the request.
 - A pool that cannot give a connection within its bounds (``connection_pool.PoolBusy``: too
   many waiters, or ``pool_wait`` spent) is no failure of the endpoint (no outlier count): the
@@ -163,15 +165,22 @@ class Exchange(Relay):
         defaults to "not a timeout": a backend silent past first_byte may still be working."""
         if self.finished:
             return
-        loop = self.down.ctx.loop
+        ctx = self.down.ctx
+        loop = ctx.loop
         endpoint = self.selection.endpoint
         if self.head_sent:
             endpoint.failed(loop.time())
-            self.break_stream(message)
+            self.break_stream(message, UpstreamTimeout(message) if timeout else None)
             return
         conn = self.conn
-        if not timeout and not self.retried and self.reused and not (self.framer is not None and self.framer.started):
-            # A pooled connection the backend closed as we reused it: it never saw the request.
+        framer = self.framer  # set once the request was written to a connection
+        resend = ctx.router.retry.may_resend(self.method, self.target, framer is not None)
+        if (
+            not timeout and resend and not self.retried and self.reused and not framer.started
+            and ctx.router.retry.budget.try_retry(loop.time())
+        ):
+            # A pooled connection the backend closed as we reused it: it most likely never saw
+            # the request, and the method says a second copy would do no harm.
             self.retried = True
             if conn is not None:
                 conn.close()
@@ -180,7 +189,7 @@ class Exchange(Relay):
             self.task = loop.create_task(self._connect())
             return
         endpoint.failed(loop.time())
-        if (not timeout if retryable is None else retryable) and self.retry(False):
+        if (not timeout if retryable is None else retryable) and resend and self.retry(False):
             return
         self.fail(UpstreamTimeout(message) if timeout else UpstreamError(message))
 
@@ -216,6 +225,8 @@ class Exchange(Relay):
         """Failure before any response byte reached the client: a 5xx it can read."""
         self.finish(False)
         down = self.down
+        if err.public:  # the client reads a fixed sentence; the details are the operator's
+            log.warning("request %s: %s", _rid(self), err.message)
         if self.obs is not None:
             down.ctx.observe.done(self, err.status, outcome_of(err))
         down.answer(self, error_response(err, self.request_id, self.close_after))
@@ -223,14 +234,15 @@ class Exchange(Relay):
     def break_stream(self, message, err=None):
         """Failure after the response started: report it in-band if we can, then close the
         client connection without the terminating chunk, so the transfer looks broken.
-        ``err``: a failure of our own, logged already (else the upstream's, logged here)."""
+        ``err``: what to report (default: an upstream error); the endpoint's faults are logged
+        here with their details, a failure of our own was logged already."""
         self.finish(False)
         down = self.down
         if err is None:
+            err = UpstreamError(message)
+        if err.public:
             log.warning("request %s: %s", _rid(self), message)
-            event = responses.sse_error_event(message)
-        else:
-            event = responses.sse_error_event(message, err.type, err.status)
+        event = responses.sse_error_event(err.public or err.message, err.type, err.status)
         if self.obs is not None:
             down.ctx.observe.done(self, self.framer.status, UPSTREAM_ERROR)
         event = self.in_band_error(event)

@@ -147,12 +147,13 @@ def trusted_networks(proxies):
     return tuple(networks)
 
 
-def client_head(framer, request_id, close, dechunk, asked_load=True):
+def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=False):
     """(the response head sent to the client from what the upstream sent, the upstream's load
     report or None).
 
     ``close``: this response ends the client connection (say so). ``dechunk``: the client is
     HTTP/1.0, so the body goes de-chunked and the end of the body is the close.
+    ``rechunk``: the upstream's body is close-delimited and goes chunked to this HTTP/1.1 client.
     ``asked_load``: the client asked for the load report; else it is removed. Options of the
     upstream's Connection drop the fields they name, never the framing ones (``_FRAMING``).
     """
@@ -180,6 +181,8 @@ def client_head(framer, request_id, close, dechunk, asked_load=True):
             parts = parts[:3] + _drop(parts, 3, named)
     if request_id and not has_id:
         parts += (b"x-request-id: ", request_id, b"\r\n")
+    if rechunk:
+        parts.append(b"transfer-encoding: chunked\r\n")
     parts.append(b"connection: close\r\n\r\n" if close else b"\r\n")
     return b"".join(parts), report
 

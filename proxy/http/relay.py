@@ -19,11 +19,12 @@ exchange's business: ``Relay`` reports to ``on_status``, ``complete``, ``break_s
 ``upstream_failed``, which ``exchange.Exchange`` implements.
 """
 
-from _speedups import CHUNKED, DONE, ERROR, HEAD, UNTIL_CLOSE, ResponseFramer, dechunk
+from _speedups import CHUNKED, DONE, ERROR, HEAD, UNTIL_CLOSE, ResponseFramer
 
 from ..observe.metrics import TAIL_MIN
 from ..observe.tracing import upstream_headers
 from . import heads
+from .chunked import Dechunker
 from .errors import UpstreamError
 
 MAX_HOLD = 1024 * 1024  # bytes: an SSE event larger than this is passed on before it ends
@@ -31,14 +32,17 @@ SMALL_BODY = 64 * 1024  # bytes: a body below this is joined to its head for one
 
 
 class Relay:
-    __slots__ = ("conn", "framer", "head_sent", "held", "dechunk", "timer", "ticks", "rx_seen", "reused")
+    __slots__ = (
+        "conn", "framer", "head_sent", "held", "dechunker", "rechunk", "timer", "ticks", "rx_seen", "reused",
+    )
 
     def __init__(self):
         self.conn = None
         self.framer = None
         self.head_sent = False
         self.held = None  # bytes of an SSE event not yet complete
-        self.dechunk = False  # an HTTP/1.0 client: chunked bodies go de-chunked
+        self.dechunker = None  # an HTTP/1.0 client: a chunked body goes de-chunked
+        self.rechunk = False  # an HTTP/1.1 client: a close-delimited body goes chunked
         self.timer = None
         self.ticks = 0
         self.rx_seen = 0
@@ -51,7 +55,7 @@ class Relay:
         self.reused = conn.requests > 1
         down = self.down
         ctx = down.ctx
-        self.framer = ResponseFramer(self.method == b"HEAD", self.http10)
+        self.framer = ResponseFramer(self.method == b"HEAD")
         endpoint = self.selection.endpoint
         body = self.body
         adapter = endpoint.adapter
@@ -100,12 +104,23 @@ class Relay:
                 obs.t_head = down.ctx.loop.time()
             if self.on_status(framer.status, flags & DONE and not flags & ERROR and framer.keep_alive):
                 return  # retried elsewhere; this response is dropped
-            if framer.kind == UNTIL_CLOSE or down.ctx.draining:
+            kind = framer.kind
+            if down.ctx.draining:
                 self.close_after = True
-            if self.http10 and framer.kind == CHUNKED:
-                self.dechunk = True
-                self.close_after = True
-            head, report = heads.client_head(framer, self.request_id, self.close_after, self.dechunk, self.asked_load)
+            if self.http10:
+                # No chunked coding in HTTP/1.0: the close ends the body.
+                if kind == CHUNKED:
+                    self.dechunker = Dechunker()
+                    self.close_after = True
+                elif kind == UNTIL_CLOSE:
+                    self.close_after = True
+            elif kind == UNTIL_CLOSE:
+                # Chunked for the client, so that an upstream reset (no terminating chunk)
+                # looks broken rather than complete, and the client connection stays usable.
+                self.rechunk = True
+            head, report = heads.client_head(
+                framer, self.request_id, self.close_after, self.dechunker is not None, self.asked_load, self.rechunk,
+            )
             if report is not None:
                 self.selection.endpoint.observe_in_band(report)
             self.head_sent = True
@@ -137,8 +152,11 @@ class Relay:
             else:
                 out, self.held = b"", held
 
-        if self.dechunk and out:
-            out = dechunk(out)
+        if out:
+            if self.dechunker is not None:
+                out = self.dechunker.feed(out)
+            elif self.rechunk:
+                out = heads.chunk(out)
         if head is not None:
             down.transport.write(head + out if out else head)
             if obs is not None:
@@ -156,11 +174,14 @@ class Relay:
         if self.finished:
             return
         framer = self.framer
-        if framer is not None and framer.eof():
-            # Close-delimited body: EOF is its end.
-            if self.held:
-                self.down.transport.write(self.held)
-                self.held = None
+        if exc is None and framer is not None and framer.eof():
+            # A close-delimited body: a clean close (FIN) is its end; a reset never is.
+            held = self.held
+            self.held = None
+            if self.rechunk:
+                self.down.transport.write(heads.chunk(held) + b"0\r\n\r\n" if held else b"0\r\n\r\n")
+            elif held:
+                self.down.transport.write(held)
             self.complete(False)
             return
         reason = "reset the connection" if exc is not None else "closed the connection"
@@ -171,7 +192,7 @@ class Relay:
         framer = self.framer
         if framer is None or not framer.event_stream:
             return None
-        return event if self.dechunk or framer.kind != CHUNKED else heads.chunk(event)
+        return heads.chunk(event) if self.rechunk or (framer.kind == CHUNKED and self.dechunker is None) else event
 
     # -- the watchdog -------------------------------------------------------------------------
 

@@ -66,7 +66,8 @@ def error_body(message, type, status):
 
 def error(err, request_id=b"", close=True, headers=b""):
     """The response for ``err`` (any errors.ProxyError); ``headers`` as in ``response``."""
-    return response(err.status, error_body(err.message, err.type, err.status), JSON, request_id, close, headers)
+    body = error_body(err.public or err.message, err.type, err.status)
+    return response(err.status, body, JSON, request_id, close, headers)
 
 
 def sse_error_event(message, type="upstream_error", status=502):

@@ -7,20 +7,37 @@ another endpoint, while it has attempts left (``RetryPolicy.attempts``, the firs
   past first_byte may still be working on the request, and a second one would double the load);
 - a response status the config lists (429/502/503 by default);
 - and only while the budget allows.
-A pooled connection the backend closed just as it was reused never saw the request: it is
-retried once on a fresh connection to the same endpoint, outside these rules.
+- and only when a second copy can do no harm (``RetryPolicy.may_resend``): nothing of the
+  request reached a backend (the connect failed, the pool refused), or its method is
+  idempotent, or it is a POST to a path the config lists as stateless (``resend_paths``: vLLM's
+  generation and embedding calls keep nothing, so a second copy costs compute, never a second
+  effect). Anything else written to a connection that then failed may have acted there.
+A pooled connection the backend closed just as it was reused usually never saw the request:
+it is sent once more on a fresh connection to the same endpoint under the same rule, and that
+retry spends the budget like any other.
 """
+
+# RFC 9110 9.2.2.
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 
 
 class RetryPolicy:
     """The config's retry section, ready for the data path."""
 
-    __slots__ = ("attempts", "statuses", "budget")
+    __slots__ = ("attempts", "statuses", "budget", "resend_paths")
 
     def __init__(self, cfg, now=0.0):
         self.attempts = cfg.attempts
         self.statuses = frozenset(cfg.on_status)
         self.budget = RetryBudget(cfg.budget, cfg.min_per_second, now=now)
+        self.resend_paths = frozenset(p.encode() for p in cfg.resend_paths)
+
+    def may_resend(self, method, target, reached):
+        """Whether a failed request may be sent again. ``reached``: it was written to a
+        connection, so a backend may have received it."""
+        if not reached or method in IDEMPOTENT:
+            return True
+        return method == b"POST" and target.partition(b"?")[0] in self.resend_paths
 
     def stats(self):
         return {**self.budget.stats(), "attempts": self.attempts}
