@@ -45,12 +45,16 @@ class Span:
         return header(self.trace_id, self.span_id, self.flags)
 
 
+default_provider = None  # a TracerProvider for every Tracer made without one (tests: in-memory)
+
+
 class Tracer:
     """``provider``: an OpenTelemetry TracerProvider (tests pass one with an in-memory
     exporter); None builds one from ``cfg`` when the SDK is installed."""
 
     def __init__(self, cfg, provider=None):
         self.otel = None
+        provider = provider or default_provider
         if provider is None and cfg.otlp_endpoint:
             provider = _otlp_provider(cfg)
         if provider is not None:

@@ -66,7 +66,7 @@ class Context:
         return not self.draining and self.router.any_healthy()
 
 
-async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None, columns=None, metrics=(None, -1)):
+async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None, columns=None, metrics=(None, -1), stop=None):
     """Serve until SIGTERM/SIGINT, then drain; a second signal exits at once.
 
     ``sock``: an inherited listening socket (under the supervisor), else bind cfg.listen.
@@ -98,7 +98,8 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
     tasks += discovery.start(router, loop)
     if ctx.observe is not None:
         tasks.append(loop.create_task(ctx.observe.sample_forever(ctx)))
-    stop = asyncio.Event()
+    signals = stop is None  # an embedder (a test's thread) passes its own Event and sets it
+    stop = stop or asyncio.Event()
 
     def on_signal():
         if stop.is_set():
@@ -106,7 +107,7 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
             os._exit(1)
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT) if signals else ():
         loop.add_signal_handler(sig, on_signal)
     log.info(
         "worker %d serving %s (admin %s), %d backend(s), speedups=%s",
