@@ -165,3 +165,19 @@ def test_label_sets_beyond_max_series_go_to_overflow(tmp_path):
     finally:
         proxy.stop()
         sim.stop()
+
+
+def test_grafana_dashboard_names_only_exposed_families(group):
+    """Every metric the dashboard queries is one /metrics exposes (a renamed family fails here)."""
+    import re
+
+    sim, proxy = group
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "deploy", "grafana", "fleetproxy.json")) as f:
+        dashboard = json.load(f)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    names = {n for e in exprs for n in re.findall(r"\b(fleetproxy_[a-z_]+)", e)}
+    families = scrape(proxy)
+    samples = {name for fam in families.values() for name, _, _ in fam}
+    exposed = samples | {f + "_bucket" for f in families}
+    assert names and names <= exposed, names - exposed
