@@ -10,17 +10,21 @@ order (a header, the body's ``user``, the prompt's opening). Body fields are dec
 once per request, by the ``Selection`` that carries the request through routing.
 """
 
+import logging
+
 from .cache_aware import CacheAware
 from .fields import prompt_prefix
 from .policies import ConsistentHash, LeastRequest, RoundRobin, Snapshot, hash_bytes, least_request, ring_points
 
 HEADER, USER, PREFIX = 0, 1, 2  # key sources
 
+log = logging.getLogger("fleetproxy.routing")
+
 
 class Cluster:
     __slots__ = (
         "name", "models", "endpoints", "policy", "hashed", "cached", "keys", "limit", "vnodes", "snapshot", "fallback",
-        "points", "provider", "choose",
+        "points", "provider", "choose", "panic",
     )
 
     def __init__(self, name, models, endpoints, balance, fallback=(), provider=False, table=None, ttl=600.0):
@@ -59,6 +63,7 @@ class Cluster:
         self.points = {}
         for endpoint in self.endpoints:
             endpoint.clusters.append(self)
+        self.panic = None
         self.rebuild()
 
     @property
@@ -72,7 +77,23 @@ class Cluster:
         return points
 
     def rebuild(self):
-        self.snapshot = Snapshot([e for e in self.endpoints if e.eligible], self.vnodes, self._points_of)
+        eligible = [e for e in self.endpoints if e.eligible]
+        self.snapshot = Snapshot(eligible, self.vnodes, self._points_of)
+        # Panic (Envoy's word): with no endpoint eligible, health checks and ejections are
+        # not trusted over the fleet. The router routes over every endpoint the operator did
+        # not drain rather than answer 503 to all: a flapping check must not turn a working
+        # fleet into a 503 wall, and a backend that is back serves the moment it answers.
+        panic = None
+        if not eligible:
+            members = [e for e in self.endpoints if not e.health.drained]
+            if members:
+                panic = Snapshot(members, self.vnodes, self._points_of)
+        if (panic is None) != (self.panic is None):
+            if panic is not None:
+                log.warning("cluster %s: no healthy backend; routing to all %d (panic)", self.name, len(panic))
+            elif eligible:
+                log.warning("cluster %s: out of panic, %d healthy backends", self.name, len(eligible))
+        self.panic = panic
 
     # Membership changes (discovery, see Router.set_members); the caller rebuilds once after.
 
@@ -105,16 +126,18 @@ class Cluster:
                         return hash_bytes(prefix)
         return None
 
-    def pick(self, selection, exclude, now):
-        """An eligible endpoint with room for the request, or None."""
+    def pick(self, selection, exclude, now, snapshot=None):
+        """An eligible endpoint with room for the request, or None. ``snapshot``: pick from
+        another set than the eligible one (``panic``)."""
+        snap = self.snapshot if snapshot is None else snapshot
         if self.cached:
             policy = self.policy
-            return policy.pick(self.snapshot, selection.blocks(policy), exclude, self.limit, now)
+            return policy.pick(snap, selection.blocks(policy), exclude, self.limit, now)
         if self.hashed:
             h = self.key_hash(selection)
             if h is not None:
-                return self.policy.pick(self.snapshot, h, exclude, self.limit, now)
-        return self.choose(self.snapshot, exclude, self.limit)  # no key: least request
+                return self.policy.pick(snap, h, exclude, self.limit, now)
+        return self.choose(snap, exclude, self.limit)  # no key: least request
 
     def state(self):
         return {
@@ -124,6 +147,7 @@ class Cluster:
             "fallback": self.fallback,
             "endpoints": [e.label for e in self.endpoints],
             "eligible": [e.label for e in self.snapshot.members],
+            "panic": self.panic is not None,
             "max_in_flight": self.limit,
             "snapshot": self.snapshot.stats(),
             **({"decisions": dict(self.policy.decisions)} if self.cached else {}),

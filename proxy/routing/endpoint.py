@@ -191,9 +191,13 @@ class Endpoint:
         """A response head arrived with ``status`` (502/503/504 count as failures). ``clock``
         is called only when the answer changes something: the common case stays cheap."""
         health = self.health
-        if status < 500 and not health.failures:
+        if status < 500 and not health.failures and health.up:
             return
         self._ejected(health.answered(status, clock(), self.outlier, self._may_eject))
+        if status < 500 and not health.up:
+            health.served()
+            log.warning("backend %s is up (it answered a request in panic)", self.label)
+            self._changed()
 
     def _ejected(self, seconds):
         if seconds is not None:

@@ -79,6 +79,16 @@ class HealthState:
             self.failures = 0
         return None
 
+    def served(self):
+        """A real request got a success while the checks said down (traffic reaches a down
+        endpoint only in panic): its answer outweighs the probes, it is up again at once.
+        Returns True if eligibility changed."""
+        before = self.eligible
+        self.up = True
+        self.fails = 0
+        self.passes = 0
+        return self.eligible != before
+
     def eject(self, now, base, cap):
         """Take the backend out for a back-off that doubles on each repeat. Returns the
         ejection's length in seconds."""

@@ -6,8 +6,11 @@ probe (TLS for https endpoints), every endpoint probed at once each interval.
 """
 
 import asyncio
+import logging
 
 from .load import SCRAPED, parse_metrics
+
+log = logging.getLogger("fleetproxy.health")
 
 
 async def probe(host, port, path, timeout, ssl=None, server_hostname=None):
@@ -23,6 +26,9 @@ async def probe(host, port, path, timeout, ssl=None, server_hostname=None):
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
             line = await reader.readline()
     except (OSError, TimeoutError):
+        return False
+    except Exception as exc:  # an odd answer or a bug of ours: this probe failed, the next one runs
+        log.warning("health check of %s:%d raised %r", host, port, exc)
         return False
     finally:
         if writer is not None:
@@ -40,20 +46,24 @@ async def check_forever(endpoints, cfg):
     health = cfg.health
     loop = asyncio.get_running_loop()
     while True:
-        probed = [e for e in endpoints if e.health_path is not None]
-        results = await asyncio.gather(
-            *(
-                probe(e.host, e.port, e.health_path, health.timeout, e.ssl, e.server_hostname)
-                for e in probed
-            )
-        )
-        now = loop.time()
-        for endpoint, ok in zip(probed, results):
-            endpoint.probed(ok, now)
-        for endpoint in endpoints:
-            if endpoint.health_path is None and endpoint.health.ejection_due(now):
-                endpoint.probed(True, now)
+        try:
+            await _check_once(endpoints, health, loop)
+        except Exception:  # checks must outlive any one round: without them nobody comes back
+            log.exception("health check round failed; the next one runs in %.1f s", health.interval)
         await asyncio.sleep(health.interval)
+
+
+async def _check_once(endpoints, health, loop):
+    probed = [e for e in endpoints if e.health_path is not None]
+    results = await asyncio.gather(
+        *(probe(e.host, e.port, e.health_path, health.timeout, e.ssl, e.server_hostname) for e in probed)
+    )
+    now = loop.time()
+    for endpoint, ok in zip(probed, results):
+        endpoint.probed(ok, now)
+    for endpoint in endpoints:
+        if endpoint.health_path is None and endpoint.health.ejection_due(now):
+            endpoint.probed(True, now)
 
 
 async def fetch(host, port, path, timeout, ssl=None, server_hostname=None, limit=4 << 20):
@@ -66,6 +76,9 @@ async def fetch(host, port, path, timeout, ssl=None, server_hostname=None, limit
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
             raw = await reader.read(limit)
     except (OSError, TimeoutError):
+        return None
+    except Exception as exc:
+        log.warning("load scrape of %s:%d raised %r", host, port, exc)
         return None
     finally:
         if writer is not None:
@@ -103,19 +116,26 @@ async def scrape_forever(endpoints, cfg, clock):
     # A busy inference server answers /metrics slowly; a report a second late still beats none.
     timeout = max(interval, cfg.health.timeout)
     while True:
-        now = clock()
-        # ``endpoints`` is the router's own list: discovery adds and removes members in it.
-        due = [e for e in endpoints if not e.provider and _stale(e.current_report(), now, interval)]
-        if due:
-            bodies = await asyncio.gather(
-                *(fetch(e.host, e.port, load.metrics_path, timeout, e.ssl, e.server_hostname) for e in due)
-            )
-            now = clock()
-            for endpoint, body in zip(due, bodies):
-                fields = parse_metrics(body) if body else None
-                if fields is not None:
-                    endpoint.observe(fields[0], fields[1], fields[2], SCRAPED, now)
+        try:
+            await _scrape_once(endpoints, load, interval, timeout, clock)
+        except Exception:
+            log.exception("load scrape round failed; the next one runs in %.1f s", interval)
         await asyncio.sleep(interval)
+
+
+async def _scrape_once(endpoints, load, interval, timeout, clock):
+    now = clock()
+    # ``endpoints`` is the router's own list: discovery adds and removes members in it.
+    due = [e for e in endpoints if not e.provider and _stale(e.current_report(), now, interval)]
+    if due:
+        bodies = await asyncio.gather(
+            *(fetch(e.host, e.port, load.metrics_path, timeout, e.ssl, e.server_hostname) for e in due)
+        )
+        now = clock()
+        for endpoint, body in zip(due, bodies):
+            fields = parse_metrics(body) if body else None
+            if fields is not None:
+                endpoint.observe(fields[0], fields[1], fields[2], SCRAPED, now)
 
 
 def _stale(report, now, interval):

@@ -177,15 +177,29 @@ class Router:
         selection.route = route
         self.retry.budget.on_request()
         now = self.clock()
+        endpoint = self._pick(route, selection, None, now)
+        if endpoint is None:
+            raise self._none_left(route)
+        endpoint.acquire()
+        selection.endpoint = endpoint
+        selection.counted = True
+        selection.attempts = 1
+        return selection
+
+    @staticmethod
+    def _pick(route, selection, exclude, now):
+        """The route's clusters in order (fallback after the first), eligible endpoints
+        first; only when none of any cluster can take it, a cluster in panic (see Cluster)."""
         for cluster in route.clusters:
-            endpoint = cluster.pick(selection, None, now)
+            endpoint = cluster.pick(selection, exclude, now)
             if endpoint is not None:
-                endpoint.acquire()
-                selection.endpoint = endpoint
-                selection.counted = True
-                selection.attempts = 1
-                return selection
-        raise self._none_left(route)
+                return endpoint
+        for cluster in route.clusters:
+            if cluster.panic is not None:
+                endpoint = cluster.pick(selection, exclude, now, cluster.panic)
+                if endpoint is not None:
+                    return endpoint
+        return None
 
     def reselect(self, selection, now):
         """Move ``selection`` to another endpoint for a retry, if attempts, the route and the
@@ -200,11 +214,8 @@ class Router:
             selection.tried = tried = [current]
         elif current not in tried:
             tried.append(current)
-        for cluster in selection.route.clusters:
-            endpoint = cluster.pick(selection, tried, self.clock())
-            if endpoint is not None:
-                break
-        else:
+        endpoint = self._pick(selection.route, selection, tried, self.clock())
+        if endpoint is None:
             return False
         if not retry.budget.try_retry(now):
             return False
