@@ -7,7 +7,7 @@ point (or says so in the stream: an ERROR event carrying a Status with code 410)
 
 The test drives it from its own thread: ``put_slice``, ``delete_slice``, ``expire`` (end every
 watch with a 410 ERROR and compact the history, optionally changing slices *without* events so
-only a relist can see the change), ``down``/``up`` (stop answering, as an unreachable API).
+only a relist can see the change), ``down``/``up`` (reset every connection, as an unreachable API).
 """
 
 import asyncio
@@ -70,10 +70,11 @@ class FakeKube:
         self.watchers = set()  # asyncio.Queue per open watch
         self.requests = []  # (kind, query) of every request: "list", "watch", "pod"
         self.server = None
+        self.refusing = False  # "down": every connection is reset (the port stays ours)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.up()
+        asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(5)
 
     def _call(self, fn, *args):
         async def run():
@@ -105,6 +106,7 @@ class FakeKube:
 
     def close(self):
         self.down()
+        self._call(self.server.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
@@ -147,18 +149,23 @@ class FakeKube:
             queue.put_nowait(gone)
             queue.put_nowait(None)
 
+    async def _listen(self):
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+
     async def _up(self):
-        if self.server is None:
-            self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+        self.refusing = False
 
     async def _down(self):
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        # Reset connections rather than closing the port: another process could take a freed
+        # port in the meantime, and the API would not come back where the proxy looks for it.
+        self.refusing = True
         for queue in self.watchers:
             queue.put_nowait(False)  # abort: a connection reset, not a clean end
 
     async def _handle(self, reader, writer):
+        if self.refusing:
+            writer.transport.abort()
+            return
         try:
             line = await reader.readline()
             while (await reader.readline()) not in (b"\r\n", b""):
