@@ -38,6 +38,9 @@ class _Flaky:
         self.calls = 0
         self.health = _Health()
 
+    def sync_health(self, now):
+        pass
+
     def probed(self, ok, now):
         self.calls += 1
         if self.calls == 1:

@@ -7,6 +7,7 @@ the file and the field (``fleetproxy.yaml: Expected `float`, got `str` - at `$.t
 """
 
 import os
+import ssl
 from typing import Annotated, Literal, Optional, Union
 from urllib.parse import urlsplit
 
@@ -227,6 +228,13 @@ class EndpointConfig(_Base):
             raise ValueError(f"backend url {self.url!r} has an invalid port") from None
         if parts.scheme == "http" and (self.ca_file or self.server_name):
             raise ValueError(f"backend url {self.url!r}: ca_file and server_name need https://")
+        if self.ca_file:
+            # Loaded now, so a missing or bad file fails the config check (and a reload is
+            # rejected) instead of the worker that would build the TLS context.
+            try:
+                ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"ca_file {self.ca_file!r} cannot be loaded: {exc.strerror or exc}") from None
 
     @property
     def tls(self):
@@ -356,7 +364,8 @@ class Config(_Base):
     observe: ObserveConfig = ObserveConfig()  # metrics, access log (access_log: on), tracing
     log_level: str = "info"
     access_log: bool = False
-    workers: Union[Annotated[int, Meta(ge=1, le=1024)], Literal["auto"]] = 1  # processes; auto = usable CPUs
+    # processes; auto = usable CPUs. At most 256: the rows of the workers' shared memory (process/shm.py).
+    workers: Union[Annotated[int, Meta(ge=1, le=256)], Literal["auto"]] = 1
     drain_timeout: Seconds = 30.0  # s: on SIGTERM/reload, in-flight requests get this long to finish
 
     def __post_init__(self):

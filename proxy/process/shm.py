@@ -30,6 +30,14 @@ AT = 3  # monotonic microseconds; 0: no report
 SOURCE = 4  # routing.load.IN_BAND or SCRAPED
 REPORT_CELLS = 5
 
+# Health every worker must agree on, one set per endpoint (not per row): the operator's drain
+# and the passive ejection, so a drain holds in every worker and a respawned worker or a new
+# generation (the supervisor copies the set by label) does not forget either.
+DRAINED = 0  # 1 while drained through the admin API
+EJECTED_UNTIL = 1  # monotonic microseconds the ejection may end; 0: not ejected
+EJECTIONS = 2  # ejections in a row (the back-off multiplier)
+HEALTH_CELLS = 3
+
 
 class Segment:
     """``cells`` int64 cells in shared memory, created here or attached by ``name``."""
@@ -73,7 +81,7 @@ class SharedCounters(Segment):
         self.slots = slots
         self.endpoints = endpoints
         self.row = (2 + REPORT_CELLS) * endpoints
-        super().__init__(1 + slots * self.row, name)
+        super().__init__(1 + slots * self.row + endpoints * HEALTH_CELLS, name)
 
     # -- layout -------------------------------------------------------------------------
 
@@ -87,8 +95,22 @@ class SharedCounters(Segment):
         """The first of the endpoint's REPORT_CELLS in ``slot``'s row."""
         return 1 + slot * self.row + 2 * self.endpoints + endpoint * REPORT_CELLS
 
+    def health_cell(self, endpoint):
+        """The first of the endpoint's HEALTH_CELLS, shared by every row."""
+        return 1 + self.slots * self.row + endpoint * HEALTH_CELLS
+
     def set_slots_in_use(self, n):
         self.cells[0] = n
+
+    def copy_health(self, old, old_labels, new_labels):
+        """Carry drains and ejections over from the previous generation, by endpoint label."""
+        where = {label: i for i, label in enumerate(old_labels)}
+        for i, label in enumerate(new_labels):
+            j = where.get(label)
+            if j is not None:
+                src, dst = old.health_cell(j), self.health_cell(i)
+                for k in range(HEALTH_CELLS):
+                    self.cells[dst + k] = old.cells[src + k]
 
     # -- reads (any process) --------------------------------------------------------------
 

@@ -66,7 +66,7 @@ def usable_cpus(quota_file="/sys/fs/cgroup/cpu.max"):
 
 
 def worker_count(cfg):
-    return usable_cpus() if cfg.workers == "auto" else cfg.workers
+    return min(usable_cpus(), MAX_SLOTS) if cfg.workers == "auto" else cfg.workers
 
 
 class Generation:
@@ -83,6 +83,7 @@ class Generation:
         self.counters = SharedCounters(MAX_SLOTS, self.columns)
         self.index = Segment(PrefixTable.cells_needed(self.columns, cfg.prefix_index.blocks_per_endpoint))
         self.workers = set()
+        self.respawning = set()  # slots of dead workers waiting for their replacement
 
     def close(self):
         self.counters.close()
@@ -275,16 +276,21 @@ class Supervisor:
         fails = self.fails.get(worker.slot, 0) + 1 if young else 0
         self.fails[worker.slot] = fails
         delay = min(MAX_BACKOFF, 0.1 * 2 ** max(0, fails - 1)) if fails else 0.0
-        while not self.stopping and generation is self.generation and worker.slot < self.target:
-            if delay:
-                if fails > 1:
-                    log.warning("worker %d is crash-looping: respawn in %.1f s", worker.slot, delay)
-                await asyncio.sleep(delay)
-            if self.stopping or generation is not self.generation:
-                return
-            if await self.spawn(worker.slot, generation):
-                return
-            delay = min(MAX_BACKOFF, max(0.1, delay * 2))
+        # The slot stays reserved while it waits, so a scale-up cannot take it meanwhile.
+        generation.respawning.add(worker.slot)
+        try:
+            while not self.stopping and generation is self.generation and len(self.live_workers()) < self.target:
+                if delay:
+                    if fails > 1:
+                        log.warning("worker %d is crash-looping: respawn in %.1f s", worker.slot, delay)
+                    await asyncio.sleep(delay)
+                if self.stopping or generation is not self.generation:
+                    return
+                if await self.spawn(worker.slot, generation):
+                    return
+                delay = min(MAX_BACKOFF, max(0.1, delay * 2))
+        finally:
+            generation.respawning.discard(worker.slot)
 
     def _retire(self, generation):
         if generation is not self.generation and not generation.workers:
@@ -302,17 +308,32 @@ class Supervisor:
         if target == self.target:
             return
         log.info("scaling from %d to %d worker(s)", self.target, target)
-        old, self.target = self.target, target
+        self.target = target
         generation = self.generation
-        if target > old:
-            generation.counters.set_slots_in_use(max(target, old))
-            await asyncio.gather(*(self.spawn(slot, generation) for slot in range(old, target)))
+        live = self.live_workers()
+        if target > len(live):
+            # A draining worker still writes its row until it exits: new workers take slots
+            # nobody holds, never a draining worker's (its in-flight counts would mix in).
+            slots = self.free_slots(generation, target - len(live))
+            if not slots:
+                log.error("no free worker slot (at most %d, draining ones included)", MAX_SLOTS)
+                return
+            held = [w.slot for w in generation.workers] + list(generation.respawning)
+            generation.counters.set_slots_in_use(max(slots + held) + 1)
+            await asyncio.gather(*(self.spawn(slot, generation) for slot in slots))
         else:
-            await self.drain([w for w in self.live_workers() if w.slot >= target])
-            for slot in range(target, old):
-                sock = self.sockets.pop(slot, None) if self.reuseport else None
+            retiring = live[target:]
+            await self.drain(retiring)
+            for worker in retiring:
+                sock = self.sockets.pop(worker.slot, None) if self.reuseport else None
                 if sock is not None:
                     sock.close()
+
+    def free_slots(self, generation, n):
+        """The ``n`` lowest slots no worker of ``generation`` holds (live, draining or being
+        respawned), fewer when MAX_SLOTS runs out."""
+        held = {w.slot for w in generation.workers} | generation.respawning
+        return [slot for slot in range(MAX_SLOTS) if slot not in held][:n]
 
     async def reload(self):
         try:
@@ -324,8 +345,14 @@ class Supervisor:
             log.warning("reload: listen addresses cannot change without a restart; keeping the old ones")
             cfg = msgspec.structs.replace(cfg, listen=self.cfg.listen, admin_listen=self.cfg.admin_listen)
         target = worker_count(cfg)
-        new = Generation(self.generation.number + 1, cfg)
+        old = self.generation
+        try:
+            new = Generation(old.number + 1, cfg)
+        except Exception as exc:  # TLS material, shared memory: whatever the config check missed
+            log.error("reload rejected, old workers keep serving: %s", exc)
+            return
         new.counters.set_slots_in_use(target)
+        new.counters.copy_health(old.counters, old.labels, new.labels)  # drains and ejections stay
         log.info("SIGHUP: starting generation %d with %d worker(s)", new.number, target)
         booted = await asyncio.gather(*(self.spawn(slot, new) for slot in range(target)))
         if not all(booted):
@@ -335,7 +362,6 @@ class Supervisor:
             await asyncio.gather(*(w.exited for w in list(new.workers)))
             new.close()
             return
-        old = self.generation
         old_target = self.target
         self.generation, self.cfg, self.target = new, cfg, target
         self.old_generations.append(old)

@@ -21,7 +21,7 @@ import msgspec
 
 from ..http.connection_pool import ConnectionPool
 from ..http.upstream import client_context
-from ..process.shm import AT, KV, RUNNING, SOURCE, WAITING
+from ..process.shm import AT, DRAINED, EJECTED_UNTIL, EJECTIONS, KV, RUNNING, SOURCE, WAITING
 from .health import HealthState, may_eject
 from .load import IN_BAND, Report, parse_orca, pressure
 from .provider import adapter_for
@@ -36,7 +36,7 @@ class Endpoint:
         "spec", "key", "label", "host", "port", "authority", "weight", "pool", "ssl", "server_hostname",
         "health", "health_path", "health_cfg", "outlier", "eligible", "clusters", "in_flight", "peak",
         "requests", "owner", "adapter", "provider", "counters", "index", "cells", "cell", "req_cell",
-        "report", "report_at", "report_cell", "max_age", "ask_load",
+        "report", "report_at", "report_cell", "max_age", "ask_load", "health_cell",
     )
 
     def __init__(self, spec, loop, cfg, provider=False):
@@ -78,6 +78,7 @@ class Endpoint:
         self.report = None  # load.Report: the freshest load report known here
         self.report_at = 0  # its time in shared memory (microseconds), to spot a newer one
         self.report_cell = -1
+        self.health_cell = -1  # drain and ejection, shared with every worker (process/shm.py)
         self.max_age = cfg.load.max_age
         # vLLM endpoints are asked for their load in band; providers are not (a header they
         # do not know, and their load is not ours to balance).
@@ -118,6 +119,8 @@ class Endpoint:
         self.req_cell = counters.requests_cell(slot, index)
         self.report_cell = counters.report_cell(slot, index)
         self.cells[self.cell] = self.in_flight
+        self.health_cell = counters.health_cell(index)
+        self.sync_health(time.monotonic())  # a drain or an ejection the group has already
 
     @property
     def healthy(self):
@@ -205,6 +208,30 @@ class Endpoint:
                 "backend %s ejected for %.1f s after %d failures in a row",
                 self.label, seconds, self.outlier.consecutive_failures,
             )
+            if self.health_cell >= 0:
+                cells, i = self.cells, self.health_cell
+                cells[i + EJECTIONS] = self.health.ejections
+                cells[i + EJECTED_UNTIL] = int(self.health.ejected_until * 1e6)
+            self._changed()
+
+    def sync_health(self, now):
+        """Adopt what other workers decided: a drain, or an ejection that ends later than ours.
+        Run every health round (``prober.check_forever``) and on attaching; ``now`` is the
+        monotonic clock, which every process shares."""
+        i = self.health_cell
+        if i < 0:
+            return
+        cells = self.cells
+        drained = cells[i + DRAINED] == 1
+        health = self.health
+        changed = drained != health.drained
+        health.drained = drained
+        until = cells[i + EJECTED_UNTIL] / 1e6
+        if until > now and (health.ejected_until is None or health.ejected_until < until):
+            health.ejected_until = until
+            health.ejections = cells[i + EJECTIONS]
+            changed = True
+        if changed:
             self._changed()
 
     def _may_eject(self):
@@ -216,6 +243,8 @@ class Endpoint:
         return True
 
     def set_drained(self, drained):
+        if self.health_cell >= 0:
+            self.cells[self.health_cell + DRAINED] = int(drained)
         if self.health.drained != drained:
             self.health.drained = drained
             log.warning("backend %s %s", self.label, "drained" if drained else "undrained")

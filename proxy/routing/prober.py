@@ -54,6 +54,9 @@ async def check_forever(endpoints, cfg):
 
 
 async def _check_once(endpoints, health, loop):
+    now = loop.time()
+    for endpoint in endpoints:
+        endpoint.sync_health(now)  # drains and ejections other workers decided
     probed = [e for e in endpoints if e.health_path is not None]
     results = await asyncio.gather(
         *(probe(e.host, e.port, e.health_path, health.timeout, e.ssl, e.server_hostname) for e in probed)
