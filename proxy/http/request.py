@@ -135,12 +135,6 @@ class RequestReader:
 
     def _unfinished_head(self, data, spanned):
         """After a read that left a head unfinished (``spanned``: it began in an earlier read)."""
-        if spanned:
-            # Every byte of this read belongs to the head, which is still not finished: llhttp
-            # holds part of it unparsed. Bound what a client can make us hold.
-            self._head_wire += len(data)
-            if self._head_wire > self.limits.max_header_bytes:
-                raise ClientError("request header block too large", status=431)
         # llhttp takes a request line without a version as HTTP/0.9, then waits for header
         # fields an HTTP/0.9 client never sends: refuse once the line has ended. Its version
         # reads 0.9 only from the byte after the line's LF. Until then, on the first request a
@@ -152,6 +146,13 @@ class RequestReader:
         version = self.parser.get_http_version()
         if version == "0.9" or (version == "0.0" and self._url and data[-1:] == b"\n"):
             raise ClientError("HTTP/0.9 requests are not supported")
+        # After the version check: an HTTP/0.9 head is 400 whatever the reads (on_header).
+        if spanned:
+            # Every byte of this read belongs to the head, which is still not finished: llhttp
+            # holds part of it unparsed. Bound what a client can make us hold.
+            self._head_wire += len(data)
+            if self._head_wire > self.limits.max_header_bytes:
+                raise ClientError("request header block too large", status=431)
 
     def _after_h2c(self, data, offset):
         """llhttp stopped at the end of an h2c upgrade request's head (``offset`` in ``data``),
@@ -189,6 +190,10 @@ class RequestReader:
     def on_header(self, name, value):
         headers = self._headers
         limits = self.limits
+        if not headers and self.parser.get_http_version() == "0.9":
+            # Before the limits: a long HTTP/0.9 head is 400 whether its line ended in an
+            # earlier read (_unfinished_head) or in this one (found by tests/test_fuzz.py).
+            raise ClientError("HTTP/0.9 requests are not supported")
         self._head_bytes += len(name) + len(value) + 4
         if len(headers) >= limits.max_headers:
             raise ClientError("too many request header fields", status=431)
