@@ -18,7 +18,8 @@ import uvloop
 
 from conftest import ScriptedBackend, start_proxy, wait_for
 from proxy.config import build
-from proxy.http.downstream import PAUSE_PIPELINE, Downstream
+from proxy.http.downstream import Downstream
+from proxy.http.pipeline import PAUSE_PIPELINE
 from proxy.process.worker import Context
 from proxy.routing.router import Router
 

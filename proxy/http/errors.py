@@ -54,3 +54,13 @@ class NoBackend(UpstreamError):
 
 class InternalError(ProxyError):
     """A bug in the proxy caught at a protocol entry point: the request ends, the process lives."""
+
+
+RETRY_AFTER = 1  # s: told to a connection turned away or refused for the worker's queued bytes
+
+
+class Overloaded(NoBackend):
+    """The worker is at a bound it shares among clients (connections, queued bytes): a 503
+    with ``Retry-After``; the client did nothing wrong and may retry, here or elsewhere."""
+
+    retry_after = RETRY_AFTER
