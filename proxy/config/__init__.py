@@ -17,6 +17,7 @@ from msgspec import Meta
 from .base import KIB, MIB, Bytes, ConfigError, Count, Name, Seconds, Share, _Base  # noqa: F401
 from .discovery import DiscoveryConfig
 from .observe import ObserveConfig
+from .tenants import TenantsConfig
 
 
 class Timeouts(_Base):
@@ -362,6 +363,7 @@ class Config(_Base):
     trusted_proxies: list[str] = []
     prefix_index: PrefixIndexConfig = PrefixIndexConfig()
     observe: ObserveConfig = ObserveConfig()  # metrics, access log (access_log: on), tracing
+    tenants: Optional[TenantsConfig] = None  # API keys, models, rate limits (see config/tenants.py)
     log_level: str = "info"
     access_log: bool = False
     # processes; auto = usable CPUs. At most 256: the rows of the workers' shared memory (process/shm.py).

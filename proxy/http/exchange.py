@@ -42,7 +42,7 @@ log = logging.getLogger("fleetproxy.exchange")
 class Exchange(Relay):
     __slots__ = (
         "down", "method", "target", "headers", "body", "http10", "keep_alive", "request_id", "error",
-        "selection", "close_after", "task", "finished", "retried", "obs", "asked_load", "size",
+        "selection", "close_after", "task", "finished", "retried", "obs", "asked_load", "size", "tenant",
     )
 
     def __init__(self, down, method, target, headers, body, http10, keep_alive, request_id, error=None):
@@ -64,6 +64,7 @@ class Exchange(Relay):
         self.obs = None  # observe.Timing, only while metrics, access log or tracing are on
         self.asked_load = False  # the client asked for the endpoint's load report itself
         self.size = 0  # bytes it holds while queued behind another (Downstream's accounting)
+        self.tenant = None  # tenants.Admission, only when tenants are configured
 
     @property
     def endpoint(self):
@@ -81,6 +82,8 @@ class Exchange(Relay):
             self.finished = True
             down.answer(self, error_response(self.error, self.request_id, True), close=True)
             return
+        if ctx.tenants is not None and self.target != b"/health" and not self._admit(ctx):
+            return
         if self.method == b"GET":
             target = self.target
             if target == b"/health":
@@ -96,10 +99,28 @@ class Exchange(Relay):
         try:
             self.selection = ctx.router.select(self.headers, self.body)
         except ProxyError as exc:
-            self.finished = True
+            self.finish(False)
             down.answer(self, responses.error(exc, self.request_id, close=self.close_after))
             return
         self._connect_or_send()
+
+    def _admit(self, ctx):
+        """Tenants (proxy/tenants): identify the caller and spend from its limits; False when
+        refused (answered here: 401, 404, 429 with Retry-After and x-ratelimit-* fields)."""
+        try:
+            self.tenant, self.headers = ctx.tenants.admit(
+                self.method, self.headers, self.body, int(ctx.router.clock() * 1e6))
+        except ProxyError as exc:
+            self.finished = True
+            if self.obs is not None:
+                self.obs.tenant = getattr(exc, "tenant", "") or "_unauthenticated"
+                ctx.observe.done(self, exc.status, outcome_of(exc))
+            headers = getattr(exc, "headers", b"")
+            self.down.answer(self, responses.error(exc, self.request_id, self.close_after, headers))
+            return False
+        if self.obs is not None:
+            self.obs.tenant = self.tenant.tenant.name
+        return True
 
     def _connect_or_send(self):
         endpoint = self.selection.endpoint
@@ -281,6 +302,8 @@ class Exchange(Relay):
         self._give_back(reusable)
         if self.selection is not None:
             self.selection.release()
+        if self.tenant is not None:
+            self.down.ctx.tenants.release(self)
 
 
 def error_response(err, request_id=b"", close=True):

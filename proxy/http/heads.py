@@ -147,7 +147,7 @@ def trusted_networks(proxies):
     return tuple(networks)
 
 
-def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=False):
+def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=False, extra=b""):
     """(the response head sent to the client from what the upstream sent, the upstream's load
     report or None).
 
@@ -156,6 +156,7 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     ``rechunk``: the upstream's body is close-delimited and goes chunked to this HTTP/1.1 client.
     ``asked_load``: the client asked for the load report; else it is removed. Options of the
     upstream's Connection drop the fields they name, never the framing ones (``_FRAMING``).
+    ``extra``: fields the proxy adds, CRLF-terminated (a tenant's x-ratelimit-* fields).
     """
     parts = [b"HTTP/1.1 %d " % framer.status, framer.reason, b"\r\n"]
     named = None
@@ -168,6 +169,8 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
             if lname == b"connection" and named is None:
                 named = _named(framer.headers)
             continue
+        if extra and lname.startswith(b"x-ratelimit-"):
+            continue  # a provider's own limits: the client is told its tenant's (``extra``)
         if lname == b"x-request-id":
             has_id = True
         elif lname == LOAD_REPORT:
@@ -183,6 +186,8 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
         parts += (b"x-request-id: ", request_id, b"\r\n")
     if rechunk:
         parts.append(b"transfer-encoding: chunked\r\n")
+    if extra:
+        parts.append(extra)
     parts.append(b"connection: close\r\n\r\n" if close else b"\r\n")
     return b"".join(parts), report
 

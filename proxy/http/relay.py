@@ -61,6 +61,8 @@ class Relay:
         adapter = endpoint.adapter
         if adapter is None:
             target, headers, extra = self.target, self.headers, ()
+            if self.tenant is not None:  # vLLM's priority field from the tenant's tier
+                body = ctx.tenants.body_for(endpoint, self.tenant, body)
         else:
             target, headers, body = adapter.adapt(self.target, self.headers, body)
             extra = adapter.extra
@@ -120,6 +122,7 @@ class Relay:
                 self.rechunk = True
             head, report = heads.client_head(
                 framer, self.request_id, self.close_after, self.dechunker is not None, self.asked_load, self.rechunk,
+                self.tenant.headers if self.tenant is not None else b"",
             )
             if report is not None:
                 self.selection.endpoint.observe_in_band(report)

@@ -9,7 +9,7 @@ a few points, and calls ``done`` once, from whichever ending ran.
 import asyncio
 import os
 
-from .metrics import DEFAULT_TENANT, Recorder, Timing, model_of, usage
+from .metrics import DEFAULT_TENANT, Recorder, Timing, model_of, tokens_of
 from .table import MetricsTable
 from .table import CLIENT_ABORT, OK, OUTCOMES, REFUSED, RETRIED, TIMEOUT, UPSTREAM_ERROR  # noqa: F401
 
@@ -63,7 +63,7 @@ class Observer:
         if timing is None or timing.t0 < 0.0:
             return
         now = self.loop.time()
-        tokens = usage(timing.tail)
+        tokens = tokens_of(timing)
         selection = ex.selection
         model = model_of(ex.body, selection)
         backend = selection.endpoint.label if selection is not None else ""
@@ -82,6 +82,7 @@ class Observer:
             self.recorder.retried(ex, endpoint, status)
         timing.t_head = timing.t_resp = timing.t_body = 0.0  # the next attempt's, not this one's
         timing.tail = None
+        timing.tokens = None
 
     def waited(self, ex, seconds, fresh):
         if self.recorder is not None and ex.obs is not None:

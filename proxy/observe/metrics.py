@@ -29,7 +29,7 @@ _STATUS_ROW = [i * _NCLASS for i in range(len(CLASSES))]
 class Timing:
     """What one request's metrics, log line and span need; made only while observing."""
 
-    __slots__ = ("t0", "t_sent", "t_head", "t_resp", "t_body", "t_wait", "tail", "tenant", "span")
+    __slots__ = ("t0", "t_sent", "t_head", "t_resp", "t_body", "t_wait", "tail", "tenant", "span", "tokens")
 
     def __init__(self, t0, tenant=DEFAULT_TENANT):
         self.t0 = t0  # request handed to the exchange
@@ -41,6 +41,7 @@ class Timing:
         self.tail = None  # the last read longer than TAIL_MIN (where usage is)
         self.tenant = tenant
         self.span = None  # tracing.Span when tracing is on
+        self.tokens = None  # usage(tail), read once by tokens_of (metrics and tenants both need it)
 
 
 class Recorder:
@@ -148,6 +149,14 @@ class Recorder:
 
 
 NO_TOKENS = (0, 0, 0)
+
+
+def tokens_of(timing):
+    """``usage(timing.tail)``, decoded once per request however many readers ask."""
+    tokens = timing.tokens
+    if tokens is None:
+        tokens = timing.tokens = usage(timing.tail)
+    return tokens
 
 
 def usage(tail):

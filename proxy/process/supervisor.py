@@ -39,6 +39,7 @@ from ..observe.exposition import Totals
 from ..observe.table import R_PID, MetricsTable
 from ..discovery.columns import reserve
 from ..routing.router import Router
+from ..tenants.table import TenantTable
 from .shm import MAX_SLOTS, Segment, SharedCounters
 
 log = logging.getLogger("fleetproxy.supervisor")
@@ -93,7 +94,7 @@ class Generation:
 
 
 class Worker:
-    __slots__ = ("slot", "generation", "proc", "started", "ready", "admin_port", "draining", "exited", "row")
+    __slots__ = ("slot", "generation", "proc", "started", "ready", "admin_port", "draining", "exited", "row", "trow")
 
     def __init__(self, slot, generation, proc):
         self.slot = slot
@@ -105,6 +106,7 @@ class Worker:
         self.draining = False
         self.exited = asyncio.get_running_loop().create_future()
         self.row = -1  # its row of the request metrics table
+        self.trow = -1  # its row of the tenants table (requests in flight per tenant)
 
     @property
     def pid(self):
@@ -135,6 +137,9 @@ class Supervisor:
         # the counts of workers that have exited (observe/table.py, observe/exposition.py).
         self.metrics = None
         self.totals = Totals()
+        # Tenants' limits (proxy/tenants/table.py): one table for the supervisor's life too,
+        # made when a config first has a tenants: section, so buckets outlive reloads.
+        self.tenants = None
         self.loop = None
 
     # -- main loop ----------------------------------------------------------------------------
@@ -148,6 +153,7 @@ class Supervisor:
         if self.cfg.observe.metrics:
             rows = min(2 * MAX_SLOTS, max(self.cfg.observe.max_worker_rows, 2 * self.target + 2))
             self.metrics = MetricsTable(rows, self.cfg.observe.max_series)
+        self._tenants_table(self.cfg)
         self.generation = Generation(1, self.cfg)
         self.generation.counters.set_slots_in_use(self.target)
         booted = await asyncio.gather(*(self.spawn(slot, self.generation) for slot in range(self.target)))
@@ -213,6 +219,7 @@ class Supervisor:
         generation.counters.reset_slot(slot)
         sock = self.listen_socket(slot)
         row = self.metrics.claim_row(-1) if self.metrics is not None else -1
+        trow = self.tenants.claim_row(-1) if self.tenants is not None else -1
         if row < 0 and self.metrics is not None:
             log.warning("worker %d: every row of the metrics table is taken (observe.max_worker_rows): "
                         "its requests go uncounted", slot)
@@ -230,6 +237,8 @@ class Supervisor:
                 "fd": sock.fileno(),
                 "metrics": self.metrics.name if self.metrics is not None and row >= 0 else None,
                 "metrics_row": row,
+                "tenants": self.tenants.name if self.tenants is not None and trow >= 0 else None,
+                "tenants_row": trow,
             }
         ).decode()
         proc = await asyncio.create_subprocess_exec(
@@ -238,6 +247,7 @@ class Supervisor:
         )
         worker = Worker(slot, generation, proc)
         worker.row = row
+        worker.trow = trow
         if row >= 0:
             self.metrics.cells[self.metrics.row_base(row) + R_PID] = proc.pid
         generation.workers.add(worker)
@@ -262,6 +272,8 @@ class Supervisor:
         generation.counters.reset_slot(worker.slot)  # a dead worker leaves no stale counts
         if worker.row >= 0 and self.metrics is not None:
             self.totals.fold(self.metrics, worker.row)  # its counts outlive it
+        if worker.trow >= 0:
+            self.tenants.free_row(worker.trow)  # the requests it held in flight stop counting
         worker.exited.set_result(code)
         if worker.draining or self.stopping:
             log.info("worker %d (pid %d) finished draining (%s)", worker.slot, worker.pid, _cause(code))
@@ -347,6 +359,7 @@ class Supervisor:
         target = worker_count(cfg)
         old = self.generation
         try:
+            self._tenants_table(cfg)
             new = Generation(old.number + 1, cfg)
         except Exception as exc:  # TLS material, shared memory: whatever the config check missed
             log.error("reload rejected, old workers keep serving: %s", exc)
@@ -397,6 +410,13 @@ class Supervisor:
             gen.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.tenants is not None:
+            self.tenants.close()
+
+    def _tenants_table(self, cfg):
+        if cfg.tenants is not None and self.tenants is None:
+            rows = min(2 * MAX_SLOTS, max(cfg.observe.max_worker_rows, 2 * worker_count(cfg) + 2))
+            self.tenants = TenantTable(rows, cfg.tenants.max_tenants)
 
 
 def _cause(code):

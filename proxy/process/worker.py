@@ -22,6 +22,8 @@ from ..observe import Observer
 from ..observe.table import MetricsTable
 from ..routing import prober
 from ..routing.router import Router
+from ..tenants import Tenants
+from ..tenants.table import TenantTable
 from . import admin
 from .shm import MAX_SLOTS, Segment, SharedCounters
 
@@ -46,6 +48,7 @@ class Context:
         self.draining = False
         self.access_log = cfg.access_log
         self.observe = None  # observe.Observer: metrics, access log, tracing (None: all off)
+        self.tenants = None  # tenants.Tenants: keys and limits (None: no tenants: section)
         t = cfg.timeouts
         # The upstream watchdog ticks at a quarter of the shorter upstream timeout, so a stall
         # is caught between 1 and 1.25 times its limit (see http/relay.py, the watchdog).
@@ -66,13 +69,15 @@ class Context:
         return not self.draining and self.router.any_healthy()
 
 
-async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None, columns=None, metrics=(None, -1), stop=None):
+async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None, columns=None, metrics=(None, -1), stop=None,
+                tenants=(None, -1)):
     """Serve until SIGTERM/SIGINT, then drain; a second signal exits at once.
 
     ``sock``: an inherited listening socket (under the supervisor), else bind cfg.listen.
     ``counters``/``slot``: this worker's row in the generation's shared counters; ``table``:
     the generation's shared prefix index; ``columns``: its claims on the columns kept for
-    discovered members. ``started(ctx, admin_port)`` is called once listening.
+    discovered members. ``tenants``: (the supervisor's tenants table, this worker's row).
+    ``started(ctx, admin_port)`` is called once listening.
     """
     loop = asyncio.get_running_loop()
     router = Router(cfg, loop, table=table)
@@ -83,6 +88,9 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
     endpoints = router.endpoints
     ctx = Context(cfg, loop, router)
     ctx.observe = Observer.build(cfg, loop, *metrics)  # metrics: (shared table, this worker's row)
+    ctx.tenants = Tenants.build(cfg, *tenants)
+    if ctx.tenants is not None and ctx.observe is None:
+        ctx.observe = Observer(loop)  # tenants read the response's usage from its Timing
     if sock is not None:
         server = await loop.create_server(lambda: Downstream(ctx), sock=sock, backlog=4096)
     else:
@@ -124,6 +132,8 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
         endpoint.pool.close()
     if ctx.observe is not None:
         ctx.observe.close()
+    if ctx.tenants is not None:
+        ctx.tenants.close()
 
 
 async def _drain(ctx, server, timeout):
@@ -195,6 +205,7 @@ def main():
         columns = Columns(claims.cells, spec["static"], spec["columns"] - spec["static"], "/dev/shm/" + claims.name)
     sock = socket.socket(fileno=spec["fd"])
     mtable = MetricsTable(name=spec["metrics"]) if spec.get("metrics") else None
+    ttable = TenantTable(name=spec["tenants"]) if spec.get("tenants") else None
 
     def started(ctx, admin_port):
         sys.stdout.write("READY %d\n" % admin_port)
@@ -202,7 +213,8 @@ def main():
 
     try:
         uvloop.run(serve(cfg, started, sock=sock, counters=counters, slot=slot, table=table, columns=columns,
-                            metrics=(mtable, spec.get("metrics_row", -1))))
+                            metrics=(mtable, spec.get("metrics_row", -1)),
+                            tenants=(ttable, spec.get("tenants_row", -1))))
     finally:
         del table, columns
         if claims is not None:
@@ -211,6 +223,8 @@ def main():
         counters.close()
         if mtable is not None:
             mtable.close()
+        if ttable is not None:
+            ttable.close()
 
 
 if __name__ == "__main__":
