@@ -22,7 +22,7 @@ events, response body bytes, gauges (requests in flight, the pool's waiters and 
 connections), the pool's refusals, then the histograms (finite buckets, +Inf, sum in us).
 """
 
-from multiprocessing import resource_tracker, shared_memory
+from ..process.shm import Segment
 
 # Outcomes, as the ``outcome`` label spells them.
 OUTCOMES = ("ok", "client_abort", "upstream_error", "timeout", "refused", "retried", "fallback")
@@ -87,20 +87,12 @@ class MetricsTable:
     """The segment, created (``name=None``) or attached. ``row_cells`` etc. describe layout."""
 
     def __init__(self, rows=0, series=0, name=None):
-        if name is None:
-            cells = HEADER + rows * (ROW_HEADER + series * SERIES_CELLS)
-            # A new POSIX segment is zero-filled by the kernel; pages are touched (and
-            # charged) only as rows are used.
-            self.shm = shared_memory.SharedMemory(create=True, size=cells * 8)
-            self.owner = True
-        else:
-            self.shm = shared_memory.SharedMemory(name=name)
-            try:  # only the creator may unlink it
-                resource_tracker.unregister(self.shm._name, "shared_memory")
-            except Exception:
-                pass
-            self.owner = False
-        self.cells = self.shm.buf.cast("q")
+        # A new segment is zero-filled by the kernel; pages are touched (and charged) only as
+        # rows are used.
+        cells = HEADER + rows * (ROW_HEADER + series * SERIES_CELLS) if name is None else 0
+        self.segment = Segment(cells, name)
+        self.owner = self.segment.owner
+        self.cells = self.segment.cells
         if self.owner:
             self.cells[0], self.cells[1], self.cells[2], self.cells[3] = rows, series, SERIES_CELLS, VERSION
         elif self.cells[2] != SERIES_CELLS or self.cells[3] != VERSION:
@@ -110,7 +102,7 @@ class MetricsTable:
 
     @property
     def name(self):
-        return self.shm.name
+        return self.segment.name
 
     def row_base(self, row):
         return HEADER + row * self.row_cells
@@ -157,16 +149,7 @@ class MetricsTable:
         return out, header
 
     def close(self):
-        try:
-            self.cells.release()
-            self.shm.close()
-        except BufferError:
-            pass
-        if self.owner:
-            try:
-                self.shm.unlink()
-            except FileNotFoundError:
-                pass
+        self.segment.close()
 
 
 def encode_key(model, backend, tenant):

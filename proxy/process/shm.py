@@ -18,7 +18,13 @@ The prefix index (``_speedups.PrefixTable``) lives in a segment of its own; it i
 every worker and tolerates their races by design (see its module).
 """
 
-from multiprocessing import resource_tracker, shared_memory
+import mmap
+import os
+import secrets
+import tempfile
+
+SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+PREFIX = "fleetproxy-"  # then the creating process's pid: see ``sweep``
 
 MAX_SLOTS = 256  # rows: the most workers one generation can have at once
 
@@ -40,40 +46,66 @@ HEALTH_CELLS = 3
 
 
 class Segment:
-    """``cells`` int64 cells in shared memory, created here or attached by ``name``."""
+    """``cells`` int64 cells in shared memory, created here (zeroed) or attached by ``name``.
+
+    A file in /dev/shm (tmpfs: memory, never disk) mapped by every process, which is what
+    ``shm_open`` does too; but not through ``multiprocessing.shared_memory``, whose resource
+    tracker is one more Python process (~13 MiB) kept alive for the proxy's whole life. What
+    the tracker would clean up after a SIGKILLed supervisor, ``sweep`` removes at the next start.
+    """
 
     def __init__(self, cells, name=None):
         if name is None:
-            self.shm = shared_memory.SharedMemory(create=True, size=max(8, cells * 8))
+            sweep()
+            name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, max(8, cells * 8))  # reads as zeros
+                self.mm = mmap.mmap(fd, 0)
+            finally:
+                os.close(fd)
             self.owner = True
         else:
-            self.shm = shared_memory.SharedMemory(name=name)
-            # Only the creator may unlink; stop this process's tracker from doing it at exit.
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
             try:
-                resource_tracker.unregister(self.shm._name, "shared_memory")
-            except Exception:
-                pass
+                self.mm = mmap.mmap(fd, 0)
+            finally:
+                os.close(fd)
             self.owner = False
-        self.cells = self.shm.buf.cast("q")
-        if self.owner:
-            for i in range(len(self.cells)):
-                self.cells[i] = 0
-
-    @property
-    def name(self):
-        return self.shm.name
+        self.name = name
+        self.path = os.path.join(SHM_DIR, name)
+        self.cells = memoryview(self.mm).cast("q")
 
     def close(self):
         try:
             self.cells.release()
-            self.shm.close()
+            self.mm.close()
         except BufferError:
             pass  # a view of it is still alive; the mapping goes with the process
         if self.owner:
             try:
-                self.shm.unlink()
+                os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+def sweep():
+    """Remove segments left by supervisors that no longer run (killed before they unlinked)."""
+    try:
+        names = [n for n in os.listdir(SHM_DIR) if n.startswith(PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            pid = int(name[len(PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+            except OSError:
+                pass
+        except (ValueError, PermissionError):
+            pass  # not ours to judge (another user's process of that pid)
 
 
 class SharedCounters(Segment):

@@ -202,7 +202,7 @@ def main():
     claims = Segment(0, name=spec["claims"]) if spec.get("claims") else None
     columns = None
     if claims is not None:
-        columns = Columns(claims.cells, spec["static"], spec["columns"] - spec["static"], "/dev/shm/" + claims.name)
+        columns = Columns(claims.cells, spec["static"], spec["columns"] - spec["static"], claims.path)
     sock = socket.socket(fileno=spec["fd"])
     mtable = MetricsTable(name=spec["metrics"]) if spec.get("metrics") else None
     ttable = TenantTable(name=spec["tenants"]) if spec.get("tenants") else None
