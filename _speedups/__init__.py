@@ -71,6 +71,7 @@ dechunk = _framing.dechunk
 HEAD = _framing.HEAD
 DONE = _framing.DONE
 ERROR = _framing.ERROR
+EVENT = _framing.EVENT
 NONE = _framing.NONE
 LENGTH = _framing.LENGTH
 CHUNKED = _framing.CHUNKED

@@ -15,7 +15,7 @@ re-encoding). This framer only *tracks* the message while the bytes pass through
   proxy injects starts on an event boundary and the client never sees half an event. vLLM sends
   one event per chunk, so in practice every read ends on a boundary and nothing is held.
 
-``feed(data)`` returns flags (HEAD, DONE, ERROR) and leaves offsets into *this* ``data`` in
+``feed(data)`` returns flags (HEAD, DONE, ERROR, EVENT) and leaves offsets into *this* ``data`` in
 ``head_end``, ``safe_end`` and ``msg_end``. The state carries over between calls, so ``data``
 may be split at any byte: the results do not depend on where it was split (every limit below is
 on the message, never on a read).
@@ -33,6 +33,7 @@ only the few bytes of each chunk-size line. Both builds must behave identically
 HEAD = 1
 DONE = 2
 ERROR = 4
+EVENT = 8  # an SSE event ended in this read: safe_end is just after the last one that did
 
 # Body framing kinds.
 NONE = 0  # no body (1xx, 204, 304, HEAD request)
@@ -233,6 +234,7 @@ class ResponseFramer:
                     if sse:
                         if _sse_tail_is_boundary(self._tail):
                             self.safe_end = pos
+                            flags |= EVENT
                     elif self.whole_chunks:
                         self.safe_end = pos
                 else:  # trailer section: ends at an empty line
@@ -250,8 +252,8 @@ class ResponseFramer:
                 pos += take
                 self._remaining -= take
                 self.body_bytes += take
-                if sse:
-                    self._sse_plain(data, start, pos)
+                if sse and self._sse_plain(data, start, pos):
+                    flags |= EVENT
                 if self._remaining == 0:
                     state = S_DONE
                     self.safe_end = pos
@@ -259,8 +261,8 @@ class ResponseFramer:
                     flags |= DONE
             else:  # S_CLOSE
                 self.body_bytes += n - pos
-                if sse:
-                    self._sse_plain(data, pos, n)
+                if sse and self._sse_plain(data, pos, n):
+                    flags |= EVENT
                 pos = n
         self.state = state
         if not self._hold:
@@ -435,7 +437,8 @@ class ResponseFramer:
         return ERROR
 
     def _sse_plain(self, data, start, end):
-        """Not chunked: safe_end := the last event boundary in data[start:end], if any."""
+        """Not chunked: safe_end := the last event boundary in data[start:end], if any.
+        Return 1 when there was one, else 0."""
         buf = data
         tail = self._tail
         best = 0
@@ -462,6 +465,8 @@ class ResponseFramer:
         self._tail = tail
         if best:
             self.safe_end = best
+            return 1
+        return 0
 
 
 def dechunk(data):

@@ -2,7 +2,7 @@
 #
 # Nothing here changes what the code does; it only gives Cython C types for the names the
 # source already uses (the aiohttp `reader_c.pxd` pattern). The public names of the module
-# (HEAD, DONE, ERROR, NONE, LENGTH, CHUNKED, UNTIL_CLOSE, ResponseFramer, dechunk) stay Python
+# (HEAD, DONE, ERROR, EVENT, NONE, LENGTH, CHUNKED, UNTIL_CLOSE, ResponseFramer, dechunk) stay Python
 # objects; the private state constants and helpers become C. `buf` / `lbuf` are the data's own
 # bytes seen through a pointer: borrowed from a `bytes` object the function holds a reference
 # to, never stored beyond the call.

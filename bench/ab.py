@@ -1,6 +1,7 @@
 """The working tree against another revision of fleetproxy, in one run: did a change cost CPU?
 
     python -m bench.ab [--rev HEAD~1] [--duration 5] [--rounds 3] [--out bench/results/X.md]
+    python -m bench.ab --configs A.yaml B.yaml [...]   (two configs of the working tree)
 
 Checks ``--rev`` out into a temporary git worktree, builds its Cython speedups in place with
 this interpreter, and starts one simulator answering at once (the proxy's own cost is then
@@ -9,7 +10,9 @@ to the last CPU; wrk runs on the others. Each scenario (bench/lua: non-streaming
 16-token stream) runs against each revision in turn, ``--rounds`` times interleaved so drift
 on a shared machine hits both alike. The figure is the proxy's CPU per request (bench.cpu:
 utime + stime from /proc, deltas over the run), beside req/s and p99. Every process it
-starts is stopped by PID; the worktree is removed at the end.
+starts is stopped by PID; the worktree is removed at the end. With ``--configs`` no worktree
+is made: the working tree runs twice, once per config file (its ``backends`` are replaced by
+the simulator), to price a feature that a setting turns on.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def main(argv=None):
     p.add_argument("--duration", type=int, default=5, help="seconds per measured wrk run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", help="also write the markdown table here")
+    p.add_argument("--configs", nargs=2, metavar=("A", "B"), help="compare two config files of the working tree")
     args = p.parse_args(argv)
     if wrk.binary() is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -72,15 +76,19 @@ def main(argv=None):
     tmp = tempfile.mkdtemp(prefix="fleetproxy-ab-")
     tree = os.path.join(tmp, "rev")
     try:
-        _worktree(args.rev, tree)
+        if args.configs:
+            runs = [(os.path.basename(c), ROOT, ["--config", os.path.abspath(c)]) for c in args.configs]
+        else:
+            _worktree(args.rev, tree)
+            runs = [("working tree", ROOT, []), (args.rev, tree, [])]
         sim_port = free_port()
         sim = _start(["-m", "proxy.sim", "--port", str(sim_port)], ROOT, server_cpus)
         procs.append(sim)
         wait_port(sim_port, sim)
         proxies = {}
-        for name, cwd in (("working tree", ROOT), (args.rev, tree)):
+        for name, cwd, extra in runs:
             port, admin = free_port(), free_port()
-            proc = _start(["-m", "proxy", "--single-process", "--listen", f"127.0.0.1:{port}",
+            proc = _start(["-m", "proxy", "--single-process", *extra, "--listen", f"127.0.0.1:{port}",
                            "--admin-listen", f"127.0.0.1:{admin}", "--backend", f"http://127.0.0.1:{sim_port}",
                            "--log-level", "warning"], cwd, server_cpus)
             procs.append(proc)
@@ -95,23 +103,28 @@ def main(argv=None):
             for _ in range(args.rounds):
                 for name, (url, pid) in proxies.items():
                     samples[name].append(_run(url, lua, args.duration, load_cpus, pid))
-            for name, runs in samples.items():
-                us = sorted(r[0] for r in runs)[len(runs) // 2]
-                rps = sorted(r[1] for r in runs)[len(runs) // 2]
-                p99 = sorted(r[2] for r in runs)[len(runs) // 2]
-                rows.append((title, name, us, rps, p99))
+            for name, got in samples.items():
+                each = sorted(r[0] for r in got)
+                rps = sorted(r[1] for r in got)[len(got) // 2]
+                p99 = sorted(r[2] for r in got)[len(got) // 2]
+                rows.append((title, name, each[len(got) // 2], rps, p99, each))
+        what = " ".join(args.configs) if args.configs else args.rev
+        command = f"--configs {what}" if args.configs else f"--rev {args.rev}"
         lines = [
-            f"# fleetproxy: working tree vs {args.rev}",
+            f"# fleetproxy: {' vs '.join(n for n, _, _ in runs)}",
             "",
-            f"`python -m bench.ab --rev {args.rev} --duration {args.duration} --rounds {args.rounds}`; "
+            f"`python -m bench.ab {command} --duration {args.duration} --rounds {args.rounds}`; "
             f"{platform.python_implementation()} {platform.python_version()}, {ncpu} CPUs, simulator and "
             f"proxies on CPU {server_cpus or 'any'}, wrk -t1 -c{CONNECTIONS} on {load_cpus or 'any'}; "
             "medians of the rounds.",
             "",
-            "| scenario | revision | proxy CPU µs/req | req/s | p99 ms |",
-            "|---|---|---|---|---|",
+            "| scenario | run | proxy CPU µs/req (median) | every round | req/s | p99 ms |",
+            "|---|---|---|---|---|---|",
         ]
-        lines += [f"| {t} | {n} | {us:.1f} | {rps:.0f} | {p99:.2f} |" for t, n, us, rps, p99 in rows]
+        lines += [
+            f"| {t} | {n} | {us:.1f} | {' '.join(f'{x:.1f}' for x in each)} | {rps:.0f} | {p99:.2f} |"
+            for t, n, us, rps, p99, each in rows
+        ]
         text = "\n".join(lines) + "\n"
         print(text)
         if args.out:

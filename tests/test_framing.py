@@ -15,7 +15,7 @@ import _speedups
 from builds import native_or_skip
 
 pure = _speedups.pure("framing")
-HEAD, DONE, ERROR = pure.HEAD, pure.DONE, pure.ERROR
+HEAD, DONE, ERROR, EVENT = pure.HEAD, pure.DONE, pure.ERROR, pure.EVENT
 
 
 @pytest.fixture(params=["pure", "native"])
@@ -28,7 +28,7 @@ def fr(request):
 
 def test_native_exports_the_same_api():
     native = native_or_skip("framing")
-    for name in ("HEAD", "DONE", "ERROR", "NONE", "LENGTH", "CHUNKED", "UNTIL_CLOSE"):
+    for name in ("HEAD", "DONE", "ERROR", "EVENT", "NONE", "LENGTH", "CHUNKED", "UNTIL_CLOSE"):
         assert getattr(native, name) == getattr(pure, name)
     assert native.__file__.endswith(tuple(EXTENSION_SUFFIXES))  # compiled, not a .py copy
     assert native.ResponseFramer is not pure.ResponseFramer
@@ -44,9 +44,12 @@ def replay(fr, pieces, head_request=False, whole_chunks=False, eof=False):
     flags_seen = 0
     head_end = msg_end = None
     safe = 0
+    event_reads = []  # (start, end) of the reads that said an SSE event ended in them
     for piece in pieces:
         flags = f.feed(piece)
-        flags_seen |= flags
+        flags_seen |= flags & ~EVENT
+        if flags & EVENT:
+            event_reads.append((offset, offset + len(piece)))
         if flags & HEAD:
             head_end = offset + f.head_end
         if flags & DONE:
@@ -73,6 +76,7 @@ def replay(fr, pieces, head_request=False, whole_chunks=False, eof=False):
         "body_bytes": f.body_bytes,
         "done": f.done,
         "started": f.started,
+        "event_reads": event_reads,
     }
     if eof:
         out["eof"] = f.eof()
@@ -94,9 +98,22 @@ def splits(data, seed=0):
 def check(fr, data, **kw):
     """Replay ``data`` every way; all must agree. Returns the whole-input result."""
     results = {name: replay(fr, pieces, **kw) for name, pieces in splits(data)}
+    # Fed per byte, EVENT marks every byte that ends an event: the event boundaries. Fed any
+    # other way, a read says EVENT exactly when one of them falls in it.
+    ends = [end for _, end in results["per-byte"]["event_reads"]]
+    for name, pieces in splits(data):
+        reads = results[name].pop("event_reads")
+        offset, want = 0, []
+        for piece in pieces:
+            if any(offset < b <= offset + len(piece) for b in ends):
+                want.append((offset, offset + len(piece)))
+            offset += len(piece)
+        if not results[name]["flags"] & ERROR:
+            assert reads == want, f"{name}: EVENT on the wrong reads"
     whole = results["whole"]
     for name, result in results.items():
         assert result == whole, f"{name} differs from whole input"
+    whole["events"] = ends
     return whole
 
 
@@ -149,7 +166,7 @@ def test_vllm_event_stream_every_chunk_is_a_boundary(fr):
     assert f.feed(SSE_HEAD) == HEAD
     for i in range(3):
         c = chunk(event(i))
-        assert f.feed(c) == 0 and f.safe_end == len(c)  # whole events: nothing is held
+        assert f.feed(c) == EVENT and f.safe_end == len(c)  # whole events: nothing is held
 
 
 def test_event_split_over_chunks_is_held_until_it_ends(fr):
@@ -158,7 +175,7 @@ def test_event_split_over_chunks_is_held_until_it_ends(fr):
     f = fr.ResponseFramer()
     f.feed(SSE_HEAD)
     assert f.feed(first) == 0 and f.safe_end == 0  # half an event: hold all of it
-    assert f.feed(second) == 0 and f.safe_end == len(second)
+    assert f.feed(second) == EVENT and f.safe_end == len(second)
     both = fr.ResponseFramer()
     both.feed(SSE_HEAD)
     both.feed(first + second + first)
@@ -189,8 +206,41 @@ def test_content_length_event_stream_cuts_at_last_blank_line(fr):
     body = b"data: a\n\ndata: b\n\n"
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(body)
     f = fr.ResponseFramer()
-    assert f.feed(head + body[:12]) == HEAD and f.safe_end == len(head) + 9
-    assert f.feed(body[12:]) == DONE and f.safe_end == f.msg_end == len(body) - 12
+    assert f.feed(head + body[:12]) == HEAD | EVENT and f.safe_end == len(head) + 9
+    assert f.feed(body[12:]) == DONE | EVENT and f.safe_end == f.msg_end == len(body) - 12
+
+
+# -- EVENT: an SSE event ended in this read (where the relay finds a stream's usage event) ----
+
+
+def test_event_flag_marks_every_event_end_and_nothing_else(fr):
+    usage = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+    body = chunk(event(0)) + chunk(usage[:9]) + chunk(usage[9:]) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+    r = check(fr, SSE_HEAD + body)
+    # Three events; the usage event split over two chunks ends once, in its second chunk.
+    starts = [len(SSE_HEAD) + body.find(c) for c in (chunk(event(0)), chunk(usage[9:]), chunk(b"data: [DONE]\n\n"))]
+    ends = [s + len(c) for s, c in zip(starts, (chunk(event(0)), chunk(usage[9:]), chunk(b"data: [DONE]\n\n")))]
+    assert r["events"] == ends  # just after each chunk's CRLF: the safe boundary
+    assert r["flags"] == HEAD | DONE  # EVENT is per read, never in the sum
+    # The terminating chunk and trailers end no event, so a read of them alone says nothing.
+    f = fr.ResponseFramer()
+    f.feed(SSE_HEAD + body[:-5])
+    assert f.feed(b"0\r\n\r\n") == DONE
+
+
+@pytest.mark.parametrize("kind", ["length", "close"])
+def test_event_flag_without_chunked_coding(fr, kind):
+    body = b"data: a\n\ndata: [DONE]\r\n\r\n"
+    framing = b"Content-Length: %d\r\n" % len(body) if kind == "length" else b""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + framing + b"\r\n"
+    r = check(fr, head + body, eof=kind == "close")
+    assert r["events"] == [len(head) + 9, len(head + body)]
+
+
+def test_event_flag_only_on_event_streams(fr):
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    r = check(fr, head + chunk(b"data: a\n\n") + b"0\r\n\r\n")
+    assert r["events"] == []
 
 
 def test_close_delimited_plain_body_passes_as_it_comes(fr):

@@ -23,4 +23,8 @@ class ObserveConfig(_Base):
     # least twice the workers, so a reload can start a whole new generation beside the old.
     max_worker_rows: Count = 64
     access_log_path: str = "-"  # where observe's access log goes ("-": stdout); on with access_log
+    # Count a stream's tokens when its client did not ask for usage: add include_usage upstream
+    # (vLLM backends only) and take its effects back out of the client's stream. Turn off for
+    # servers started with --enable-force-include-usage (their clients get usage anyway).
+    stream_usage: bool = True
     tracing: TracingConfig = TracingConfig()

@@ -30,7 +30,7 @@ How this works.
 
 import logging
 
-from ..observe import CLIENT_ABORT, OK, UPSTREAM_ERROR, outcome_of
+from ..observe import CLIENT_ABORT, OK, TIMEOUT, UPSTREAM_ERROR, outcome_of
 from . import responses
 from .connection_pool import PoolBusy
 from .errors import ProxyError, UpstreamError, UpstreamTimeout
@@ -102,6 +102,8 @@ class Exchange(Relay):
             self.finish(False)
             down.answer(self, responses.error(exc, self.request_id, close=self.close_after))
             return
+        if self.obs is not None:
+            ctx.observe.admitted(self)
         self._connect_or_send()
 
     def _admit(self, ctx):
@@ -265,10 +267,12 @@ class Exchange(Relay):
             log.warning("request %s: %s", _rid(self), message)
         event = responses.sse_error_event(err.public or err.message, err.type, err.status)
         if self.obs is not None:
-            down.ctx.observe.done(self, self.framer.status, UPSTREAM_ERROR)
+            outcome = TIMEOUT if isinstance(err, UpstreamTimeout) else UPSTREAM_ERROR
+            down.ctx.observe.done(self, self.framer.status, outcome)
+        pending = self.pending()
         event = self.in_band_error(event)
-        if event is not None:
-            down.transport.write(event)
+        if event is not None or pending:
+            down.transport.write(pending + event if event is not None else pending)
         down.close()
 
     def crashed(self, err):

@@ -19,9 +19,9 @@ exchange's business: ``Relay`` reports to ``on_status``, ``complete``, ``break_s
 ``upstream_failed``, which ``exchange.Exchange`` implements.
 """
 
-from _speedups import CHUNKED, DONE, ERROR, HEAD, UNTIL_CLOSE, ResponseFramer
+from _speedups import CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE, ResponseFramer
 
-from ..observe.metrics import TAIL_MIN
+from ..observe.streamusage import FINISH, strip, usage_body
 from ..observe.tracing import upstream_headers
 from . import heads
 from .chunked import Dechunker
@@ -34,6 +34,7 @@ SMALL_BODY = 64 * 1024  # bytes: a body below this is joined to its head for one
 class Relay:
     __slots__ = (
         "conn", "framer", "head_sent", "held", "dechunker", "rechunk", "timer", "ticks", "rx_seen", "reused",
+        "strip", "tail",
     )
 
     def __init__(self):
@@ -47,6 +48,8 @@ class Relay:
         self.ticks = 0
         self.rx_seen = 0
         self.reused = False  # the connection carried a request before this one
+        self.strip = 0  # include_usage added upstream: 1 watching for the finish event, 2 holding the end
+        self.tail = None  # the stream's end, held from the read with the finish event (strip 2)
 
     def send(self, conn):
         self.conn = conn
@@ -67,7 +70,12 @@ class Relay:
             target, headers, body = adapter.adapt(self.target, self.headers, body)
             extra = adapter.extra
         obs = self.obs
+        self.strip = 0
+        self.tail = None
         if obs is not None:
+            if obs.usage and adapter is None:  # only vLLM's stream is known well enough to restore
+                body = usage_body(body)
+                self.strip = 1
             obs.t_sent = ctx.loop.time()
             if obs.span is not None:
                 headers, extra = upstream_headers(headers, extra, obs.span)
@@ -97,8 +105,6 @@ class Relay:
         head = None
         obs = self.obs
         if obs is not None:  # observe.metrics: no copy, no time read per token
-            if n > TAIL_MIN:
-                obs.tail = data
             if obs.t_body == 0.0 and framer.body_bytes:
                 obs.t_body = down.ctx.loop.time()
         if flags & HEAD:
@@ -126,6 +132,8 @@ class Relay:
             )
             if report is not None:
                 self.selection.endpoint.observe_in_band(report)
+            if self.strip and (framer.status != 200 or not framer.event_stream or kind == NONE or kind == LENGTH):
+                self.strip = 0  # a fixed length cannot shrink; anything but a stream has nothing to take out
             self.head_sent = True
             start = framer.head_end
         elif flags & ERROR and not self.head_sent:
@@ -155,6 +163,12 @@ class Relay:
             else:
                 out, self.held = b"", held
 
+        if obs is not None and out:
+            if self.strip:
+                out = self._strip(out, flags)
+            elif flags & EVENT or not framer.event_stream:
+                obs.prev = obs.tail  # references, no copy: the usage is in one of the two (metrics.py)
+                obs.tail = out
         if out:
             if self.dechunker is not None:
                 out = self.dechunker.feed(out)
@@ -181,6 +195,8 @@ class Relay:
             # A close-delimited body: a clean close (FIN) is its end; a reset never is.
             held = self.held
             self.held = None
+            if self.strip == 2:
+                held = self._strip_end(self.tail + held if held else self.tail)
             if self.rechunk:
                 self.down.transport.write(heads.chunk(held) + b"0\r\n\r\n" if held else b"0\r\n\r\n")
             elif held:
@@ -189,6 +205,45 @@ class Relay:
             return
         reason = "reset the connection" if exc is not None else "closed the connection"
         self.upstream_failed(f"backend {self.selection.endpoint.label} {reason} before the response completed")
+
+    # -- include_usage taken back out (observe/streamusage.py) -------------------------------
+
+    def _strip(self, out, flags):
+        """What of ``out`` goes to the client now: all of it until the finish event; from
+        there, nothing until the body ends, then the end rewritten once."""
+        if self.strip == 1:
+            if out.find(FINISH) < 0:
+                return out
+            self.strip = 2
+            self.tail = out
+        else:
+            self.tail += out
+        if flags & DONE:
+            return self._strip_end(self.tail)
+        if len(self.tail) > MAX_HOLD:  # not the end of a stream after all: give up, pass it on
+            out, self.tail, self.strip = self.tail, None, 0
+            return out
+        return b""
+
+    def _strip_end(self, tail):
+        self.tail = None
+        self.strip = 0
+        out, usage = strip(tail, self.framer.kind == CHUNKED)
+        if usage is not None:
+            self.obs.tail, self.obs.prev = usage, None
+        return out
+
+    def pending(self):
+        """The held end of a stream that broke before it completed, framed for the client
+        (the finish event without its fingerprint: the usage event never came to say it)."""
+        tail = self.tail
+        if self.strip != 2 or not tail:
+            return b""
+        self.tail = None
+        self.strip = 0
+        if self.dechunker is not None:
+            return self.dechunker.feed(tail)
+        return heads.chunk(tail) if self.rechunk else tail
 
     def in_band_error(self, event):
         """``event`` framed for the client's response, or None when it is no event stream."""

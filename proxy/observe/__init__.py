@@ -10,6 +10,7 @@ import asyncio
 import os
 
 from .metrics import DEFAULT_TENANT, Recorder, Timing, model_of, tokens_of
+from .streamusage import wants_usage
 from .table import MetricsTable
 from .table import CLIENT_ABORT, OK, OUTCOMES, REFUSED, RETRIED, TIMEOUT, UPSTREAM_ERROR  # noqa: F401
 
@@ -19,10 +20,11 @@ __all__ = ["Observer", "Timing", "OK", "CLIENT_ABORT", "REFUSED", "TIMEOUT", "UP
 
 
 class Observer:
-    __slots__ = ("loop", "recorder", "log", "tracer", "table", "owned")
+    __slots__ = ("loop", "recorder", "log", "tracer", "table", "owned", "stream_usage")
 
-    def __init__(self, loop, recorder=None, log=None, tracer=None, table=None, owned=False):
+    def __init__(self, loop, recorder=None, log=None, tracer=None, table=None, owned=False, stream_usage=True):
         self.loop = loop
+        self.stream_usage = stream_usage  # ask vLLM for a stream's usage when its client did not
         self.table = table  # table.MetricsTable this worker's row is in
         self.owned = owned  # made here (serving alone): this process renders and unlinks it
         self.recorder = recorder  # metrics.Recorder: this worker's row of the shared table
@@ -51,10 +53,12 @@ class Observer:
             tracer = Tracer(obs.tracing, provider)
         if recorder is None and log is None and tracer is None:
             return None
-        return cls(loop, recorder, log, tracer, table, owned)
+        return cls(loop, recorder, log, tracer, table, owned, getattr(obs, "stream_usage", True))
 
     def begin(self, ex):
         timing = ex.obs = Timing(self.loop.time(), DEFAULT_TENANT)
+        if self.stream_usage and ex.body:
+            timing.usage = wants_usage(ex.method, ex.target, ex.body)
         if self.tracer is not None:
             timing.span = self.tracer.start(ex.headers, ex.method, ex.target)
 
@@ -65,7 +69,9 @@ class Observer:
         now = self.loop.time()
         tokens = tokens_of(timing)
         selection = ex.selection
-        model = model_of(ex.body, selection)
+        model = timing.model
+        if model is None:
+            model = model_of(ex.body, selection)
         backend = selection.endpoint.label if selection is not None else ""
         if self.recorder is not None:
             self.recorder.record(ex, status, outcome, now, tokens, model, backend)
@@ -81,8 +87,15 @@ class Observer:
         if self.recorder is not None:
             self.recorder.retried(ex, endpoint, status)
         timing.t_head = timing.t_resp = timing.t_body = 0.0  # the next attempt's, not this one's
-        timing.tail = None
+        timing.tail = timing.prev = None
         timing.tokens = None
+
+    def admitted(self, ex):
+        """The router gave ``ex`` an endpoint (``ex.selection``)."""
+        if self.recorder is not None:
+            timing = ex.obs
+            timing.model = model_of(ex.body, ex.selection)
+            self.recorder.admitted(ex, timing.model)
 
     def waited(self, ex, seconds, fresh):
         if self.recorder is not None and ex.obs is not None:

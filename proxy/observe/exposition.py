@@ -9,7 +9,7 @@ is one series.
 
 from .table import (
     CLASSES, HIST_AT, HISTOGRAMS, OUTCOMES, R_CONNECTIONS, R_DROPPED, R_STREAMS, S_BYTES, S_ERR_EVENTS, S_IN_FLIGHT,
-    S_POOL_OPEN, S_POOL_REFUSED, S_POOL_WAITING, S_REQ, S_TOK, SERIES_CELLS, TOKEN_KINDS, add_into,
+    S_POOL_OPEN, S_POOL_REFUSED, S_POOL_WAITING, S_REQ, S_TOK, S_TOK_FLIGHT, SERIES_CELLS, TOKEN_KINDS, add_into,
 )
 
 
@@ -58,8 +58,12 @@ def render(lines, merged, demand=()):
     # Tenant "": a pool-only series; a series with no request yet (the overflow one) is left out.
     requests = sorted((k, c) for k, c in series.items() if k[2] and any(c[S_REQ:S_TOK]))
     pools = {}
+    flight = {}  # model -> prompt tokens in flight, over backends and tenants
     for (model, backend, tenant), cells in series.items():
-        if backend and not tenant:
+        if tenant:
+            if cells[S_TOK_FLIGHT]:
+                flight[model] = flight.get(model, 0) + cells[S_TOK_FLIGHT]
+        elif backend:
             p = pools.setdefault(backend, [0, 0, 0])
             p[0] += cells[S_POOL_WAITING]
             p[1] += cells[S_POOL_OPEN]
@@ -136,6 +140,9 @@ def render(lines, merged, demand=()):
     lines.extend(f'fleetproxy_model_demand{{model="{_escape(m)}",cluster="{_escape(c)}"}} {d:g}' for m, c, d, _ in demand)
     head("fleetproxy_model_queued", "gauge", "Requests for a model waiting in the proxy for a backend connection.")
     lines.extend(f'fleetproxy_model_queued{{model="{_escape(m)}",cluster="{_escape(c)}"}} {q}' for m, c, _, q in demand)
+    head("fleetproxy_model_tokens_in_flight", "gauge",
+         "Prompt tokens of requests admitted and not finished, estimated from the body (bytes / 4), over all workers.")
+    lines.extend(f'fleetproxy_model_tokens_in_flight{{model="{_escape(m)}"}} {t}' for m, t in sorted(flight.items()))
 
 
 def demand_rows(cfg, reports, pools):

@@ -3,9 +3,11 @@
 Per request (only when ``observe.metrics`` is on): a handful of ``loop.time()`` reads along the
 exchange (start, sent upstream, response head, first body byte), then at the end one series
 lookup (a dict hit after the first request of a label set), a bisect per histogram and a few
-int64 adds. Tokens are read once, at the end, from the last read of the response that was
-longer than a [DONE] event (the relay keeps a reference to it, never a copy): the ``usage``
-object closes a non-streamed body and is the last data event of a stream that asked for it.
+int64 adds. Tokens are read once, at the end, from the ``usage`` object: it closes a
+non-streamed body, and is the last data event of a stream that asked for it (or that the proxy
+asked for: streamusage.py). The relay keeps references to the last two reads of a body, or to
+the last two that ended an SSE event (the framer's EVENT flag; events pass whole, so a usage
+event split over reads is one buffer by then), never a copy: the usage is in one of them.
 Nothing is done per token. Gauges that cost a walk (open connections, open streams, the
 pools) are written once a second by ``sample``, off the request path.
 """
@@ -16,11 +18,15 @@ from ..routing.fields import decode
 from .table import (
     CLASSES, FALLBACK, H_CONNECT, H_E2E, H_ITL, H_OVER_REQ, H_OVER_RESP, H_QUEUE, H_TTFT, HIST_AT, HISTOGRAMS,
     KEY_CELLS, OUTCOMES, OVERFLOW, R_CONNECTIONS, R_DROPPED, R_STREAMS, ROW_HEADER, S_BYTES, S_ERR_EVENTS, S_KEY,
-    S_KEYLEN, S_POOL_OPEN, S_POOL_REFUSED, S_POOL_WAITING, S_REQ, S_TOK, SERIES_CELLS, encode_key,
+    S_KEYLEN, S_POOL_OPEN, S_POOL_REFUSED, S_POOL_WAITING, S_REQ, S_TOK, S_TOK_FLIGHT, SERIES_CELLS, encode_key,
 )
 
 DEFAULT_TENANT = "default"  # until tenants exist (issue 15): Exchange.tenant fills it then
-TAIL_MIN = 32  # bytes: a read this short is a [DONE] event or the last chunk, not the usage
+# Prompt tokens in flight are estimated at admission from the body: about 4 bytes of JSON per
+# prompt token (BPE English text runs ~4 characters a token; the JSON keys of a chat body are
+# few beside a real prompt). Exact counts arrive with the usage, after the fact.
+BYTES_PER_TOKEN = 4
+USAGE_SPAN = 4096  # bytes: at most what a usage object spans, searched across two reads
 _BOUNDS = [b for _, _, b in HISTOGRAMS]
 _NCLASS = len(OUTCOMES)
 _STATUS_ROW = [i * _NCLASS for i in range(len(CLASSES))]
@@ -29,7 +35,10 @@ _STATUS_ROW = [i * _NCLASS for i in range(len(CLASSES))]
 class Timing:
     """What one request's metrics, log line and span need; made only while observing."""
 
-    __slots__ = ("t0", "t_sent", "t_head", "t_resp", "t_body", "t_wait", "tail", "tenant", "span", "tokens")
+    __slots__ = (
+        "t0", "t_sent", "t_head", "t_resp", "t_body", "t_wait", "tail", "prev", "tenant", "span", "tokens", "usage",
+        "model", "flight", "flight_tokens",
+    )
 
     def __init__(self, t0, tenant=DEFAULT_TENANT):
         self.t0 = t0  # request handed to the exchange
@@ -38,10 +47,15 @@ class Timing:
         self.t_resp = 0.0  # response head written to the client
         self.t_body = 0.0  # first response body byte from upstream
         self.t_wait = 0.0  # s spent connecting or queued for a pooled connection
-        self.tail = None  # the last read longer than TAIL_MIN (where usage is)
+        self.tail = None  # the last read of the body (event streams: the last that ended an event)
+        self.prev = None  # the one before it (the usage is in one of the two)
         self.tenant = tenant
         self.span = None  # tracing.Span when tracing is on
         self.tokens = None  # usage(tail), read once by tokens_of (metrics and tenants both need it)
+        self.usage = False  # the proxy adds include_usage upstream (streamusage.py)
+        self.model = None  # the request's model, once looked up
+        self.flight = 0  # the series whose tokens-in-flight gauge holds ...
+        self.flight_tokens = 0  # ... this request's estimate, until it ends
 
 
 class Recorder:
@@ -68,13 +82,14 @@ class Recorder:
         self.index[key] = base
         return base
 
-    def series(self, model, backend, tenant):
+    def series(self, model, backend, tenant, dropped=1):
+        """The series of a label set; ``dropped``: requests to count as overflowed if it is full."""
         key = (model, backend, tenant)
         base = self.index.get(key)
         if base is None:
             if self.used < self.table.series:
                 return self._claim(key)
-            self.cells[self.base + R_DROPPED] += 1
+            self.cells[self.base + R_DROPPED] += dropped
             return self.overflow
         return base
 
@@ -97,6 +112,9 @@ class Recorder:
         base = self.series(model, backend, obs.tenant)
         cells = self.cells
         cells[base + S_REQ + _STATUS_ROW[status // 100 if status < 600 else 0] + outcome] += 1
+        if obs.flight_tokens:
+            cells[obs.flight + S_TOK_FLIGHT] -= obs.flight_tokens
+            obs.flight_tokens = 0
         framer = ex.framer
         if framer is None:
             return
@@ -116,8 +134,21 @@ class Recorder:
             cells[base + S_TOK + 2] += tokens[2]
             if framer.event_stream and tokens[1] > 1 and t_body > 0.0:
                 self.observe(base, H_ITL, (now - t_body) / (tokens[1] - 1))
-        if framer.event_stream and obs.tail is not None and obs.tail.find(b'data: {"error"') >= 0:
+        if framer.event_stream and obs.tail is not None and (
+            obs.tail.find(b'data: {"error"') >= 0 or (obs.prev is not None and obs.prev.find(b'data: {"error"') >= 0)
+        ):
             cells[base + S_ERR_EVENTS] += 1
+
+    def admitted(self, ex, model):
+        """``ex`` was given an endpoint: its prompt tokens (estimated) are in flight until it ends."""
+        if not model:
+            return
+        obs = ex.obs
+        tokens = len(ex.body) // BYTES_PER_TOKEN
+        # The series the request is recorded in at its end (unless it moves): no extra label set.
+        base = obs.flight = self.series(model, ex.selection.endpoint.label, obs.tenant, 0)
+        self.cells[base + S_TOK_FLIGHT] += tokens
+        obs.flight_tokens = tokens
 
     def retried(self, ex, endpoint, status):
         """An attempt of ``ex`` on ``endpoint`` that went to another endpoint instead."""
@@ -152,21 +183,28 @@ NO_TOKENS = (0, 0, 0)
 
 
 def tokens_of(timing):
-    """``usage(timing.tail)``, decoded once per request however many readers ask."""
+    """``usage(timing.tail, timing.prev)``, decoded once per request however many readers ask."""
     tokens = timing.tokens
     if tokens is None:
-        tokens = timing.tokens = usage(timing.tail)
+        tokens = timing.tokens = usage(timing.tail, timing.prev)
     return tokens
 
 
-def usage(tail):
-    """(prompt, completion, cached) tokens from the ``usage`` object in ``tail``, the last
-    substantial read of a response; NO_TOKENS when it holds none."""
+def usage(tail, prev=None):
+    """(prompt, completion, cached) tokens from the last ``usage`` object in ``prev`` + ``tail``,
+    the last two reads of a response (see the module docstring); NO_TOKENS when none is there."""
     if tail is None:
         return NO_TOKENS
     at = tail.rfind(b'"usage"')
     if at < 0:
-        return NO_TOKENS
+        if prev is None:
+            return NO_TOKENS
+        # Not in the last read: in the one before, or cut between the two (a body's last read
+        # is then short). Once per request, a few KiB at most.
+        tail = prev[-USAGE_SPAN:] + tail[:USAGE_SPAN]
+        at = tail.rfind(b'"usage"')
+        if at < 0:
+            return NO_TOKENS
     return (
         _number(tail, b'"prompt_tokens":', at),
         _number(tail, b'"completion_tokens":', at),

@@ -19,10 +19,11 @@ How this works.
 
 Cells per series: the key, requests by status class x outcome, tokens by kind, in-band error
 events, response body bytes, gauges (requests in flight, the pool's waiters and open
-connections), the pool's refusals, then the histograms (finite buckets, +Inf, sum in us).
+connections), the pool's refusals, prompt tokens in flight (a gauge), then the histograms (finite buckets, +Inf, sum in us).
 """
 
 from ..process.shm import Segment
+
 
 # Outcomes, as the ``outcome`` label spells them.
 OUTCOMES = ("ok", "client_abort", "upstream_error", "timeout", "refused", "retried", "fallback")
@@ -63,14 +64,15 @@ S_IN_FLIGHT = S_BYTES + 1  # gauge
 S_POOL_WAITING = S_IN_FLIGHT + 1  # gauge
 S_POOL_OPEN = S_POOL_WAITING + 1  # gauge
 S_POOL_REFUSED = S_POOL_OPEN + 1  # counter (written whole, once a second, by the worker)
-S_HIST = S_POOL_REFUSED + 1
+S_TOK_FLIGHT = S_POOL_REFUSED + 1  # gauge: prompt tokens admitted, not finished
+S_HIST = S_TOK_FLIGHT + 1
 HIST_AT = []
 _at = S_HIST
 for _name, _help, _bounds in HISTOGRAMS:
     HIST_AT.append(_at)
     _at += len(_bounds) + 2  # finite buckets, +Inf, sum (us)
 SERIES_CELLS = _at
-GAUGES = (S_IN_FLIGHT, S_POOL_WAITING, S_POOL_OPEN)  # not kept when a worker exits
+GAUGES = (S_IN_FLIGHT, S_POOL_WAITING, S_POOL_OPEN, S_TOK_FLIGHT)  # not kept when a worker exits
 
 # Row header.
 R_PID = 0  # the process that owns the row; 0: free
@@ -80,7 +82,7 @@ R_STREAMS = 3  # gauge: event streams being relayed
 ROW_HEADER = 8
 OVERFLOW = ("_other", "_other", "_other")
 HEADER = 4  # segment header: rows, series per row, cells per series, layout version
-VERSION = 1
+VERSION = 2
 
 
 class MetricsTable:

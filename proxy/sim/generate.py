@@ -37,7 +37,7 @@ from typing import Any, Coroutine
 
 from .config import FAULTS, SimConfig
 from .engine import Engine, Output, Seq, Stats, chat_words, prompt_words
-from .render import DONE, ERROR_EVENT, LAST_CHUNK, Reply, chunk, error_body
+from .render import DONE, ERROR_EVENT, LAST_CHUNK, Reply, chunk, error_body, seed_of
 from .server import JSON, Connection, Request
 from .validate import (BadRequest, check_content_type, check_context, max_tokens_of,
                        messages_of, parse_body, prompt_of, stop_strings)
@@ -166,7 +166,7 @@ class Generator:
                 usage = options.get("include_usage") is True
                 continuous = options.get("continuous_usage_stats") is True
         rid = req.headers.get(b"x-request-id") if cfg.id_from_request_id else None
-        reply = Reply(Output(req.body, n), chat, model, prompt_tokens, cfg.prompt_tokens_details,
+        reply = Reply(Output(seed_of(body), n), chat, model, prompt_tokens, cfg.prompt_tokens_details,
                       None if rid is None else rid.decode("latin-1"),
                       stop_strings(body) if "stop" in body else (), usage, continuous)
         n = reply.out.n  # a stop string may end it early

@@ -29,6 +29,13 @@ ERROR_EVENT = (
 )
 
 
+def seed_of(body: dict) -> bytes:
+    """The bytes a reply's ids and tokens are drawn from. vLLM's tokens do not depend on
+    stream_options (nor on the body's spacing), and a proxy may add include_usage to count
+    tokens: the same request with or without it must say the same words."""
+    return orjson.dumps({k: v for k, v in body.items() if k != "stream_options"})
+
+
 def chunk(event: bytes) -> bytes:
     """One HTTP/1.1 chunk (RFC 9112 section 7.1) holding one SSE event."""
     return b"%x\r\n%b\r\n" % (len(event), event)

@@ -1,0 +1,144 @@
+"""Token counts for streams whose client did not ask for them, invisible to that client.
+
+vLLM reports a stream's tokens only in a final usage event, sent when the request says
+``"stream_options": {"include_usage": true}``. When observing, the proxy adds that option to a
+streamed chat or completions request that has no ``stream_options`` (``wants_usage``, ``usage_body``) and takes
+back out of the response what the option changed, so the client reads the bytes vLLM would
+have sent it without the option. What the option changes (vLLM 0.32, ``serving.py`` of chat and
+completions, and the recordings in tests/realvllm/recorded/details/chat_stream*.http):
+
+- one more event before ``data: [DONE]``: ``{"id":...,"choices":[],"usage":{...},
+  "system_fingerprint":"..."}`` (fields set only, no ``"usage": null`` on other events);
+- ``"system_fingerprint"`` leaves the event that carries ``finish_reason`` (where vLLM puts it
+  without the option, as the last field) for that usage event.
+
+Every other event is the same byte for byte. So the relay forwards events as they come until
+one carries a ``finish_reason`` (``FINISH``, one ``bytes.find`` per read: a finish reason in
+generated text is escaped, ``\\"finish_reason\\"``, and cannot match); from there to the end of
+the body (the usage event and ``[DONE]`` follow within the same engine step) it holds the bytes
+and ``strip`` rewrites them once: the usage event dropped (and kept for the token counts), its
+fingerprint put back at the end of the finish event. Only requests with ``n`` absent or 1 are
+rewritten: with several choices a finish event may come long before the others end.
+"""
+
+import msgspec
+
+FINISH = b'"finish_reason":"'
+OPTION = b'"stream_options":{"include_usage":true},'
+ROUTES = (b"/v1/chat/completions", b"/v1/completions")
+_FINGERPRINT = b',"system_fingerprint":'
+_DONE = b"data: [DONE]"
+
+
+class _Fields(msgspec.Struct):
+    stream: object = None
+    stream_options: msgspec.Raw = msgspec.Raw()
+    n: object = None
+
+
+_decode = msgspec.json.Decoder(_Fields).decode
+
+
+def wants_usage(method, target, body):
+    """Whether to add include_usage to this request: a streamed chat/completions POST with no
+    ``stream_options`` (the client chose otherwise; a ``continuous_usage_stats`` without
+    ``include_usage`` must stay off) and ``n`` absent or 1."""
+    if method != b"POST" or b'"stream"' not in body:
+        return False
+    if target.split(b"?", 1)[0] not in ROUTES:
+        return False
+    try:
+        fields = _decode(body)
+    except msgspec.DecodeError:
+        return False
+    options = fields.stream_options
+    # Present, even null, it stays: a second "stream_options" key would not be read first.
+    return fields.stream is True and not options and fields.n in (None, 1)
+
+
+def usage_body(body):
+    """``body`` (a JSON object, ``wants_usage`` said so) with include_usage as its first field."""
+    at = body.find(b"{")
+    return body[:at + 1] + OPTION + body[at + 1:]
+
+
+def strip(tail, chunked):
+    """(bytes for the client, the usage event or None) from ``tail``: the end of a stream
+    from the read that carried its finish event, in the upstream's framing (``chunked``, or
+    plain SSE), whole events only. Anything it cannot read is passed on unchanged."""
+    if chunked:
+        payload, rest = _dechunk(tail)
+        if payload is None:
+            return tail, None
+    else:
+        payload, rest = tail, b""
+    if b"\r" in payload:
+        return tail, None  # vLLM ends lines with LF only; another backend's events pass as they are
+    events = payload.split(b"\n\n")
+    if events[-1]:
+        return tail, None  # not whole events
+    events.pop()
+    used = None
+    for i in range(len(events) - 1, -1, -1):
+        event = events[i]
+        if event.startswith(b"data: {") and b'"choices":[]' in event and b'"usage":{' in event:
+            used = i
+            break
+        if event != _DONE:
+            return tail, None  # the usage event is the last before [DONE]
+    if used is None:
+        return tail, None
+    usage = events.pop(used)
+    at = usage.find(_FINGERPRINT)
+    if at >= 0:
+        fingerprint = usage[at:_string_end(usage, at + len(_FINGERPRINT))]
+        for i in range(used):
+            event = events[i]
+            if FINISH in event and event.endswith(b"}"):
+                events[i] = event[:-1] + fingerprint + b"}"
+    if chunked:
+        # One event per chunk, as vLLM sends them.
+        out = b"".join(b"%x\r\n%b\n\n\r\n" % (len(e) + 2, e) for e in events) + rest
+    else:
+        out = b"".join(e + b"\n\n" for e in events)
+    return out, usage
+
+
+def _string_end(data, at):
+    """The offset after the JSON string starting at ``data[at]`` (its opening quote)."""
+    i = at + 1
+    n = len(data)
+    while i < n:
+        c = data[i]
+        if c == 92:  # backslash: skip the escaped byte
+            i += 2
+            continue
+        if c == 34:
+            return i + 1
+        i += 1
+    return n
+
+
+def _dechunk(data):
+    """(payload of the data chunks, the last chunk and trailers as they came), or (None, b"")
+    when ``data`` is not whole chunks."""
+    out = []
+    pos = 0
+    n = len(data)
+    while pos < n:
+        nl = data.find(b"\r\n", pos)
+        if nl < 0:
+            return None, b""
+        line = data[pos:nl].split(b";", 1)[0].strip()
+        try:
+            size = int(line, 16)
+        except ValueError:
+            return None, b""
+        if size == 0:
+            return b"".join(out), data[pos:]
+        start = nl + 2
+        if data[start + size:start + size + 2] != b"\r\n":
+            return None, b""
+        out.append(data[start:start + size])
+        pos = start + size + 2
+    return b"".join(out), b""

@@ -1,0 +1,188 @@
+"""Tokens of streams whose client did not ask for usage (issue 14): the proxy adds
+``stream_options.include_usage`` upstream and takes its effects back out, so the client reads
+what the backend would have sent it without the option. Unit cases on vLLM's recorded bytes,
+then real sockets: a simulator (which moves system_fingerprint as vLLM 0.32 does) fetched
+directly and through the proxy, byte for byte once ids and timestamps are aligned."""
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import start_proxy, start_sim
+from proxy.observe import streamusage
+from proxy.observe.metrics import usage
+
+RECORDED = Path(__file__).parent / "realvllm" / "recorded" / "details"
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "stream": True}
+CMPL = {"model": "tiny", "prompt": "one two", "max_tokens": 4, "stream": True}
+
+
+def recorded_body(name):
+    return (RECORDED / f"{name}.http").read_bytes().split(b"\r\n\r\n", 1)[1]
+
+
+def events(chunked):
+    payload, rest = streamusage._dechunk(chunked)
+    assert payload is not None and rest == b"0\r\n\r\n"
+    return payload.split(b"\n\n")[:-1]
+
+
+# -- sans IO ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["chat_stream_usage", "cmpl_stream_usage", "chat_long_stream"])
+def test_strip_on_vllm_recordings_gives_the_stream_without_the_option(name):
+    body = recorded_body(name)
+    out, used = streamusage.strip(body, True)
+    before, after = events(body), events(out)
+    assert used == before[-2] and b'"choices":[]' in used
+    assert usage(used) == usage(body)  # the counts read are the ones vLLM sent
+    fingerprint = re.search(rb',"system_fingerprint":"[^"]*"', used).group()
+    # Every event but the usage one, in order; the finish event ends with the fingerprint, as
+    # vLLM sends it without include_usage (recorded: chat_stream.http, cmpl_stream.http).
+    assert after[:-2] == before[:-3] and after[-1] == b"data: [DONE]"
+    assert after[-2] == before[-3][:-1] + fingerprint + b"}"
+    assert after[-2].endswith(b'"finish_reason":"length","stop_reason":null,"token_ids":null}]' + fingerprint + b"}"
+                              if b"chat" in after[-2] else b"}]" + fingerprint + b"}")
+    # One event per chunk, as vLLM frames them: the same wire bytes up to the finish event.
+    assert out[:body.rfind(b"data: {", 0, body.find(used)) - 4] == body[:body.rfind(b"data: {", 0, body.find(used)) - 4]
+
+
+def test_strip_shape_matches_a_recorded_stream_without_the_option():
+    # chat_stream.http was recorded without include_usage: its finish event is shaped as ours.
+    plain = events(recorded_body("chat_stream"))
+    ours = events(streamusage.strip(recorded_body("chat_stream_usage"), True)[0])
+    shape = lambda e: re.sub(rb'"(id|content)":"[^"]*"|"created":\d+|vllm-[^"]*', b"", e)  # noqa: E731
+    assert shape(ours[-2]) == shape(plain[-2]) and shape(ours[0]) == shape(plain[0])
+
+
+@pytest.mark.parametrize("tail", [
+    b"",
+    b"5\r\nhello\r\n0\r\n\r\n",  # no events
+    b"zz\r\n",  # not chunks
+    b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n",  # no usage event: an error ended it, or a backend sent none
+    b"1a\r\ndata: {\"choices\":[]}\r\n\r\n\r\n0\r\n\r\n",  # CRLF line ends: not vLLM's
+])
+def test_strip_passes_what_it_cannot_read_unchanged(tail):
+    assert streamusage.strip(tail, True) == (tail, None)
+
+
+def test_strip_plain_event_stream():
+    body = b'data: {"choices":[{"finish_reason":"stop"}]}\n\ndata: {"choices":[],"usage":{"prompt_tokens":1},' \
+           b'"system_fingerprint":"fp\\"x"}\n\ndata: [DONE]\n\n'
+    out, used = streamusage.strip(body, False)
+    assert out == b'data: {"choices":[{"finish_reason":"stop"}],"system_fingerprint":"fp\\"x"}\n\ndata: [DONE]\n\n'
+    assert used.startswith(b'data: {"choices":[],"usage"')
+
+
+@pytest.mark.parametrize("body, wants", [
+    (b'{"model":"m","stream":true}', True),
+    (b' {"stream": true, "n": 1}', True),
+    (b'{"stream":true,"stream_options":null}', False),  # JSON's last key wins: ours would not count
+    (b'{"model":"m","stream":false}', False),
+    (b'{"model":"m"}', False),
+    (b'{"stream":true,"stream_options":{"include_usage":false}}', False),  # the client chose
+    (b'{"stream":true,"stream_options":{"continuous_usage_stats":true}}', False),
+    (b'{"stream":true,"n":2}', False),  # a finish event long before the end
+    (b'{"stream":true', False),  # not JSON: vLLM answers 400, unchanged
+])
+def test_which_requests_are_rewritten(body, wants):
+    assert streamusage.wants_usage(b"POST", b"/v1/chat/completions", body) is wants
+    if wants:
+        assert json.loads(streamusage.usage_body(body)) == {**json.loads(body), "stream_options": {"include_usage": True}}
+    assert not streamusage.wants_usage(b"POST", b"/v1/embeddings", body)
+    assert not streamusage.wants_usage(b"GET", b"/v1/chat/completions", body)
+
+
+# -- through the proxy --------------------------------------------------------------------
+
+
+def raw_post(port, path, body, version=b"HTTP/1.1"):
+    """(head, body bytes as they came on the wire) of one request; the server closes."""
+    data = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST %s %s\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (path.encode(), version, len(data), data))
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    head, _, rest = got.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def aligned(body):
+    """Ids and timestamps differ between two requests; same length, so chunk sizes stay."""
+    body = re.sub(rb'"id":"(chat)?cmpl-[0-9a-f]+"', lambda m: b"X" * len(m.group()), body)
+    return re.sub(rb'"created":\d+', lambda m: b"C" * len(m.group()), body)
+
+
+def scrape(proxy):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def tokens(proxy, kind):
+    return sum(v for n, lab, v in scrape(proxy) if n == "fleetproxy_tokens_total" and lab["kind"] == kind)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    sim = start_sim("--ttft", "0.01", "--itl", "0.001")
+    proxy = start_proxy([sim])
+    yield sim, proxy
+    proxy.stop()
+    sim.stop()
+
+
+@pytest.mark.parametrize("path, body", [("/v1/chat/completions", CHAT), ("/v1/completions", CMPL)])
+def test_client_reads_the_stream_it_asked_for_and_tokens_are_counted(pair, path, body):
+    sim, proxy = pair
+    before = tokens(proxy, "completion")
+    _, direct = raw_post(sim.port, path, body)
+    head, proxied = raw_post(proxy.port, path, body)
+    assert b"fingerprint" in direct and b'"usage"' not in direct  # what the option would change
+    assert aligned(proxied) == aligned(direct)
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert tokens(proxy, "completion") - before == body["max_tokens"]
+
+
+def test_client_that_asked_for_usage_gets_it_unchanged(pair):
+    sim, proxy = pair
+    body = {**CHAT, "stream_options": {"include_usage": True}}
+    before = tokens(proxy, "completion")
+    _, direct = raw_post(sim.port, "/v1/chat/completions", body)
+    _, proxied = raw_post(proxy.port, "/v1/chat/completions", body)
+    assert b'"usage"' in direct and aligned(proxied) == aligned(direct)
+    assert tokens(proxy, "completion") - before == CHAT["max_tokens"]
+
+
+def test_http10_client_gets_the_same_payload_dechunked(pair):
+    sim, proxy = pair
+    _, direct = raw_post(sim.port, "/v1/chat/completions", CHAT)
+    head, proxied = raw_post(proxy.port, "/v1/chat/completions", CHAT, b"HTTP/1.0")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" not in head.lower()
+    payload, _ = streamusage._dechunk(direct)
+    assert aligned(proxied) == aligned(payload)
+
+
+def test_metrics_off_forwards_the_body_untouched(tmp_path):
+    sim = start_sim()
+    config = tmp_path / "fp.yaml"
+    config.write_text(f"backends: [{{url: '{sim.url}'}}]\nobserve: {{stream_usage: false}}\n")
+    proxy = start_proxy([], "--config", str(config))
+    try:
+        _, proxied = raw_post(proxy.port, "/v1/chat/completions", CHAT)
+        assert b'"usage"' not in proxied and b"fingerprint" in proxied
+        assert tokens(proxy, "completion") == 0  # nothing asked, nothing counted
+    finally:
+        proxy.stop()
+        sim.stop()
