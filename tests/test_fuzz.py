@@ -41,6 +41,12 @@ DERANDOMIZE = os.environ.get("FLEETPROXY_FUZZ_RANDOM", "") in ("", "0")
 
 
 def profile(examples):
+    """Hypothesis settings for ``examples`` (times SCALE) examples; the test's time limit grows
+    with SCALE too (pytest-timeout's 120 s is for the default run)."""
+    return lambda test: pytest.mark.timeout(120 * SCALE)(_settings(examples)(test))
+
+
+def _settings(examples):
     return settings(
         max_examples=examples * SCALE, deadline=None, derandomize=DERANDOMIZE, print_blob=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
@@ -218,11 +224,11 @@ def test_live_proxy_never_crashes_hangs_or_forwards_ambiguity(live, backend, dat
     if refused is not None and got and not reset:
         status, head = got[-1]
         assert status == refused, f"refused with {status}, the reader refuses with {refused}{where}"
-        assert b"connection: close" in head.lower(), where
+        assert b"connection: close" in head.lower(), f"a refusal that keeps the connection{where}"
     if refused is None and not incomplete and sent_all:
         assert len(got) == len(answers), f"{len(answers)} requests, {len(got)} answers{where}"
     if got and refused is None and not incomplete:
-        assert all(s in (200, 503) for s in statuses), where
+        assert all(s in (200, 503) for s in statuses), f"answers other than the endpoint's 200{where}"
 
     live.barrier(backend)
     forwarded = backend.from_source(source)
@@ -232,7 +238,8 @@ def test_live_proxy_never_crashes_hangs_or_forwards_ambiguity(live, backend, dat
         (e[1], e[2], e[4]) for e in (answers if refused is None and not fin else requests_of(events))
         if not (e[1] == b"GET" and e[2] == b"/health")
     ]
-    assert [(f.method, f.target, f.body) for f in forwarded] == wanted[: len(forwarded)], where
+    sent = [(f.method, f.target, f.body) for f in forwarded]
+    assert sent == wanted[: len(forwarded)], f"forwarded {sent}, the reader accepted {wanted}{where}"
     if refused is None and not incomplete and sent_all:
         assert len(forwarded) == len(wanted), f"{len(wanted)} requests to forward, {len(forwarded)} forwarded{where}"
     for f in forwarded:
