@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 import _speedups
 from builds import native_or_skip
+from conftest import free_port, raw_exchange, start_proxy
 from fuzzbackend import LiveProxy, RecordingBackend, read_responses
 from proxy.config import Limits
 from proxy.http import heads
@@ -247,6 +248,23 @@ def test_live_proxy_never_crashes_hangs_or_forwards_ambiguity(live, backend, dat
     assert backend.violations == [], f"{backend.violations[0]}{where}"
     live.assert_alive()
 
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12, found by this fuzzer: the proxy's own error answer to a HEAD request carries its JSON "
+    "body (RFC 9110 9.3.2: none), so a kept-alive client reads it as the start of the next response",
+)
+def test_rfc9110_9_3_2_no_content_in_the_proxys_own_answer_to_head():
+    proxy = start_proxy([f"http://127.0.0.1:{free_port()}"], "--keepalive-timeout", "2")  # nothing listens
+    try:
+        raw = raw_exchange(proxy.port, b"HEAD /x HTTP/1.1\r\nHost: p\r\n\r\nGET /health HTTP/1.1\r\nHost: p\r\n"
+                           b"Connection: close\r\n\r\n")
+    finally:
+        proxy.stop()
+    first, _, rest = raw.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 502 "), raw[:200]
+    assert rest.startswith(b"HTTP/1.1 "), f"after the head of the answer to HEAD: {rest[:120]!r}"
 
 
 # -- the judge itself: what it calls ambiguous must be ------------------------------------
