@@ -131,8 +131,8 @@ class LiveProxy:
     def next_source(self):
         """A client address of its own for the next connection (all of 127/8 is loopback)."""
         self._sources += 1
-        n = self._sources
-        return f"127.{1 + (n >> 16) % 250}.{(n >> 8) & 255}.{n & 255 or 1}"
+        high, low = divmod(self._sources, 254)  # low + 1 in 1..254: never .0 or .255, never twice
+        return f"127.{1 + (high >> 8) % 250}.{high & 255}.{low + 1}"
 
     def barrier(self, backend):
         """A probe on a fresh connection, answered by the endpoint: what the fuzzed connection
