@@ -15,6 +15,12 @@ tenants:
       weight: 2
     - name: free
       requests_per_second: 1
+  fair_queue:                # while every backend of a model reports requests waiting
+    max_length: 1024         # requests held per model and worker; beyond, 503 + Retry-After
+    max_wait: 30             # s a request may be held; then 503 + Retry-After
+  redis:                     # limits shared by every replica (absent: by this host's workers)
+    url: redis://10.0.0.9:6379/0
+    timeout: 0.05            # s per Redis call; past it, this replica's own limits answer
 ```
 
 Keys are stored as ``sha256:<64 hex>`` of the key's bytes, never in clear: a leaked config
@@ -27,7 +33,7 @@ from typing import Annotated, Optional
 
 from msgspec import Meta
 
-from .base import Count, Name, _Base
+from .base import Count, Name, Seconds, _Base
 
 List = list  # the section's own field is called ``list``
 
@@ -54,12 +60,35 @@ class TenantConfig(_Base):
                 )
 
 
+class FairQueueConfig(_Base):
+    """Weighted fair queuing when a model's backends are saturated (tenants/gate.py)."""
+
+    enabled: bool = True
+    max_length: Count = 1024  # requests held per model, per worker
+    max_wait: Seconds = 30.0  # s one request may be held before its 503
+
+
+class RedisConfig(_Base):
+    """Limits shared by every replica through one Redis (tenants/shared.py)."""
+
+    url: str  # redis://[:password@]host:port/db (rediss:// for TLS)
+    timeout: Seconds = 0.05  # s a Redis call may take; past it the local limits decide
+    retry_interval: Seconds = 1.0  # s after a failure before Redis is tried again (local limits meanwhile)
+    prefix: str = "fleetproxy:"  # key prefix: one Redis can serve several proxy fleets
+
+    def __post_init__(self):
+        if not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"tenants.redis.url {self.url!r} must start with redis://, rediss:// or unix://")
+
+
 class TenantsConfig(_Base):
     list: List[TenantConfig] = []
     default: Optional[Name] = None  # the tenant of requests without a key; None: 401
     priority_clusters: List[Name] = []  # vLLM clusters that receive the tenant's tier as `priority`
     # Tenants the shared table holds (rows kept across reloads: a renamed tenant takes a new one).
     max_tenants: Annotated[int, Meta(ge=1, le=65536)] = 1024
+    fair_queue: FairQueueConfig = FairQueueConfig()
+    redis: Optional[RedisConfig] = None
 
     def __post_init__(self):
         names = set()

@@ -43,6 +43,7 @@ class Exchange(Relay):
     __slots__ = (
         "down", "method", "target", "headers", "body", "http10", "keep_alive", "request_id", "error",
         "selection", "close_after", "task", "finished", "retried", "obs", "asked_load", "size", "tenant",
+        "queued",
     )
 
     def __init__(self, down, method, target, headers, body, http10, keep_alive, request_id, error=None):
@@ -65,6 +66,7 @@ class Exchange(Relay):
         self.asked_load = False  # the client asked for the endpoint's load report itself
         self.size = 0  # bytes it holds while queued behind another (Downstream's accounting)
         self.tenant = None  # tenants.Admission, only when tenants are configured
+        self.queued = None  # tenants.fairqueue.Entry while it waits in the fair queue (tenants/gate.py)
 
     @property
     def endpoint(self):
@@ -97,14 +99,43 @@ class Exchange(Relay):
                 down.answer(self, responses.json_response(200, ctx.models_body, self.request_id, self.close_after))
                 return
         try:
-            self.selection = ctx.router.select(self.headers, self.body)
+            gate = ctx.tenants.gate if self.tenant is not None else None
+            if gate is None:
+                self.selection = ctx.router.select(self.headers, self.body)
+            else:  # the route first: its backends may be saturated, and then it waits its turn
+                selection = ctx.router.prepare(self.headers, self.body)
+                if gate.hold(self, selection, self.body):
+                    return
+                self.selection = ctx.router.place(selection)
         except ProxyError as exc:
             self.finish(False)
-            down.answer(self, responses.error(exc, self.request_id, close=self.close_after))
+            down.answer(self, error_response(exc, self.request_id, self.close_after))
             return
         if self.obs is not None:
             ctx.observe.admitted(self)
         self._connect_or_send()
+
+    def dequeued(self, selection):
+        """The fair queue let it go (tenants/gate.py): pick its endpoint now."""
+        if self.finished:
+            return
+        ctx = self.down.ctx
+        try:
+            self.selection = ctx.router.place(selection)
+        except ProxyError as exc:
+            self.fail(exc)
+            return
+        if self.obs is not None:
+            ctx.observe.admitted(self)
+        try:
+            self._connect_or_send()
+        except Exception as exc:
+            self.down.crashed(exc)
+
+    def queue_refused(self, err):
+        """The fair queue gave up on it (full, or it waited too long): a 503 with Retry-After."""
+        if not self.finished:
+            self.fail(err)
 
     def _admit(self, ctx):
         """Tenants (proxy/tenants): identify the caller and spend from its limits; False when
@@ -304,10 +335,15 @@ class Exchange(Relay):
             self.task.cancel()
             self.task = None
         self._give_back(reusable)
+        if self.queued is not None:
+            self.down.ctx.tenants.gate.cancel(self)
         if self.selection is not None:
             self.selection.release()
         if self.tenant is not None:
-            self.down.ctx.tenants.release(self)
+            tenants = self.down.ctx.tenants
+            tenants.release(self)
+            if tenants.gate is not None and tenants.gate.waiting and self.selection is not None:
+                tenants.gate.finished(self.selection.route)
 
 
 def error_response(err, request_id=b"", close=True):

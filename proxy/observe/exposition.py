@@ -138,17 +138,19 @@ def render(lines, merged, demand=()):
     head("fleetproxy_model_demand", "gauge",
          "Requests waiting + running for a model across its backends, as vLLM last reported them.")
     lines.extend(f'fleetproxy_model_demand{{model="{_escape(m)}",cluster="{_escape(c)}"}} {d:g}' for m, c, d, _ in demand)
-    head("fleetproxy_model_queued", "gauge", "Requests for a model waiting in the proxy for a backend connection.")
+    head("fleetproxy_model_queued", "gauge",
+         "Requests for a model waiting in the proxy: for a backend connection, or in the tenants' fair queue.")
     lines.extend(f'fleetproxy_model_queued{{model="{_escape(m)}",cluster="{_escape(c)}"}} {q}' for m, c, _, q in demand)
     head("fleetproxy_model_tokens_in_flight", "gauge",
          "Prompt tokens of requests admitted and not finished, estimated from the body (bytes / 4), over all workers.")
     lines.extend(f'fleetproxy_model_tokens_in_flight{{model="{_escape(m)}"}} {t}' for m, t in sorted(flight.items()))
 
 
-def demand_rows(cfg, reports, pools):
+def demand_rows(cfg, reports, pools, fair=None):
     """(model, cluster, vLLM's waiting + running, proxy queue) per configured model;
     ``reports``: backend label -> its freshest routing.load.Report or None; ``pools``:
-    backend label -> requests waiting in the proxy. The catch-all cluster's model is "*"."""
+    backend label -> requests waiting in the proxy for a connection; ``fair``: cluster ->
+    requests held by the tenants' fair queue (``fair_waiting``). The catch-all cluster's model is "*"."""
     rows = []
     for cluster in cfg.all_clusters():
         members = [b.label for b in getattr(cluster, "backends", ())]
@@ -159,10 +161,19 @@ def demand_rows(cfg, reports, pools):
             r = reports.get(label)
             if r is not None:
                 demand += r.waiting + (r.running or 0)
-        queued = sum(pools.get(label, 0) for label in members)
+        queued = sum(pools.get(label, 0) for label in members) + (fair or {}).get(cluster.name, 0)
         for model in cluster.models or ["*"]:
             rows.append((model, cluster.name, demand, queued))
     return rows
+
+
+def fair_waiting(merged):
+    """cluster -> requests the tenants' fair queue holds, over workers (series (cluster, "", ""))."""
+    out = {}
+    for (cluster, backend, tenant), cells in merged[0].items():
+        if cluster and not backend and not tenant:
+            out[cluster] = out.get(cluster, 0) + cells[S_POOL_WAITING]
+    return out
 
 
 def pool_waiting(merged):

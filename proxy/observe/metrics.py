@@ -177,6 +177,10 @@ class Recorder:
             cells[s + S_POOL_WAITING] = len(pool.waiters)
             cells[s + S_POOL_OPEN] = len(pool.conns)
             cells[s + S_POOL_REFUSED] = pool.refused + pool.wait_timeouts
+        gate = ctx.tenants.gate if ctx.tenants is not None else None
+        if gate is not None:  # the tenants' fair queue, per route: a series (cluster, "", "")
+            for cluster, waiting in gate.queued().items():
+                cells[self.series(cluster, "", "", 0) + S_POOL_WAITING] = waiting
 
 
 NO_TOKENS = (0, 0, 0)

@@ -53,6 +53,7 @@ def exposition(endpoints, workers, restarts, generation, cfg=None, merged=None):
            [("", generation)])
     if merged is not None:
         reports = {e[0]: e[4] for e in endpoints}
-        demand = requests_text.demand_rows(cfg, reports, requests_text.pool_waiting(merged))
+        demand = requests_text.demand_rows(
+            cfg, reports, requests_text.pool_waiting(merged), requests_text.fair_waiting(merged))
         requests_text.render(lines, merged, demand)
     return ("\n".join(lines) + "\n").encode()

@@ -89,6 +89,8 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
     ctx = Context(cfg, loop, router)
     ctx.observe = Observer.build(cfg, loop, *metrics)  # metrics: (shared table, this worker's row)
     ctx.tenants = Tenants.build(cfg, *tenants)
+    if ctx.tenants is not None:
+        ctx.tenants.start(loop, router)
     if ctx.tenants is not None and ctx.observe is None:
         ctx.observe = Observer(loop)  # tenants read the response's usage from its Timing
     if sock is not None:

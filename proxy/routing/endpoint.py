@@ -172,6 +172,11 @@ class Endpoint:
         """(load, queueing) for the balancing policies (see load.pressure)."""
         return pressure(self.current_report(), self.load(), now, self.max_age)
 
+    def queueing(self, now):
+        """Whether a fresh report says new requests wait here (``pressure``'s second half,
+        without summing the in-flight counts)."""
+        return pressure(self.current_report(), 0, now, self.max_age)[1]
+
     # -- health events --
 
     def probed(self, ok, now):

@@ -172,9 +172,18 @@ class Router:
     def select(self, headers, body):
         """A Selection whose endpoint is counted in flight; raises a ProxyError when the
         model is unknown (404) or no endpoint of the route can take the request (503)."""
+        return self.place(self.prepare(headers, body))
+
+    def prepare(self, headers, body):
+        """The first half of ``select``: a Selection with its route and no endpoint yet (what
+        the tenants' fair queue holds while the route's backends are saturated)."""
         selection = Selection(headers, body, self.model_only)
-        route = self._route(selection) if self.by_model else self.default_route
-        selection.route = route
+        selection.route = self._route(selection) if self.by_model else self.default_route
+        return selection
+
+    def place(self, selection):
+        """The second half of ``select``: pick the endpoint of a prepared ``selection``."""
+        route = selection.route
         self.retry.budget.on_request()
         now = self.clock()
         endpoint = self._pick(route, selection, None, now)
@@ -224,6 +233,19 @@ class Router:
         current.release()
         selection.attempts += 1
         return True
+
+    @staticmethod
+    def saturated(route, now):
+        """Whether vLLM reports requests waiting (or a full KV cache) on every eligible
+        endpoint of ``route``, its fallbacks included. An endpoint without a fresh report (a
+        provider, a scrape that failed) counts as having room."""
+        seen = False
+        for cluster in route.clusters:
+            for endpoint in cluster.snapshot.members:
+                if not endpoint.queueing(now):
+                    return False
+                seen = True
+        return seen
 
     def _route(self, selection):
         fields = selection.fields()

@@ -102,6 +102,15 @@ class Tenants:
         self.keys = KeyIndex(pairs)
         self.default = self.tenants[section.default] if section.default is not None else None
         self.priority_clusters = frozenset(section.priority_clusters)
+        self.section = section
+        self.gate = None  # gate.FairGate, once serving (``start``)
+
+    def start(self, loop, router):
+        """Serving: the fair queue at admission (when ``fair_queue.enabled``)."""
+        if self.section.fair_queue.enabled:
+            from .gate import FairGate
+
+            self.gate = FairGate(self.section.fair_queue, loop, router)
 
     @classmethod
     def build(cls, cfg, table=None, row=-1):
@@ -115,6 +124,8 @@ class Tenants:
         return cls(cfg, table, row)
 
     def close(self):
+        if self.gate is not None:
+            self.gate.close()
         if self.table.owner:
             self.table.close()
 
