@@ -315,3 +315,26 @@ def test_slots_are_kept_by_name_across_configs():
         assert table.claim_slot("one-too-many") == -1
     finally:
         table.close()
+
+
+def test_the_table_is_a_dev_shm_file_without_a_resource_tracker(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # A fresh interpreter: the suite's own process may have started a tracker for something else.
+    code = (
+        "import multiprocessing.resource_tracker as rt, os\n"
+        "from proxy.tenants.table import TenantTable\n"
+        "t = TenantTable(rows=2, slots=8)\n"
+        "w = TenantTable(name=t.name)\n"
+        "w.lock(3); w.unlock(3)\n"
+        "print(t.shm.path, os.path.exists(t.shm.path), rt._resource_tracker._pid)\n"
+        "w.close(); t.close()\n"
+        "print(os.path.exists(t.shm.path))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__))).stdout.split()
+    assert out[0].startswith(("/dev/shm/fleetproxy-", "/tmp/fleetproxy-")) and out[1] == "True"
+    assert out[2] == "None"  # no resource tracker process was started
+    assert out[3] == "False"  # the owner's close unlinked it

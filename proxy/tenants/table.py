@@ -1,7 +1,7 @@
 """The tenants' limits in shared memory: one table for the supervisor's whole life, so every
 worker spends from the same buckets and a reload (SIGHUP) keeps what was spent.
 
-Layout (int64 cells): a header; a *slot* per tenant (its name's hash, the requests bucket's
+Layout (int64 cells): a header (with the count of failed Redis calls, ``REDIS_ERRORS``); a *slot* per tenant (its name's hash, the requests bucket's
 and the tokens bucket's theoretical arrival times, see ``buckets.py``); a pid per worker row;
 then each worker row's count of requests in flight per tenant slot.
 
@@ -10,7 +10,7 @@ read-modify-write of one cell (admit or not, then store the new time): two worke
 at once would both read the old time and each let a request through that only one should
 have. Without a compare-and-swap reachable from pure Python (the pure build must behave the
 same), the update runs under an exclusive POSIX record lock on one byte of the segment's file
-(``fcntl.lockf``, byte = the tenant's slot), so workers contend only when they serve the same
+(``fcntl.lockf`` on ``Segment.path`` in /dev/shm, byte = the tenant's slot), so workers contend only when they serve the same
 tenant at the same instant, and the lock is the kernel's: a worker that dies holding it
 releases it. Two system calls a request for admission, two at the end.
 
@@ -26,10 +26,12 @@ Without a supervisor the table is this process's own memory and takes no locks.
 import fcntl
 import hashlib
 import os
-from multiprocessing import resource_tracker, shared_memory
 
-HEADER = 4  # slots, worker rows, layout version, rows in use (the highest claimed row + 1)
-VERSION = 1
+from ..process.shm import Segment
+
+HEADER = 5  # slots, worker rows, layout version, rows in use (the highest claimed row + 1), Redis errors
+REDIS_ERRORS = 4  # header cell: Redis calls that failed or timed out, every worker's (a counter)
+VERSION = 2
 SLOT_CELLS = 4
 KEY, REQ_TAT, TOK_TAT = 0, 1, 2  # in a slot
 
@@ -43,16 +45,12 @@ class TenantTable:
         if name is None:
             cells = HEADER + slots * SLOT_CELLS + rows + rows * slots
             # Zero-filled either way; a private table (one process) needs no segment at all.
-            self.shm = shared_memory.SharedMemory(create=True, size=cells * 8) if shared else None
+            self.shm = Segment(cells) if shared else None
             self.owner = True
         else:
-            self.shm = shared_memory.SharedMemory(name=name)
-            try:  # only the creator may unlink it
-                resource_tracker.unregister(self.shm._name, "shared_memory")
-            except Exception:
-                pass
+            self.shm = Segment(0, name)
             self.owner = False
-        self.cells = (self.shm.buf if self.shm is not None else memoryview(bytearray(cells * 8))).cast("q")
+        self.cells = self.shm.cells if self.shm is not None else memoryview(bytearray(cells * 8)).cast("q")
         if self.owner:
             self.cells[0], self.cells[1], self.cells[2] = slots, rows, VERSION
         elif self.cells[2] != VERSION:
@@ -60,7 +58,7 @@ class TenantTable:
         self.slots, self.rows = self.cells[0], self.cells[1]
         self.pids = HEADER + self.slots * SLOT_CELLS
         self.conc = self.pids + self.rows
-        self.fd = os.open("/dev/shm/" + self.shm.name.lstrip("/"), os.O_RDWR) if self.shm is not None else -1
+        self.fd = os.open(self.shm.path, os.O_RDWR) if self.shm is not None else -1
 
     @property
     def name(self):
@@ -143,15 +141,5 @@ class TenantTable:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self.shm is None:
-            return
-        try:
-            self.cells.release()
-            self.shm.close()
-        except BufferError:
-            pass
-        if self.owner:
-            try:
-                self.shm.unlink()
-            except FileNotFoundError:
-                pass
+        if self.shm is not None:
+            self.shm.close()  # the owner's close unlinks it
