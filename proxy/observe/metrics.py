@@ -12,7 +12,8 @@ Nothing is done per token. Gauges that cost a walk (open connections, open strea
 pools) are written once a second by ``sample``, off the request path.
 """
 
-import bisect
+import re
+from bisect import bisect_left
 
 from ..routing.fields import decode
 from .table import (
@@ -28,6 +29,16 @@ DEFAULT_TENANT = "default"  # until tenants exist (issue 15): Exchange.tenant fi
 BYTES_PER_TOKEN = 4
 USAGE_SPAN = 4096  # bytes: at most what a usage object spans, searched across two reads
 _BOUNDS = [b for _, _, b in HISTOGRAMS]
+# The histograms every request records, unpacked once for ``Recorder.record``: where each
+# starts in a series, its bounds, and the offset of its sum after them.
+_E2E_AT, _E2E_BOUNDS, _E2E_SUM = HIST_AT[H_E2E], _BOUNDS[H_E2E], len(_BOUNDS[H_E2E]) + 1
+_RESP_AT, _RESP_BOUNDS, _RESP_SUM = HIST_AT[H_OVER_RESP], _BOUNDS[H_OVER_RESP], len(_BOUNDS[H_OVER_RESP]) + 1
+_REQ_AT, _REQ_BOUNDS, _REQ_SUM = HIST_AT[H_OVER_REQ], _BOUNDS[H_OVER_REQ], len(_BOUNDS[H_OVER_REQ]) + 1
+_TTFT_AT, _TTFT_BOUNDS, _TTFT_SUM = HIST_AT[H_TTFT], _BOUNDS[H_TTFT], len(_BOUNDS[H_TTFT]) + 1
+# A usage object's counts: one C search each, from where "usage" starts.
+_PROMPT = re.compile(rb'"prompt_tokens": ?(\d+)')
+_COMPLETION = re.compile(rb'"completion_tokens": ?(\d+)')
+_CACHED = re.compile(rb'"cached_tokens": ?(\d+)')
 _NCLASS = len(OUTCOMES)
 _STATUS_ROW = [i * _NCLASS for i in range(len(CLASSES))]
 
@@ -98,18 +109,22 @@ class Recorder:
         at = base + HIST_AT[hist]
         bounds = _BOUNDS[hist]
         cells = self.cells
-        cells[at + bisect.bisect_left(bounds, seconds)] += 1
+        cells[at + bisect_left(bounds, seconds)] += 1
         cells[at + len(bounds) + 1] += int(seconds * 1e6)
 
     def record(self, ex, status, outcome, now, tokens, model, backend):
         """The request ``ex`` (an http.exchange.Exchange) ended with ``outcome`` (an index
-        into table.OUTCOMES) and ``status`` (0: no response)."""
+        into table.OUTCOMES) and ``status`` (0: no response). Once per request, so written
+        flat: locals, the histogram adds inline (a call costs as much as the add)."""
         selection = ex.selection
         if outcome == 0 and selection is not None and len(selection.route.clusters) > 1:
             if selection.route.clusters[0] not in selection.endpoint.clusters:
                 outcome = FALLBACK
         obs = ex.obs
-        base = self.series(model, backend, obs.tenant)
+        key = (model, backend, obs.tenant)
+        base = self.index.get(key)
+        if base is None:
+            base = self.series(model, backend, obs.tenant)
         cells = self.cells
         cells[base + S_REQ + _STATUS_ROW[status // 100 if status < 600 else 0] + outcome] += 1
         if obs.flight_tokens:
@@ -120,24 +135,42 @@ class Recorder:
             return
         cells[base + S_BYTES] += framer.body_bytes
         t0 = obs.t0
-        if obs.t_head:
-            self.observe(base, H_E2E, now - t0)
-            self.observe(base, H_OVER_RESP, obs.t_resp - obs.t_head)
+        t_head = obs.t_head
+        if t_head:
+            seconds = now - t0
+            at = base + _E2E_AT
+            cells[at + bisect_left(_E2E_BOUNDS, seconds)] += 1
+            cells[at + _E2E_SUM] += int(seconds * 1e6)
+            seconds = obs.t_resp - t_head
+            at = base + _RESP_AT
+            cells[at + bisect_left(_RESP_BOUNDS, seconds)] += 1
+            cells[at + _RESP_SUM] += int(seconds * 1e6)
         if obs.t_sent and selection.attempts == 1:
-            self.observe(base, H_OVER_REQ, max(0.0, obs.t_sent - t0 - obs.t_wait))
+            seconds = obs.t_sent - t0 - obs.t_wait
+            if seconds < 0.0:
+                seconds = 0.0
+            at = base + _REQ_AT
+            cells[at + bisect_left(_REQ_BOUNDS, seconds)] += 1
+            cells[at + _REQ_SUM] += int(seconds * 1e6)
         t_body = obs.t_body
         if t_body > 0.0:
-            self.observe(base, H_TTFT, t_body - t0)
+            seconds = t_body - t0
+            at = base + _TTFT_AT
+            cells[at + bisect_left(_TTFT_BOUNDS, seconds)] += 1
+            cells[at + _TTFT_SUM] += int(seconds * 1e6)
         if tokens is not NO_TOKENS:
-            cells[base + S_TOK] += tokens[0]
-            cells[base + S_TOK + 1] += tokens[1]
-            cells[base + S_TOK + 2] += tokens[2]
+            at = base + S_TOK
+            cells[at] += tokens[0]
+            cells[at + 1] += tokens[1]
+            cells[at + 2] += tokens[2]
             if framer.event_stream and tokens[1] > 1 and t_body > 0.0:
                 self.observe(base, H_ITL, (now - t_body) / (tokens[1] - 1))
-        if framer.event_stream and obs.tail is not None and (
-            obs.tail.find(b'data: {"error"') >= 0 or (obs.prev is not None and obs.prev.find(b'data: {"error"') >= 0)
-        ):
-            cells[base + S_ERR_EVENTS] += 1
+        if framer.event_stream:
+            tail, prev = obs.tail, obs.prev
+            if (tail is not None and tail.find(b'data: {"error"') >= 0) or (
+                prev is not None and prev.find(b'data: {"error"') >= 0
+            ):
+                cells[base + S_ERR_EVENTS] += 1
 
     def admitted(self, ex, model):
         """``ex`` was given an endpoint: its prompt tokens (estimated) are in flight until it ends."""
@@ -209,11 +242,7 @@ def usage(tail, prev=None):
         at = tail.rfind(b'"usage"')
         if at < 0:
             return NO_TOKENS
-    return (
-        _number(tail, b'"prompt_tokens":', at),
-        _number(tail, b'"completion_tokens":', at),
-        _number(tail, b'"cached_tokens":', at),
-    )
+    return _number(_PROMPT, tail, at), _number(_COMPLETION, tail, at), _number(_CACHED, tail, at)
 
 
 def model_of(body, selection):
@@ -227,19 +256,9 @@ def model_of(body, selection):
     return (fields.model or "") if fields else ""
 
 
-def _number(data, name, start):
-    at = data.find(name, start)
-    if at < 0:
-        return 0
-    at += len(name)
-    end = at
-    n = len(data)
-    while end < n and (data[end] == 32 or 48 <= data[end] <= 57):
-        end += 1
-    try:
-        return int(data[at:end])
-    except ValueError:
-        return 0
+def _number(pattern, data, start):
+    match = pattern.search(data, start)
+    return int(match.group(1)) if match is not None else 0
 
 
 assert SERIES_CELLS > S_POOL_REFUSED and ROW_HEADER > R_STREAMS
