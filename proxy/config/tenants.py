@@ -79,6 +79,10 @@ class RedisConfig(_Base):
     def __post_init__(self):
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"tenants.redis.url {self.url!r} must start with redis://, rediss:// or unix://")
+        try:
+            import redis.asyncio  # noqa: F401
+        except ImportError:
+            raise ValueError("tenants.redis needs the redis package: pip install 'fleetproxy[redis]'") from None
 
 
 class TenantsConfig(_Base):

@@ -86,6 +86,11 @@ class Exchange(Relay):
             return
         if ctx.tenants is not None and self.target != b"/health" and not self._admit(ctx):
             return
+        self._route(ctx)
+
+    def _route(self, ctx):
+        """``start`` past admission: the proxy's own routes, or an endpoint and the request sent."""
+        down = self.down
         if self.method == b"GET":
             target = self.target
             if target == b"/health":
@@ -145,15 +150,40 @@ class Exchange(Relay):
                 self.method, self.headers, self.body, int(ctx.router.clock() * 1e6))
         except ProxyError as exc:
             self.finished = True
-            if self.obs is not None:
-                self.obs.tenant = getattr(exc, "tenant", "") or "_unauthenticated"
-                ctx.observe.done(self, exc.status, outcome_of(exc))
-            headers = getattr(exc, "headers", b"")
-            self.down.answer(self, responses.error(exc, self.request_id, self.close_after, headers))
+            self._refused(ctx, exc)
             return False
         if self.obs is not None:
             self.obs.tenant = self.tenant.tenant.name
+        if self.tenant.shared:  # limits shared through Redis: one round trip first (tenants/shared.py)
+            self.task = ctx.loop.create_task(self._confirm(ctx))
+            return False
         return True
+
+    def _refused(self, ctx, exc):
+        if self.obs is not None:
+            self.obs.tenant = getattr(exc, "tenant", "") or "_unauthenticated"
+            ctx.observe.done(self, exc.status, outcome_of(exc))
+        headers = getattr(exc, "headers", b"")
+        self.down.answer(self, responses.error(exc, self.request_id, self.close_after, headers))
+
+    async def _confirm(self, ctx):
+        try:
+            refused = await ctx.tenants.confirm(self.tenant)
+        except Exception as exc:  # an entry point of its own, like _connect
+            self.task = None
+            self.down.crashed(exc)
+            return
+        self.task = None
+        if self.finished:  # the client left meanwhile; finish gave the admission back
+            return
+        if refused is not None:
+            self.finish(False)  # the admission was undone already: finish only closes the books
+            self._refused(ctx, refused)
+            return
+        try:
+            self._route(ctx)
+        except Exception as exc:
+            self.down.crashed(exc)
 
     def _connect_or_send(self):
         endpoint = self.selection.endpoint

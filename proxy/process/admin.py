@@ -337,7 +337,9 @@ def worker_metrics(router, ctx=None):
         from ..observe.exposition import Totals
 
         merged = Totals().merged(observer.table)
-    return metrics.exposition(rows, workers=1, restarts=0, generation=1, cfg=ctx.cfg if ctx else None, merged=merged)
+    tenants = ctx.tenants.table if ctx is not None and ctx.tenants is not None else None
+    return metrics.exposition(rows, workers=1, restarts=0, generation=1, cfg=ctx.cfg if ctx else None, merged=merged,
+                              tenants=tenants)
 
 
 def drain_action(router, rest):

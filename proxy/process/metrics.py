@@ -21,9 +21,10 @@ def endpoint_row(name, in_flight, requests, healthy, report):
     return name, in_flight, requests, healthy, report
 
 
-def exposition(endpoints, workers, restarts, generation, cfg=None, merged=None):
+def exposition(endpoints, workers, restarts, generation, cfg=None, merged=None, tenants=None):
     """``endpoints``: rows made by ``endpoint_row``; ``merged``: ``Totals.merged`` of the
-    request metrics table (None: request metrics are off), ``cfg`` the current config."""
+    request metrics table (None: request metrics are off), ``cfg`` the current config;
+    ``tenants``: the tenants' shared table (None: no tenants: section)."""
     now = time.monotonic()  # the clock load reports are stamped with
     labels = [f'{{backend="{_escape(e[0])}"}}' for e in endpoints]
     lines = []
@@ -56,4 +57,8 @@ def exposition(endpoints, workers, restarts, generation, cfg=None, merged=None):
         demand = requests_text.demand_rows(
             cfg, reports, requests_text.pool_waiting(merged), requests_text.fair_waiting(merged))
         requests_text.render(lines, merged, demand)
+    if tenants is not None:
+        from ..tenants.shared import exposition as tenants_text
+
+        lines.extend(tenants_text(tenants))
     return ("\n".join(lines) + "\n").encode()

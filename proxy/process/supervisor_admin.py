@@ -142,7 +142,7 @@ async def metrics_text(sup):
         for i, label in enumerate(gen.labels)
     ]
     merged = sup.totals.merged(sup.metrics) if sup.metrics is not None else None
-    return metrics.exposition(rows, len(sup.live_workers()), sup.restarts, gen.number, gen.cfg, merged)
+    return metrics.exposition(rows, len(sup.live_workers()), sup.restarts, gen.number, gen.cfg, merged, sup.tenants)
 
 
 async def handle(sup, method, path, body):

@@ -9,6 +9,10 @@ The parts, in the order a request meets them:
   follow from the same numbers.
 - ``table.py``: the buckets and in-flight counts in shared memory, one table for the
   supervisor's life (every worker spends from it; reloads keep it).
+- ``shared.py``: with ``redis:``, the same buckets in Redis, shared by every replica; the
+  shared-memory ones stay the fast path (a refusal needs no round trip) and the fallback.
+- ``fairqueue.py`` (sans-IO) and ``gate.py``: weighted fair queuing while a model's backends
+  are saturated.
 - this module: ``Tenants`` puts them together for a worker. ``admit`` runs at
   ``Exchange.start`` (401, 404 for a model the tenant may not use, 429 over a limit) and
   returns an ``Admission``; ``finish`` runs from ``Exchange.finish``, releases the in-flight
@@ -75,13 +79,14 @@ class Tenant:
 class Admission:
     """One admitted request: what ``finish`` must give back, and the headers its response carries."""
 
-    __slots__ = ("tenant", "estimate", "headers", "done")
+    __slots__ = ("tenant", "estimate", "headers", "done", "shared")
 
     def __init__(self, tenant, estimate, headers):
         self.tenant = tenant
         self.estimate = estimate  # tokens charged at admission
         self.headers = headers  # x-ratelimit-* fields, CRLF-terminated (b"" without limits)
         self.done = False
+        self.shared = False  # admitted here, to be confirmed by Redis (``Tenants.confirm``)
 
 
 class Tenants:
@@ -104,13 +109,21 @@ class Tenants:
         self.priority_clusters = frozenset(section.priority_clusters)
         self.section = section
         self.gate = None  # gate.FairGate, once serving (``start``)
+        self.shared = None  # shared.SharedLimits, once serving with ``redis:``
+        self.loop = None
+        self.pending = set()  # token corrections on their way to Redis
 
     def start(self, loop, router):
-        """Serving: the fair queue at admission (when ``fair_queue.enabled``)."""
+        """Serving: the fair queue at admission (when ``fair_queue.enabled``), Redis (``redis:``)."""
+        self.loop = loop
         if self.section.fair_queue.enabled:
             from .gate import FairGate
 
             self.gate = FairGate(self.section.fair_queue, loop, router)
+        if self.section.redis is not None:
+            from .shared import SharedLimits
+
+            self.shared = SharedLimits(self.section.redis, self.table)
 
     @classmethod
     def build(cls, cfg, table=None, row=-1):
@@ -126,6 +139,8 @@ class Tenants:
     def close(self):
         if self.gate is not None:
             self.gate.close()
+        if self.shared is not None and self.loop is not None and not self.loop.is_closed():
+            self.loop.create_task(self.shared.close())
         if self.table.owner:
             self.table.close()
 
@@ -198,7 +213,48 @@ class Tenants:
                 message = f"Too many concurrent requests for tenant {tenant.name} (limit {tenant.max_concurrent})."
             extra = b"retry-after: %d\r\nretry-after-ms: %d\r\n" % (seconds, ms) + fields
             raise TenantRefused(message, 429, "rate_limit_exceeded", tenant.name, extra)
-        return Admission(tenant, estimate, fields), headers
+        admission = Admission(tenant, estimate, fields)
+        if self.shared is not None and (req is not None or tok is not None) and self.shared.ready():
+            admission.shared = True
+        return admission, headers
+
+    async def confirm(self, admission):
+        """The shared (Redis) half of ``admit`` for an admission marked ``shared``: None when
+        Redis admits it too (its headers then tell the shared buckets' numbers) or did not
+        answer (the local decision stands); else the 429 to answer, the local charge undone."""
+        tenant = admission.tenant
+        answer = await self.shared.take(tenant, admission.estimate)
+        if answer is None:
+            return None
+        ok, req, tok = answer
+        admission.headers = rate_headers(tenant, req, tok)
+        if ok:
+            return None
+        self.undo(admission, int(time.monotonic() * US))
+        wait = max(a[4] for a in (req, tok) if a is not None)
+        seconds, ms = max(1, math.ceil(wait / US)), max(1, math.ceil(wait / 1000))
+        what = "requests" if req is not None and req[4] == wait else "tokens"
+        return TenantRefused(
+            f"Rate limit reached for tenant {tenant.name} on {what}; retry after {seconds} s.", 429,
+            "rate_limit_exceeded", tenant.name,
+            b"retry-after: %d\r\nretry-after-ms: %d\r\n" % (seconds, ms) + admission.headers,
+        )
+
+    def undo(self, admission, now_us):
+        """Give back what ``admit`` took locally for a request Redis refused."""
+        admission.done = True
+        tenant = admission.tenant
+        cells, base = self.cells, tenant.base
+        self.table.lock(tenant.slot)
+        try:
+            if tenant.max_concurrent:
+                cells[self.table.in_flight_cell(self.row, tenant.slot)] -= 1
+            if tenant.requests is not None:
+                cells[base + REQ_TAT] = tenant.requests.charge(cells[base + REQ_TAT], now_us, -1)
+            if tenant.tokens is not None and admission.estimate:
+                cells[base + TOK_TAT] = tenant.tokens.charge(cells[base + TOK_TAT], now_us, -admission.estimate)
+        finally:
+            self.table.unlock(tenant.slot)
 
     # -- the end ----------------------------------------------------------------------------
 
@@ -210,6 +266,10 @@ class Tenants:
         admission.done = True
         tenant = admission.tenant
         delta = used - admission.estimate if tenant.tokens is not None else 0
+        if delta and admission.shared and self.shared is not None and self.shared.ready():
+            task = self.loop.create_task(self.shared.charge(tenant, delta))
+            self.pending.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self.pending.discard)
         if not tenant.max_concurrent and not delta:
             return
         cells, slot = self.cells, tenant.slot
