@@ -67,7 +67,6 @@ _prefix, _prefix_native = _load("prefix")
 IMPLEMENTATION = "native" if _framing_native and _prefix_native else "pure" if not (_framing_native or _prefix_native) else "mixed"
 
 ResponseFramer = _framing.ResponseFramer
-dechunk = _framing.dechunk
 HEAD = _framing.HEAD
 DONE = _framing.DONE
 ERROR = _framing.ERROR

@@ -113,11 +113,8 @@ def _chunk_size(buf, start, end):
 class ResponseFramer:
     """Incremental HTTP/1.1 response framing over raw bytes. One per upstream response."""
 
-    def __init__(self, head_request=False, whole_chunks=False):
+    def __init__(self, head_request=False):
         self.head_request = bool(head_request)
-        # whole_chunks: make every chunk end a boundary and hold partial chunks, so that what
-        # passes can be de-chunked on its own (HTTP/1.0 clients).
-        self.whole_chunks = bool(whole_chunks)
         self.state = S_HEAD
         self._head_buf = None  # bytearray while a head spans reads
         self.status = 0
@@ -235,8 +232,6 @@ class ResponseFramer:
                         if _sse_tail_is_boundary(self._tail):
                             self.safe_end = pos
                             flags |= EVENT
-                    elif self.whole_chunks:
-                        self.safe_end = pos
                 else:  # trailer section: ends at an empty line
                     self._trailer += end - start + 2
                     if end == start:
@@ -343,7 +338,7 @@ class ResponseFramer:
         else:
             state = S_CLOSE
         self.state = state
-        self._hold = self.event_stream or (self.whole_chunks and kind == CHUNKED)
+        self._hold = self.event_stream
         self.head_end = pos
         self.safe_end = pos
         if state == S_DONE:
@@ -467,25 +462,3 @@ class ResponseFramer:
             self.safe_end = best
             return 1
         return 0
-
-
-def dechunk(data):
-    """Payload of a run of *whole* chunks (what the framer let through), for HTTP/1.0 clients
-    that cannot read chunked coding. The terminating chunk and trailers yield nothing."""
-    if type(data) is not bytes:
-        data = bytes(data)
-    buf = data
-    out = []
-    pos = 0
-    n = len(data)
-    while pos < n:
-        nl = data.find(b"\r\n", pos)
-        if nl < 0:
-            break
-        size = _chunk_size(buf, pos, nl)
-        if size <= 0:
-            break
-        start = nl + 2
-        out.append(data[start : start + size])
-        pos = start + size + 2
-    return b"".join(out)

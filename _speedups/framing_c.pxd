@@ -2,7 +2,7 @@
 #
 # Nothing here changes what the code does; it only gives Cython C types for the names the
 # source already uses (the aiohttp `reader_c.pxd` pattern). The public names of the module
-# (HEAD, DONE, ERROR, EVENT, NONE, LENGTH, CHUNKED, UNTIL_CLOSE, ResponseFramer, dechunk) stay Python
+# (HEAD, DONE, ERROR, EVENT, NONE, LENGTH, CHUNKED, UNTIL_CLOSE, ResponseFramer) stay Python
 # objects; the private state constants and helpers become C. `buf` / `lbuf` are the data's own
 # bytes seen through a pointer: borrowed from a `bytes` object the function holds a reference
 # to, never stored beyond the call.
@@ -26,7 +26,6 @@ cdef long long _chunk_size(const unsigned char *buf, Py_ssize_t start,
 
 cdef class ResponseFramer:
     cdef public bint head_request
-    cdef public bint whole_chunks
     cdef int state
     cdef bytearray _head_buf
     cdef public int status
@@ -71,8 +70,3 @@ cdef class ResponseFramer:
     @cython.locals(buf="const unsigned char *", tail="unsigned int", best=Py_ssize_t,
                    i=Py_ssize_t, stop=Py_ssize_t, cut=Py_ssize_t)
     cdef int _sse_plain(self, bytes data, Py_ssize_t start, Py_ssize_t end) except -1
-
-
-@cython.locals(buf="const unsigned char *", out=list, pos=Py_ssize_t, n=Py_ssize_t,
-               nl=Py_ssize_t, size="long long", start=Py_ssize_t)
-cpdef bytes dechunk(data)

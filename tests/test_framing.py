@@ -37,9 +37,9 @@ def test_native_exports_the_same_api():
 # -- replay ---------------------------------------------------------------------------------
 
 
-def replay(fr, pieces, head_request=False, whole_chunks=False, eof=False):
+def replay(fr, pieces, head_request=False, eof=False):
     """Feed ``pieces`` in order and sum up what a relay would see, in absolute offsets."""
-    f = fr.ResponseFramer(head_request, whole_chunks)
+    f = fr.ResponseFramer(head_request)
     offset = 0
     flags_seen = 0
     head_end = msg_end = None
@@ -292,32 +292,11 @@ def test_content_length_leading_zeros_and_repeats(fr):
     assert r["content_length"] == 3 and r["flags"] == HEAD | DONE
 
 
-def test_whole_chunks_for_http10_clients(fr):
-    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-    body = chunk(b"hello ") + chunk(b"world") + b"0\r\n\r\n"
-    f = fr.ResponseFramer(False, True)
-    f.feed(head)
-    c1 = chunk(b"hello ")
-    assert f.feed(c1[:5]) == 0 and f.safe_end == 0  # a partial chunk is held
-    assert f.feed(c1[5:]) == 0 and f.safe_end == len(c1) - 5
-    r = check(fr, head + body, whole_chunks=True)
-    assert r["safe"] == r["msg_end"] == len(head + body)
-    assert fr.dechunk(body) == b"hello world"
-
-
 def test_bytes_like_input(fr):
     data = SSE_HEAD + chunk(event(0)) + b"0\r\n\r\n"
     expected = replay(fr, [data])
     assert replay(fr, [bytearray(data)]) == expected
     assert replay(fr, [memoryview(data)]) == expected
-
-
-def test_dechunk(fr):
-    assert fr.dechunk(b"") == b""
-    assert fr.dechunk(chunk(b"a", b";ext=1") + chunk(b"bc") + b"0\r\n\r\n") == b"abc"
-    assert fr.dechunk(bytearray(chunk(b"xyz"))) == b"xyz"
-    assert fr.dechunk(b"zz\r\nabc\r\n") == b""  # stops at the first line it cannot read
-    assert fr.dechunk(chunk(b"ok") + b"5\r\nab") == b"okab"  # a cut chunk yields what is there
 
 
 def test_feed_after_error_keeps_the_first_error(fr):
@@ -332,7 +311,7 @@ def test_attributes_are_writable_like_the_pure_class(fr):
     f.keep_alive = False
     f.head_request = True
     assert f.keep_alive is False and f.head_request is True
-    assert fr.ResponseFramer(1, 0).head_request is True  # normalized to bool on both builds
+    assert fr.ResponseFramer(1).head_request is True  # normalized to bool on both builds
 
 
 # -- refusals: every one is an upstream fault, whatever the split ---------------------------------

@@ -138,11 +138,3 @@ def test_feed_bulk_64k(benchmark, fr):
     f = fr.ResponseFramer()
     f.feed(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (1 << 60))
     benchmark(f.feed, BULK)
-
-
-@pytest.mark.parametrize("fr", IMPLS)
-def test_dechunk_16(benchmark, fr):
-    _need(fr)
-    benchmark.group = "dechunk: 16 token chunks"
-    data = b"".join(STREAM_16[1:17])
-    assert benchmark(fr.dechunk, data).count(b"data:") == 16
