@@ -115,11 +115,6 @@ def test_reader_any_input_any_split(data, choice):
         assert (up_method, up_target, up_body, rest) == (method, target, body, b"")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12, found by this fuzzer: from a trusted peer, an X-Forwarded-For the client named in "
-    "Connection is still extended and forwarded (heads.upstream_head takes it before the Connection drop)",
-)
 def test_rfc9110_7_6_1_connection_named_forwarding_header_from_trusted_peer_is_dropped():
     headers = [(b"host", b"p"), (b"connection", b"x-forwarded-for"), (b"x-forwarded-for", HOP_MARK)]
     head = heads.upstream_head(b"GET", b"/x", headers, b"127.0.0.1:9", b"10.0.0.1", b"fuzz-1", 0, trusted=True)
@@ -250,11 +245,6 @@ def test_live_proxy_never_crashes_hangs_or_forwards_ambiguity(live, backend, dat
 
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12, found by this fuzzer: the proxy's own error answer to a HEAD request carries its JSON "
-    "body (RFC 9110 9.3.2: none), so a kept-alive client reads it as the start of the next response",
-)
 def test_rfc9110_9_3_2_no_content_in_the_proxys_own_answer_to_head():
     proxy = start_proxy([f"http://127.0.0.1:{free_port()}"], "--keepalive-timeout", "2")  # nothing listens
     try:

@@ -240,6 +240,8 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
         """Write a whole response the proxy made itself for ``exchange``, then go on."""
         if self.closed:
             return
+        if exchange.method == b"HEAD":
+            response = responses.head_only(response)
         self.transport.write(response)
         self._done(exchange, close or exchange.close_after)
 

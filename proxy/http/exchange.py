@@ -347,7 +347,8 @@ class Exchange(Relay):
         self.finish(False)
         if self.obs is not None:
             self.down.ctx.observe.done(self, err.status, UPSTREAM_ERROR)
-        self.down.transport.write(responses.error(err, self.request_id, close=True))
+        response = responses.error(err, self.request_id, close=True)
+        self.down.transport.write(responses.head_only(response) if self.method == b"HEAD" else response)
 
     def client_gone(self):
         """The client disconnected: abandon the upstream request at once."""

@@ -98,8 +98,11 @@ def upstream_head(
                 continue
         parts += (name, b": ", value, b"\r\n")
     if named:
-        # Drop the fields the Connection header named, including ones seen before it.
+        # Drop the fields the Connection header named, including ones seen before it (an
+        # X-Forwarded-For so named is hop-by-hop too: not extended, not forwarded).
         parts = parts[:6] + _drop(parts, 6, named)
+        if b"x-forwarded-for" in named:
+            xff = None
     xff = forwarded_for if xff is None else xff + b", " + forwarded_for
     parts += (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: http\r\nx-request-id: ", request_id, b"\r\n")
     for name, value in extra:

@@ -164,8 +164,10 @@ class Relay:
                 out, self.held = b"", held
 
         if obs is not None and out:
-            if self.strip:
-                out = self._strip(out, flags)
+            strip = self.strip
+            if strip:
+                if strip == 2 or out.find(FINISH) >= 0 or flags & DONE:  # else: passes as it came
+                    out = self._strip(out, flags)
             elif flags & EVENT or not framer.event_stream:
                 obs.prev = obs.tail  # references, no copy: the usage is in one of the two (metrics.py)
                 obs.tail = out

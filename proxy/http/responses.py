@@ -51,6 +51,12 @@ def response(status, body, content_type=JSON, request_id=b"", close=False, heade
     )
 
 
+def head_only(response):
+    """``response`` without its body: the answer to a HEAD request (RFC 9110 9.3.2; the
+    Content-Length it would have had stays)."""
+    return response[:response.find(b"\r\n\r\n") + 4]
+
+
 def json_response(status, payload, request_id=b"", close=False):
     """``payload``: anything orjson encodes, or bytes already encoded."""
     body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
