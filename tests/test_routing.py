@@ -15,7 +15,7 @@ import time
 import openai
 import pytest
 
-from conftest import ScriptedBackend, free_port, metric, metrics, start_proxy, start_sim, wait_for
+from conftest import ScriptedBackend, free_port, metric, metrics, raw_exchange, start_proxy, start_sim, wait_for
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello fleet"}], "max_tokens": 4}
 
@@ -574,5 +574,33 @@ def test_load_reports_in_band_and_scraped_reach_every_worker(tmp_path, sims):
             label = name.split("//")[1]
             assert values[f'fleetproxy_backend_queue{{backend="{label}"}}'] == 0
             assert values[f'fleetproxy_backend_load_age_seconds{{backend="{label}"}}'] < 5
+    finally:
+        proxy.stop()
+
+
+def test_a_cluster_may_allow_larger_bodies_than_the_rest(tmp_path, sims):
+    # Issue 12: a text API's default limit, and a larger one where a multimodal model needs it.
+    (s,) = sims(1)
+    proxy = proxy_with(
+        tmp_path,
+        {
+            "limits": {"max_body_bytes": 1 << 20},
+            "clusters": [
+                {"name": "text", "models": ["text-only"], "backends": [s.url]},
+                {"name": "vision", "models": ["tiny"], "backends": [s.url], "max_body_bytes": 3 << 20},
+            ],
+        },
+    )
+    try:
+        padding = "x" * (2 << 20)  # 2 MiB of prompt: over the text limit, under the vision one
+        for model, want in (("tiny", 200), ("text-only", 413)):
+            body = {**CHAT, "model": model, "messages": [{"role": "user", "content": padding}]}
+            status, _, answer = post(proxy.port, body, timeout=30)
+            assert status == want, answer[:200]
+        # Over every limit: refused from the head, before the body is read.
+        raw = raw_exchange(proxy.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Length: %d\r\n\r\n" % (4 << 20))
+        assert raw.startswith(b"HTTP/1.1 413 "), raw[:100]
+        status, _, _ = post(proxy.port, CHAT)
+        assert status == 200
     finally:
         proxy.stop()

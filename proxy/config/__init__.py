@@ -328,6 +328,9 @@ class ClusterConfig(_Base, kw_only=True):
     balance: Balance = Balance()
     fallback: list[Name] = []  # clusters or providers tried next, in order
     discovery: Optional[DiscoveryConfig] = None  # members found at run time, beside ``backends``
+    # Request body limit for this cluster's models (multimodal: images inline as base64);
+    # default limits.max_body_bytes. The largest of them is what a request may send at all.
+    max_body_bytes: Optional[Bytes] = None
 
     def __post_init__(self):
         if not self.backends and self.discovery is None:
@@ -422,6 +425,15 @@ class Config(_Base):
         out.extend(self.clusters)
         out.extend(self.providers)
         return out
+
+    @property
+    def read_limits(self):
+        """``limits`` with the body limit raised to the largest a cluster allows: bodies are
+        read before the model (so the cluster) is known; the router holds each to its own."""
+        largest = max([self.limits.max_body_bytes] + [c.max_body_bytes or 0 for c in self.clusters])
+        if largest == self.limits.max_body_bytes:
+            return self.limits
+        return msgspec.structs.replace(self.limits, max_body_bytes=largest)
 
     @property
     def listen_address(self):

@@ -85,7 +85,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
         self.trusted = heads.peer_trusted(self.peer, self.ctx.cfg.trusted_proxies)  # once per connection
         high = ctx.cfg.limits.high_water
         transport.set_write_buffer_limits(high, high // 4)
-        self.reader = RequestReader(ctx.cfg.limits, self, self.loop.time)
+        self.reader = RequestReader(ctx.read_limits, self, self.loop.time)
         ctx.connections.add(self)
         self.timer = self.loop.call_later(ctx.timer_cap, self._on_timer)
 

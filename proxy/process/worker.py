@@ -47,6 +47,7 @@ class Context:
         self.warned = set()  # conditions logged once per worker
         self.draining = False
         self.access_log = cfg.access_log
+        self.read_limits = cfg.read_limits  # the body limit: the largest any cluster allows
         self.observe = None  # observe.Observer: metrics, access log, tracing (None: all off)
         self.tenants = None  # tenants.Tenants: keys and limits (None: no tenants: section)
         t = cfg.timeouts

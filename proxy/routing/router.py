@@ -38,11 +38,12 @@ log = logging.getLogger("fleetproxy.routing")
 class Route:
     """Where requests for one model go: its cluster, then each fallback, in order."""
 
-    __slots__ = ("clusters", "name")
+    __slots__ = ("clusters", "name", "max_body")
 
-    def __init__(self, clusters):
+    def __init__(self, clusters, max_body):
         self.clusters = tuple(clusters)
         self.name = clusters[0].name
+        self.max_body = max_body  # bytes: the request body limit of the route's own cluster
 
 
 class Selection:
@@ -149,8 +150,10 @@ class Router:
                 provider, table, cfg.prefix_index.ttl,
             )
 
+        limits = {spec.name: getattr(spec, "max_body_bytes", None) or cfg.limits.max_body_bytes for spec in specs}
+
         def route_of(cluster):
-            return Route([cluster] + [self.clusters[name] for name in cluster.fallback])
+            return Route([cluster] + [self.clusters[name] for name in cluster.fallback], limits[cluster.name])
 
         self.routes = {}
         catch_all = None
@@ -178,7 +181,11 @@ class Router:
         """The first half of ``select``: a Selection with its route and no endpoint yet (what
         the tenants' fair queue holds while the route's backends are saturated)."""
         selection = Selection(headers, body, self.model_only)
-        selection.route = self._route(selection) if self.by_model else self.default_route
+        route = selection.route = self._route(selection) if self.by_model else self.default_route
+        if len(body) > route.max_body:
+            # The reader took bodies up to the largest limit of any cluster (Config.read_limits):
+            # a model whose cluster allows less is held to its own here.
+            raise ClientError(f"request body larger than {route.max_body} bytes for this model", status=413)
         return selection
 
     def place(self, selection):
