@@ -7,7 +7,9 @@ import msgspec
 import pytest
 
 from proxy.config import ConfigError, build
-from proxy.tenants import ESTIMATE_BYTES, STREAM_BYTES, Admission, TenantRefused, Tenants, tokens_used, with_priority
+from proxy.tenants import (
+    ESTIMATE_BYTES, STREAM_BYTES, STREAM_CHARGE, Admission, TenantRefused, Tenants, tokens_used, with_priority,
+)
 from proxy.tenants.buckets import US, Limit, reset_text
 from proxy.tenants.identify import BAD, NO_KEY, KeyIndex, hash_key, presented_key, strip_keys
 from proxy.tenants.table import TenantTable
@@ -260,6 +262,20 @@ def test_tokens_limit_charges_the_estimate_then_the_usage():
         t.admit(b"POST", bearer(KEY_A), b"{}", 0)
     assert b"x-ratelimit-remaining-tokens: 0\r\n" in err.value.headers
     assert "tokens" in err.value.message
+
+
+def test_a_stream_is_charged_while_it_runs_and_not_twice_at_its_end():
+    t = tenants(list=[{"name": "a", "keys": [hash_key(KEY_A)], "tokens_per_minute": 1000}])
+    adm, _ = t.admit(b"POST", bearer(KEY_A), b"x" * (100 * ESTIMATE_BYTES), 0)  # 100 at admission
+    assert adm.next_charge == STREAM_CHARGE * STREAM_BYTES
+    t.charge_stream(adm, 300 * STREAM_BYTES, 0)  # 300 completion tokens streamed so far
+    assert adm.next_charge == (300 + STREAM_CHARGE) * STREAM_BYTES
+    probe, _ = t.admit(b"POST", bearer(KEY_A), b"{}", 0)  # another request (1 token) sees it at once
+    assert b"x-ratelimit-remaining-tokens: 599\r\n" in probe.headers
+    t.finish(probe, 0, 0)
+    t.finish(adm, 100 + 350, 0)  # the usage: 350 completion tokens, 50 more than streamed
+    after, _ = t.admit(b"POST", bearer(KEY_A), b"{}", 0)
+    assert b"x-ratelimit-remaining-tokens: 549\r\n" in after.headers  # its own 1 token too
 
 
 def test_concurrency_limit_counts_in_flight_and_finish_releases_once():

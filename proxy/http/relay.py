@@ -163,6 +163,9 @@ class Relay:
             else:
                 out, self.held = b"", held
 
+        tenant = self.tenant
+        if tenant is not None and framer.body_bytes >= tenant.next_charge and framer.event_stream:
+            down.ctx.tenants.charge_stream(tenant, framer.body_bytes, int(down.ctx.router.clock() * 1e6))
         if obs is not None and out:
             strip = self.strip
             if strip:

@@ -25,8 +25,11 @@ by observe's ``tokens_of``). A stream without usage (the client did not ask for
 ``include_usage``) is charged its estimate plus one completion token per ``STREAM_BYTES`` of
 event-stream body (a vLLM chat chunk carrying one token is 150-200 bytes). A response the
 proxy or the backend refused (4xx/5xx, no usage) is refunded: no tokens were generated.
-Completion tokens are charged when the response ends, not while it streams: a long stream
-can overdraw the bucket once, and the tenant's next requests then wait for it.
+Completion tokens are charged while a stream runs, too (``charge_stream``): every
+``STREAM_CHARGE`` tokens' worth of event-stream body (at ``STREAM_BYTES`` a token) is spent from
+the bucket as it passes, so the tenant's other requests see a long stream's cost before it
+ends; the end then charges only what is left (the usage's exact count minus what was spent).
+With ``redis:`` the replicas' shared bucket gets the whole correction at the end.
 
 Nothing here runs when the config has no ``tenants:`` section (``Context.tenants`` is None).
 """
@@ -43,6 +46,7 @@ from .table import KEY, REQ_TAT, TOK_TAT, TenantTable
 
 ESTIMATE_BYTES = 4  # request body bytes per estimated prompt token
 STREAM_BYTES = 128  # event-stream bytes per completion token, when the stream carries no usage
+STREAM_CHARGE = 16  # tokens spent at a time while a stream runs: a lock per ~2 KiB, not per event
 CONCURRENCY_RETRY = 1  # s: Retry-After when only the concurrency limit refused (no bucket to read)
 
 
@@ -79,7 +83,7 @@ class Tenant:
 class Admission:
     """One admitted request: what ``finish`` must give back, and the headers its response carries."""
 
-    __slots__ = ("tenant", "estimate", "headers", "done", "shared")
+    __slots__ = ("tenant", "estimate", "headers", "done", "shared", "streamed", "next_charge")
 
     def __init__(self, tenant, estimate, headers):
         self.tenant = tenant
@@ -87,6 +91,11 @@ class Admission:
         self.headers = headers  # x-ratelimit-* fields, CRLF-terminated (b"" without limits)
         self.done = False
         self.shared = False  # admitted here, to be confirmed by Redis (``Tenants.confirm``)
+        self.streamed = 0  # completion tokens charged while the stream ran (``charge_stream``)
+        # Stream body bytes at which the next charge is due: a plain int compare per read. A
+        # tenant without a token limit is never due.
+        limited = tenant is not None and tenant.tokens is not None
+        self.next_charge = STREAM_BYTES * STREAM_CHARGE if limited else 1 << 62
 
 
 class Tenants:
@@ -258,16 +267,34 @@ class Tenants:
 
     # -- the end ----------------------------------------------------------------------------
 
+    def charge_stream(self, admission, body_bytes, now_us):
+        """A stream of ``admission``'s reached ``body_bytes`` (at least ``next_charge``): spend
+        its completion tokens so far from the bucket now, rather than all at its end."""
+        tenant = admission.tenant
+        if admission.done or tenant.tokens is None:
+            return
+        tokens = body_bytes // STREAM_BYTES - admission.streamed
+        admission.streamed += tokens
+        admission.next_charge = (admission.streamed + STREAM_CHARGE) * STREAM_BYTES
+        self.table.lock(tenant.slot)
+        try:
+            at = tenant.base + TOK_TAT
+            self.cells[at] = tenant.tokens.charge(self.cells[at], now_us, tokens)
+        finally:
+            self.table.unlock(tenant.slot)
+
     def finish(self, admission, used, now_us):
         """``admission``'s request ended having used ``used`` tokens (``tokens_used``): give
-        back its in-flight count and correct its token charge. Once."""
+        back its in-flight count and correct its token charge (what ``charge_stream`` spent
+        already is not spent twice). Once."""
         if admission.done:
             return
         admission.done = True
         tenant = admission.tenant
-        delta = used - admission.estimate if tenant.tokens is not None else 0
-        if delta and admission.shared and self.shared is not None and self.shared.ready():
-            task = self.loop.create_task(self.shared.charge(tenant, delta))
+        whole = used - admission.estimate if tenant.tokens is not None else 0
+        delta = whole - admission.streamed if tenant.tokens is not None else 0
+        if whole and admission.shared and self.shared is not None and self.shared.ready():
+            task = self.loop.create_task(self.shared.charge(tenant, whole))
             self.pending.add(task)  # held until done: the loop keeps only weak references
             task.add_done_callback(self.pending.discard)
         if not tenant.max_concurrent and not delta:
