@@ -186,3 +186,17 @@ def test_metrics_off_forwards_the_body_untouched(tmp_path):
     finally:
         proxy.stop()
         sim.stop()
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_a_burst_of_events_is_held_only_from_the_finish_event(chunked):
+    # Many events in one read (a backend ahead of a slow proxy): the ones before the finish
+    # event pass at once, only the end of the stream is held and rewritten.
+    events = [b'data: {"choices":[{"delta":{"content":"t%d"},"finish_reason":null}]}\n\n' % i for i in range(5)]
+    events.append(b'data: {"choices":[{"delta":{},"finish_reason":"length"}]}\n\n')
+    frame = (lambda e: b"%x\r\n%s\r\n" % (len(e), e)) if chunked else (lambda e: e)
+    data = b"".join(frame(e) for e in events)
+    cut = streamusage.unit_start(data, data.find(streamusage.FINISH), chunked)
+    assert data[:cut] == b"".join(frame(e) for e in events[:-1])
+    assert data[cut:] == frame(events[-1])
+    assert streamusage.unit_start(frame(events[-1]), 10, chunked) == 0  # the first unit of a read

@@ -21,7 +21,7 @@ exchange's business: ``Relay`` reports to ``on_status``, ``complete``, ``break_s
 
 from _speedups import CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE, ResponseFramer
 
-from ..observe.streamusage import FINISH, strip, usage_body
+from ..observe.streamusage import FINISH, strip, unit_start, usage_body
 from ..observe.tracing import upstream_headers
 from . import heads
 from .chunked import Dechunker
@@ -216,19 +216,22 @@ class Relay:
     def _strip(self, out, flags):
         """What of ``out`` goes to the client now: all of it until the finish event; from
         there, nothing until the body ends, then the end rewritten once."""
+        now = b""
         if self.strip == 1:
-            if out.find(FINISH) < 0:
+            at = out.find(FINISH)
+            if at < 0:
                 return out
             self.strip = 2
-            self.tail = out
+            cut = unit_start(out, at, self.framer.kind == CHUNKED)
+            now, self.tail = out[:cut], out[cut:]  # what came before the finish event goes now
         else:
             self.tail += out
         if flags & DONE:
-            return self._strip_end(self.tail)
+            return now + self._strip_end(self.tail)
         if len(self.tail) > MAX_HOLD:  # not the end of a stream after all: give up, pass it on
-            out, self.tail, self.strip = self.tail, None, 0
+            out, self.tail, self.strip = now + self.tail, None, 0
             return out
-        return b""
+        return now
 
     def _strip_end(self, tail):
         self.tail = None

@@ -56,6 +56,21 @@ def wants_usage(method, target, body):
     return fields.stream is True and not options and fields.n in (None, 1)
 
 
+def unit_start(data, at, chunked):
+    """Where the unit that holds ``data[at]`` starts: its chunk (``chunked``), or its event.
+    ``data`` starts at a unit boundary (the relay cuts reads there), so the whole units before
+    the finish event can go to the client at once, and only the end of the stream is held and
+    rewritten, even when a burst of events arrived in one read."""
+    if not chunked:
+        blank = data.rfind(b"\n\n", 0, at)
+        return blank + 2 if blank >= 0 else 0
+    line = data.rfind(b"\r\n", 0, at)  # the end of this chunk's size line (payloads hold no CR)
+    if line < 0:
+        return 0
+    previous = data.rfind(b"\r\n", 0, line)  # the end of the chunk before it
+    return previous + 2 if previous >= 0 else 0
+
+
 def usage_body(body):
     """``body`` (a JSON object, ``wants_usage`` said so) with include_usage as its first field."""
     at = body.find(b"{")
