@@ -135,20 +135,20 @@ def test_in_flight_returns_to_zero_after_1000_client_aborts(tmp_path, sims):
 
 def test_killed_backend_traffic_moves_without_client_errors_then_rejoins(tmp_path, sims):
     ports = [free_port() for _ in range(3)]
-    ss = [start_sim("--name", f"k{i}", "--ttft", "0.02", port=p) for i, p in enumerate(ports)]
-    proxy = proxy_with(
-        tmp_path,
-        {
-            "backends": [s.url for s in ss],
-            "balance": {"policy": "round_robin"},
-            "health": FAST_HEALTH,
-            "outlier": {"consecutive_failures": 2, "base_ejection": 0.5},
-            "retry": {"min_per_second": 100},
-            "timeouts": {"connect": 0.5},
-        },
-    )
-    revived = None
-    try:
+    ss, proxy, revived = [], None, None
+    try:  # every process it starts is stopped, even when the proxy fails to start
+        ss = [start_sim("--name", f"k{i}", "--ttft", "0.02", port=p) for i, p in enumerate(ports)]
+        proxy = proxy_with(
+            tmp_path,
+            {
+                "backends": [s.url for s in ss],
+                "balance": {"policy": "round_robin"},
+                "health": FAST_HEALTH,
+                "outlier": {"consecutive_failures": 2, "base_ejection": 0.5},
+                "retry": {"min_per_second": 100},
+                "timeouts": {"connect": 0.5},
+            },
+        )
         stop = threading.Event()
         results = []
 
@@ -183,7 +183,8 @@ def test_killed_backend_traffic_moves_without_client_errors_then_rejoins(tmp_pat
         served = {post(proxy.port, CHAT)[1] for _ in range(9)}
         assert served == {"k0", "k1", "k2"}
     finally:
-        proxy.stop()
+        if proxy is not None:
+            proxy.stop()
         for s in ss + ([revived] if revived else []):
             s.stop()
 

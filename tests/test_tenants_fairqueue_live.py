@@ -101,9 +101,13 @@ def test_a_quiet_tenant_is_not_served_after_a_noisy_backlog(tmp_path):
         assert all(status == 200 for status, _, _ in results.values()) and len(results) == 12
         after = held.order[2:]  # behind the warm-up and the blocker
         assert sorted(after) == sorted(u for u, _ in noisy) + [f"quiet-{i}" for i in range(3)]
-        # First come, first served would put the quiet ones last; equal weights interleave them.
-        # (Threads race: within a tenant the order is theirs, across tenants the queue's.)
-        assert [user.split("-")[0] for user in after[:6]] == ["noisy", "quiet"] * 3
+        # First come, first served would put the quiet ones last (positions 8-10); equal weights
+        # interleave them. The queue releases in that order, but two released requests may reach
+        # the backend in either order (each goes out when its connection is ready): so the test
+        # asks for the interleaving within one place, not the exact sequence.
+        tenants = [user.split("-")[0] for user in after]
+        quiet_at = [i for i, t in enumerate(tenants) if t == "quiet"]
+        assert quiet_at[-1] <= 6 and tenants[:2].count("quiet") <= 1, tenants
         assert wait_for(lambda: queued(proxy) == 0, timeout=5)
     finally:
         held.go.set()
