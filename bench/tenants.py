@@ -147,6 +147,70 @@ def honesty(port, tries, max_tokens):
     return passed, tries, waited / tries
 
 
+def saturated(args):
+    """The fair queue's own case: the noisy tenant is not rate limited and sends more than the
+    fleet can run, so vLLM (the simulators, --max-num-seqs 4) reports requests waiting. The
+    quiet tenant's TTFT p99 alone, beside the noisy one with fair queuing, and without it
+    (``fair_queue.enabled: false``: every request goes straight to vLLM's own FCFS queue)."""
+    results = {}
+    for label, fair, noisy_rate in (("quiet alone", True, 0), ("quiet + noisy, fair queue", True, args.flood),
+                                    ("quiet + noisy, no fair queue", False, args.flood)):
+        tmp = tempfile.mkdtemp(prefix="bench-tenants-sat-")
+        log = open(os.path.join(tmp, "procs.log"), "w")
+        procs = []
+        try:
+            sims = []
+            for _ in range(2):
+                port = free_port()
+                procs.append(start(["-m", "proxy.sim", "--port", str(port), "--ttft", "0.05", "--itl", "0.01",
+                                    "--max-num-seqs", "4"], port, log))
+                sims.append(f"http://127.0.0.1:{port}")
+            cfg = {
+                "backends": sims, "workers": 1, "balance": {"policy": "least_request"},
+                "tenants": {"list": [
+                    {"name": "quiet", "keys": [hash_key(QUIET_KEY)]},
+                    {"name": "noisy", "keys": [hash_key(NOISY_KEY)]},
+                ], "fair_queue": {"enabled": fair, "max_wait": 10}},
+            }
+            path = os.path.join(tmp, "fleet.json.yaml")
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            port, admin = free_port(), free_port()
+            procs.append(start(["-m", "proxy", "--config", path, "--listen", f"127.0.0.1:{port}",
+                                "--admin-listen", f"127.0.0.1:{admin}"], port, log))
+            time.sleep(1.0)
+            phase(port, 3.0, args.quiet_rate, 0, args.max_tokens)  # warm-up, discarded
+            results[label] = phase(port, args.seconds, args.quiet_rate, noisy_rate, args.max_tokens)
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            log.close()
+    alone = results["quiet alone"]["ttft_p99"]
+    rows = "\n".join(
+        f"| {label} | {r['quiet_ok']} | {r['quiet_other']} | {r['ttft_p50'] * 1000:.1f} ms | "
+        f"{r['ttft_p99'] * 1000:.1f} ms | {r['ttft_p99'] / alone:.2f}x | {r['noisy_ok']} | "
+        f"{r['noisy_other'] + r['noisy_429']} |"
+        for label, r in results.items()
+    )
+    date = datetime.date.today().isoformat()
+    return f"""## Saturated backends: the fair queue ({date})
+
+`python -m bench.tenants --saturate --seconds {args.seconds:g}`: one worker in front of two
+simulators that run at most 4 requests each (`--max-num-seqs 4`, `--ttft 0.05 --itl 0.01`, {args.max_tokens}
+tokens): about {2 * 4 / (0.05 + 0.01 * args.max_tokens):.0f} streams a second at most. The quiet tenant sends
+{args.quiet_rate:g} req/s; the noisy one, not rate limited, {args.flood:g} req/s, so vLLM's queue fills and
+the simulators report it. Equal weights. Each phase {args.seconds:g} s after 3 s of warm-up.
+
+| phase | quiet 200 | quiet other | quiet TTFT p50 | quiet TTFT p99 | p99 / alone | noisy 200 | noisy refused |
+|---|---|---|---|---|---|---|---|
+{rows}
+"""
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
@@ -155,7 +219,17 @@ def main(argv=None):
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default=None)
+    p.add_argument("--saturate", action="store_true",
+                   help="the fair queue's case instead: backends saturated by an unlimited noisy tenant")
+    p.add_argument("--flood", type=float, default=40.0, help="--saturate: the noisy tenant's requests/s")
     args = p.parse_args(argv)
+    if args.saturate:
+        report = saturated(args)
+        out = args.out or os.path.join(ROOT, "bench", "results", f"{datetime.date.today().isoformat()}-tenants.md")
+        with open(out, "a") as f:
+            f.write("\n" + report)
+        print(report)
+        return 0
     noisy_rate = 10 * args.noisy_limit
     tmp = tempfile.mkdtemp(prefix="bench-tenants-")
     log = open(os.path.join(tmp, "procs.log"), "w")
