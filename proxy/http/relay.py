@@ -169,8 +169,9 @@ class Relay:
         if obs is not None and out:
             strip = self.strip
             if strip:
-                if strip == 2 or out.find(FINISH) >= 0 or flags & DONE:  # else: passes as it came
-                    out = self._strip(out, flags)
+                at = out.find(FINISH) if strip == 1 else 0
+                if at >= 0:  # else: before the finish event, it passes as it came
+                    out = self._strip(out, flags, at)
             elif flags & EVENT or not framer.event_stream:
                 obs.prev = obs.tail  # references, no copy: the usage is in one of the two (metrics.py)
                 obs.tail = out
@@ -213,14 +214,12 @@ class Relay:
 
     # -- include_usage taken back out (observe/streamusage.py) -------------------------------
 
-    def _strip(self, out, flags):
-        """What of ``out`` goes to the client now: all of it until the finish event; from
-        there, nothing until the body ends, then the end rewritten once."""
+    def _strip(self, out, flags, at):
+        """What of ``out`` goes to the client now: up to the finish event (at ``at`` in
+        ``out``, found by the caller); from there, nothing until the body ends, then the end
+        rewritten once."""
         now = b""
         if self.strip == 1:
-            at = out.find(FINISH)
-            if at < 0:
-                return out
             self.strip = 2
             cut = unit_start(out, at, self.framer.kind == CHUNKED)
             now, self.tail = out[:cut], out[cut:]  # what came before the finish event goes now
