@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime
 import http.client
 import json
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 
+from bench.procs import free_port, wait_port
 from proxy.tenants.identify import hash_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,33 +37,44 @@ NOISY_KEY = "sk-bench-noisy-" + "n" * 20
 PROBE_KEY = "sk-bench-probe-" + "p" * 20
 
 
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=20.0):
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
-
-
 def start(args, port, log):
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log, stderr=log)
     wait_port(port, proc)
     return proc
+
+
+@contextlib.contextmanager
+def fleet(max_num_seqs, cfg):
+    """Two simulators (running at most ``max_num_seqs`` each) and a proxy with ``cfg`` (its
+    ``backends`` filled in), warmed up; yields the proxy's port and stops every process it
+    started on the way out."""
+    tmp = tempfile.mkdtemp(prefix="bench-tenants-")
+    log = open(os.path.join(tmp, "procs.log"), "w")
+    procs = []
+    try:
+        sims = []
+        for _ in range(2):
+            port = free_port()
+            procs.append(start(["-m", "proxy.sim", "--port", str(port), "--ttft", "0.05", "--itl", "0.01",
+                                "--max-num-seqs", str(max_num_seqs)], port, log))
+            sims.append(f"http://127.0.0.1:{port}")
+        path = os.path.join(tmp, "fleet.json.yaml")
+        with open(path, "w") as f:
+            json.dump({**cfg, "backends": sims}, f)
+        port, admin = free_port(), free_port()
+        procs.append(start(["-m", "proxy", "--config", path, "--listen", f"127.0.0.1:{port}",
+                            "--admin-listen", f"127.0.0.1:{admin}"], port, log))
+        time.sleep(1.0)
+        phase(port, 3.0, 4.0, 0, 32)  # warm-up (connections, threads), discarded
+        yield port
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
 
 
 def stream(port, key, max_tokens):
@@ -155,40 +168,15 @@ def saturated(args):
     results = {}
     for label, fair, noisy_rate in (("quiet alone", True, 0), ("quiet + noisy, fair queue", True, args.flood),
                                     ("quiet + noisy, no fair queue", False, args.flood)):
-        tmp = tempfile.mkdtemp(prefix="bench-tenants-sat-")
-        log = open(os.path.join(tmp, "procs.log"), "w")
-        procs = []
-        try:
-            sims = []
-            for _ in range(2):
-                port = free_port()
-                procs.append(start(["-m", "proxy.sim", "--port", str(port), "--ttft", "0.05", "--itl", "0.01",
-                                    "--max-num-seqs", "4"], port, log))
-                sims.append(f"http://127.0.0.1:{port}")
-            cfg = {
-                "backends": sims, "workers": 1, "balance": {"policy": "least_request"},
-                "tenants": {"list": [
-                    {"name": "quiet", "keys": [hash_key(QUIET_KEY)]},
-                    {"name": "noisy", "keys": [hash_key(NOISY_KEY)]},
-                ], "fair_queue": {"enabled": fair, "max_wait": 10}},
-            }
-            path = os.path.join(tmp, "fleet.json.yaml")
-            with open(path, "w") as f:
-                json.dump(cfg, f)
-            port, admin = free_port(), free_port()
-            procs.append(start(["-m", "proxy", "--config", path, "--listen", f"127.0.0.1:{port}",
-                                "--admin-listen", f"127.0.0.1:{admin}"], port, log))
-            time.sleep(1.0)
-            phase(port, 3.0, args.quiet_rate, 0, args.max_tokens)  # warm-up, discarded
+        cfg = {
+            "workers": 1, "balance": {"policy": "least_request"},
+            "tenants": {"list": [
+                {"name": "quiet", "keys": [hash_key(QUIET_KEY)]},
+                {"name": "noisy", "keys": [hash_key(NOISY_KEY)]},
+            ], "fair_queue": {"enabled": fair, "max_wait": 10}},
+        }
+        with fleet(4, cfg) as port:
             results[label] = phase(port, args.seconds, args.quiet_rate, noisy_rate, args.max_tokens)
-        finally:
-            for proc in reversed(procs):
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            log.close()
     alone = results["quiet alone"]["ttft_p99"]
     rows = "\n".join(
         f"| {label} | {r['quiet_ok']} | {r['quiet_other']} | {r['ttft_p50'] * 1000:.1f} ms | "
@@ -231,44 +219,19 @@ def main(argv=None):
         print(report)
         return 0
     noisy_rate = 10 * args.noisy_limit
-    tmp = tempfile.mkdtemp(prefix="bench-tenants-")
-    log = open(os.path.join(tmp, "procs.log"), "w")
-    procs = []
-    try:
-        sims = []
-        for _ in range(2):
-            port = free_port()
-            procs.append(start(["-m", "proxy.sim", "--port", str(port), "--ttft", "0.05", "--itl", "0.01",
-                                "--max-num-seqs", "16"], port, log))
-            sims.append(f"http://127.0.0.1:{port}")
-        cfg = {
-            "backends": sims, "workers": args.workers,
-            "tenants": {"list": [
-                {"name": "quiet", "keys": [hash_key(QUIET_KEY)], "requests_per_second": 2 * args.quiet_rate},
-                {"name": "noisy", "keys": [hash_key(NOISY_KEY)], "requests_per_second": args.noisy_limit,
-                 "burst_requests": max(1, int(args.noisy_limit))},
-                {"name": "probe", "keys": [hash_key(PROBE_KEY)], "requests_per_second": 2, "burst_requests": 1},
-            ]},
-        }
-        path = os.path.join(tmp, "fleet.json.yaml")
-        with open(path, "w") as f:
-            json.dump(cfg, f)
-        port, admin = free_port(), free_port()
-        procs.append(start(["-m", "proxy", "--config", path, "--listen", f"127.0.0.1:{port}",
-                            "--admin-listen", f"127.0.0.1:{admin}"], port, log))
-        time.sleep(1.0)
-        phase(port, 3.0, args.quiet_rate, 0, args.max_tokens)  # warm-up (connections, threads), discarded
+    cfg = {
+        "workers": args.workers,
+        "tenants": {"list": [
+            {"name": "quiet", "keys": [hash_key(QUIET_KEY)], "requests_per_second": 2 * args.quiet_rate},
+            {"name": "noisy", "keys": [hash_key(NOISY_KEY)], "requests_per_second": args.noisy_limit,
+             "burst_requests": max(1, int(args.noisy_limit))},
+            {"name": "probe", "keys": [hash_key(PROBE_KEY)], "requests_per_second": 2, "burst_requests": 1},
+        ]},
+    }
+    with fleet(16, cfg) as port:
         alone = phase(port, args.seconds, args.quiet_rate, 0, args.max_tokens)
         mixed = phase(port, args.seconds, args.quiet_rate, noisy_rate, args.max_tokens)
         passed, tries, mean_wait = honesty(port, 20, args.max_tokens)
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
     ratio = mixed["ttft_p99"] / alone["ttft_p99"]
     date = datetime.date.today().isoformat()
     report = f"""# Tenants: a noisy tenant beside a quiet one ({date})
