@@ -35,6 +35,7 @@ from proxy.config import Limits
 from proxy.http import heads
 from proxy.http.errors import ClientError
 from proxy.http.request import IDLE, RequestReader
+from test_request import Sink  # the reader's events, as the sans-IO tests record them
 from wirefuzz import HOP_MARK, Ambiguous, check_marks, parse_upstream, splits, stream
 
 SCALE = int(os.environ.get("FLEETPROXY_FUZZ_SCALE", "1"))
@@ -57,17 +58,6 @@ def _settings(examples):
 # Small limits, so that generated inputs reach 413, 414 and 431 too; the live proxy gets the same.
 LIMITS = Limits(max_body_bytes=100, max_header_bytes=1024, max_headers=12, max_request_line=8192)
 LIMIT_FLAGS = ("--max-body-bytes", "100", "--max-header-bytes", "1024", "--max-headers", "12")
-
-
-class Sink:
-    def __init__(self):
-        self.events = []
-
-    def on_continue(self):
-        self.events.append(("continue",))
-
-    def on_request(self, method, target, headers, body, http10, keep_alive, request_id):
-        self.events.append(("request", method, target, tuple(headers), body, http10, keep_alive, request_id))
 
 
 def replay(data, pieces):
