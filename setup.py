@@ -14,7 +14,10 @@ place of a missing extension (and report as native). ``pip install .``, ``pip wh
 source tree imports it.
 """
 
+import ast
 import glob
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -25,6 +28,17 @@ from setuptools.command.build_py import build_py
 
 NATIVE = ["framing", "prefix"]  # module names under _speedups/ with a _c.pxd or a _c.pyx beside them
 PACKAGE = "_speedups"
+
+
+def compiled_modules():
+    """_speedups.COMPILED (the data path's modules, compiled as they are), read without
+    importing the package."""
+    with open(os.path.join(PACKAGE, "__init__.py")) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["COMPILED"]:
+            return list(ast.literal_eval(node.value))
+    raise RuntimeError(f"{PACKAGE}/__init__.py has no COMPILED")
 
 
 def _say(message):
@@ -57,10 +71,17 @@ def extensions():
         shutil.copy2(src, dst)
         copies.append(dst)
         sources.append(dst)
+    from setuptools import Extension
+
+    # The data path's modules: each compiled from its own .py under its own name, so it
+    # imports in place of the .py (the seam picks which, see _speedups/__init__.py).
+    sources += [Extension(name, [name.replace(".", "/") + ".py"]) for name in compiled_modules()]
     try:
         # Default boundscheck/wraparound on purpose: Python indexing keeps Python semantics in
-        # the native build (the hot loops index raw pointers, never checked).
-        return cythonize(sources, language_level=3, compiler_directives={"embedsignature": True})
+        # the native build (the hot loops index raw pointers, never checked). binding=False:
+        # plain C functions where the code does not ask for a function object's attributes.
+        return cythonize(sources, language_level=3, nthreads=os.cpu_count() or 1, quiet=True,
+                         compiler_directives={"embedsignature": True, "binding": False})
     finally:
         for dst in copies:
             os.remove(dst)
@@ -72,16 +93,34 @@ class OptionalBuildExt(build_ext):
     tests/test_speedups_loaded.py fails if that happened."""
 
     def run(self):
+        self.built = {}
+        if self.parallel is None:  # the data path is ~30 modules: one compiler per core
+            self.parallel = os.cpu_count() or 1
         try:
             super().run()
         except Exception as exc:  # distutils raises several unrelated types here
             _say(f"building the Cython speedups failed ({exc}); installing the pure-Python ones")
+        self._write_manifest()
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:
             _say(f"building {ext.name} failed ({exc}); it will run pure Python")
+            return
+        if ext.name.startswith("proxy."):
+            self.built[ext.name] = hashlib.sha256(open(os.path.splitext(ext.sources[0])[0] + ".py", "rb").read()).hexdigest()
+
+    def _write_manifest(self):
+        """_speedups/compiled.json beside the extensions: which data-path module was compiled
+        from which source (its hash), so the seam never runs one built from other code."""
+        if not self.extensions:
+            return
+        path = self.get_ext_fullpath(f"{PACKAGE}.compiled")
+        path = os.path.join(os.path.dirname(path), "compiled.json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(dict(sorted(self.built.items())), f, indent=1)
 
 
 class BuildPy(build_py):
@@ -89,14 +128,15 @@ class BuildPy(build_py):
 
     def run(self):
         super().run()
-        for pattern in ("*.c", "*_c.py"):
-            for path in glob.glob(os.path.join(self.build_lib, PACKAGE, pattern)):
+        for pattern in (f"{PACKAGE}/*.c", f"{PACKAGE}/*_c.py", "proxy/**/*.c"):
+            for path in glob.glob(os.path.join(self.build_lib, pattern), recursive=True):
                 os.remove(path)
 
 
 setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPy},
-    package_data={PACKAGE: ["*.pxd", "*.pyx"]},  # the twins' sources, so an sdist can build them
+    # The twins' sources, so an sdist can build them; the manifest of what was compiled from what.
+    package_data={PACKAGE: ["*.pxd", "*.pyx", "compiled.json"]},
     exclude_package_data={PACKAGE: ["*.c", "*_c.py"]},  # generated; the wheel needs only the .so
 )

@@ -4,15 +4,40 @@
 ``pip install .`` are used when present. Nothing else in the code base catches ImportError for
 these modules: import what you need from here, and read ``IMPLEMENTATION`` to know which ran.
 
+The data path itself (``COMPILED``: the client protocol, the exchange and relay, routing, the
+metrics recorder) is compiled too, module for module as it is written: Cython turns each
+``proxy/.../<module>.py`` into an extension beside it, which Python's import prefers. No twin
+to keep in step, so the pure run tests exactly the code the native run compiled. This seam
+decides which one imports: under FLEETPROXY_PURE, or where an extension was built from another
+version of its source (``compiled.json``, written by the build, holds each source's hash), the
+.py is imported instead, and ``IMPLEMENTATION`` says "mixed" rather than "native".
+
 Tests and benchmarks that hold the two builds against each other ask here too: ``pure(name)``
 is the specification ``_speedups.<name>``, ``native(name)`` its compiled twin or None
 (``why_not_native(name)`` says why), and ``EXPECT_NATIVE`` says whether a missing twin is an
 error (CI's native run) or a skip.
 """
 
+import hashlib
 import importlib
+import importlib.util
+import json
 import os
+import sys
 from importlib.machinery import EXTENSION_SUFFIXES
+
+# The data path's modules that setup.py compiles as they are (see above). Leaf modules only: a
+# package's __init__ stays Python, so the import of ``proxy`` (and this seam) comes first.
+COMPILED = (
+    "proxy.http.request", "proxy.http.pipeline", "proxy.http.deadlines", "proxy.http.downstream",
+    "proxy.http.admission", "proxy.http.exchange", "proxy.http.relay", "proxy.http.heads", "proxy.http.chunked",
+    "proxy.http.upstream", "proxy.http.connection_pool", "proxy.http.responses", "proxy.http.errors",
+    "proxy.routing.router", "proxy.routing.cluster", "proxy.routing.endpoint", "proxy.routing.policies",
+    "proxy.routing.cache_aware", "proxy.routing.fields", "proxy.routing.health", "proxy.routing.load",
+    "proxy.routing.retry", "proxy.observe.metrics", "proxy.observe.streamusage", "proxy.observe.accesslog",
+    "proxy.tenants.gate", "proxy.tenants.buckets", "proxy.tenants.identify",
+)
+MANIFEST = "compiled.json"  # {module: sha256 of the source it was compiled from}, by setup.py
 
 
 def _env_flag(name):
@@ -55,16 +80,68 @@ def why_not_native(name):
     return _why_not_native.get(name, "")
 
 
+def not_native():
+    """Why this process runs less than all native: a line per module, for the startup log."""
+    return [why for why in _why_not_native.values() if why] if IMPLEMENTATION == "mixed" else []
+
+
 def _load(name):
     """The build of ``name`` the proxy runs, and whether it is the compiled one."""
     module = None if PURE else native(name)
     return (pure(name), False) if module is None else (module, True)
 
 
+def source_hash(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _compiled_state():
+    """{module: its .py} of the COMPILED modules that must import from source, and how many
+    import compiled. Nothing here imports ``proxy``: its location is enough."""
+    spec = importlib.util.find_spec("proxy")
+    root = os.path.dirname(next(iter(spec.submodule_search_locations)))
+    try:
+        # FLEETPROXY_MANIFEST: another manifest, for the test of a stale build.
+        with open(os.environ.get("FLEETPROXY_MANIFEST") or os.path.join(os.path.dirname(__file__), MANIFEST)) as f:
+            built = json.load(f)
+    except (OSError, ValueError):
+        built = {}
+    sources = {}
+    native_count = 0
+    for name in COMPILED:
+        base = os.path.join(root, *name.split("."))
+        source = base + ".py"
+        if not PURE and any(os.path.exists(base + suffix) for suffix in EXTENSION_SUFFIXES):
+            if built.get(name) == source_hash(source):
+                native_count += 1
+                continue
+            _why_not_native[name] = f"{name}: its extension was built from another version of {source}"
+        else:
+            _why_not_native.setdefault(name, f"{name} is not compiled")
+        sources[name] = source
+    return sources, native_count
+
+
+class _SourceFinder:
+    """Imports a COMPILED module from its .py where its extension must not run (above)."""
+
+    def __init__(self, sources):
+        self.sources = sources
+
+    def find_spec(self, name, path=None, target=None):
+        source = self.sources.get(name)
+        return None if source is None else importlib.util.spec_from_file_location(name, source)
+
+
 _framing, _framing_native = _load("framing")
 _prefix, _prefix_native = _load("prefix")
-# "native" only when every hot path is compiled: a half-built install says so.
-IMPLEMENTATION = "native" if _framing_native and _prefix_native else "pure" if not (_framing_native or _prefix_native) else "mixed"
+_from_source, _compiled_native = _compiled_state()
+if _from_source:
+    sys.meta_path.insert(0, _SourceFinder(_from_source))
+_native = [_framing_native, _prefix_native, _compiled_native == len(COMPILED)]
+# "native" only when every hot path is compiled: a half-built or stale install says so.
+IMPLEMENTATION = "native" if all(_native) else "pure" if not (_framing_native or _prefix_native or _compiled_native) else "mixed"
 
 ResponseFramer = _framing.ResponseFramer
 HEAD = _framing.HEAD

@@ -4,6 +4,8 @@
 built the extensions) and with FLEETPROXY_PURE=1. (aiohttp's test_c_parser_loaded, in spirit.)
 """
 
+import importlib
+import json
 import os
 import subprocess
 import sys
@@ -24,10 +26,43 @@ def test_native_loaded():
     assert module.__file__.endswith(tuple(EXTENSION_SUFFIXES)), module.__file__
 
 
+@pytest.mark.skipif(not _speedups.EXPECT_NATIVE or _speedups.PURE, reason="native not required")
+@pytest.mark.parametrize("name", _speedups.COMPILED)
+def test_data_path_compiled(name):
+    module = importlib.import_module(name)
+    assert module.__file__.endswith(tuple(EXTENSION_SUFFIXES)), module.__file__
+
+
 @pytest.mark.skipif(not _speedups.PURE, reason="FLEETPROXY_PURE not set")
 def test_pure_forced():
     assert _speedups.IMPLEMENTATION == "pure"
     assert _speedups.ResponseFramer.__module__ == "_speedups.framing"
+    for name in _speedups.COMPILED:
+        assert importlib.import_module(name).__file__.endswith(".py"), name
+
+
+def test_a_compiled_module_built_from_other_source_imports_its_py(tmp_path):
+    # Edit a source after the build and forget to rebuild: the seam must run the edit, and say so.
+    if _speedups.PURE or not _speedups.EXPECT_NATIVE:
+        pytest.skip("needs the native build")
+    manifest = os.path.join(ROOT, "_speedups", _speedups.MANIFEST)
+    with open(manifest) as f:
+        built = json.load(f)
+    built["proxy.http.heads"] = "0" * 64  # as if heads.py had changed since
+    code = (
+        "import json, _speedups as s\n"
+        "import proxy.http.heads as h, proxy.http.relay as r\n"
+        "print(json.dumps([s.IMPLEMENTATION, h.__file__, r.__file__, s.not_native()]))\n"
+    )
+    fake = tmp_path / "compiled.json"
+    fake.write_text(json.dumps(built))
+    env = dict(os.environ, FLEETPROXY_MANIFEST=str(fake))
+    out = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                                    text=True, check=True).stdout)
+    implementation, heads, relay, why = out
+    assert implementation == "mixed"
+    assert heads.endswith("heads.py") and relay.endswith(tuple(EXTENSION_SUFFIXES))
+    assert why == [f"proxy.http.heads: its extension was built from another version of {os.path.join(ROOT, 'proxy', 'http', 'heads.py')}"]
 
 
 def test_implementation_matches_what_was_imported():

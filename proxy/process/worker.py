@@ -11,7 +11,7 @@ import msgspec
 import orjson
 import uvloop
 
-from _speedups import IMPLEMENTATION, PrefixTable
+from _speedups import IMPLEMENTATION, PrefixTable, not_native
 
 from .. import discovery
 from ..config import Config
@@ -124,6 +124,8 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
         "worker %d serving %s (admin %s), %d backend(s), speedups=%s",
         slot, cfg.listen, "127.0.0.1:%d" % admin_port, len(endpoints), IMPLEMENTATION,
     )
+    for why in not_native():  # a stale or partial build: `make install` (pip install .) rebuilds it
+        log.warning("speedups: %s", why)
     if started is not None:
         started(ctx, admin_port)
     await stop.wait()
