@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import start_proxy, start_sim
 from proxy.observe import streamusage
 from proxy.observe.metrics import usage
+from proxy.routing.fields import decode
 
 RECORDED = Path(__file__).parent / "realvllm" / "recorded" / "details"
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "stream": True}
@@ -90,12 +91,15 @@ def test_strip_plain_event_stream():
     (b'{"stream":true,"n":2}', False),  # a finish event long before the end
     (b'{"stream":true', False),  # not JSON: vLLM answers 400, unchanged
 ])
-def test_which_requests_are_rewritten(body, wants):
-    assert streamusage.wants_usage(b"POST", b"/v1/chat/completions", body) is wants
+@pytest.mark.parametrize("model_only", [False, True])  # as a route with or without prompt keys decodes
+def test_which_requests_are_rewritten(body, wants, model_only):
+    fields = decode(body, model_only)
+    assert streamusage.wants_usage(b"POST", b"/v1/chat/completions", fields) is wants
+    assert streamusage.wants_usage(b"POST", b"/v1/completions?x=1", fields) is wants
     if wants:
         assert json.loads(streamusage.usage_body(body)) == {**json.loads(body), "stream_options": {"include_usage": True}}
-    assert not streamusage.wants_usage(b"POST", b"/v1/embeddings", body)
-    assert not streamusage.wants_usage(b"GET", b"/v1/chat/completions", body)
+    assert not streamusage.wants_usage(b"POST", b"/v1/embeddings", fields)
+    assert not streamusage.wants_usage(b"GET", b"/v1/chat/completions", fields)
 
 
 # -- through the proxy --------------------------------------------------------------------

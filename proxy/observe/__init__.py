@@ -57,8 +57,6 @@ class Observer:
 
     def begin(self, ex):
         timing = ex.obs = Timing(self.loop.time(), DEFAULT_TENANT)
-        if self.stream_usage and ex.body:
-            timing.usage = wants_usage(ex.method, ex.target, ex.body)
         if self.tracer is not None:
             timing.span = self.tracer.start(ex.headers, ex.method, ex.target)
 
@@ -92,8 +90,10 @@ class Observer:
 
     def admitted(self, ex):
         """The router gave ``ex`` an endpoint (``ex.selection``)."""
+        timing = ex.obs
+        if self.stream_usage and ex.body:  # from the fields routing decoded (or decodes now, once)
+            timing.usage = wants_usage(ex.method, ex.target, ex.selection.fields())
         if self.recorder is not None:
-            timing = ex.obs
             timing.model = model_of(ex.body, ex.selection)
             self.recorder.admitted(ex, timing.model)
 

@@ -21,8 +21,6 @@ fingerprint put back at the end of the finish event. Only requests with ``n`` ab
 rewritten: with several choices a finish event may come long before the others end.
 """
 
-import msgspec
-
 FINISH = b'"finish_reason":"'
 OPTION = b'"stream_options":{"include_usage":true},'
 ROUTES = (b"/v1/chat/completions", b"/v1/completions")
@@ -30,30 +28,15 @@ _FINGERPRINT = b',"system_fingerprint":'
 _DONE = b"data: [DONE]"
 
 
-class _Fields(msgspec.Struct):
-    stream: object = None
-    stream_options: msgspec.Raw = msgspec.Raw()
-    n: object = None
-
-
-_decode = msgspec.json.Decoder(_Fields).decode
-
-
-def wants_usage(method, target, body):
-    """Whether to add include_usage to this request: a streamed chat/completions POST with no
-    ``stream_options`` (the client chose otherwise; a ``continuous_usage_stats`` without
-    ``include_usage`` must stay off) and ``n`` absent or 1."""
-    if method != b"POST" or b'"stream"' not in body:
+def wants_usage(method, target, fields):
+    """Whether to add include_usage to this request, from its body's fields as routing
+    decoded them (``routing.fields.decode``: False when the body is not a JSON object): a
+    streamed chat/completions POST with no ``stream_options`` (the client chose otherwise; a
+    ``continuous_usage_stats`` without ``include_usage`` must stay off) and ``n`` absent or 1."""
+    if not fields or fields.stream is not True or method != b"POST":
         return False
-    if target.split(b"?", 1)[0] not in ROUTES:
-        return False
-    try:
-        fields = _decode(body)
-    except msgspec.DecodeError:
-        return False
-    options = fields.stream_options
     # Present, even null, it stays: a second "stream_options" key would not be read first.
-    return fields.stream is True and not options and fields.n in (None, 1)
+    return not fields.stream_options and fields.n in (None, 1) and target.split(b"?", 1)[0] in ROUTES
 
 
 def unit_start(data, at, chunked):

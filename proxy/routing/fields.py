@@ -26,10 +26,18 @@ class RoutingFields(msgspec.Struct):
     user: Optional[str] = None
     messages: Optional[list[_Message]] = None
     prompt: msgspec.Raw = msgspec.Raw()  # str, list of str or token ids: kept raw
+    # Not routing's, but read in the same pass: whether the proxy may ask for a stream's usage
+    # (observe/streamusage.py) would otherwise cost a second decode of the body.
+    stream: object = None
+    stream_options: msgspec.Raw = msgspec.Raw()
+    n: object = None
 
 
 class _ModelOnly(msgspec.Struct):
     model: Optional[str] = None
+    stream: object = None
+    stream_options: msgspec.Raw = msgspec.Raw()
+    n: object = None
     user = None  # read as absent if a pool ever asks
     messages = None
     prompt = b""
