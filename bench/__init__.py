@@ -14,7 +14,8 @@ The pieces, in the order a run uses them:
 - `client.py`, `openloop.py`, `chat_users.py` — the asyncio streaming drivers (c, d, e).
 - `cpu.py` — user + system time of a process tree from /proc.
 - `stats.py`, `report.py` — percentiles; Markdown, JSON and PNG in bench/results/.
-- `locustfile.py` — scenario d's chat user for locust (its UI, a real fleet); not used by the suite.
+- `locustfile.py` + `locust_run.py` — scenario d's chat user for locust (its UI, a real fleet), and
+  scenario f: that user run headless against every target, locust's numbers read from its CSV.
 - `routing.py` (+ `routing_compare.py`, `routing_fleet.py`) — routing quality, `python -m
   bench.routing`: fleetproxy's policies beside nginx's consistent hash and one server alone, on
   simulators or two real vLLM servers (`--backend vllm`), even and skewed chat workloads.

@@ -18,7 +18,7 @@ import tempfile
 import time
 import traceback
 
-from . import report
+from . import locust_run, report
 from .procs import Fleet, StartError, Target, nginx_path
 from .runner import Progress, Runner
 from .scenarios import SCENARIOS, Step, by_key, routing_configs, skip_reason
@@ -154,6 +154,9 @@ def main(argv=None) -> int:
     if "nginx" in args.targets and nginx is None:
         print("bench: nginx is not installed: running without it", file=sys.stderr)
         args.targets.remove("nginx")
+    no_locust = [s for s in args.scenarios if s.driver == "locust" and locust_run.missing()]
+    if no_locust:  # like nginx: said, and the run goes on without it
+        print(f"bench: {locust_run.missing()}: scenario {no_locust[0].key} is skipped", file=sys.stderr)
     load_cpus, server_cpus, layout_text = layout(args.pin)
     if load_cpus:
         os.sched_setaffinity(0, load_cpus)  # the bench itself mostly sleeps, beside its drivers
@@ -191,7 +194,12 @@ def main(argv=None) -> int:
                     failed.append(f"{s.slug}: {skips[s.key]}")
             else:
                 try:
-                    result = routing(fleet, runner, s, args) if s.key == "e" else runner.scenario(s, targets)
+                    if s.key == "e":
+                        result = routing(fleet, runner, s, args)
+                    elif s.driver == "locust":
+                        result = locust_run.scenario(runner, s, targets)
+                    else:
+                        result = runner.scenario(s, targets)
                 except (RuntimeError, StartError, ValueError, OSError) as e:
                     runner.progress.finish()
                     traceback.print_exc(file=sys.stderr)

@@ -1,8 +1,10 @@
 """Scenario d's chat users for locust: the same sessions, against any deployment, with locust's UI.
 
 `python -m bench` drives scenario d with bench/chat_users.py (asyncio: one core carries hundreds
-of streaming users, and the timing code is shared with the open-loop generator). This file is the
-same user for people who want locust's web UI, its distributed workers or a real fleet:
+of streaming users, and the timing code is shared with the open-loop generator), and runs this
+user too, headless, as scenario f (bench/locust_run.py: every target, locust's own numbers from
+its CSV files). It is also the user for people who want locust's web UI, its distributed workers
+or a real fleet:
 
     pip install -e '.[bench]'
     locust -f bench/locustfile.py --host http://127.0.0.1:8080            # web UI on :8089
@@ -70,8 +72,8 @@ class ChatUser(HttpUser):
                 if not line.startswith(b"data: "):
                     continue
                 if line == b"data: [DONE]":
-                    done = True
-                    break
+                    done = True  # read on to the last chunk: the connection then goes back to the pool
+                    continue
                 event = json.loads(line[6:])
                 if "error" in event:
                     resp.failure(f"in-band error: {event['error']}")

@@ -178,9 +178,28 @@ def scenario_markdown(s: Scenario, result: dict, heading: str = "##") -> str:
             lines += [f"Note: the generator sent some requests late (lag p99 up to {max(lag):.1f} ms); "
                       "the latencies include that lag (they are timed from when each request was due).",
                       ""]
+    if result.get("locust"):
+        lines += locust_markdown(result["locust"])
     if result.get("note"):
         lines += [result["note"], ""]
     return "\n".join(lines)
+
+
+def locust_markdown(per_target: dict) -> list[str]:
+    """Locust's own statistics per target and entry name (scenario f; bench/locust_run.py)."""
+    head = ["target", "locust entry", "requests", "failures", "p50 ms", "p90 ms", "p99 ms", "max ms"]
+    lines = ["**From locust** (its CSV files, `<prefix>_stats.csv`, as locust computed them: "
+             "`POST chat turn` is locust's own timing, to the response head; TTFT, ITL and E2E are "
+             "entries the locustfile reports; requests and failures summed over the repeats, "
+             "percentiles the median of theirs):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, entries in per_target.items():
+        for entry, e in entries.items():
+            ms = e.get("ms") or {}
+            cells = [name, entry, _f(e["requests"]), _f(e["failures"])]
+            cells += [_f(ms.get(p), 0) for p in ("50", "90", "99", "100")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _signed(v) -> str:
@@ -212,7 +231,7 @@ def runs_markdown(s: Scenario, result: dict) -> str:
 def summary_markdown(items: list[tuple[Scenario, dict]], m: dict, date: str) -> str:
     lines = [f"# fleetproxy bench summary, {date}", "", f"Machine: {machine_line(m)}.", "",
              "Each fleetproxy target against direct and nginx; p99 is of the scenario's main latency "
-             "(end to end for a and b, time to first token for c, d and e).", "",
+             "(end to end for a and b, time to first token for c to f; f's figures are locust's).", "",
              "| scenario | step | target | req/s ÷ direct | p99 ÷ direct | req/s ÷ nginx | p99 ÷ nginx "
              "| CPU/req ÷ nginx | CPU µs/req | nginx CPU µs/req |",
              "|" + "---|" * 10]

@@ -10,6 +10,10 @@ three targets and two repeats:
     c  2 rates x 3 targets x 2 x (15 s + 1 s + drain) ~ 210 s
     d  3 targets x 2 x (20 s + 2 s + drain)           ~ 145 s
     e  (policies + nginx) x 2 x (15 s + 2 s + drain)  ~ 150 s with three policies
+    f  3 targets x 2 x (8 s + locust's start-up)      ~  60 s
+
+Scenario f runs scenario d's user under locust (bench/locustfile.py, bench/locust_run.py); without
+locust installed it is skipped with a note, the way a missing nginx is (`pip install -e '.[bench]'`).
 
 Simulated timing for c, d and e: 50 ms to the first token and 10 ms between tokens, fixed per
 request through the simulator's x-sim-ttft / x-sim-itl headers, so whatever the targets add on
@@ -34,7 +38,7 @@ class Scenario:
     key: str  # the letter used on the command line
     name: str  # file names: <date>-<key>-<name>.md
     title: str
-    driver: str  # wrk | openloop | chat
+    driver: str  # wrk | openloop | chat | locust
     duration: float  # s per run, full
     smoke_duration: float  # s per run, --smoke
     params: dict  # driver parameters (full run)
@@ -99,6 +103,16 @@ SCENARIOS = (
         generator="bench/chat_users.py against 3 simulators; the x-sim-backend header of each "
                   "answer says which one served it",
     ),
+    Scenario(
+        key="f", name="locust", title="Chat users under locust (scenario d's user; locust's own numbers)",
+        driver="locust", duration=8, smoke_duration=2.0, warmup=0.0,
+        params={"users": 32, "rate": 16, "ttft": SIM_TIMING["ttft"], "itl": SIM_TIMING["itl"]},
+        smoke_params={"users": 8, "rate": 8},
+        metric="ttft_ms", metric_label="TTFT",
+        generator="locust, headless (bench/locust_run.py), bench/locustfile.py's chat user: 2-6 turns a "
+                  "session, 16-64 tokens, 0.5-1.5 s think time; every figure in this report is locust's, "
+                  "read from the CSV files it wrote (CPU µs/req: the proxy's, over the locust run)",
+    ),
 )
 
 
@@ -145,6 +159,10 @@ def skip_reason(s: Scenario) -> str | None:
 
         if wrk.binary() is None:
             return "wrk is not installed (apt-get install wrk)"
+    if s.driver == "locust":
+        from .locust_run import missing
+
+        return missing()
     if s.key == "e" and routing_configs() is None:
         return "proxy/routing/policies.py does not exist yet: routing quality needs the balancer"
     return None

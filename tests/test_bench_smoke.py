@@ -1,9 +1,10 @@
-"""The bench's own logic, without running a benchmark (well under a second).
+"""The bench's own logic, and its drivers for real but briefly (a few seconds in all).
 
 `make bench-smoke` runs every scenario for real; these tests pin what it relies on: wrk's report
 line and its error counts, the streaming client's parsing in every split of the bytes, the flag
-on runs with errors, the nginx config, the CPU accounting of a process tree, and the planned
-durations that keep the smoke under 60 s and the full run under 15 minutes.
+on runs with errors, locust's CSV files and their failures, the nginx config, the CPU accounting
+of a process tree, and the planned durations that keep the smoke under 60 s and the full run
+under 15 minutes. One test runs the locust driver against a simulator for 1.5 s.
 """
 
 import asyncio
@@ -191,7 +192,7 @@ def test_planned_durations_fit_the_budgets():
             total += r.planned(s, 4 if s.key == "e" else 3)[1]
         return total
 
-    assert plan(smoke=True) < 40
+    assert plan(smoke=True) < 50
     assert plan(smoke=False) < 12 * 60
 
 
@@ -328,3 +329,97 @@ def test_routing_command_line_keeps_the_zipf_study_and_picks_defaults_per_study(
     assert zipf and a.backends == 4 and a.max_tokens == 8 and a.cache_blocks == 400 and a.sessions == 96
     a, _ = routing_bench.parse(["--backend", "vllm", "--quick", "--vllm-urls", "http://h:1/,http://h:2"])
     assert a.runs == 1 and a.vllm_urls == ["http://h:1", "http://h:2"] and a.backends == 2
+
+
+# -- locust (scenario f: bench/locust_run.py) -----------------------------------------------------
+
+from bench import locust_run  # noqa: E402
+
+STATS_HEAD = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,"
+              "Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,"
+              "50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%\n")
+
+
+def _locust_csv(prefix, turns=10, turn_failures=0, failures="", exceptions=""):
+    pct = ",".join(["55"] * 11)
+    na = ",".join(["N/A"] * 11)
+    rows = [f"POST,POST chat turn,{turns},{turn_failures},55,55.1,50,60,0.0,5.0,0.0,{pct if turns else na}",
+            f"TTFT,TTFT,{turns - turn_failures},0,55,55.1,50,60,0.0,5.0,0.0,{pct if turns else na}",
+            f",Aggregated,{2 * turns},{turn_failures},55,55.1,50,60,0.0,10.0,0.0,{pct if turns else na}"]
+    with open(f"{prefix}_stats.csv", "w") as f:
+        f.write(STATS_HEAD + "\n".join(rows) + "\n")
+    with open(f"{prefix}_failures.csv", "w") as f:
+        f.write("Method,Name,Error,Occurrences,First Seen,Last Seen\n" + failures)
+    with open(f"{prefix}_exceptions.csv", "w") as f:
+        f.write("Count,Message,Traceback,Nodes\n" + exceptions)
+
+
+def test_locust_csv_is_read_and_every_failure_or_exception_counts(tmp_path):
+    prefix = str(tmp_path / "locust")
+    _locust_csv(prefix)
+    ok = locust_run.parse(prefix, 2.0)
+    assert ok["requests"] == 10 and ok["errors"] == 0 and ok["rps"] == 5.0
+    assert ok["ttft_ms"]["99"] == 55.0 and "99.5" not in ok["ttft_ms"]  # locust has no p99.5 column
+    assert set(ok["locust"]) == {"POST chat turn", "TTFT"}
+    _locust_csv(prefix, turn_failures=2,
+                failures='POST,POST chat turn,"CatchResponseError(\'status 502\')",2,x,y\n',
+                exceptions='1,"KeyError: \'choices\'","Traceback...",local\n')
+    bad = locust_run.parse(prefix, 2.0)
+    assert bad["errors"] == 3 and bad["ok"] == 8
+    assert bad["error_kinds"] == {"POST chat turn: CatchResponseError('status 502')": 2,
+                                  "exception in the user: KeyError: 'choices'": 1}
+    _locust_csv(prefix, turns=0)
+    none = locust_run.parse(prefix, 2.0)
+    assert none["requests"] == 0 and "ttft_ms" not in none
+    runs = [dict(ok, step="", target="direct", repeat=1), dict(bad, step="", target="fleetproxy", repeat=1),
+            dict(none, step="", target="nginx", repeat=1)]
+    agg = runner.aggregate(runs, [""], ["direct", "fleetproxy", "nginx"], "ttft_ms")[""]
+    assert not agg["direct"]["flagged"] and agg["fleetproxy"]["flagged"] and agg["nginx"]["flagged"]
+    os.remove(f"{prefix}_stats.csv")
+    try:
+        locust_run.parse(prefix, 2.0)
+    except RuntimeError as e:
+        assert "no locust_stats.csv" in str(e)
+    else:
+        raise AssertionError("a run without its CSV passed")
+
+
+def test_locust_numbers_are_labelled_as_locust_in_the_report(tmp_path):
+    prefix = str(tmp_path / "locust")
+    _locust_csv(prefix)
+    run = dict(locust_run.parse(prefix, 2.0), step="", target="fleetproxy", repeat=1)
+    s = scenarios.by_key("locust")[0]
+    result = {"runs": [run], "aggregate": runner.aggregate([run], [""], ["fleetproxy"], s.metric),
+              "locust": locust_run.per_entry([run], ["fleetproxy"]),
+              "config": {"repeat": 1, "duration_s": 2, "workers": 1, "layout": "not pinned"}}
+    md = report.scenario_markdown(s, result)
+    assert "locust" in md.split("\n")[2]  # the Load line names the tool
+    assert "**From locust**" in md and "| fleetproxy | POST chat turn | 10 | 0 | 55 |" in md
+
+
+def test_locust_missing_is_said_with_the_install_command(monkeypatch):
+    s = scenarios.by_key("f")[0]
+    monkeypatch.setattr(locust_run.importlib.util, "find_spec", lambda name: None)
+    reason = scenarios.skip_reason(s)
+    assert "locust is not installed" in reason and "pip install -e '.[bench]'" in reason
+
+
+def test_locust_driver_runs_against_a_simulator(tmp_path):
+    """The driver for real, briefly: locust's library API, the user, the CSV it writes at the end."""
+    import pytest
+
+    if locust_run.missing():
+        pytest.skip(locust_run.missing())
+    from bench.procs import Fleet
+
+    with Fleet() as fleet:
+        url = fleet.start_sim("sim-locust")
+        prefix = str(tmp_path / "locust")
+        argv = [sys.executable, "-m", "bench.locust_run", "--url", url, "--users", "4", "--rate", "4",
+                "--duration", "1.5", "--ttft", "0.01", "--itl", "0.002", "--csv", prefix]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["start", "end"]
+    r = locust_run.parse(prefix, 1.5)
+    assert r["requests"] > 0 and r["errors"] == 0, r["error_kinds"]
+    assert r["ttft_ms"] and r["latency_ms"] and set(r["locust"]) >= {"POST chat turn", "TTFT", "E2E"}
