@@ -204,3 +204,25 @@ def test_a_burst_of_events_is_held_only_from_the_finish_event(chunked):
     assert data[:cut] == b"".join(frame(e) for e in events[:-1])
     assert data[cut:] == frame(events[-1])
     assert streamusage.unit_start(frame(events[-1]), 10, chunked) == 0  # the first unit of a read
+
+
+@pytest.mark.parametrize("usage_json, want", [
+    # vLLM's layouts (tests/realvllm/recorded): the one-match path
+    (b'{"prompt_tokens":16,"total_tokens":20,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":640,'
+     b'"created_cache_tokens":0,"multimodal_tokens":null},"completion_tokens_details":null}', (16, 4, 640)),
+    (b'{"prompt_tokens":21,"total_tokens":29,"completion_tokens":8}', (21, 8, 0)),
+    (b'{"prompt_tokens":21,"total_tokens":37,"completion_tokens":16,"prompt_tokens_details":null}', (21, 16, 0)),
+    # anyone else's: the searches
+    (b'{"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}', (5, 7, 0)),
+    (b'{"completion_tokens":7,"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":3}}', (5, 7, 3)),
+    (b'{"prompt_tokens":21,"total_tokens":29,"completion_tokens":8,"prompt_tokens_details":{"audio_tokens":0,'
+     b'"cached_tokens":9}}', (21, 8, 9)),
+    (b'{}', (0, 0, 0)),
+])
+@pytest.mark.parametrize("split", [None, 10, 40])
+def test_usage_counts_whatever_the_layout(usage_json, want, split):
+    body = b'{"id":"x","choices":[],"usage":' + usage_json + b',"system_fingerprint":"f"}'
+    assert usage(body) == want
+    if split is not None:  # cut between the relay's last two reads
+        at = body.find(b'"usage"') + split
+        assert usage(body[at:], body[:at]) == want

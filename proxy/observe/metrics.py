@@ -39,8 +39,14 @@ _TTFT_AT, _TTFT_BOUNDS, _TTFT_SUM = HIST_AT[H_TTFT], _BOUNDS[H_TTFT], len(_BOUND
 _PROMPT = re.compile(rb'"prompt_tokens": ?(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens": ?(\d+)')
 _CACHED = re.compile(rb'"cached_tokens": ?(\d+)')
+# vLLM's own layout, matched at once where "usage" starts: prompt, total, completion, then the
+# details (null, or an object that opens with cached_tokens); any other falls to the searches.
+_VLLM = re.compile(rb'"usage":\{"prompt_tokens":(\d+),"total_tokens":\d+,"completion_tokens":(\d+)'
+                   rb'(?:\}|,"prompt_tokens_details":(?:null|\{"cached_tokens":(\d+)))')
 _NCLASS = len(OUTCOMES)
 _STATUS_ROW = [i * _NCLASS for i in range(len(CLASSES))]
+# Series offsets as this module's own names (typed in metrics.pxd).
+_S_REQ, _S_BYTES, _S_TOK, _S_ERR, _S_FLIGHT = S_REQ, S_BYTES, S_TOK, S_ERR_EVENTS, S_TOK_FLIGHT
 
 
 class Timing:
@@ -70,9 +76,8 @@ class Timing:
 
 
 class Recorder:
-    """This worker's row: the series it has claimed and the cells to add into."""
-
-    __slots__ = ("table", "cells", "row", "base", "index", "used", "overflow")
+    """This worker's row: the series it has claimed and the cells to add into (one per worker
+    process, so no __slots__: metrics.pxd declares its fields for the native build)."""
 
     def __init__(self, table, row):
         self.table = table
@@ -88,7 +93,7 @@ class Recorder:
         self.used += 1
         raw = encode_key(*key)
         padded = raw + bytes(KEY_CELLS * 8 - len(raw))
-        self.cells[base + S_KEY:base + S_KEY + KEY_CELLS] = memoryview(padded).cast("q")
+        self.table.cells[base + S_KEY:base + S_KEY + KEY_CELLS] = memoryview(padded).cast("q")
         self.cells[base + S_KEYLEN] = len(raw)  # published last: readers skip a series until then
         self.index[key] = base
         return base
@@ -106,11 +111,14 @@ class Recorder:
 
     def observe(self, base, hist, seconds):
         """One observation of ``seconds`` into histogram ``hist`` of the series at ``base``."""
-        at = base + HIST_AT[hist]
+        hist_at = base + HIST_AT[hist]
         bounds = _BOUNDS[hist]
         cells = self.cells
-        cells[at + bisect_left(bounds, seconds)] += 1
-        cells[at + len(bounds) + 1] += int(seconds * 1e6)
+        at = hist_at + bisect_left(bounds, seconds)
+        cells[at] += 1
+        at = hist_at + len(bounds) + 1
+        cells[at] += int(seconds * 1e6)
+        return None
 
     def record(self, ex, status, outcome, now, tokens, model, backend):
         """The request ``ex`` (an http.exchange.Exchange) ended with ``outcome`` (an index
@@ -122,55 +130,58 @@ class Recorder:
                 outcome = FALLBACK
         obs = ex.obs
         key = (model, backend, obs.tenant)
-        base = self.index.get(key)
-        if base is None:
+        base = self.index.get(key, -1)
+        if base < 0:
             base = self.series(model, backend, obs.tenant)
         cells = self.cells
-        cells[base + S_REQ + _STATUS_ROW[status // 100 if status < 600 else 0] + outcome] += 1
+        cls = status // 100 if 0 <= status < 600 else 0
+        cells[base + _S_REQ + cls * _NCLASS + outcome] += 1
         if obs.flight_tokens:
-            cells[obs.flight + S_TOK_FLIGHT] -= obs.flight_tokens
+            cells[obs.flight + _S_FLIGHT] -= obs.flight_tokens
             obs.flight_tokens = 0
         framer = ex.framer
         if framer is None:
-            return
-        cells[base + S_BYTES] += framer.body_bytes
+            return None
+        cells[base + _S_BYTES] += framer.body_bytes
         t0 = obs.t0
         t_head = obs.t_head
         if t_head:
             seconds = now - t0
-            at = base + _E2E_AT
-            cells[at + bisect_left(_E2E_BOUNDS, seconds)] += 1
-            cells[at + _E2E_SUM] += int(seconds * 1e6)
+            at = base + _E2E_AT + bisect_left(_E2E_BOUNDS, seconds)
+            cells[at] += 1
+            cells[base + _E2E_AT + _E2E_SUM] += int(seconds * 1e6)
             seconds = obs.t_resp - t_head
-            at = base + _RESP_AT
-            cells[at + bisect_left(_RESP_BOUNDS, seconds)] += 1
-            cells[at + _RESP_SUM] += int(seconds * 1e6)
+            at = base + _RESP_AT + bisect_left(_RESP_BOUNDS, seconds)
+            cells[at] += 1
+            cells[base + _RESP_AT + _RESP_SUM] += int(seconds * 1e6)
         if obs.t_sent and selection.attempts == 1:
             seconds = obs.t_sent - t0 - obs.t_wait
             if seconds < 0.0:
                 seconds = 0.0
-            at = base + _REQ_AT
-            cells[at + bisect_left(_REQ_BOUNDS, seconds)] += 1
-            cells[at + _REQ_SUM] += int(seconds * 1e6)
+            at = base + _REQ_AT + bisect_left(_REQ_BOUNDS, seconds)
+            cells[at] += 1
+            cells[base + _REQ_AT + _REQ_SUM] += int(seconds * 1e6)
         t_body = obs.t_body
         if t_body > 0.0:
             seconds = t_body - t0
-            at = base + _TTFT_AT
-            cells[at + bisect_left(_TTFT_BOUNDS, seconds)] += 1
-            cells[at + _TTFT_SUM] += int(seconds * 1e6)
+            at = base + _TTFT_AT + bisect_left(_TTFT_BOUNDS, seconds)
+            cells[at] += 1
+            cells[base + _TTFT_AT + _TTFT_SUM] += int(seconds * 1e6)
         if tokens is not NO_TOKENS:
-            at = base + S_TOK
+            at = base + _S_TOK
+            completion = tokens[1]
             cells[at] += tokens[0]
-            cells[at + 1] += tokens[1]
+            cells[at + 1] += completion
             cells[at + 2] += tokens[2]
-            if framer.event_stream and tokens[1] > 1 and t_body > 0.0:
-                self.observe(base, H_ITL, (now - t_body) / (tokens[1] - 1))
+            if framer.event_stream and completion > 1 and t_body > 0.0:
+                self.observe(base, H_ITL, (now - t_body) / (completion - 1))
         if framer.event_stream:
             tail, prev = obs.tail, obs.prev
             if (tail is not None and tail.find(b'data: {"error"') >= 0) or (
                 prev is not None and prev.find(b'data: {"error"') >= 0
             ):
-                cells[base + S_ERR_EVENTS] += 1
+                cells[base + _S_ERR] += 1
+        return None
 
     def admitted(self, ex, model):
         """``ex`` was given an endpoint: its prompt tokens (estimated) are in flight until it ends."""
@@ -242,6 +253,10 @@ def usage(tail, prev=None):
         at = tail.rfind(b'"usage"')
         if at < 0:
             return NO_TOKENS
+    match = _VLLM.match(tail, at)
+    if match is not None:
+        cached = match.group(3)
+        return int(match.group(1)), int(match.group(2)), int(cached) if cached is not None else 0
     return _number(_PROMPT, tail, at), _number(_COMPLETION, tail, at), _number(_CACHED, tail, at)
 
 
