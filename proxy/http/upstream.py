@@ -10,11 +10,13 @@ connections share: certificate and host-name verification on unless the config s
 ``verify: false``, the system's CAs unless ``ca_file`` names others, ALPN http/1.1.
 """
 
-import asyncio
 import ssl
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
+    """An asyncio protocol by its methods (no asyncio.Protocol base: the native build makes it
+    an extension type, upstream.pxd, which cannot derive from a Python class)."""
+
     __slots__ = ("pool", "transport", "exchange", "closed", "idle_since", "requests", "rx")
 
     def __init__(self, pool):

@@ -7,6 +7,13 @@ cdef Py_ssize_t _E2E_AT, _E2E_SUM, _RESP_AT, _RESP_SUM, _REQ_AT, _REQ_SUM, _TTFT
 cdef Py_ssize_t _S_REQ, _S_BYTES, _S_TOK, _S_ERR, _S_FLIGHT
 
 
+cdef class Timing:
+    cdef public double t0, t_sent, t_head, t_resp, t_body, t_wait
+    cdef public object tail, prev, tenant, span, tokens, usage, model
+    cdef public Py_ssize_t flight
+    cdef public long long flight_tokens
+
+
 cdef class Recorder:
     cdef public object table
     cdef long long[::1] cells

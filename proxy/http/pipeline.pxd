@@ -1,0 +1,11 @@
+# Types for Cython's compile of pipeline.py (the native build; see _speedups/__init__.py). A
+# client connection's whole state is declared here, on the first class of the chain Pipeline ->
+# downstream.Downstream, so that reading and dispatching requests are struct accesses rather than
+# attribute lookups; deadlines.Deadlines stays a Python mixin. Downstream's __slots__ say the
+# same for the pure build.
+
+
+cdef class Pipeline:
+    cdef public object ctx, loop, transport, reader, peer, trusted, queue, active, closed, writing_paused
+    cdef public object paused, timer, unparsed, advancing, feeding, completed, requests, queued_size, partial
+    cdef public object queued_bytes, stall_since, stall_size

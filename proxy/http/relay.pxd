@@ -1,0 +1,19 @@
+# Types for Cython's compile of relay.py (the native build; see _speedups/__init__.py). An
+# exchange's whole state is declared here, on the first class of the chain Relay ->
+# exchange.Exchange, so that the pump's reads and writes of it are struct accesses rather than
+# attribute lookups; admission.Admission stays a Python mixin. The .py files are the whole
+# specification: their __slots__ say the same for the pure build.
+from proxy.http.pipeline cimport Pipeline
+from proxy.http.upstream cimport UpstreamConnection
+from proxy.observe.metrics cimport Timing
+
+
+cdef class Relay:
+    # relay.py's
+    cdef public UpstreamConnection conn
+    cdef public object framer, head_sent, held, dechunker, rechunk, timer, ticks, rx_seen, reused, strip, tail
+    # exchange.py's
+    cdef public Pipeline down  # a downstream.Downstream
+    cdef public object method, target, headers, body, http10, keep_alive, request_id, error, selection
+    cdef public object close_after, task, finished, retried, asked_load, size, tenant, queued
+    cdef public Timing obs
