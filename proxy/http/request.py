@@ -72,7 +72,7 @@ class RequestReader:
     __slots__ = (
         "limits", "sink", "clock", "parser", "phase", "since", "_url", "_headers", "_body", "_body_size",
         "_head_bytes", "_head_wire", "_host", "_te", "_expect", "_request_id", "asks_load", "_length",
-        "_upgrade", "_h2c", "_resume", "_gap", "_fields",
+        "_upgrade", "_h2c", "_resume", "_gap", "_fields", "_http10",
     )
 
     def __init__(self, limits, sink, clock):
@@ -102,6 +102,7 @@ class RequestReader:
         self._length = 0  # Content-Length
         self._upgrade = None  # the Upgrade field's protocol, lower-cased (b"*": several)
         self._h2c = None  # an ignored h2c upgrade: (method, http10, keep_alive) of its request
+        self._http10 = False  # the head said HTTP/1.0 (httptools formats its version per call)
 
     def feed(self, data):
         phase = self.phase
@@ -243,6 +244,7 @@ class RequestReader:
             raise ClientError(f"HTTP version {version} not supported", status=505)
         if version == "1.1" and not self._host:
             raise ClientError("missing Host header")
+        self._http10 = version == "1.0"
         if parser.should_upgrade():
             self._no_tunnel(parser, version)  # first: CONNECT's target is no URL of ours
         url = self._url
@@ -287,7 +289,7 @@ class RequestReader:
         parser = self.parser
         h2c = self._h2c
         if h2c is None:
-            method, http10, keep_alive = parser.get_method(), parser.get_http_version() == "1.0", parser.should_keep_alive()
+            method, http10, keep_alive = parser.get_method(), self._http10, parser.should_keep_alive()
         elif self._resume is not None:
             # httptools ends an upgrade request at its head; its body is still to come (see
             # _after_h2c), and so is the request.
