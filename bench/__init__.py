@@ -16,6 +16,9 @@ The pieces, in the order a run uses them:
 - `stats.py`, `report.py` — percentiles; Markdown, JSON and PNG in bench/results/.
 - `locustfile.py` + `locust_run.py` — scenario d's chat user for locust (its UI, a real fleet), and
   scenario f: that user run headless against every target, locust's numbers read from its CSV.
+- `capacity.py` — `python -m bench.capacity [--streams N] [--smoke]`: N slow streams held open
+  through one worker beside nginx and direct: memory per stream, CPU per token event, first-token
+  p99 against direct, the idle footprint (its own command: not in `python -m bench`).
 - `routing.py` (+ `routing_compare.py`, `routing_fleet.py`) — routing quality, `python -m
   bench.routing`: fleetproxy's policies beside nginx's consistent hash and one server alone, on
   simulators or two real vLLM servers (`--backend vllm`), even and skewed chat workloads.

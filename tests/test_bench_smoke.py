@@ -4,7 +4,8 @@
 line and its error counts, the streaming client's parsing in every split of the bytes, the flag
 on runs with errors, locust's CSV files and their failures, the nginx config, the CPU accounting
 of a process tree, and the planned durations that keep the smoke under 60 s and the full run
-under 15 minutes. One test runs the locust driver against a simulator for 1.5 s.
+under 15 minutes. Two run for real: the locust driver against a simulator for 1.5 s, and the
+capacity smoke with 200 streams per target (about 20 s).
 """
 
 import asyncio
@@ -423,3 +424,46 @@ def test_locust_driver_runs_against_a_simulator(tmp_path):
     r = locust_run.parse(prefix, 1.5)
     assert r["requests"] > 0 and r["errors"] == 0, r["error_kinds"]
     assert r["ttft_ms"] and r["latency_ms"] and set(r["locust"]) >= {"POST chat turn", "TTFT", "E2E"}
+
+
+# -- capacity (bench/capacity.py) -------------------------------------------------------------------
+
+def test_capacity_smoke_holds_every_stream_and_reports_numbers(tmp_path):
+    """`python -m bench.capacity --smoke` with 200 streams: numbers for every target, no error."""
+    argv = [sys.executable, "-m", "bench.capacity", "--smoke", "--streams", "200", "--window", "1",
+            "--probe-s", "1", "--out", str(tmp_path)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [md] = list(tmp_path.glob("*-capacity.md"))
+    [js] = list(tmp_path.glob("*-capacity.json"))
+    result = json.loads(js.read_text())
+    targets = result["targets"]
+    assert {"direct", "fleetproxy"} <= set(targets)
+    for name, r in targets.items():
+        assert r["errors"] == 0, (name, r["error_kinds"])
+        assert r["open_streams"] == r["streams"] == 200 and r["token_events"] > 0
+        assert r["ttft_ms"].get("99") and r["probe_ttft_ms"].get("99") and r["sim_cpu_us_per_token"]
+    for name in (n for n in targets if n != "direct"):
+        r = targets[name]
+        assert r["kib_per_stream"] is not None and r["cpu_us_per_token"] and r["open"]["rss_kib"] > 0
+        assert result["footprint"][name]["rss_kib"] > 0 and len(result["footprint"][name]["processes"]) == 2
+    assert result["footprint"]["fleetproxy --single-process"]["rss_kib"] > 0
+    text = md.read_text()
+    assert "| fleetproxy | 200 of 200 | 0 |" in text and "Idle footprint" in text and "Method." in text
+
+
+def test_capacity_cuts_the_streams_to_the_descriptor_limit_and_says_so(monkeypatch):
+    from bench import capacity
+
+    limits = {"now": (1024, 20000)}
+
+    def setrlimit(_, value):
+        if value[1] > 20000:
+            raise ValueError("not allowed to raise maximum limit")
+        limits["now"] = value
+
+    monkeypatch.setattr(capacity.resource, "getrlimit", lambda _: limits["now"])
+    monkeypatch.setattr(capacity.resource, "setrlimit", setrlimit)
+    assert capacity.fit_nofile(500) == (500, 1000 + capacity.FD_SLACK, None)
+    streams, limit, note = capacity.fit_nofile(10_000)
+    assert streams == 9_900 and limit >= 2 * 9_900 and "20,000" in note and "10,000 streams asked" in note
