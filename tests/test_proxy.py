@@ -362,7 +362,28 @@ def test_first_byte_timeout_gives_504(sim):
         status, _, body = post(proxy.port, "/v1/chat/completions", CHAT, {"x-sim-fault": "hang"})
         assert status == 504
         assert json.loads(body)["error"]["code"] == 504
-        assert time.monotonic() - t0 < 3
+        assert 0.5 <= time.monotonic() - t0 < 3  # never before the limit
+    finally:
+        proxy.stop()
+
+
+def test_first_byte_timeouts_share_one_watchdog_and_none_fires_early(sim):
+    # One timer per worker ticks every exchange (http/relay.py, Watchdog): requests that start
+    # between its ticks must still wait their whole limit, each its own.
+    proxy = start_proxy([sim], "--first-byte-timeout", "0.8")
+
+    def hang(delay):
+        time.sleep(delay)
+        t0 = time.monotonic()
+        status, _, _ = post(proxy.port, "/v1/chat/completions", CHAT, {"x-sim-fault": "hang"})
+        return status, time.monotonic() - t0
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(hang, [0.0, 0.07, 0.15, 0.33]))
+        for status, took in results:
+            assert status == 504
+            assert 0.8 <= took < 3.0, results
     finally:
         proxy.stop()
 

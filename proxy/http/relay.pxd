@@ -11,7 +11,7 @@ from proxy.observe.metrics cimport Timing
 cdef class Relay:
     # relay.py's
     cdef public UpstreamConnection conn
-    cdef public object framer, head_sent, held, dechunker, rechunk, timer, ticks, rx_seen, reused, strip, tail
+    cdef public object framer, head_sent, held, dechunker, rechunk, ticks, rx_seen, reused, strip, tail
     # exchange.py's
     cdef public Pipeline down  # a downstream.Downstream
     cdef public object method, target, headers, body, http10, keep_alive, request_id, error, selection
