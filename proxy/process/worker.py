@@ -1,6 +1,7 @@
 """One serving process: installs uvloop, opens the listeners, serves, drains on a signal."""
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ from ..config import Config
 from ..discovery.columns import Columns
 from ..http import responses
 from ..http.downstream import Downstream
+from ..http.relay import Watchdog
 from ..observe import Observer
 from ..observe.table import MetricsTable
 from ..routing import prober
@@ -28,6 +30,15 @@ from . import admin
 from .shm import MAX_SLOTS, Segment, SharedCounters
 
 log = logging.getLogger("fleetproxy")
+
+# The cyclic collector's pace once serving (gc.set_threshold). Requests' objects are freed by
+# reference counting; what the collector walks is mostly what lives: every open connection
+# (tens of tracked objects each). A full collection walks all of them, and at 10,000 open
+# streams one stops the loop for 0.2-0.3 s (bench/results/2026-12-03-capacity.md), so full
+# collections are spaced out 10x (CPython 3.11 also waits for the long-lived objects to grow
+# by a quarter), and what startup made is frozen out of every walk. The young generations keep
+# CPython's pace: cycles still go within a few thousand allocations.
+GC_THRESHOLDS = (700, 10, 100)
 
 
 class Context:
@@ -56,6 +67,7 @@ class Context:
         self.tick = min(t.first_byte, t.idle) / 4
         self.first_byte_ticks = max(1, round(t.first_byte / self.tick))
         self.idle_ticks = max(1, round(t.idle / self.tick))
+        self.watchdog = Watchdog(loop, self.tick)
         # The client-connection timer never sleeps past the shortest client deadline (a write
         # stall included: it starts whenever the client stops reading).
         self.timer_cap = min(t.header_read, t.request_read, t.keepalive, t.write_stall)
@@ -126,6 +138,10 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
     )
     for why in not_native():  # a stale or partial build: `make install` (pip install .) rebuilds it
         log.warning("speedups: %s", why)
+    if signals:  # the process is ours (not a test's thread): set its collector's pace
+        gc.collect()
+        gc.freeze()  # startup's objects (modules, config, routing tables) leave the collector's walks
+        gc.set_threshold(*GC_THRESHOLDS)
     if started is not None:
         started(ctx, admin_port)
     await stop.wait()
