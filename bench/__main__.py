@@ -49,6 +49,10 @@ def parse(argv=None):
     p.add_argument("--no-nginx", action="store_true", help="leave nginx out")
     p.add_argument("--pin", action="store_true",
                    help="load generators on the first CPU, simulators and proxies on the others")
+    p.add_argument("--proxy-cpus", metavar="LIST",
+                   help="pin the proxies (fleetproxy, nginx) alone on these CPUs, the load generators and "
+                        "simulators on the rest (implies --pin); the worker-scaling run: "
+                        "--targets fleetproxy-w1,fleetproxy-w2 --proxy-cpus 2,3 on a machine with 6 or more")
     p.add_argument("--out", metavar="DIR",
                    help="where results go (default bench/results; a temp dir with --smoke)")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
@@ -72,9 +76,19 @@ def parse(argv=None):
     return args
 
 
-def layout(pin: bool) -> tuple[set[int] | None, set[int] | None, str]:
-    """(load CPUs, server CPUs, description)."""
+def layout(pin: bool, proxy_cpus: set[int] | None = None) -> tuple[set[int] | None, set[int] | None, str]:
+    """(load CPUs, server CPUs, description); ``proxy_cpus``: the proxies' own, apart."""
     cpus = sorted(os.sched_getaffinity(0))
+    if proxy_cpus:
+        rest = [c for c in cpus if c not in proxy_cpus]
+        if not proxy_cpus <= set(cpus) or len(rest) < 2:
+            raise SystemExit(f"--proxy-cpus {sorted(proxy_cpus)}: needs CPUs of this process's {cpus}, "
+                             "and two more besides them (load generator, simulators)")
+        half = max(1, len(rest) // 2)
+        load, servers = set(rest[:half]), set(rest[half:])
+        return load, servers, (f"pinned: proxies (fleetproxy, nginx) alone on CPU {','.join(map(str, sorted(proxy_cpus)))}, "
+                               f"load generators on {','.join(map(str, sorted(load)))}, simulators on "
+                               f"{','.join(map(str, sorted(servers)))}")
     if not pin:
         return None, None, "not pinned"
     if len(cpus) < 2:
@@ -157,7 +171,8 @@ def main(argv=None) -> int:
     no_locust = [s for s in args.scenarios if s.driver == "locust" and locust_run.missing()]
     if no_locust:  # like nginx: said, and the run goes on without it
         print(f"bench: {locust_run.missing()}: scenario {no_locust[0].key} is skipped", file=sys.stderr)
-    load_cpus, server_cpus, layout_text = layout(args.pin)
+    proxy_cpus = {int(c) for c in args.proxy_cpus.split(",")} if args.proxy_cpus else None
+    load_cpus, server_cpus, layout_text = layout(args.pin or bool(proxy_cpus), proxy_cpus)
     if load_cpus:
         os.sched_setaffinity(0, load_cpus)  # the bench itself mostly sleeps, beside its drivers
     out_dir = args.out or (tempfile.mkdtemp(prefix="fleetproxy-bench-smoke-") if args.smoke else RESULTS)
@@ -172,7 +187,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     results: list[tuple] = []
     failed: list[str] = []
-    fleet = Fleet(server_cpus)
+    fleet = Fleet(server_cpus, proxy_cpus)
     runner = None
     try:
         try:

@@ -96,8 +96,9 @@ def nginx_path() -> str | None:
 
 
 class Fleet:
-    def __init__(self, server_cpus: set[int] | None = None):
+    def __init__(self, server_cpus: set[int] | None = None, proxy_cpus: set[int] | None = None):
         self.server_cpus = server_cpus
+        self.proxy_cpus = proxy_cpus or server_cpus  # the proxies' own cores (--proxy-cpus), or the servers'
         self.dir = tempfile.mkdtemp(prefix="fleetproxy-bench-")
         self.procs: list[Proc] = []
         self._ports: set[int] = set()
@@ -138,9 +139,10 @@ class Fleet:
         except subprocess.TimeoutExpired:
             pass
 
-    def spawn(self, name: str, argv: list[str], env: dict | None = None, pin: bool = True) -> Proc:
+    def spawn(self, name: str, argv: list[str], env: dict | None = None, pin: bool = True,
+              proxy: bool = False) -> Proc:
         log = os.path.join(self.dir, f"{name}.log")
-        cpus = self.server_cpus if pin else None
+        cpus = (self.proxy_cpus if proxy else self.server_cpus) if pin else None
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -217,7 +219,7 @@ class Fleet:
         def start():
             port, admin = self.port(), self.port()
             proc = self.spawn(name, [sys.executable, "-m", "proxy", "--listen", f"127.0.0.1:{port}",
-                                     "--admin-listen", f"127.0.0.1:{admin}", *flags], env=env)
+                                     "--admin-listen", f"127.0.0.1:{admin}", *flags], env=env, proxy=True)
             target = Target(name, f"http://127.0.0.1:{port}", [proc])
             # Ready: the admin port says so and a request through the data port gets an answer.
             return proc, target, lambda: _get(admin, "/readyz") == 200 and _get(port, "/health") == 200
@@ -236,7 +238,7 @@ class Fleet:
             port = self.port()
             with open(conf, "w") as f:
                 f.write(nginx_conf(prefix, port, backends, workers, binary))
-            proc = self.spawn(name, [binary, "-c", conf, "-p", prefix])
+            proc = self.spawn(name, [binary, "-c", conf, "-p", prefix], proxy=True)
             proc.error_log = os.path.join(prefix, "error.log")
             target = Target(name, f"http://127.0.0.1:{port}", [proc])
             return proc, target, lambda: _get(port, "/health") == 200

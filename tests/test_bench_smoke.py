@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -467,3 +469,18 @@ def test_capacity_cuts_the_streams_to_the_descriptor_limit_and_says_so(monkeypat
     assert capacity.fit_nofile(500) == (500, 1000 + capacity.FD_SLACK, None)
     streams, limit, note = capacity.fit_nofile(10_000)
     assert streams == 9_900 and limit >= 2 * 9_900 and "20,000" in note and "10,000 streams asked" in note
+
+
+def test_proxy_cpus_give_the_proxies_cores_of_their_own(monkeypatch):
+    # The worker-scaling run: proxies alone on their CPUs, load and simulators split the rest.
+    from bench.__main__ import layout
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    load, servers, text = layout(True, {2, 3})
+    assert load == {0, 1, 4} and servers == {5, 6, 7}
+    assert "alone on CPU 2,3" in text
+    with pytest.raises(SystemExit):
+        layout(True, {6, 7, 8})  # not this process's
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    with pytest.raises(SystemExit):
+        layout(True, {1})  # nothing left for the load and the simulators
