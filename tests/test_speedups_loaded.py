@@ -4,6 +4,7 @@
 built the extensions) and with FLEETPROXY_PURE=1. (aiohttp's test_c_parser_loaded, in spirit.)
 """
 
+import concurrent.futures
 import importlib
 import json
 import os
@@ -77,3 +78,16 @@ def test_cli_and_subprocesses_agree_with_the_seam():
         [sys.executable, "-m", "proxy", "--version"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert f"(speedups: {_speedups.IMPLEMENTATION})" in out
+
+
+def test_every_compiled_module_imports_first():
+    # The .pxd files type one module's objects by another's (relay.pxd cimports pipeline.pxd,
+    # which cimports context.pxd): a compiled module imports those at its own import, so a
+    # cycle of plain imports among them fails, in whichever order a process meets them first.
+    def first(name):
+        done = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True, text=True)
+        return name, done.returncode, done.stderr[-600:]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        failed = [r for r in pool.map(first, _speedups.COMPILED) if r[1]]
+    assert not failed, failed

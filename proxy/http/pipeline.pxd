@@ -3,9 +3,11 @@
 # downstream.Downstream, so that reading and dispatching requests are struct accesses rather than
 # attribute lookups; deadlines.Deadlines stays a Python mixin. Downstream's __slots__ say the
 # same for the pure build.
+from proxy.process.context cimport Context
 
 
 cdef class Pipeline:
-    cdef public object ctx, loop, transport, reader, peer, trusted, queue, active, closed, writing_paused
+    cdef public Context ctx
+    cdef public object loop, transport, reader, peer, trusted, queue, active, closed, writing_paused
     cdef public object paused, timer, unparsed, advancing, feeding, completed, requests, queued_size, partial
     cdef public object queued_bytes, stall_since, stall_size

@@ -18,7 +18,6 @@ import logging
 import re
 
 from .errors import Overloaded
-from .exchange import Exchange
 from .request import IDLE
 
 log = logging.getLogger("fleetproxy.downstream")
@@ -64,8 +63,11 @@ class Pipeline:
                 if room <= 0:
                     self.unparsed = data[pos:] if pos else data
                     break
-                if pos == 0 and data.count(b"\n\r\n") + data.count(b"\n\n") < room:
-                    end = n  # the common case: the whole read at once
+                # Fewer possible blank lines than room: the whole read at once (the common
+                # case). Each blank line holds two LFs of its own, so fewer LFs than room (one
+                # byte counted, memchr's speed) already says so for a usual read.
+                if pos == 0 and (data.count(b"\n") < room or data.count(b"\n\r\n") + data.count(b"\n\n") < room):
+                    end = n
                 else:
                     end = cut(data, pos, room)
                 chunk = data[pos:end] if pos or end < n else data
@@ -123,6 +125,10 @@ class Pipeline:
         self.pause_reading(PAUSE_ERROR)
         self._drop_waiting()
         err = Overloaded("the proxy holds too many queued requests; retry later")
+        # Imported here: exchange.py's compile types its state through this module (relay.pxd
+        # cimports pipeline.pxd), so importing it at the top would be a cycle.
+        from .exchange import Exchange
+
         self.queue.append(Exchange(self, b"", b"", [], b"", False, False, self.ctx.next_request_id(), err))
         self._advance()
 

@@ -17,9 +17,7 @@ from _speedups import IMPLEMENTATION, PrefixTable, not_native
 from .. import discovery
 from ..config import Config
 from ..discovery.columns import Columns
-from ..http import responses
 from ..http.downstream import Downstream
-from ..http.relay import Watchdog
 from ..observe import Observer
 from ..observe.table import MetricsTable
 from ..routing import prober
@@ -27,6 +25,7 @@ from ..routing.router import Router
 from ..tenants import Tenants
 from ..tenants.table import TenantTable
 from . import admin
+from .context import Context
 from .shm import MAX_SLOTS, Segment, SharedCounters
 
 log = logging.getLogger("fleetproxy")
@@ -39,47 +38,6 @@ log = logging.getLogger("fleetproxy")
 # by a quarter), and what startup made is frozen out of every walk. The young generations keep
 # CPython's pace: cycles still go within a few thousand allocations.
 GC_THRESHOLDS = (700, 10, 100)
-
-
-class Context:
-    """What every connection of this worker shares: config, loop, router, derived constants."""
-
-    def __init__(self, cfg, loop, router):
-        self.cfg = cfg
-        self.loop = loop
-        self.router = router
-        # GET /v1/models lists the configured models when clusters are keyed by model.
-        self.models_body = responses.models_body(router.models) if router.models else None
-        self.connections = set()
-        self.turned_away = 0  # connections refused over limits.max_connections
-        # Request bytes waiting behind active exchanges, summed over this worker's connections
-        # (bounded by limits.max_worker_queued_bytes; see http/downstream.py).
-        self.queued_bytes = 0
-        self.warned = set()  # conditions logged once per worker
-        self.draining = False
-        self.access_log = cfg.access_log
-        self.read_limits = cfg.read_limits  # the body limit: the largest any cluster allows
-        self.observe = None  # observe.Observer: metrics, access log, tracing (None: all off)
-        self.tenants = None  # tenants.Tenants: keys and limits (None: no tenants: section)
-        t = cfg.timeouts
-        # The upstream watchdog ticks at a quarter of the shorter upstream timeout, so a stall
-        # is caught between 1 and 1.25 times its limit (see http/relay.py, the watchdog).
-        self.tick = min(t.first_byte, t.idle) / 4
-        self.first_byte_ticks = max(1, round(t.first_byte / self.tick))
-        self.idle_ticks = max(1, round(t.idle / self.tick))
-        self.watchdog = Watchdog(loop, self.tick)
-        # The client-connection timer never sleeps past the shortest client deadline (a write
-        # stall included: it starts whenever the client stops reading).
-        self.timer_cap = min(t.header_read, t.request_read, t.keepalive, t.write_stall)
-        self._rid_prefix = b"%x-%x-" % (os.getpid(), int.from_bytes(os.urandom(4), "big"))
-        self._rid = 0
-
-    def next_request_id(self):
-        self._rid += 1
-        return self._rid_prefix + b"%x" % self._rid
-
-    def ready(self):
-        return not self.draining and self.router.any_healthy()
 
 
 async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None, columns=None, metrics=(None, -1), stop=None,
