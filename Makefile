@@ -63,4 +63,5 @@ wheel: $(VPY)
 	$(PIP) wheel -q -w dist/wheels .
 
 clean:
-	rm -rf build dist *.egg-info _speedups/*_c.py _speedups/*.c _speedups/*.so
+	rm -rf build dist *.egg-info _speedups/*_c.py _speedups/*.c _speedups/*.so _speedups/compiled.json
+	find proxy \( -name '*.so' -o -name '*.c' \) -delete  # the compiled data path (setup.py)

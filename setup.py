@@ -1,4 +1,5 @@
-"""Builds the Cython twins of the modules in _speedups/ (see _speedups/__init__.py).
+"""Builds the Cython twins of the modules in _speedups/ and the compiled data path (see
+_speedups/__init__.py).
 
 The pure-Python module is the specification; each one listed in NATIVE has a compiled twin of
 one of two kinds. Where the specification compiles well as it is, a copy named ``<module>_c.py``
@@ -12,6 +13,11 @@ neither a wheel nor the source tree ever holds a ``<module>_c.py`` that Python c
 place of a missing extension (and report as native). ``pip install .``, ``pip wheel .`` and
 ``pip install -e .`` all run this; the editable install builds the extension in place, so the
 source tree imports it.
+
+The data path's modules (``_speedups.COMPILED``, read here from the source) have no twin: each
+``proxy/.../<module>.py`` is compiled as it is, under its own name, with the ``<module>.pxd``
+beside it where there is one (types for its objects). ``_speedups/compiled.json`` records the
+hash of each source compiled, so that the seam never runs an extension built from other code.
 """
 
 import ast
@@ -136,7 +142,8 @@ class BuildPy(build_py):
 setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPy},
-    # The twins' sources, so an sdist can build them; the manifest of what was compiled from what.
-    package_data={PACKAGE: ["*.pxd", "*.pyx", "compiled.json"]},
-    exclude_package_data={PACKAGE: ["*.c", "*_c.py"]},  # generated; the wheel needs only the .so
+    # The sources of the twins and the data path's types, so an sdist can build them; the
+    # manifest of what was compiled from what.
+    package_data={"": ["*.pxd"], PACKAGE: ["*.pyx", "compiled.json"]},
+    exclude_package_data={"": ["*.c"], PACKAGE: ["*_c.py"]},  # generated; the wheel needs only the .so
 )
