@@ -219,3 +219,46 @@ def proxy(vllm):
         yield svc
     finally:
         svc.stop()
+
+
+# -- two runs of one request ---------------------------------------------------------------
+# vLLM's V1 engine hands a consumer that fell behind several tokens in one delta (its
+# per-request output collector merges what piled up), so two runs of one greedy request can
+# group the same tokens into different events when the CPU is busy: CI once saw " road? Next"
+# in one event straight from vLLM and in two through the proxy. The proxy forwards events as
+# they come and cannot cause that; these helpers tell that apart from a real difference.
+
+
+def regrouped(events: list[dict]) -> tuple:
+    """What two runs must share however vLLM grouped the tokens: each choice's whole text,
+    and the events with their text taken out, repeats collapsed."""
+    texts: dict[int, str] = {}
+    rest: list[dict] = []
+    for e in events:
+        e = json.loads(json.dumps(e))  # a copy to strip
+        for choice in e.get("choices") or ():
+            delta = choice.get("delta") or choice
+            key = "content" if "delta" in choice else "text"
+            texts[choice.get("index", 0)] = texts.get(choice.get("index", 0), "") + (delta.get(key) or "")
+            delta.pop(key, None)
+        if not rest or rest[-1] != e:
+            rest.append(e)
+    return texts, rest
+
+
+def same_stream(fetch, canon=regrouped, tries: int = 4):
+    """fetch() -> (direct, via). They must be equal on one of `tries` runs; a run where they
+    differ only as vLLM's grouping can make them differ (canon equal) is fetched again,
+    any other difference fails at once. Returns the equal pair's `via`."""
+    for _ in range(tries):
+        direct, via = fetch()
+        if via == direct:
+            return via
+        assert canon(via) == canon(direct), "not a regrouping of the same tokens"
+    pytest.fail(f"vLLM grouped the tokens differently in each of {tries} runs")
+
+
+def sse_events(body: bytes) -> list[dict]:
+    """The JSON events of a chunked SSE body as it came on the wire."""
+    return [json.loads(line[6:]) for line in body.split(b"\n")
+            if line.startswith(b"data: {")]
