@@ -113,6 +113,27 @@ def main(argv=None):
 
         run(cfg)
         return 0
+    _asyncio_without_ssl()
     from .process.supervisor import run
 
     return run(cfg, lambda: config_from_args(args))
+
+
+def _asyncio_without_ssl():
+    """Import asyncio as if ssl were missing, in a process about to become the supervisor.
+
+    Why: asyncio imports ssl wherever it can (``try: import ssl``), and ssl is ~1.4 MiB of the
+    supervisor's RSS (libssl and the module) for connections it never makes: its admin listener
+    and its fan-out to the workers' admin ports are plain HTTP, and discovery, health checks and
+    every upstream connection run in the workers, which import asyncio normally (they are
+    started with exec, not forked from here). asyncio takes ssl as missing only for its own TLS
+    paths (a TLS connection would raise "stdlib ssl module not available"). ``ssl`` itself stays
+    importable: a reload's config check still loads a ``ca_file`` with it.
+    """
+    if "asyncio" in sys.modules or "ssl" in sys.modules:
+        return  # too late to matter (run in-process by a test), or a ca_file loaded it already
+    sys.modules["ssl"] = None  # makes `import ssl` raise ImportError
+    try:
+        import asyncio  # noqa: F401
+    finally:
+        del sys.modules["ssl"]

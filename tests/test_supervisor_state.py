@@ -149,4 +149,5 @@ def test_a_reload_that_would_fail_after_parsing_is_rejected_whole(two_sims, tmp_
     finally:
         proxy.stop()
     log = proxy.proc.stderr.read()
-    assert b"reload rejected" in log and named.encode() in log
+    # Checked before any worker is replaced, and the error names the file and the field.
+    assert b"reload rejected, old workers keep serving: " + str(path).encode() in log and named.encode() in log

@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from proxy.config import ConfigError, build
-from proxy.tenants import (
+from proxy.tenants.admission import (
     ESTIMATE_BYTES, STREAM_BYTES, STREAM_CHARGE, Admission, TenantRefused, Tenants, tokens_used, with_priority,
 )
 from proxy.tenants.buckets import US, Limit, reset_text

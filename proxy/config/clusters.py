@@ -2,7 +2,6 @@
 group endpoints by model, each with its policy, fallback chain and discovery."""
 
 import os
-import ssl
 from typing import Annotated, Optional
 from urllib.parse import urlsplit
 
@@ -38,7 +37,11 @@ class EndpointConfig(_Base):
             raise ValueError(f"backend url {self.url!r}: ca_file and server_name need https://")
         if self.ca_file:
             # Loaded now, so a missing or bad file fails the config check (and a reload is
-            # rejected) instead of the worker that would build the TLS context.
+            # rejected) instead of the worker that would build the TLS context. ssl is imported
+            # here, not at the top: the supervisor reads every config and makes no TLS
+            # connection, so only a config that names a ca_file costs it the module.
+            import ssl
+
             try:
                 ssl.create_default_context(cafile=self.ca_file)
             except (OSError, ssl.SSLError) as exc:

@@ -17,14 +17,17 @@ import asyncio
 import logging
 
 from .columns import TOUCH
-from .dns import DnsWatch
-from .kubernetes import SliceWatch
 
 log = logging.getLogger("fleetproxy.discovery")
 
 
 def sources(router, resolve=None, env=None):
     """One loop object per cluster with ``discovery:``, publishing into ``router``."""
+    # Imported here: the supervisor imports this package for ``columns`` alone, and the
+    # Kubernetes client brings ssl with it.
+    from .dns import DnsWatch
+    from .kubernetes import SliceWatch
+
     out = []
     for spec in router.cfg.all_clusters():
         discovery = getattr(spec, "discovery", None)

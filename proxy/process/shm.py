@@ -20,10 +20,13 @@ every worker and tolerates their races by design (see its module).
 
 import mmap
 import os
-import secrets
-import tempfile
 
-SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+if os.path.isdir("/dev/shm"):
+    SHM_DIR = "/dev/shm"
+else:  # no tmpfs there: the temporary directory (tempfile only then, for the supervisor's memory)
+    import tempfile
+
+    SHM_DIR = tempfile.gettempdir()
 PREFIX = "fleetproxy-"  # then the creating process's pid: see ``sweep``
 
 MAX_SLOTS = 256  # rows: the most workers one generation can have at once
@@ -57,7 +60,7 @@ class Segment:
     def __init__(self, cells, name=None):
         if name is None:
             sweep()
-            name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+            name = f"{PREFIX}{os.getpid()}-{os.urandom(6).hex()}"  # secrets.token_hex, without its imports
             fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 os.ftruncate(fd, max(8, cells * 8))  # reads as zeros

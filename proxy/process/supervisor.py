@@ -18,6 +18,10 @@ How this works.
   to boot at startup stops the supervisor instead of looping.
 - The admin listener is served here, once, for all workers: it answers from the shared
   counters and fans other admin requests out to each worker's private admin port.
+- Neither the router nor the connections nor ssl are imported here: this process's memory is
+  all idle overhead. A generation's columns come from the config (``routing/labels.py``), not
+  from a Router, and ``cli.py`` imports asyncio without ssl for it
+  (``tests/test_supervisor_lean.py``).
 """
 
 import asyncio
@@ -38,7 +42,7 @@ from ..config import ConfigError
 from ..observe.exposition import Totals
 from ..observe.table import R_PID, MetricsTable
 from ..discovery.columns import reserve
-from ..routing.router import Router
+from ..routing.labels import endpoint_labels
 from ..tenants.table import TenantTable
 from .shm import MAX_SLOTS, Segment, SharedCounters
 
@@ -77,7 +81,7 @@ class Generation:
         self.number = number
         self.cfg = cfg
         # One column per distinct endpoint, in the order every worker's router lists them.
-        self.labels = [e.label for e in Router(cfg, None, table=False).endpoints]
+        self.labels = endpoint_labels(cfg)
         self.static = len(self.labels)
         self.columns = self.static + reserve(cfg)  # then the columns discovered members claim
         self.claims = Segment(2 * (self.columns - self.static)) if self.columns > self.static else None
@@ -361,7 +365,7 @@ class Supervisor:
         try:
             self._tenants_table(cfg)
             new = Generation(old.number + 1, cfg)
-        except Exception as exc:  # TLS material, shared memory: whatever the config check missed
+        except Exception as exc:  # shared memory: whatever the config check cannot know
             log.error("reload rejected, old workers keep serving: %s", exc)
             return
         new.counters.set_slots_in_use(target)

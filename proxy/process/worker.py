@@ -22,7 +22,7 @@ from ..observe import Observer
 from ..observe.table import MetricsTable
 from ..routing import prober
 from ..routing.router import Router
-from ..tenants import Tenants
+from ..tenants.admission import Tenants
 from ..tenants.table import TenantTable
 from . import admin
 from .context import Context

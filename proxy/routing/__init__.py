@@ -1,6 +1,7 @@
 """Routing, mostly sans-IO: model -> route -> cluster -> endpoint.
 
 - ``router``: routes by model, the per-request ``Selection``, retries through the route;
+- ``labels``: a config's distinct endpoints in column order (pure; the supervisor reads it too);
 - ``cluster``: one cluster's endpoints, policy, snapshot and key sources;
 - ``policies``: round robin, least request, consistent hashing with bounded loads (pure);
 - ``fields``: the request-body fields routing reads, decoded once;

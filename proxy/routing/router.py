@@ -30,6 +30,7 @@ from ..http.errors import ClientError, NoBackend
 from .cluster import Cluster
 from .endpoint import Endpoint, endpoint_key
 from .fields import decode
+from .labels import distinct_endpoints
 from .retry import RetryPolicy
 
 log = logging.getLogger("fleetproxy.routing")
@@ -102,32 +103,27 @@ class Router:
         if previous is not None:
             for endpoint in previous.endpoints:
                 adopt[endpoint.key] = endpoint
+        # One Endpoint per distinct endpoint, in column order (labels.py: the supervisor sizes
+        # the generation's shared memory from the same list).
         self.endpoints = []
-        by_key = {}
-
-        def endpoint_for(spec, provider):
-            key = endpoint_key(spec, cfg, provider)
-            endpoint = by_key.get(key)
-            if endpoint is None:
-                endpoint = adopt.pop(key, None)
-                if endpoint is not None:
-                    endpoint.clusters = []  # the old router's clusters are going away
-                else:
-                    endpoint = Endpoint(spec, loop, cfg, provider)
-                endpoint.owner = self
-                by_key[key] = endpoint
-                self.endpoints.append(endpoint)
-            return endpoint
+        by_label = {}
+        for spec, provider in distinct_endpoints(cfg):
+            endpoint = adopt.pop(endpoint_key(spec, cfg, provider), None)
+            if endpoint is not None:
+                endpoint.clusters = []  # the old router's clusters are going away
+            else:
+                endpoint = Endpoint(spec, loop, cfg, provider)
+            endpoint.owner = self
+            endpoint.index = len(self.endpoints)  # its column in shared memory and in the prefix index
+            by_label[spec.label] = endpoint
+            self.endpoints.append(endpoint)
 
         specs = cfg.all_clusters()
         members_of = {}
         for spec in specs:
             provider = not hasattr(spec, "backends")
-            members_of[spec.name] = (
-                [endpoint_for(spec, True)] if provider else [endpoint_for(b, False) for b in spec.backends]
-            )
-        for index, endpoint in enumerate(self.endpoints):
-            endpoint.index = index  # its column in shared memory and in the prefix index
+            members = (spec,) if provider else spec.backends
+            members_of[spec.name] = [by_label[b.label] for b in members]
         # What readiness counts (``any_healthy``): the vLLM endpoints, or the providers when
         # nothing else is configured.
         self._ready_set()

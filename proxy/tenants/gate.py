@@ -25,7 +25,7 @@ import logging
 from ..http.errors import Overloaded
 from .fairqueue import FairQueue
 
-ESTIMATE_BYTES = 4  # request body bytes per prompt token (tenants/__init__.py's estimate too)
+ESTIMATE_BYTES = 4  # request body bytes per prompt token (tenants/admission.py's estimate too)
 
 TICK = 0.05  # s between looks at saturated routes while requests wait
 COMPLETION_GUESS = 256  # tokens assumed for a request that sets no max_tokens (cost in the queue)
