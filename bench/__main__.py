@@ -24,7 +24,7 @@ from .runner import Progress, Runner
 from .scenarios import SCENARIOS, Step, by_key, routing_configs, skip_reason
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-TARGETS = ("direct", "fleetproxy", "fleetproxy-pure", "nginx")
+TARGETS = ("direct", "fleetproxy", "fleetproxy-pure", "nginx", "uvloop-floor")
 DEFAULT_TARGETS = "direct,fleetproxy,nginx"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -40,7 +40,8 @@ def parse(argv=None):
     p.add_argument("--scenarios", metavar="a,b,...", help="which scenarios (letters or names; default all)")
     p.add_argument("--targets", default=DEFAULT_TARGETS, metavar="LIST",
                    help=f"from {','.join(TARGETS)} or fleetproxy-wN (N workers) (default {DEFAULT_TARGETS}); fleetproxy-pure runs "
-                        "fleetproxy with FLEETPROXY_PURE=1, for native vs pure")
+                        "fleetproxy with FLEETPROXY_PURE=1, for native vs pure; uvloop-floor is bench/floor.py, "
+                        "a uvloop Protocol that only forwards bytes (one worker): the least any proxy on uvloop costs")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes of fleetproxy and of nginx (default 1)")
     p.add_argument("--duration", type=float, metavar="S",
@@ -113,6 +114,8 @@ def start_targets(fleet: Fleet, names: list[str], backends: list[str], workers: 
             targets.append(fleet.start_fleetproxy("fleetproxy-pure", backends, workers, pure=True))
         elif name == "nginx":
             targets.append(fleet.start_nginx("nginx", backends, workers))
+        elif name == "uvloop-floor":
+            targets.append(fleet.start_floor("uvloop-floor", backends))
         elif _workers_target(name):
             targets.append(fleet.start_fleetproxy(name, backends, _workers_target(name)))
     return targets

@@ -226,6 +226,18 @@ class Fleet:
 
         return self._start(start)
 
+    def start_floor(self, name: str, backends: list[str]) -> Target:
+        """bench/floor.py in front of the first backend: uvloop's Protocol callbacks, no proxy."""
+
+        def start():
+            port = self.port()
+            proc = self.spawn(name, [sys.executable, "-m", "bench.floor", "--listen", f"127.0.0.1:{port}",
+                                     "--backend", backends[0]], proxy=True)
+            target = Target(name, f"http://127.0.0.1:{port}", [proc])
+            return proc, target, lambda: _get(port, "/health") == 200
+
+        return self._start(start)
+
     def start_nginx(self, name: str, backends: list[str], workers: int = 1) -> Target:
         binary = nginx_path()
         if binary is None:

@@ -242,7 +242,7 @@ def summary_markdown(items: list[tuple[Scenario, dict]], m: dict, date: str) -> 
         for step, rows in result["aggregate"].items():
             ng = rows.get("nginx") or {}
             for name, row in rows.items():
-                if not name.startswith("fleetproxy"):
+                if not name.startswith("fleetproxy") and name != "uvloop-floor":
                     continue
                 head = [f"{s.key}. {s.name}", step or "—", name]
                 if row["flagged"]:
