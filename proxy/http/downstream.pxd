@@ -3,4 +3,7 @@ from proxy.http.pipeline cimport Pipeline
 
 
 cdef class Downstream(Pipeline):
-    pass
+    cpdef exchange_done(self, exchange)
+    cpdef _done(self, exchange, close)
+    cpdef _advance(self)
+    cpdef answer(self, exchange, response, close=*)

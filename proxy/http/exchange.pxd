@@ -3,4 +3,12 @@ from proxy.http.relay cimport Relay
 
 
 cdef class Exchange(Relay):
-    pass
+    cpdef start(self)
+    cpdef _route(self, ctx)
+    cpdef _connect_or_send(self)
+    cpdef on_status(self, status, reusable)
+    cpdef complete(self, reusable)
+    cpdef break_stream(self, message, err=*)
+    cpdef upstream_failed(self, message, timeout=*, retryable=*)
+    cpdef fail(self, err)
+    cpdef finish(self, reusable)

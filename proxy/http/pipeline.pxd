@@ -11,3 +11,7 @@ cdef class Pipeline:
     cdef public object loop, transport, reader, peer, trusted, queue, active, closed, writing_paused
     cdef public object paused, timer, unparsed, advancing, feeding, completed, requests, queued_size, partial
     cdef public object queued_bytes, stall_since, stall_size
+
+    cpdef _room(self)
+    cpdef _parse(self, data)
+    cpdef _account(self)

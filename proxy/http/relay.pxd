@@ -17,3 +17,15 @@ cdef class Relay:
     cdef public object method, target, headers, body, http10, keep_alive, request_id, error, selection
     cdef public object close_after, task, finished, retried, asked_load, size, tenant, queued
     cdef public Timing obs
+
+    # Methods the pump calls on its own object: C calls through the type's table, not lookups
+    # by name (the Python-visible method stays). The last five are the exchange's (see relay.py).
+    cpdef send(self, conn)
+    cpdef upstream_data(self, data)
+    cpdef _cancel_timer(self)
+    cpdef _give_back(self, reusable)
+    cpdef on_status(self, status, reusable)
+    cpdef complete(self, reusable)
+    cpdef break_stream(self, message, err=*)
+    cpdef upstream_failed(self, message, timeout=*, retryable=*)
+    cpdef fail(self, err)

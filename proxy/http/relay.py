@@ -262,6 +262,23 @@ class Relay:
             return None
         return heads.chunk(event) if self.rechunk or (framer.kind == CHUNKED and self.dechunker is None) else event
 
+    # -- what the outcomes mean: exchange.Exchange decides ------------------------------------
+
+    def on_status(self, status, reusable):
+        raise NotImplementedError
+
+    def complete(self, reusable):
+        raise NotImplementedError
+
+    def break_stream(self, message, err=None):
+        raise NotImplementedError
+
+    def upstream_failed(self, message, timeout=False, retryable=None):
+        raise NotImplementedError
+
+    def fail(self, err):
+        raise NotImplementedError
+
     # -- the watchdog -------------------------------------------------------------------------
 
     def _watch(self):
