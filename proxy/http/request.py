@@ -191,19 +191,28 @@ class RequestReader:
     def on_header(self, name, value):
         headers = self._headers
         limits = self.limits
-        if not headers and self.parser.get_http_version() == "0.9":
-            # Before the limits: a long HTTP/0.9 head is 400 whether its line ended in an
-            # earlier read (_unfinished_head) or in this one (found by tests/test_fuzz.py).
-            raise ClientError("HTTP/0.9 requests are not supported")
         self._head_bytes += len(name) + len(value) + 4
         if len(headers) >= limits.max_headers:
+            self._no_http09()
             raise ClientError("too many request header fields", status=431)
         if self._head_bytes > limits.max_header_bytes:
+            self._no_http09()
             raise ClientError("request header block too large", status=431)
         name = name.lower()
         if name in _SPECIAL:
-            self._special_header(name, value, limits)
+            try:
+                self._special_header(name, value, limits)
+            except ClientError:
+                self._no_http09()
+                raise
         headers.append((name, value))
+
+    def _no_http09(self):
+        """Before refusing a head for its fields: an HTTP/0.9 head is 400 for being HTTP/0.9,
+        whether its line ended in an earlier read (_unfinished_head) or in this one (found by
+        tests/test_fuzz.py). Asked only then: llhttp's version costs a string per call."""
+        if self.parser.get_http_version() == "0.9":
+            raise ClientError("HTTP/0.9 requests are not supported")
 
     def _special_header(self, name, value, limits):
         if self.phase != READING_HEAD:
