@@ -24,5 +24,8 @@ cdef class Recorder:
     cpdef observe(self, Py_ssize_t base, Py_ssize_t hist, double seconds)
 
     @cython.locals(base=Py_ssize_t, at=Py_ssize_t, seconds=double, t0=double, t_head=double, t_body=double,
-                   cls=Py_ssize_t, completion=cython.longlong)
+                   cls=Py_ssize_t, completion=cython.longlong, obs=Timing)
     cpdef record(self, ex, int status, Py_ssize_t outcome, double now, tokens, model, backend)
+
+    @cython.locals(obs=Timing, tokens=cython.longlong, base=Py_ssize_t)
+    cpdef admitted(self, ex, model)
