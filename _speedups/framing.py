@@ -28,6 +28,12 @@ they read the transport's bytes in place and the streaming path (chunk-size line
 the CRLF after it, SSE boundary tracking) creates no Python object; run as Python, they touch
 only the few bytes of each chunk-size line. Both builds must behave identically
 (tests/test_speedups_equivalence.py).
+
+The head is the one place where the two builds run different code, as a Python loop over each
+of its bytes would cost several times what bytes methods do: compiled, ``_scan_head`` walks it
+once through the pointer; interpreted, ``_parse_head`` splits it with bytes methods. Both sit
+here, so the tests run each of them as Python, and the compiled walk, and compare
+(tests/test_framing_heads.py).
 """
 
 HEAD = 1
@@ -63,6 +69,14 @@ _TCHAR = bytes(
     1 if (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or chr(c) in "!#$%&'*+-.^_`|~") else 0
     for c in range(256)
 )
+_TCHARS = bytes(c for c in range(256) if _TCHAR[c])  # the same set, for bytes.translate
+
+# Which way the head is parsed (see the top): setup.py compiles this file as framing_c.
+_COMPILED = __name__.endswith("_c")
+
+_BARE = "bare CR, bare LF or NUL in the response head from upstream"
+_SWITCH = "unexpected 101 Switching Protocols from upstream"
+_UNSUPPORTED_TE = "unsupported Transfer-Encoding from upstream"
 
 
 def _sse_tail_is_boundary(tail):
@@ -80,6 +94,80 @@ def _tail_after(tail, buf, end, take):
         tail = ((tail << 8) | buf[i]) & 0xFFFFFFFF
         i += 1
     return tail
+
+
+def _matches(buf, at, literal, n, fold):
+    """buf[at:at + n] == literal (its first n bytes), ASCII letters folded to lower case first
+    if ``fold`` (the caller knows n bytes are there)."""
+    i = 0
+    while i < n:
+        c = buf[at + i]
+        if fold and 65 <= c <= 90:
+            c += 32
+        if c != literal[i]:
+            return False
+        i += 1
+    return True
+
+
+def _blank_line(buf, start, end):
+    """The offset of the first CRLFCRLF in buf[start:end], or -1: ``bytes.find`` for the compiled
+    build, without a method call. It reads about one byte in three of a head: a byte that is
+    neither CR nor LF cannot be one of the four, so the next match ends four bytes further."""
+    i = start + 3  # where the LF that ends a match would be
+    while i < end:
+        c = buf[i]
+        if c == 10:
+            if buf[i - 1] == 13 and buf[i - 2] == 10 and buf[i - 3] == 13:
+                return i - 3
+            i += 2  # this LF could be the first one of a match
+        elif c == 13:
+            i += 1
+        else:
+            i += 4
+    return -1
+
+
+def _line_end(buf, i, end):
+    """The offset of the CRLF that ends the line going on at buf[i] (end if none does), or -1
+    if a bare CR, a bare LF or a NUL comes first."""
+    while i < end:
+        c = buf[i]
+        if c <= 13:
+            if c == 13:
+                return i if i + 1 < end and buf[i + 1] == 10 else -1
+            if c == 10 or c == 0:
+                return -1
+        i += 1
+    return end
+
+
+def _bare_byte(buf, start, end):
+    """Whether buf[start:end] holds a CR or LF that is not part of a CRLF, or a NUL."""
+    i = start
+    while i < end:
+        i = _line_end(buf, i, end)
+        if i < 0:
+            return True
+        i += 2
+    return False
+
+
+def _one_final_chunked(value):
+    """A Transfer-Encoding value whose codings end in the only "chunked" (RFC 9112 6.3: else
+    the length is unknowable)."""
+    codings = [c.strip().lower() for c in value.split(b",")]
+    return codings[len(codings) - 1] == b"chunked" and codings.count(b"chunked") == 1
+
+
+def _keep_alive_after(value, keep_alive, http10):
+    """``keep_alive`` after a Connection field with this value (RFC 9112 9.3)."""
+    tokens = [t.strip().lower() for t in value.split(b",")]
+    if b"close" in tokens:
+        return False
+    if b"keep-alive" in tokens and http10:
+        return True
+    return keep_alive
 
 
 def _chunk_size(buf, start, end):
@@ -294,7 +382,7 @@ class ResponseFramer:
             acc = self._head_buf
             if acc is None:
                 prior = 0
-                end = data.find(b"\r\n\r\n", skip)
+                end = _blank_line(data, skip, n) if _COMPILED else data.find(b"\r\n\r\n", skip)
             else:
                 prior = len(acc)
                 acc += data
@@ -309,9 +397,14 @@ class ResponseFramer:
             if end + 4 - skip > MAX_HEAD:
                 self._fail("upstream response head too large")
                 return -1
-            head = data[skip:end] if acc is None else bytes(acc[:end])
+            if acc is None:
+                head = data
+                start = skip
+            else:
+                head = bytes(acc[:end])
+                start = 0
             self._head_buf = None
-            err = self._parse_head(head)
+            err = self._scan_head(head, start, end) if _COMPILED else self._parse_head(head, start, end)
             if err is not None:
                 self._fail(err)
                 return -1
@@ -345,14 +438,17 @@ class ResponseFramer:
             self.msg_end = pos
         return pos
 
-    def _parse_head(self, head):
-        """Status line and fields (RFC 9112 4, 5). Return None, or what is wrong."""
+    def _parse_head(self, data, start, end):
+        """Status line and fields (RFC 9112 4, 5) of the head in data[start:end] (its blank
+        line excluded). Return None, or what is wrong. ``_scan_head`` is the same rules walked
+        byte by byte, for the compiled build."""
+        head = data[start:end] if start or end != len(data) else data
         lines = head.split(b"\r\n")
         count = len(lines) - 1
         # RFC 9112 2.2: CR and LF appear only as the CRLF ending each line; NUL nowhere. A bare
         # one in the reason or a value would split the head we send the client.
         if head.count(b"\r") != count or head.count(b"\n") != count or b"\x00" in head:
-            return "bare CR, bare LF or NUL in the response head from upstream"
+            return _BARE
         parts = lines[0].split(b" ", 2)
         version = parts[0]
         if len(parts) < 2 or (version != b"HTTP/1.1" and version != b"HTTP/1.0"):
@@ -366,26 +462,25 @@ class ResponseFramer:
         if self.status < 200:
             # 101 would switch to a protocol this proxy never asked for; the other 1xx are
             # interim responses, dropped by _head before the final one.
-            return "unexpected 101 Switching Protocols from upstream" if self.status == 101 else None
+            return _SWITCH if self.status == 101 else None
         keep_alive = version == b"HTTP/1.1"
         chunked = False
         length = -1
         headers = self.headers
-        tchar = _TCHAR
         for i in range(1, len(lines)):
             line = lines[i]
             colon = line.find(b":")
             if colon <= 0:
                 return "invalid header line from upstream"
-            lbuf = line
-            for j in range(colon):
-                if not tchar[lbuf[j]]:
-                    return "invalid header name from upstream"
             name = line[:colon]
+            if name.translate(None, _TCHARS):  # a byte left that is not a tchar
+                return "invalid header name from upstream"
             value = line[colon + 1 :].strip(b" \t")
             headers.append((name, value))
             # Only four names matter here: lower-case just the ones of their lengths.
-            lname = name.lower() if colon == 14 or colon == 17 or colon == 10 or colon == 12 else b""
+            if colon != 14 and colon != 12 and colon != 17 and colon != 10:
+                continue
+            lname = name.lower()
             if lname == b"content-length":
                 digits = value.lstrip(b"0")
                 if not value.isdigit() or len(digits) > MAX_LENGTH_DIGITS:
@@ -395,19 +490,130 @@ class ResponseFramer:
                     return "conflicting Content-Length from upstream"
                 length = size
             elif lname == b"transfer-encoding":
-                codings = [c.strip().lower() for c in value.split(b",")]
-                if chunked or codings[len(codings) - 1] != b"chunked" or codings.count(b"chunked") != 1:
-                    # Anything but one final "chunked" leaves the length unknowable.
-                    return "unsupported Transfer-Encoding from upstream"
+                if chunked or not _one_final_chunked(value):
+                    return _UNSUPPORTED_TE
                 chunked = True
             elif lname == b"connection":
-                tokens = [t.strip().lower() for t in value.split(b",")]
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens and version == b"HTTP/1.0":
-                    keep_alive = True
+                keep_alive = _keep_alive_after(value, keep_alive, version == b"HTTP/1.0")
             elif lname == b"content-type":
                 self.event_stream = value[:17].lower() == b"text/event-stream"
+        return self._framing(keep_alive, chunked, length)
+
+    def _scan_head(self, data, start, end):
+        """``_parse_head`` for the compiled build: the same rules, results and errors, from one
+        walk over the head through a pointer (``_walk_head``). Interpreted, that walk would
+        cost several times _parse_head: the module runs it only where it is compiled
+        (``_COMPILED``), and the tests run both and compare."""
+        version = self.version
+        reason = self.reason
+        stream = self.event_stream
+        err = self._walk_head(data, start, end)
+        # The walk meets a bare CR, a bare LF or a NUL (RFC 9112 2.2) only where it reads. That
+        # is every byte of a head it accepts; else the rule is checked over the whole head here,
+        # as it comes first in _parse_head, and what the walk set before it stopped is undone
+        # (status and headers: as _head leaves them before a head).
+        if err is _BARE or ((err is not None or self.status < 200) and _bare_byte(data, start, end)):
+            self.version = version
+            self.reason = reason
+            self.event_stream = stream
+            self.status = 0
+            del self.headers[:]
+            return _BARE
+        return err
+
+    def _walk_head(self, data, start, end):
+        """The walk of ``_scan_head``, through ``buf``. Only the values kept become objects (the
+        reason, each field's name and value, and its tuple); the four names that matter are
+        recognized by their length, then compared ignoring case, in place. A bare CR or LF or a
+        NUL in the bytes it reads returns _BARE; it returns early, without reading the rest, on
+        any other fault and on a 1xx status."""
+        buf = data
+        # Status line: HTTP-version SP 3DIGIT [SP reason-phrase].
+        eol = _line_end(buf, start, end)
+        if eol < 0:
+            return _BARE
+        n = eol - start
+        if n < 9 or buf[start + 8] != 32 or not _matches(buf, start, b"HTTP/1.", 7, False):
+            return "invalid status line from upstream"
+        c = buf[start + 7]
+        if c != 49 and c != 48:
+            return "invalid status line from upstream"
+        http10 = c == 48
+        i = start + 9  # three digits, the first not 0, then SP or the line's end
+        if n < 12 or (n > 12 and buf[start + 12] != 32):
+            return "invalid status code from upstream"
+        if not (49 <= buf[i] <= 57 and 48 <= buf[i + 1] <= 57 and 48 <= buf[i + 2] <= 57):
+            return "invalid status code from upstream"
+        self.version = b"HTTP/1.0" if http10 else b"HTTP/1.1"
+        self.status = (buf[i] - 48) * 100 + (buf[i + 1] - 48) * 10 + (buf[i + 2] - 48)
+        self.reason = buf[start + 13 : eol] if n > 12 else b""
+        if self.status < 200:
+            return _SWITCH if self.status == 101 else None
+        keep_alive = not http10
+        chunked = False
+        length = -1
+        headers = self.headers
+        tchar = _TCHAR
+        pos = eol + 2
+        while pos < end:
+            # field-name = token, then ":" right after it (RFC 9112 5.1: no space before it).
+            colon = pos
+            while colon < end and tchar[buf[colon]]:
+                colon += 1
+            if colon == end or buf[colon] != 58:
+                # A byte that is not a tchar: a bad name if a colon follows on this line.
+                while colon < end and buf[colon] != 13 and buf[colon] != 58:
+                    colon += 1
+                if colon < end and buf[colon] == 58:
+                    return "invalid header name from upstream"
+                return "invalid header line from upstream"
+            if colon == pos:
+                return "invalid header line from upstream"
+            eol = _line_end(buf, colon + 1, end)
+            if eol < 0:
+                return _BARE
+            # The value without its leading and trailing OWS (SP, HTAB).
+            i = colon + 1
+            j = eol
+            while i < j and (buf[i] == 32 or buf[i] == 9):
+                i += 1
+            while j > i and (buf[j - 1] == 32 or buf[j - 1] == 9):
+                j -= 1
+            value = buf[i:j]
+            headers.append((buf[pos:colon], value))
+            n = colon - pos
+            if n == 14 and _matches(buf, pos, b"content-length", 14, True):
+                if i == j:
+                    return "invalid Content-Length from upstream"
+                while i < j and buf[i] == 48:
+                    i += 1
+                if j - i > MAX_LENGTH_DIGITS:
+                    return "invalid Content-Length from upstream"
+                size = 0
+                while i < j:
+                    c = buf[i]
+                    if c < 48 or c > 57:
+                        return "invalid Content-Length from upstream"
+                    size = size * 10 + (c - 48)
+                    i += 1
+                if length != -1 and size != length:
+                    return "conflicting Content-Length from upstream"
+                length = size
+            elif n == 17 and _matches(buf, pos, b"transfer-encoding", 17, True):
+                # "chunked" alone, the usual value, needs no list of codings.
+                plain = j - i == 7 and _matches(buf, i, b"chunked", 7, True)
+                if chunked or not (plain or _one_final_chunked(value)):
+                    return _UNSUPPORTED_TE
+                chunked = True
+            elif n == 10 and _matches(buf, pos, b"connection", 10, True):
+                keep_alive = _keep_alive_after(value, keep_alive, http10)
+            elif n == 12 and _matches(buf, pos, b"content-type", 12, True):
+                self.event_stream = j - i >= 17 and _matches(buf, i, b"text/event-stream", 17, True)
+            pos = eol + 2
+        return self._framing(keep_alive, chunked, length)
+
+    def _framing(self, keep_alive, chunked, length):
+        """The body's framing (RFC 9112 6.3), from the fields read. Return None, or what is wrong."""
         if chunked and length != -1:
             return "upstream sent both Content-Length and Transfer-Encoding"
         self.content_length = length

@@ -11,13 +11,34 @@ cimport cython
 
 cdef int S_HEAD, S_LENGTH, S_SIZE, S_DATA, S_DATA_CRLF, S_TRAILER, S_CLOSE, S_DONE, S_ERROR
 cdef Py_ssize_t MAX_HEAD, MAX_SIZE_LINE, MAX_TRAILER, MAX_LENGTH_DIGITS, MAX_INTERIM
-cdef bytes _TCHAR
+cdef bytes _TCHAR, _TCHARS
+cdef bint _COMPILED
+cdef str _BARE, _SWITCH, _UNSUPPORTED_TE
 
 cdef bint _sse_tail_is_boundary(unsigned int tail) noexcept
 
 @cython.locals(i=Py_ssize_t)
 cdef unsigned int _tail_after(unsigned int tail, const unsigned char *buf,
                               Py_ssize_t end, Py_ssize_t take) noexcept
+
+@cython.locals(i=Py_ssize_t, c=int)
+cdef bint _matches(const unsigned char *buf, Py_ssize_t at, const char *literal, Py_ssize_t n,
+                   bint fold) noexcept
+
+@cython.locals(i=Py_ssize_t, c=int)
+cdef Py_ssize_t _blank_line(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end) noexcept
+
+@cython.locals(c=int)
+cdef Py_ssize_t _line_end(const unsigned char *buf, Py_ssize_t i, Py_ssize_t end) noexcept
+
+@cython.locals(i=Py_ssize_t)
+cdef bint _bare_byte(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end) noexcept
+
+@cython.locals(codings=list)
+cdef bint _one_final_chunked(bytes value) except -1
+
+@cython.locals(tokens=list)
+cdef bint _keep_alive_after(bytes value, bint keep_alive, bint http10) except -1
 
 @cython.locals(size="long long", i=Py_ssize_t, c="unsigned char", d=int)
 cdef long long _chunk_size(const unsigned char *buf, Py_ssize_t start,
@@ -55,15 +76,27 @@ cdef class ResponseFramer:
     cpdef int feed(self, data) except -1
 
     @cython.locals(acc=bytearray, prior=Py_ssize_t, end=Py_ssize_t, pos=Py_ssize_t,
-                   head=bytes, err=str, kind=int, state=int, skip=Py_ssize_t)
+                   head=bytes, start=Py_ssize_t, err=str, kind=int, state=int, skip=Py_ssize_t)
     cdef Py_ssize_t _head(self, bytes data, Py_ssize_t n) except -2
 
-    @cython.locals(lines=list, count=Py_ssize_t, parts=list, version=bytes, code=bytes,
-                   keep_alive=bint, chunked=bint, length="long long", size="long long",
-                   headers=list, tchar="const unsigned char *", i=Py_ssize_t, j=Py_ssize_t,
-                   line=bytes, colon=Py_ssize_t, lbuf="const unsigned char *", name=bytes,
-                   value=bytes, lname=bytes, digits=bytes, status=int)
-    cdef str _parse_head(self, bytes head)
+    # Compiled but not run here (_COMPILED): _scan_head is.
+    @cython.locals(head=bytes, lines=list, count=Py_ssize_t, parts=list, version=bytes,
+                   code=bytes, keep_alive=bint, chunked=bint, length="long long",
+                   size="long long", headers=list, i=Py_ssize_t, line=bytes, colon=Py_ssize_t,
+                   name=bytes, value=bytes, lname=bytes, digits=bytes)
+    cdef str _parse_head(self, bytes data, Py_ssize_t start, Py_ssize_t end)
+
+    @cython.locals(version=bytes, reason=bytes, stream=bint, err=str)
+    cdef str _scan_head(self, bytes data, Py_ssize_t start, Py_ssize_t end)
+
+    @cython.locals(buf="const unsigned char *", tchar="const unsigned char *", c=int,
+                   i=Py_ssize_t, j=Py_ssize_t, n=Py_ssize_t, eol=Py_ssize_t, pos=Py_ssize_t,
+                   colon=Py_ssize_t, http10=bint, keep_alive=bint, chunked=bint,
+                   length="long long", size="long long", headers=list, value=bytes, plain=bint)
+    cdef str _walk_head(self, bytes data, Py_ssize_t start, Py_ssize_t end)
+
+    @cython.locals(status=int)
+    cdef str _framing(self, bint keep_alive, bint chunked, long long length)
 
     cdef int _fail(self, str message) noexcept
 

@@ -86,6 +86,20 @@ def test_feed_json_response(benchmark, fr):
 
 
 @pytest.mark.parametrize("fr", IMPLS)
+def test_feed_sse_head(benchmark, fr):
+    """A streaming response's head alone (6 fields, chunked, an event stream), in one read."""
+    _need(fr)
+    benchmark.group = "feed: SSE response head (6 fields, 1 read)"
+
+    def run():
+        f = fr.ResponseFramer()
+        f.feed(SSE_HEAD)
+        return f
+
+    assert benchmark(run).event_stream
+
+
+@pytest.mark.parametrize("fr", IMPLS)
 def test_feed_sse_token(benchmark, fr):
     """Per token: one chunk holding one event, in one read."""
     _need(fr)
