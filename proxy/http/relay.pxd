@@ -3,6 +3,9 @@
 # exchange.Exchange, so that the pump's reads and writes of it are struct accesses rather than
 # attribute lookups; admission.Admission stays a Python mixin. The .py files are the whole
 # specification: their __slots__ say the same for the pure build.
+cimport cython
+
+from _speedups.framing_c cimport ResponseFramer as NativeFramer
 from proxy.http.pipeline cimport Pipeline
 from proxy.http.upstream cimport UpstreamConnection
 from proxy.observe.metrics cimport Timing
@@ -11,7 +14,8 @@ from proxy.observe.metrics cimport Timing
 cdef class Relay:
     # relay.py's
     cdef public UpstreamConnection conn
-    cdef public object framer, head_sent, held, dechunker, rechunk, ticks, rx_seen, reused, strip, tail
+    cdef public NativeFramer framer  # what _speedups.ResponseFramer is in the native build
+    cdef public object head_sent, held, dechunker, rechunk, ticks, rx_seen, reused, strip, tail
     # exchange.py's
     cdef public Pipeline down  # a downstream.Downstream
     cdef public object method, target, headers, body, http10, keep_alive, request_id, error, selection
@@ -21,6 +25,7 @@ cdef class Relay:
     # Methods the pump calls on its own object: C calls through the type's table, not lookups
     # by name (the Python-visible method stays). The last five are the exchange's (see relay.py).
     cpdef send(self, conn)
+    @cython.locals(framer=NativeFramer, flags=int, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t)
     cpdef upstream_data(self, data)
     cpdef _cancel_timer(self)
     cpdef _give_back(self, reusable)
