@@ -105,12 +105,13 @@ class Relay:
         start = 0
         head = None
         obs = self.obs
-        if obs is not None:  # observe.metrics: no copy, no time read per token
+        if obs is not None and (obs.t_body == 0.0 or flags & HEAD):  # no time read per token
+            now = down.ctx.loop.time()  # one read: a head and its first body bytes often share a read
             if obs.t_body == 0.0 and framer.body_bytes:
-                obs.t_body = down.ctx.loop.time()
+                obs.t_body = now
+            if flags & HEAD:
+                obs.t_head = now
         if flags & HEAD:
-            if obs is not None:
-                obs.t_head = down.ctx.loop.time()
             if self.on_status(framer.status, flags & DONE and not flags & ERROR and framer.keep_alive):
                 return  # retried elsewhere; this response is dropped
             kind = framer.kind
