@@ -10,6 +10,9 @@ from proxy.http.pipeline cimport Pipeline
 from proxy.http.upstream cimport UpstreamConnection
 from proxy.observe.metrics cimport Timing
 
+# The framer's flags and kinds (from _speedups) as C ints: tested on every read.
+cdef int CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE
+
 
 cdef class Relay:
     # relay.py's

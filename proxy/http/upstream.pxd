@@ -1,5 +1,9 @@
-# Types for Cython's compile of upstream.py (the native build; see _speedups/__init__.py).
+# Types for Cython's compile of upstream.py (the native build; see _speedups/__init__.py): every
+# read of a response is handed to its exchange by a C call (``exchange`` a relay.Relay).
+from proxy.http.relay cimport Relay
 
 
 cdef class UpstreamConnection:
-    cdef public object pool, transport, exchange, closed, idle_since, requests, rx
+    cdef public Relay exchange
+    cdef public object pool, transport, closed, idle_since, requests
+    cdef public Py_ssize_t rx
