@@ -30,3 +30,44 @@ def test_one_json_line_per_request(tmp_path):
     finally:
         proxy.stop()
         sim.stop()
+
+
+def test_lines_are_json_in_order_and_escaped(tmp_path):
+    """The log as written by AccessLog itself: every field of every line, in the documented
+    order, strings a client controls escaped, batches split where FLUSH_LINES says, and
+    nothing lost or reordered across batches."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from proxy.observe import accesslog
+    from proxy.observe.metrics import Timing
+
+    path = tmp_path / "access.log"
+    loop = asyncio.new_event_loop()
+    log = accesslog.AccessLog(loop, str(path))
+    count = accesslog.FLUSH_LINES * 2 + 3  # two full batches, then what close() flushes
+    try:
+        for i in range(count):
+            obs = Timing(10.0, "team-\u00e9")
+            obs.t_body = 10.25 if i % 2 else 0.0
+            ex = SimpleNamespace(
+                obs=obs, selection=SimpleNamespace(attempts=1 + i % 3), framer=SimpleNamespace(body_bytes=i),
+                request_id=b"rid-%d" % i, method=b"POST", target=b'/v1/chat?q="x"\\%d' % i,
+            )
+            log.write(ex, 200, 0, 10.5, (i, 2 * i, 0), 'model "quoted"\n', "" if i == 0 else "b1")
+        assert len(path.read_bytes().splitlines()) == 2 * accesslog.FLUSH_LINES  # full batches went at once
+    finally:
+        log.close()
+        loop.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == count
+    assert list(lines[0]) == ["ts", "id", "tenant", "model", "backend", "attempts", "method", "path", "status",
+                              "outcome", "ttft_ms", "total_ms", "prompt_tokens", "completion_tokens",
+                              "cached_tokens", "bytes"]
+    for i, line in enumerate(lines):
+        assert line["id"] == f"rid-{i}" and line["path"] == f'/v1/chat?q="x"\\{i}'
+        assert line["model"] == 'model "quoted"\n' and line["tenant"] == "team-\u00e9"
+        assert line["backend"] == (None if i == 0 else "b1") and line["attempts"] == 1 + i % 3
+        assert line["ttft_ms"] == (250.0 if i % 2 else None) and line["total_ms"] == 500.0
+        assert (line["prompt_tokens"], line["completion_tokens"], line["bytes"]) == (i, 2 * i, i)
+        assert line["outcome"] == "ok" and line["status"] == 200 and line["method"] == "POST"
