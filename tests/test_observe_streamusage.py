@@ -226,3 +226,26 @@ def test_usage_counts_whatever_the_layout(usage_json, want, split):
     if split is not None:  # cut between the relay's last two reads
         at = body.find(b'"usage"') + split
         assert usage(body[at:], body[:at]) == want
+
+
+def _tails():
+    """Ends of chunked streams: vLLM's recordings from each chunk on, and variants of them."""
+    for name in ("chat_stream_usage", "cmpl_stream_usage", "chat_long_stream", "chat_stream"):
+        body = recorded_body(name)
+        starts = [0] + [m.end() for m in re.finditer(rb"\n\n\r\n", body)]
+        for at in starts:
+            yield body[at:]
+            yield body[at:].replace(b',"system_fingerprint":"', b',"system_fingerprint":"x\\"y')  # escaped quote
+            yield re.sub(rb',"system_fingerprint":"[^"]*"', b"", body[at:])  # none to move
+            yield body[at:].replace(b"0\r\n\r\n", b"0\r\nx-trailer: 1\r\n\r\n")  # trailers: _strip's
+            yield body[at:].replace(b'"finish_reason":"', b'"finish_reason": "')  # not vLLM's spacing
+    yield b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+
+
+def test_the_fast_path_for_vllm_gives_what_the_general_one_does():
+    fast = 0
+    for tail in _tails():
+        got = streamusage.strip(tail, True)
+        assert got == streamusage._strip(tail, True), tail
+        fast += streamusage._strip_vllm(tail) is not None
+    assert fast >= 8  # the vLLM layouts took the fast path (the assertion above holds them to it)

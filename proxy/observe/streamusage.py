@@ -26,6 +26,7 @@ OPTION = b'"stream_options":{"include_usage":true},'
 ROUTES = (b"/v1/chat/completions", b"/v1/completions")
 _FINGERPRINT = b',"system_fingerprint":'
 _DONE = b"data: [DONE]"
+_VLLM_END = b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"  # vLLM's [DONE] chunk, then the last chunk
 
 
 def wants_usage(method, target, fields):
@@ -64,6 +65,51 @@ def strip(tail, chunked):
     """(bytes for the client, the usage event or None) from ``tail``: the end of a stream
     from the read that carried its finish event, in the upstream's framing (``chunked``, or
     plain SSE), whole events only. Anything it cannot read is passed on unchanged."""
+    if chunked:
+        done = _strip_vllm(tail)
+        if done is not None:
+            return done
+    return _strip(tail, chunked)
+
+
+def _strip_vllm(tail):
+    """``strip`` of vLLM's own end of a chunked stream, or None for ``_strip`` to read: the
+    finish event, the usage event and [DONE], one chunk each, then the last chunk. Only the
+    usage chunk goes and the finish chunk is rewritten; the rest passes as it came, with no
+    de-chunking (the same result as ``_strip``, which a test holds it to)."""
+    if not tail.endswith(_VLLM_END):
+        return None
+    end = len(tail) - len(_VLLM_END)  # the usage chunk ends here
+    at = tail.rfind(b"data: {", 0, end)
+    start = unit_start(tail, at, True) if at >= 0 else -1
+    if start <= 0 or tail[end - 4:end] != b"\n\n\r\n" or _chunk(tail, start, at - 2) != end - 2 - at:
+        return None
+    usage = tail[at:end - 4]
+    if b'"choices":[]' not in usage or b'"usage":{' not in usage:
+        return None
+    found = usage.find(_FINGERPRINT)
+    if found < 0:
+        return tail[:start] + tail[end:], usage
+    fingerprint = usage[found:_string_end(usage, found + len(_FINGERPRINT))]
+    begin = unit_start(tail, start - 5, True)  # the chunk before the usage one: the finish event's
+    event = tail.find(b"\r\n", begin) + 2
+    if (tail[start - 5:start] != b"}\n\n\r\n" or not tail.startswith(b"data: {", event)
+            or _chunk(tail, begin, event - 2) != start - 2 - event or tail.find(FINISH, event, start) < 0
+            or tail.find(FINISH, 0, begin) >= 0):  # another finish event: _strip's to rewrite
+        return None
+    payload = tail[event:start - 5] + fingerprint + b"}\n\n"
+    return tail[:begin] + b"%x\r\n%b\r\n" % (len(payload), payload) + tail[end:], usage
+
+
+def _chunk(data, start, stop):
+    """The size a chunk-size line ``data[start:stop]`` gives (no extensions), or -1."""
+    try:
+        return int(data[start:stop], 16)
+    except ValueError:
+        return -1
+
+
+def _strip(tail, chunked):
     if chunked:
         payload, rest = _dechunk(tail)
         if payload is None:
