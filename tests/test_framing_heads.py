@@ -14,6 +14,7 @@ import itertools
 
 import pytest
 from builds import native_or_skip
+from test_speedups_equivalence import snapshot  # everything a framer says after each feed
 
 import _speedups
 
@@ -122,14 +123,6 @@ INVALID = [
 ]
 
 # -- the three framers ------------------------------------------------------------------------
-
-
-def snapshot(f, flags):
-    return (
-        flags, f.head_end, f.safe_end, f.msg_end, f.error, f.status, f.version, f.reason,
-        list(f.headers), f.kind, f.keep_alive, f.event_stream, f.content_length, f.body_bytes,
-        f.done, f.started,
-    )
 
 
 def trace(fr, pieces, head_request):
