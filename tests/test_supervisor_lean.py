@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from test_routing import make_cert
 from proxy.cli import main
 from proxy.config import build
 from proxy.routing.labels import distinct_endpoints, endpoint_labels
@@ -59,7 +60,7 @@ def _imported_by_supervisor(code):
     return set(json.loads(out.stdout))
 
 
-def test_the_supervisor_does_not_import_the_data_path():
+def test_the_supervisor_does_not_import_the_data_path(tmp_path):
     loaded = _imported_by_supervisor(
         "import json, sys\n"
         "import proxy.process.supervisor\n"
@@ -77,13 +78,13 @@ def test_the_supervisor_does_not_import_the_data_path():
     # a reload's config check still loads a ca_file with it.
     loaded, later = json.loads(subprocess.run([sys.executable, "-c", (
         "import json, sys\n"
-        "import certifi, proxy.cli\n"
+        "import proxy.cli\n"
         "proxy.cli._asyncio_without_ssl()\n"
         "import proxy.process.supervisor\n"
         "from proxy.config import build\n"
         "build({'backends': ['https://a:1']})\n"
         "loaded = sorted(sys.modules)\n"
-        "build({'backends': [{'url': 'https://a:1', 'ca_file': certifi.where()}]})\n"
+        f"build({{'backends': [{{'url': 'https://a:1', 'ca_file': {make_cert(tmp_path, 'a')[0]!r}}}]}})\n"
         "print(json.dumps([loaded, sorted(sys.modules)]))\n"
     )], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
     assert "asyncio" in loaded and "ssl" not in loaded and "_ssl" not in loaded
