@@ -249,3 +249,15 @@ def test_the_fast_path_for_vllm_gives_what_the_general_one_does():
         assert got == streamusage._strip(tail, True), tail
         fast += streamusage._strip_vllm(tail) is not None
     assert fast >= 8  # the vLLM layouts took the fast path (the assertion above holds them to it)
+
+
+@pytest.mark.parametrize("name", ["chat_stream_usage", "cmpl_stream_usage"])
+def test_the_fast_path_takes_the_end_the_relay_holds(name):
+    # The relay holds from the chunk of the finish event on (unit_start): vLLM's end of a stream
+    # cut there is the case the fast path is for, fingerprint or none.
+    body = recorded_body(name)
+    tail = body[streamusage.unit_start(body, body.find(streamusage.FINISH), True):]
+    bare = [re.sub(rb',"system_fingerprint":"[^"]*"', b"", e) + b"\n\n" for e in events(tail)]
+    for variant in (tail, b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in bare) + b"0\r\n\r\n"):
+        assert streamusage._strip_vllm(variant) is not None
+        assert streamusage._strip_vllm(variant) == streamusage._strip(variant, True)

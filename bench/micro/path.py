@@ -53,7 +53,11 @@ def json_response():
             b"content-length: %d\r\n%s\r\n%s" % (len(ANSWER), LOAD, ANSWER)]
 
 
-def stream_response(tokens=16):
+def stream_response(tokens=16, usage=False):
+    """vLLM's stream, one read per event; ``usage``: as it answers a request with include_usage
+    (the proxy adds it when observing): a usage event before [DONE], which takes the
+    fingerprint the finish event carries otherwise (tests/realvllm/recorded/details)."""
+
     def chunk(payload):
         return b"%x\r\n%s\r\n" % (len(payload), payload)
 
@@ -63,8 +67,18 @@ def stream_response(tokens=16):
             b"content-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n%s\r\n" % LOAD)
     reads = [head + chunk(event)]
     reads += [chunk(event) for _ in range(tokens - 1)]
-    reads.append(chunk(event.replace(b'"finish_reason":null', b'"finish_reason":"length"')))
-    reads.append(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    finish = event.replace(b'"finish_reason":null', b'"finish_reason":"length"')
+    fingerprint = b',"system_fingerprint":"vllm-0.32.0"}\n\n'
+    if not usage:
+        reads.append(chunk(finish[:-3] + fingerprint))
+        reads.append(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        return reads
+    reads.append(chunk(finish))
+    reads.append(chunk(b'data: {"id":"chatcmpl-0","object":"chat.completion.chunk","created":1764000000,"model":"tiny",'
+                       b'"choices":[],"usage":{"prompt_tokens":12,"total_tokens":28,"completion_tokens":16,'
+                       b'"prompt_tokens_details":null}' + fingerprint)
+                 + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    return reads
     return reads
 
 
@@ -131,7 +145,8 @@ def run(cfg, n, stream, profile):
     asyncio.set_event_loop(loop)
     ctx, down, conn, client = setup(cfg, loop)
     req = request(STREAM if stream else CHAT)
-    reads = stream_response() if stream else json_response()
+    asks = ctx.observe is not None and ctx.observe.stream_usage  # the proxy adds include_usage
+    reads = stream_response(usage=asks) if stream else json_response()
 
     def one():
         down.data_received(req)
