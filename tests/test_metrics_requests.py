@@ -181,3 +181,24 @@ def test_grafana_dashboard_names_only_exposed_families(group):
     samples = {name for fam in families.values() for name, _, _ in fam}
     exposed = samples | {f + "_bucket" for f in families}
     assert names and names <= exposed, names - exposed
+
+
+def test_an_observation_lands_in_the_bucket_prometheus_means():
+    # The compiled recorder finds the bucket by its own C search: a bound is its bucket's
+    # inclusive upper end (le), as bisect_left puts it, for every bound and its neighbours.
+    from array import array
+    from bisect import bisect_left
+
+    from proxy.observe import metrics
+    from proxy.observe.table import HISTOGRAMS
+
+    for _, _, bounds in HISTOGRAMS:
+        doubles = array("d", bounds)
+        for bound in bounds:
+            for seconds in (0.0, bound * 0.999999, bound, bound * 1.000001, bound * 10, 1e9):
+                cells = memoryview(bytearray(8 * (len(bounds) + 2))).cast("q")
+                metrics._observe(cells, 0, doubles, seconds)
+                want = [0] * (len(bounds) + 1)
+                want[bisect_left(bounds, seconds)] = 1
+                assert list(cells[:len(bounds) + 1]) == want, (bounds, seconds)
+                assert cells[len(bounds) + 1] == int(seconds * 1e6)

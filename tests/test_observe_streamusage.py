@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import start_proxy, start_sim
 from proxy.observe import streamusage
+from proxy.observe import metrics
 from proxy.observe.metrics import usage
 from proxy.routing.fields import decode
 
@@ -226,6 +227,41 @@ def test_usage_counts_whatever_the_layout(usage_json, want, split):
     if split is not None:  # cut between the relay's last two reads
         at = body.find(b'"usage"') + split
         assert usage(body[at:], body[:at]) == want
+
+
+def _regex_usage(data, at):
+    match = metrics._VLLM.match(data, at)
+    if match is None:
+        return None
+    cached = match.group(3)
+    return int(match.group(1)), int(match.group(2)), int(cached) if cached is not None else 0
+
+
+def test_the_compiled_usage_walk_reads_what_the_regex_does():
+    # usage() runs _vllm_usage where compiled and the regex where not: one answer for every
+    # layout, every truncation and every single-byte change of vLLM's usage objects.
+    layouts = [
+        b'"usage":{"prompt_tokens":16,"total_tokens":20,"completion_tokens":4,"prompt_tokens_details":'
+        b'{"cached_tokens":640,"created_cache_tokens":0}}',
+        b'"usage":{"prompt_tokens":21,"total_tokens":29,"completion_tokens":8}',
+        b'"usage":{"prompt_tokens":21,"total_tokens":37,"completion_tokens":16,"prompt_tokens_details":null}',
+        b'"usage":{"prompt_tokens":0,"total_tokens":0,"completion_tokens":0,"prompt_tokens_details":{}}',
+        b'"usage":{"prompt_tokens": 5, "completion_tokens": 7}',
+        b'"usage":{"prompt_tokens":123456789012345678,"total_tokens":1,"completion_tokens":1}',
+    ]
+    seen = 0
+    for layout in layouts:
+        variants = [layout[:cut] for cut in range(len(layout) + 1)]
+        variants += [layout[:i] + bytes([c]) + layout[i + 1:] for i in range(len(layout)) for c in (b"9"[0], b"x"[0])]
+        for data in variants:
+            want = _regex_usage(data, 0)
+            assert metrics._vllm_usage(data, 0) == want, data
+            seen += want is not None
+    assert seen > 100  # the walk matched, not only refused
+    # Past 18 digits (no int64 left) the walk refuses, and usage() reads the number by search.
+    big = b'{"usage":{"prompt_tokens":1234567890123456789,"total_tokens":1,"completion_tokens":1}}'
+    assert metrics._vllm_usage(big, 1) is None
+    assert usage(big) == (1234567890123456789, 1, 0)
 
 
 def _tails():

@@ -460,6 +460,9 @@ def test_stop_string_spanning_tokens_counts_the_completing_token():
 
 
 def test_metrics_families(sim):
+    # One request of its own that ends by length (the test must not rely on earlier ones).
+    assert request(sim.port, "POST", "/v1/chat/completions",
+                   {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})[0] == 200
     status, headers, body = request(sim.port, "GET", "/metrics")
     assert status == 200
     assert headers["content-type"] == "text/plain; version=1.0.0; charset=utf-8"

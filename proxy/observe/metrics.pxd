@@ -3,7 +3,9 @@
 # instead of Python ints. The .py stays the whole specification; the pure build runs it as is.
 cimport cython
 
-cdef Py_ssize_t _E2E_AT, _E2E_SUM, _RESP_AT, _RESP_SUM, _REQ_AT, _REQ_SUM, _TTFT_AT, _TTFT_SUM, _NCLASS
+cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _NCLASS
+cdef double[::1] _E2E_BOUNDS, _RESP_BOUNDS, _REQ_BOUNDS, _TTFT_BOUNDS, _ITL_BOUNDS
+cdef bint _COMPILED
 cdef Py_ssize_t _S_REQ, _S_BYTES, _S_TOK, _S_ERR, _S_FLIGHT
 
 
@@ -20,12 +22,27 @@ cdef class Recorder:
     cdef public Py_ssize_t row, base, used, overflow
     cdef public dict index
 
-    @cython.locals(at=Py_ssize_t, hist_at=Py_ssize_t)
     cpdef observe(self, Py_ssize_t base, Py_ssize_t hist, double seconds)
 
     @cython.locals(base=Py_ssize_t, at=Py_ssize_t, seconds=double, t0=double, t_head=double, t_body=double,
-                   cls=Py_ssize_t, completion=cython.longlong, obs=Timing)
+                   cls=Py_ssize_t, completion=cython.longlong, obs=Timing, cells="long long[::1]")
     cpdef record(self, ex, int status, Py_ssize_t outcome, double now, tokens, model, backend)
 
     @cython.locals(obs=Timing, tokens=cython.longlong, base=Py_ssize_t)
     cpdef admitted(self, ex, model)
+
+
+@cython.locals(n=Py_ssize_t, pos=Py_ssize_t, buf="const unsigned char *", prompt="long long",
+               completion="long long", cached="long long")
+cpdef _vllm_usage(bytes data, Py_ssize_t at)
+
+@cython.locals(size=Py_ssize_t, i=Py_ssize_t, lit="const unsigned char *")
+cdef Py_ssize_t _after(const unsigned char *buf, Py_ssize_t n, Py_ssize_t pos, bytes literal) noexcept
+
+@cython.locals(value="long long", end=Py_ssize_t)
+cdef long long _digits(const unsigned char *buf, Py_ssize_t n, Py_ssize_t pos) noexcept
+
+cdef Py_ssize_t _skip_digits(const unsigned char *buf, Py_ssize_t n, Py_ssize_t pos) noexcept
+
+@cython.locals(n=Py_ssize_t, lo=Py_ssize_t, hi=Py_ssize_t, mid=Py_ssize_t)
+cpdef void _observe(long long[::1] cells, Py_ssize_t at, double[::1] bounds, double seconds) noexcept

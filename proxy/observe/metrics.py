@@ -13,6 +13,7 @@ pools) are written once a second by ``sample``, off the request path.
 """
 
 import re
+from array import array
 from bisect import bisect_left
 
 from ..routing.fields import decode
@@ -28,13 +29,15 @@ DEFAULT_TENANT = "default"  # until tenants exist (issue 15): Exchange.tenant fi
 # few beside a real prompt). Exact counts arrive with the usage, after the fact.
 BYTES_PER_TOKEN = 4
 USAGE_SPAN = 4096  # bytes: at most what a usage object spans, searched across two reads
-_BOUNDS = [b for _, _, b in HISTOGRAMS]
-# The histograms every request records, unpacked once for ``Recorder.record``: where each
-# starts in a series, its bounds, and the offset of its sum after them.
-_E2E_AT, _E2E_BOUNDS, _E2E_SUM = HIST_AT[H_E2E], _BOUNDS[H_E2E], len(_BOUNDS[H_E2E]) + 1
-_RESP_AT, _RESP_BOUNDS, _RESP_SUM = HIST_AT[H_OVER_RESP], _BOUNDS[H_OVER_RESP], len(_BOUNDS[H_OVER_RESP]) + 1
-_REQ_AT, _REQ_BOUNDS, _REQ_SUM = HIST_AT[H_OVER_REQ], _BOUNDS[H_OVER_REQ], len(_BOUNDS[H_OVER_REQ]) + 1
-_TTFT_AT, _TTFT_BOUNDS, _TTFT_SUM = HIST_AT[H_TTFT], _BOUNDS[H_TTFT], len(_BOUNDS[H_TTFT]) + 1
+# Each histogram's bounds as C doubles (typed views in metrics.pxd: the bucket is found by a C
+# search, no float boxed per observation), and the ones every request records, unpacked once
+# for ``Recorder.record``: where each starts in a series.
+_BOUNDS = [array("d", b) for _, _, b in HISTOGRAMS]
+_E2E_AT, _E2E_BOUNDS = HIST_AT[H_E2E], _BOUNDS[H_E2E]
+_RESP_AT, _RESP_BOUNDS = HIST_AT[H_OVER_RESP], _BOUNDS[H_OVER_RESP]
+_REQ_AT, _REQ_BOUNDS = HIST_AT[H_OVER_REQ], _BOUNDS[H_OVER_REQ]
+_TTFT_AT, _TTFT_BOUNDS = HIST_AT[H_TTFT], _BOUNDS[H_TTFT]
+_ITL_BOUNDS = _BOUNDS[H_ITL]
 # A usage object's counts: one C search each, from where "usage" starts.
 _PROMPT = re.compile(rb'"prompt_tokens": ?(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens": ?(\d+)')
@@ -43,6 +46,13 @@ _CACHED = re.compile(rb'"cached_tokens": ?(\d+)')
 # details (null, or an object that opens with cached_tokens); any other falls to the searches.
 _VLLM = re.compile(rb'"usage":\{"prompt_tokens":(\d+),"total_tokens":\d+,"completion_tokens":(\d+)'
                    rb'(?:\}|,"prompt_tokens_details":(?:null|\{"cached_tokens":(\d+)))')
+# The same layout as the literals between its numbers, for the compiled walk (``_vllm_usage``).
+_USAGE_AT = b'"usage":{"prompt_tokens":'
+_TOTAL_AT = b',"total_tokens":'
+_COMPLETION_AT = b',"completion_tokens":'
+_DETAILS_AT = b',"prompt_tokens_details":'
+_CACHED_AT = b'{"cached_tokens":'
+_COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (metrics.pxd)
 _NCLASS = len(OUTCOMES)
 _STATUS_ROW = [i * _NCLASS for i in range(len(CLASSES))]
 # Series offsets as this module's own names (typed in metrics.pxd).
@@ -111,14 +121,7 @@ class Recorder:
 
     def observe(self, base, hist, seconds):
         """One observation of ``seconds`` into histogram ``hist`` of the series at ``base``."""
-        hist_at = base + HIST_AT[hist]
-        bounds = _BOUNDS[hist]
-        cells = self.cells
-        at = hist_at + bisect_left(bounds, seconds)
-        cells[at] += 1
-        at = hist_at + len(bounds) + 1
-        cells[at] += int(seconds * 1e6)
-        return None
+        _observe(self.cells, base + HIST_AT[hist], _BOUNDS[hist], seconds)
 
     def record(self, ex, status, outcome, now, tokens, model, backend):
         """The request ``ex`` (an http.exchange.Exchange) ended with ``outcome`` (an index
@@ -146,27 +149,14 @@ class Recorder:
         t0 = obs.t0
         t_head = obs.t_head
         if t_head:
-            seconds = now - t0
-            at = base + _E2E_AT + bisect_left(_E2E_BOUNDS, seconds)
-            cells[at] += 1
-            cells[base + _E2E_AT + _E2E_SUM] += int(seconds * 1e6)
-            seconds = obs.t_resp - t_head
-            at = base + _RESP_AT + bisect_left(_RESP_BOUNDS, seconds)
-            cells[at] += 1
-            cells[base + _RESP_AT + _RESP_SUM] += int(seconds * 1e6)
+            _observe(cells, base + _E2E_AT, _E2E_BOUNDS, now - t0)
+            _observe(cells, base + _RESP_AT, _RESP_BOUNDS, obs.t_resp - t_head)
         if obs.t_sent and selection.attempts == 1:
             seconds = obs.t_sent - t0 - obs.t_wait
-            if seconds < 0.0:
-                seconds = 0.0
-            at = base + _REQ_AT + bisect_left(_REQ_BOUNDS, seconds)
-            cells[at] += 1
-            cells[base + _REQ_AT + _REQ_SUM] += int(seconds * 1e6)
+            _observe(cells, base + _REQ_AT, _REQ_BOUNDS, seconds if seconds > 0.0 else 0.0)
         t_body = obs.t_body
         if t_body > 0.0:
-            seconds = t_body - t0
-            at = base + _TTFT_AT + bisect_left(_TTFT_BOUNDS, seconds)
-            cells[at] += 1
-            cells[base + _TTFT_AT + _TTFT_SUM] += int(seconds * 1e6)
+            _observe(cells, base + _TTFT_AT, _TTFT_BOUNDS, t_body - t0)
         if tokens is not NO_TOKENS:
             at = base + _S_TOK
             completion = tokens[1]
@@ -174,7 +164,7 @@ class Recorder:
             cells[at + 1] += completion
             cells[at + 2] += tokens[2]
             if framer.event_stream and completion > 1 and t_body > 0.0:
-                self.observe(base, H_ITL, (now - t_body) / (completion - 1))
+                _observe(cells, base + HIST_AT[H_ITL], _ITL_BOUNDS, (now - t_body) / (completion - 1))
         if framer.event_stream:
             tail, prev = obs.tail, obs.prev
             if (tail is not None and tail.find(b'data: {"error"') >= 0) or (
@@ -227,6 +217,26 @@ class Recorder:
                 cells[self.series(cluster, "", "", 0) + S_POOL_WAITING] = waiting
 
 
+def _observe(cells, at, bounds, seconds):
+    """One observation of ``seconds`` into the histogram whose buckets start at ``cells[at]``:
+    its bucket (``bisect_left``: a bound is the bucket's inclusive upper end) and, after the
+    buckets and +Inf, its sum in microseconds."""
+    n = len(bounds)
+    if _COMPILED:  # a C search over C doubles; interpreted, the C bisect beats a Python loop
+        lo = 0
+        hi = n
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if bounds[mid] < seconds:
+                lo = mid + 1
+            else:
+                hi = mid
+    else:
+        lo = bisect_left(bounds, seconds)
+    cells[at + lo] += 1
+    cells[at + n + 1] += int(seconds * 1e6)
+
+
 NO_TOKENS = (0, 0, 0)
 
 
@@ -253,11 +263,83 @@ def usage(tail, prev=None):
         at = tail.rfind(b'"usage"')
         if at < 0:
             return NO_TOKENS
-    match = _VLLM.match(tail, at)
-    if match is not None:
-        cached = match.group(3)
-        return int(match.group(1)), int(match.group(2)), int(cached) if cached is not None else 0
+    if _COMPILED:
+        tokens = _vllm_usage(tail, at)
+        if tokens is not None:
+            return tokens
+    else:
+        match = _VLLM.match(tail, at)
+        if match is not None:
+            cached = match.group(3)
+            return int(match.group(1)), int(match.group(2)), int(cached) if cached is not None else 0
     return _number(_PROMPT, tail, at), _number(_COMPLETION, tail, at), _number(_CACHED, tail, at)
+
+
+def _vllm_usage(data, at):
+    """``_VLLM.match(data, at)``'s counts as one walk over the bytes, or None where it would not
+    match. Compiled (metrics.pxd), the walk reads bytes through a pointer and adds digits in
+    C: a third of the regex and its three ``int()``; interpreted it would cost more than
+    both, so ``usage`` runs it only compiled, and a test holds the two to one another."""
+    n = len(data)
+    buf = data
+    pos = _after(buf, n, at, _USAGE_AT)
+    if pos < 0:
+        return None
+    prompt = _digits(buf, n, pos)
+    if prompt < 0:
+        return None
+    pos = _after(buf, n, _skip_digits(buf, n, pos), _TOTAL_AT)
+    if pos < 0 or _digits(buf, n, pos) < 0:
+        return None
+    pos = _after(buf, n, _skip_digits(buf, n, pos), _COMPLETION_AT)
+    if pos < 0:
+        return None
+    completion = _digits(buf, n, pos)
+    if completion < 0:
+        return None
+    pos = _skip_digits(buf, n, pos)
+    if pos < n and buf[pos] == 125:  # "}": no details
+        return prompt, completion, 0
+    pos = _after(buf, n, pos, _DETAILS_AT)
+    if pos < 0:
+        return None
+    if _after(buf, n, pos, b"null") >= 0:
+        return prompt, completion, 0
+    pos = _after(buf, n, pos, _CACHED_AT)
+    if pos < 0:
+        return None
+    cached = _digits(buf, n, pos)
+    return (prompt, completion, cached) if cached >= 0 else None
+
+
+def _after(buf, n, pos, literal):
+    """The offset after ``literal`` when it is at ``buf[pos]``, else -1."""
+    size = len(literal)
+    if pos + size > n:
+        return -1
+    lit = literal
+    for i in range(size):
+        if buf[pos + i] != lit[i]:
+            return -1
+    return pos + size
+
+
+def _digits(buf, n, pos):
+    """The decimal number at ``buf[pos]`` (at least one digit, at most 18), else -1."""
+    value = 0
+    end = pos
+    while end < n and 48 <= buf[end] <= 57:
+        if end - pos == 18:
+            return -1
+        value = value * 10 + (buf[end] - 48)
+        end += 1
+    return value if end > pos else -1
+
+
+def _skip_digits(buf, n, pos):
+    while pos < n and 48 <= buf[pos] <= 57:
+        pos += 1
+    return pos
 
 
 def model_of(body, selection):
