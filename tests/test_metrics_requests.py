@@ -83,6 +83,20 @@ def test_requests_tokens_and_latency_families(group):
     assert "fleetproxy_model_demand" in after and "fleetproxy_pool_refused" in after
 
 
+def test_the_proxys_own_time_is_read_below_a_millisecond(group):
+    # Its buckets start at 20 us: a clock that counts whole milliseconds (uvloop's loop.time())
+    # would put each observation at 0 or ~1 ms, none between. Read to the microsecond, the
+    # proxy's own time on loopback falls in between.
+    sim, proxy = group
+    for _ in range(20):
+        assert post(proxy.port, CHAT)[0] == 200
+    families = scrape(proxy)
+    for family in ("fleetproxy_proxy_request_overhead_seconds", "fleetproxy_proxy_response_overhead_seconds"):
+        le = {float(lab["le"]): v for name, lab, v in families[family]
+              if name == family + "_bucket" and lab["model"] == "tiny"}
+        assert le[0.0005] - le[0.00002] > 0, (family, le)  # some between 20 us and 0.5 ms
+
+
 def test_outcomes_upstream_error_and_refused():
     def close_at_once(request, conn):
         conn.close()

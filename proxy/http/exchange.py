@@ -31,6 +31,7 @@ How this works.
 import logging
 
 from ..observe import CLIENT_ABORT, OK, TIMEOUT, UPSTREAM_ERROR, outcome_of
+from ..observe.metrics import clock
 from . import responses
 from .admission import Admission
 from .connection_pool import PoolBusy
@@ -137,7 +138,7 @@ class Exchange(Relay, Admission):
 
     async def _connect(self):
         endpoint = self.selection.endpoint
-        t = self.down.ctx.loop.time() if self.obs is not None else 0.0
+        t = clock() if self.obs is not None else 0.0
         try:
             conn = await endpoint.pool.acquire()
         except PoolBusy as exc:
@@ -159,7 +160,7 @@ class Exchange(Relay, Admission):
             return
         self.task = None
         if self.obs is not None:  # a fresh connection was opened for it, or it queued for one
-            self.down.ctx.observe.waited(self, self.down.ctx.loop.time() - t, conn.requests == 0)
+            self.down.ctx.observe.waited(self, clock() - t, conn.requests == 0)
         if self.finished:  # the client left while we connected; the connection is clean
             endpoint.pool.release(conn)
             return

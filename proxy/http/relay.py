@@ -23,6 +23,7 @@ exchange's business: ``Relay`` reports to ``on_status``, ``complete``, ``break_s
 
 from _speedups import CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE, ResponseFramer
 
+from ..observe.metrics import clock
 from ..observe.streamusage import FINISH, strip, unit_start, usage_body
 from ..observe.tracing import upstream_headers
 from . import heads
@@ -77,7 +78,7 @@ class Relay:
             if obs.usage and adapter is None:  # only vLLM's stream is known well enough to restore
                 body = usage_body(body)
                 self.strip = 1
-            obs.t_sent = ctx.loop.time()
+            obs.t_sent = clock()
             if obs.span is not None:
                 headers, extra = upstream_headers(headers, extra, obs.span)
         head = heads.upstream_head(
@@ -106,7 +107,7 @@ class Relay:
         head = None
         obs = self.obs
         if obs is not None and (obs.t_body == 0.0 or flags & HEAD):  # no time read per token
-            now = down.ctx.loop.time()  # one read: a head and its first body bytes often share a read
+            now = clock()  # one read: a head and its first body bytes often share a read
             if obs.t_body == 0.0 and framer.body_bytes:
                 obs.t_body = now
             if flags & HEAD:
@@ -187,7 +188,7 @@ class Relay:
         if head is not None:
             down.transport.write(head + out if out else head)
             if obs is not None:
-                obs.t_resp = down.ctx.loop.time()
+                obs.t_resp = clock()
         elif out:
             down.transport.write(out)
 

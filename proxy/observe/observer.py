@@ -3,7 +3,7 @@
 import asyncio
 import os
 
-from .metrics import DEFAULT_TENANT, Recorder, Timing, model_of, tokens_of
+from .metrics import DEFAULT_TENANT, Recorder, Timing, clock, model_of, tokens_of
 from .streamusage import wants_usage
 from .table import MetricsTable
 from .table import OUTCOMES, REFUSED, TIMEOUT, UPSTREAM_ERROR
@@ -48,7 +48,7 @@ class Observer:
         return cls(loop, recorder, log, tracer, table, owned, getattr(obs, "stream_usage", True))
 
     def begin(self, ex):
-        timing = ex.obs = Timing(self.loop.time(), DEFAULT_TENANT)
+        timing = ex.obs = Timing(clock(), DEFAULT_TENANT)
         if self.tracer is not None:
             timing.span = self.tracer.start(ex.headers, ex.method, ex.target)
 
@@ -56,7 +56,7 @@ class Observer:
         timing = ex.obs
         if timing is None or timing.t0 < 0.0:
             return
-        now = self.loop.time()
+        now = clock()
         tokens = tokens_of(timing)
         selection = ex.selection
         model = timing.model
