@@ -1,13 +1,19 @@
 # Types for Cython's compile of request.py (the native build; see _speedups/__init__.py): the
 # reader's fields as struct members, read and written by llhttp's callbacks per header.
+cimport cython
 
 
 cdef class RequestReader:
-    cdef public object limits, sink, clock, parser, phase, since, _url, _headers, _body, _body_size, _head_bytes
-    cdef public object _head_wire, _host, _te, _expect, _request_id, asks_load, _length, _upgrade, _h2c, _resume
-    cdef public object _gap, _fields, _http10
+    cdef public object limits, sink, clock, parser, phase, since, _url, _headers, _body
+    cdef public object _request_id, _length, _upgrade, _h2c, _resume
+    # Counts and flags as C values: each header's callback adds and tests them.
+    cdef public Py_ssize_t _body_size, _head_bytes, _head_wire, _gap, _fields
+    cdef public bint _host, _te, _expect, asks_load, _http10
 
     cpdef _reset(self)
+
+    @cython.locals(headers=list)
+    cpdef on_header(self, name, value)
     cpdef _unfinished_head(self, data, spanned)
     cpdef _special_header(self, name, value, limits)
     cpdef _no_http09(self)
