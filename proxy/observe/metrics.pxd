@@ -46,3 +46,9 @@ cdef Py_ssize_t _skip_digits(const unsigned char *buf, Py_ssize_t n, Py_ssize_t 
 
 @cython.locals(n=Py_ssize_t, lo=Py_ssize_t, hi=Py_ssize_t, mid=Py_ssize_t)
 cpdef void _observe(long long[::1] cells, Py_ssize_t at, double[::1] bounds, double seconds) noexcept
+
+# What the observer calls per request, as C calls (observer.pxd cimports them).
+@cython.locals(tokens=tuple)
+cpdef tuple tokens_of(Timing timing)
+
+cpdef model_of(body, selection)

@@ -3,7 +3,8 @@
 # reading each request's Timing as a struct. Its __slots__ say the same for the pure build.
 cimport cython
 
-from proxy.observe.metrics cimport Recorder, Timing
+from proxy.observe.metrics cimport Recorder, Timing, model_of, tokens_of
+from proxy.observe.streamusage cimport wants_usage
 
 
 cdef class Observer:

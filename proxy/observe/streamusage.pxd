@@ -12,3 +12,5 @@ cpdef Py_ssize_t _string_end(bytes data, Py_ssize_t at)
 cpdef _strip_vllm(bytes tail)
 
 cdef Py_ssize_t _payload(const unsigned char *buf, Py_ssize_t chunk) noexcept
+
+cpdef bint wants_usage(method, target, fields)  # per request, from the observer (a C call there)
