@@ -1,8 +1,17 @@
 # Types for Cython's compile of cache_aware.py (the native build; see _speedups/__init__.py): the
-# policy's state, read per request as struct members. Its __slots__ say the same for the pure
-# build.
+# policy's state, read per request as struct members, and the two calls a cluster makes per
+# request (blocks, pick) as C calls. Its __slots__ say the same for the pure build.
+cimport cython
+
+from proxy.routing.fields cimport Prompt
+from proxy.routing.policies cimport Snapshot
 
 
 cdef class CacheAware:
     cdef public object bound, spread, block, depth, table, ttl_ms, recent, window, groups, placed
-    cdef public object conversations, decisions
+    cdef public object conversations
+    cdef public dict decisions
+
+    @cython.locals(prompt=Prompt)
+    cpdef blocks(self, fields)
+    cpdef pick(self, Snapshot snap, blocks, exclude=*, limit=*, now=*)

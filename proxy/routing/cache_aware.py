@@ -83,7 +83,7 @@ class CacheAware:
 
     def blocks(self, fields):
         """(block hashes, conversation key or 0, later turn) of a request's fields, or None."""
-        prompt = prompt_of(fields, self.block * self.depth)
+        prompt = prompt_of(fields, self.block * self.depth, self.block)
         if prompt is None:
             return None
         hashes = block_hashes(prompt.text, self.block, self.depth)
@@ -101,6 +101,11 @@ class CacheAware:
         if blocks is None:
             self.decisions["short"] += 1
             return least_request(snap, exclude, limit)
+        return self._cached(snap, blocks, exclude, limit, now)
+
+    def _cached(self, snap, blocks, exclude, limit, now):
+        """``pick`` for a prompt with blocks. Apart from ``pick`` because its closures keep it
+        a Python method, while ``pick`` is a C call in the native build (cache_aware.pxd)."""
         members = snap.members
         if not members:
             return None
@@ -143,7 +148,6 @@ class CacheAware:
         if key:
             table.record(chosen.index, (key,), now_ms)
         return chosen
-
 
     def _place(self, members, ranked, matches, group, has_room, pressures, exclude, limit, now, snap):
         """Where a request goes that no conversation claims (see the module docstring)."""
