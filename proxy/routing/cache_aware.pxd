@@ -3,8 +3,8 @@
 # request (blocks, pick) as C calls. Its __slots__ say the same for the pure build.
 cimport cython
 
-from proxy.routing.fields cimport Prompt
-from proxy.routing.policies cimport Snapshot
+from proxy.routing.fields cimport Prompt, prompt_of
+from proxy.routing.policies cimport Snapshot, least_request
 
 
 cdef class CacheAware:

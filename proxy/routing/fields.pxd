@@ -12,3 +12,5 @@ cdef class Prompt:
 
 @cython.locals(size=Py_ssize_t, opening=Py_ssize_t, later=bint, parts=list, joined=str)
 cpdef prompt_of(fields, Py_ssize_t limit, Py_ssize_t least=*)
+
+cpdef decode(body, model_only=*)

@@ -7,6 +7,7 @@ cimport cython
 from proxy.routing.cache_aware cimport CacheAware
 from proxy.routing.cluster cimport Cluster
 from proxy.routing.endpoint cimport Endpoint
+from proxy.routing.fields cimport decode
 from proxy.routing.retry cimport RetryPolicy
 
 
