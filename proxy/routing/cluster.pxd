@@ -4,7 +4,8 @@
 cimport cython
 
 from proxy.routing.cache_aware cimport CacheAware
-from proxy.routing.policies cimport Snapshot
+from proxy.routing.fields cimport prompt_prefix
+from proxy.routing.policies cimport ConsistentHash, Snapshot, hash_bytes
 from proxy.routing.router cimport Selection
 
 
@@ -13,5 +14,6 @@ cdef class Cluster:
     cdef public bint hashed, cached
     cdef public Snapshot snapshot, panic
 
-    @cython.locals(snap=Snapshot, policy=CacheAware)
+    cpdef key_hash(self, Selection selection)
+    @cython.locals(snap=Snapshot, policy=CacheAware, ring=ConsistentHash)
     cpdef pick(self, Selection selection, exclude, now, Snapshot snapshot=*)

@@ -14,3 +14,5 @@ cdef class Prompt:
 cpdef prompt_of(fields, Py_ssize_t limit, Py_ssize_t least=*)
 
 cpdef decode(body, model_only=*)
+
+cpdef prompt_prefix(fields, size)

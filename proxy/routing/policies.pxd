@@ -1,7 +1,8 @@
 # Types for Cython's compile of policies.py (the native build; see _speedups/__init__.py): a
-# cluster's snapshot and the bound, read by every pick as struct members, and the walks every
-# pick makes (the ring, least request) C calls with C indices. Their __slots__ say the same for
-# the pure build. The members stay duck-typed (any object with label, weight, load(), pressure()).
+# cluster's snapshot, the bound and the policies' state, read by every pick as struct members,
+# and the picks and walks (the ring, least request) C calls with C indices. Their __slots__ say
+# the same for the pure build. The members stay duck-typed (any object with label, weight,
+# load(), pressure()).
 cimport cython
 
 
@@ -17,6 +18,21 @@ cdef class Bound:
     cpdef scale(self, pressures, total_weight)
     cpdef room(self, load, queueing, cap, sticky)
 
+
+cdef class RoundRobin:
+    cdef public object next
+
+    cpdef pick(self, Snapshot snap, exclude=*, limit=*)
+
+
+cdef class ConsistentHash:
+    cdef public Bound bound
+
+    @cython.locals(members=tuple, npoints=Py_ssize_t, i=Py_ssize_t, weights=tuple, pressures=list)
+    cpdef pick(self, Snapshot snap, key_hash, exclude=*, limit=*, now=*)
+
+
+cpdef hash_bytes(data)
 
 @cython.locals(snap=Snapshot, n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t)
 cpdef least_request(snap, exclude=*, limit=*, rand=*)
