@@ -34,7 +34,7 @@ and a later turn that reaches a replica that did not place the conversation is p
 longest cached prefix as that replica knows it, falling back to the ring home of its first block.
 """
 
-import math
+from math import exp
 
 from _speedups import block_hashes
 
@@ -83,7 +83,7 @@ class CacheAware:
 
     def blocks(self, fields):
         """(block hashes, conversation key or 0, later turn) of a request's fields, or None."""
-        prompt = prompt_of(fields, self.block * self.depth)
+        prompt = prompt_of(fields, self.block * self.depth, self.block)
         if prompt is None:
             return None
         hashes = block_hashes(prompt.text, self.block, self.depth)
@@ -97,7 +97,10 @@ class CacheAware:
 
     def pick(self, snap, blocks, exclude=None, limit=0, now=0.0):
         """An endpoint for a request whose ``blocks`` are as ``blocks()`` returned (None: no
-        cacheable prompt), or None when every member is excluded or at ``limit``."""
+        cacheable prompt), or None when every member is excluded or at ``limit``.
+
+        No closures here or in ``_place`` (key functions are lists of keys computed first):
+        they would keep these Python functions, while the native build makes them C calls."""
         if blocks is None:
             self.decisions["short"] += 1
             return least_request(snap, exclude, limit)
@@ -110,16 +113,12 @@ class CacheAware:
         table = self.table
         matches = table.matches(hashes, oldest)
         order = ring_order(snap, (hashes[0] >> 31) & _M32)
-        ranked = sorted(order, key=lambda j: -matches[members[j].index])  # stable: ring order breaks ties
+        cached = [-matches[m.index] for m in members]  # by member: the sort key below
+        ranked = sorted(order, key=cached.__getitem__)  # stable: ring order breaks ties
         pressures = [m.pressure(now) for m in members]
         bound = self.bound
         weights = snap.weights
         scale = bound.scale(pressures, snap.total_weight)
-
-        def has_room(j):
-            # Never onto an endpoint that must shed by vLLM's own signal.
-            load, queueing = pressures[j]
-            return bound.room(load, queueing, _ceil(scale * weights[j]), True)
 
         chosen = None
         if later and key:
@@ -128,14 +127,14 @@ class CacheAware:
             for j in ranked:
                 member = members[j]
                 if holders[member.index] and _usable(member, exclude, limit):
-                    if has_room(j):
+                    if _has_room(bound, pressures[j], scale * weights[j]):
                         chosen = member
                         self.decisions["kept"] += 1
                     else:
                         self.decisions["shed"] += 1
                     break
         if chosen is None:
-            chosen = self._place(members, ranked, matches, hashes[0], has_room, pressures, exclude, limit, now, snap)
+            chosen = self._place(members, ranked, matches, hashes[0], bound, scale, pressures, exclude, limit, now, snap)
             if chosen is None:
                 return None
         self.recent[chosen.index][0] += 1.0
@@ -144,8 +143,7 @@ class CacheAware:
             table.record(chosen.index, (key,), now_ms)
         return chosen
 
-
-    def _place(self, members, ranked, matches, group, has_room, pressures, exclude, limit, now, snap):
+    def _place(self, members, ranked, matches, group, bound, scale, pressures, exclude, limit, now, snap):
         """Where a request goes that no conversation claims (see the module docstring)."""
         self.groups[group][0] += 1.0
         self.placed[0] += 1.0
@@ -160,7 +158,7 @@ class CacheAware:
         usable = [j for j in ranked if _usable(members[j], exclude, limit)]
         if not usable:
             return None
-        roomy = [j for j in usable if has_room(j)] or usable
+        roomy = [j for j in usable if _has_room(bound, pressures[j], scale * weights[j])] or usable
         best = roomy[0]
         if matches[members[best].index]:
             # The prefix is cached there. Stay unless this prefix alone is too hot for one
@@ -182,13 +180,13 @@ class CacheAware:
                 # A hot prompt's new conversations go where the fewest conversations started
                 # recently: each stays where it starts, so the turns it will bring follow
                 # conversations, not the requests in flight at this instant.
-                chosen = min(roomy, key=lambda j: (aged(conversations[members[j].index], now, window) / weights[j],
-                                                    pressures[j][0] / weights[j]))
+                chosen = _least(roomy, [(aged(conversations[members[j].index], now, window) / weights[j],
+                                         pressures[j][0] / weights[j]) for j in roomy])
                 conversations[members[chosen].index][0] += 1.0
                 return members[chosen]
         # A new prefix: where the recent share is lowest (ring order breaks ties).
         self.decisions["over" if matches[members[best].index] else "new"] += 1
-        chosen = min(roomy, key=lambda j: recent[members[j].index][0] / weights[j])
+        chosen = _least(roomy, [recent[members[j].index][0] / weights[j] for j in roomy])
         conversations[members[chosen].index][0] += 1.0
         return members[chosen]
 
@@ -197,7 +195,7 @@ def aged(cell, now, window):
     """A decayed count ([value, when last aged]) brought to ``now``; returns its value."""
     elapsed = now - cell[1]
     if elapsed > 0:
-        cell[0] *= math.exp(-elapsed / window)
+        cell[0] *= exp(-elapsed / window)
         cell[1] = now
     return cell[0]
 
@@ -220,3 +218,18 @@ class _Recent(dict):
 
 def _usable(member, exclude, limit):
     return (exclude is None or member not in exclude) and (not limit or member.load() < limit)
+
+
+def _has_room(bound, pressure, share):
+    # Never onto an endpoint that must shed by vLLM's own signal.
+    load, queueing = pressure
+    return bound.room(load, queueing, _ceil(share), True)
+
+
+def _least(items, keys):
+    """``min(items, key=...)`` given the keys (in items' order): the first item of the least key."""
+    best = 0
+    for i in range(1, len(keys)):
+        if keys[i] < keys[best]:
+            best = i
+    return items[best]

@@ -136,7 +136,8 @@ class Cluster:
         if self.hashed:
             h = self.key_hash(selection)
             if h is not None:
-                return self.policy.pick(snap, h, exclude, self.limit, now)
+                ring = self.policy
+                return ring.pick(snap, h, exclude, self.limit, now)
         return self.choose(snap, exclude, self.limit)  # no key: least request
 
     def state(self):

@@ -1,10 +1,27 @@
 # Types for Cython's compile of endpoint.py (the native build; see _speedups/__init__.py): an
-# endpoint's state, read and counted per request as struct members. Its __slots__ say the same for
-# the pure build.
+# endpoint's state, read and counted per request as struct members, and the accounting the
+# router and the policies call per request as C calls. Its __slots__ say the same for the pure
+# build.
+cimport cython
+
+from proxy.routing.health cimport HealthState
+from proxy.routing.load cimport Report, pressure
 
 
 cdef class Endpoint:
-    cdef public object spec, key, label, host, port, authority, weight, pool, ssl, server_hostname, health
+    cdef public object spec, key, label, host, port, authority, weight, pool, ssl, server_hostname
     cdef public object health_path, health_cfg, outlier, eligible, clusters, in_flight, peak, requests, owner
-    cdef public object adapter, provider, counters, index, cells, cell, req_cell, report, report_at
+    cdef public object adapter, provider, counters, index, cells, cell, req_cell, report_at
     cdef public object report_cell, max_age, ask_load, health_cell
+    cdef public HealthState health
+    cdef public Report report
+
+    cpdef acquire(self)
+    cpdef release(self)
+    cpdef load(self)
+    cpdef current_report(self)
+    cpdef pressure(self, now)
+    @cython.locals(report=Report)
+    cpdef observe_in_band(self, value)
+    @cython.locals(health=HealthState)
+    cpdef answered(self, status, clock)

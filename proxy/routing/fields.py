@@ -118,8 +118,9 @@ class Prompt:
         self.later = later
 
 
-def prompt_of(fields, limit):
-    """The first ``limit`` bytes of the request's prompt as a Prompt, or None without one.
+def prompt_of(fields, limit, least=0):
+    """The first ``limit`` bytes of the request's prompt as a Prompt, or None without one or when
+    it has fewer than ``least`` bytes (cache_aware: not one full block, nothing to cache).
 
     Chat: each message as its role, a newline, its text parts and a record separator, in
     order: messages that share a system prompt share the first bytes, as vLLM's prompts share
@@ -130,11 +131,11 @@ def prompt_of(fields, limit):
     messages = fields.messages
     if messages:
         parts = []
-        opening = 0
+        opening = -1  # characters up to the end of the first user message; -1: none yet
         later = False
-        size = 0
+        size = 0  # characters in parts
         for message in messages:
-            if opening:
+            if opening >= 0:
                 later = True
                 if size >= limit:
                     break
@@ -152,10 +153,21 @@ def prompt_of(fields, limit):
                         size += len(part.text)
             parts.append("\x1e")
             size += len(role) + 2
-            if not opening and role == "user":
-                opening = len("".join(parts).encode())
-        text = "".join(parts).encode()[:limit]
-        return Prompt(text, min(opening, len(text)), later) if text else None
+            if opening < 0 and role == "user":
+                opening = size
+        # One join and one encode per request. An ASCII prompt (the usual one; isascii() reads a
+        # flag) has as many bytes as characters: a short one is turned away before it is
+        # encoded, and its opening is where the characters put it. Any other is measured in bytes.
+        joined = "".join(parts)
+        if joined.isascii():
+            if size < least:
+                return None
+        elif opening > 0:
+            opening = len(joined[:opening].encode())
+        text = joined.encode()[:limit]
+        if not text or len(text) < least:
+            return None
+        return Prompt(text, min(opening, len(text)) if opening > 0 else 0, later)
     raw = fields.prompt
     if not raw:
         return None
@@ -169,4 +181,4 @@ def prompt_of(fields, limit):
         text = raw[:limit]
     else:
         return None
-    return Prompt(text, 0, False) if text else None
+    return Prompt(text, 0, False) if text and len(text) >= least else None

@@ -1,7 +1,46 @@
-# Types for Cython's compile of router.py (the native build; see _speedups/__init__.py): a
-# request's routing state as struct members. Its __slots__ say the same for the pure build.
+# Types for Cython's compile of router.py (the native build; see _speedups/__init__.py): the
+# router, its routes and a request's routing state as struct members, and every call of a
+# routing decision, from select down to the policy and the endpoint's count, a C call. Their
+# __slots__ say the same for the pure build (the Router has a __dict__ there).
+cimport cython
+
+from proxy.routing.cache_aware cimport CacheAware
+from proxy.routing.cluster cimport Cluster
+from proxy.routing.endpoint cimport Endpoint
+from proxy.routing.fields cimport decode
+from proxy.routing.retry cimport RetryPolicy
+
+
+cdef class Route:
+    cdef public tuple clusters
+    cdef public object name, max_body
 
 
 cdef class Selection:
-    cdef public object route, headers, body, model_only, decoded, endpoint, tried, attempts, counted
+    cdef public Route route
+    cdef public Endpoint endpoint
+    cdef public object headers, body, model_only, decoded, tried, attempts, counted
     cdef public object blocks_of, prompt_blocks
+
+    cpdef fields(self)
+    cpdef blocks(self, CacheAware policy)
+    cpdef release(self)
+
+
+cdef class Router:
+    cdef public object cfg, loop, clock, endpoints, sources, discovery, counters, slot, columns, table, clusters
+    cdef public object by_model, model_only, models, ready_endpoints
+    cdef public dict routes
+    cdef public Route catch_all, default_route
+    cdef public RetryPolicy retry
+
+    cpdef select(self, headers, body)
+    @cython.locals(selection=Selection, route=Route)
+    cpdef prepare(self, headers, body)
+    @cython.locals(route=Route, endpoint=Endpoint)
+    cpdef place(self, Selection selection)
+    @cython.locals(cluster=Cluster, endpoint=Endpoint)
+    cpdef _pick(self, Route route, Selection selection, exclude, now)
+    @cython.locals(retry=RetryPolicy, current=Endpoint, endpoint=Endpoint)
+    cpdef reselect(self, Selection selection, now)
+    cpdef _route(self, Selection selection)

@@ -198,8 +198,7 @@ class Router:
         selection.attempts = 1
         return selection
 
-    @staticmethod
-    def _pick(route, selection, exclude, now):
+    def _pick(self, route, selection, exclude, now):
         """The route's clusters in order (fallback after the first), eligible endpoints
         first; only when none of any cluster can take it, a cluster in panic (see Cluster)."""
         for cluster in route.clusters:
