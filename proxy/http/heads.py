@@ -274,6 +274,8 @@ def _response_kind(name):
     """The kind of a response field named ``name`` (_R_*). Remembered by the name as sent: an
     upstream sends the same few names in the same case, so that a field costs one look-up, not
     a lower-cased copy (bounded: a backend inventing names gets them lower-cased each time)."""
+    if name == b"endpoint-load-metrics":  # LOAD_REPORT as vLLM sends it: compared, not hashed
+        return _R_REPORT
     known = _response_kinds.get(name)
     if known is not None:
         return known
