@@ -264,3 +264,22 @@ def test_upstream_head_is_what_it_was():
             rng.choice((0, 0, 5, 12345)), extra, rng.random() < 0.5, rng.random() < 0.5,
         )
         assert heads.upstream_head(*args) == upstream_head_before(*args), args
+
+
+def test_heads_past_their_caches_full():
+    # Names and peers are remembered up to a bound: past it, each is worked out again. 600
+    # new ones of each, more than any cache holds, must come out as before.
+    for i in range(600):
+        name = b"x-name-%d" % i
+        fields = [(b"content-type", b"application/json"), (name, b"v"), (b"connection", b"x-name-%d" % (i + 1))]
+        peer = b"10.9.%d.%d" % divmod(i, 256)
+        args = (b"POST", b"/v1/x", fields, b"h%d:1" % i, peer, b"rid", 3, (), i % 2 == 0, False)
+        assert heads.upstream_head(*args) == upstream_head_before(*args)
+    for module in framers():
+        for i in range(600):
+            head = b"HTTP/1.1 200 OK\r\nX-Name-%d: v\r\nX-RateLimit-%d: 1\r\ncontent-length: 0\r\n\r\n" % (i, i)
+            f = module.ResponseFramer(False)
+            f.feed(head)
+            for extra in EXTRA:
+                args = (f, b"rid", False, False, False, False, extra)
+                assert heads.client_head(*args) == client_head_before(*args)

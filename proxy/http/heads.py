@@ -84,6 +84,8 @@ def upstream_head(
     Forwarded, X-Real-IP, X-Forwarded-Host and -Port pass; else they are dropped and
     X-Forwarded-For is ``forwarded_for`` alone.
     """
+    # From the Host field on, a line's CRLF goes with the line after it, so that a field is two
+    # parts and the head's end one: bytes.join copies up to ten parts without an allocation.
     line = _host_lines.get(host)
     if line is None:
         line = _host_line(host)
@@ -91,32 +93,38 @@ def upstream_head(
     named = None
     xff = None
     for name, value in headers:
-        kind = _REQUEST_KINDS.get(name)
-        if kind is not None:
-            if kind == _Q_CONNECTION:
+        field = _request_fields.get(name)
+        if field is None:
+            field = _request_field(name)
+        if type(field) is not bytes:  # a kind (_Q_*)
+            if field == _Q_CONNECTION:
                 if named is None:
                     named = _named(headers)
                 continue
-            if kind == _Q_DROP or not trusted:
+            if field == _Q_DROP or not trusted:
                 continue
-            if kind == _Q_XFF:
+            if field == _Q_XFF:
                 xff = value if xff is None else xff + b", " + value
                 continue
-        parts.append(name)
-        parts.append(b": ")
+            field = b"\r\n" + name + b": "  # a forwarding field, from a trusted peer
+        parts.append(field)
         parts.append(value)
-        parts.append(b"\r\n")
     if named:
         # Drop the fields the Connection header named, including ones seen before it (an
         # X-Forwarded-For so named is hop-by-hop too: not extended, not forwarded).
-        parts = _drop(parts, 4, named)
+        parts = _drop_fields(parts, 4, named)
         if b"x-forwarded-for" in named:
             xff = None
-    parts.append(b"x-forwarded-for: ")
-    parts.append(forwarded_for if xff is None else xff + b", " + forwarded_for)
-    parts.append(b"\r\nx-forwarded-proto: http\r\nx-request-id: ")
+    if xff is None:
+        line = _peer_lines.get(forwarded_for)
+        if line is None:
+            line = _peer_line(forwarded_for)
+        parts.append(line)
+    else:
+        parts.append(b"\r\nx-forwarded-for: ")
+        parts.append(xff + b", " + forwarded_for)
+        parts.append(_PROTO_ID)
     parts.append(request_id)
-    # From here each line's CRLF comes before the next one, so that the head's end is one part.
     for name, value in extra:
         parts += (b"\r\n", name, b": ", value)
     if body_len or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
@@ -130,22 +138,43 @@ def upstream_head(
     return b"".join(parts)
 
 
-# What upstream_head does with a client's field, by its (lower-cased) name: not there, it is
-# forwarded. Forwarding fields (the two last) pass only from a trusted peer.
-_Q_DROP = 1  # _REQUEST_DROP's
+# What upstream_head does with a client's field, by its (lower-cased) name: a kind (_Q_*) for
+# those of _REQUEST_DROP and _FORWARDING (which pass only from a trusted peer), else the
+# field's start as written, CRLF first (learned per name, up to _MAX_CACHED more: a client's
+# names are few).
+_Q_DROP = 1
 _Q_CONNECTION = 2  # dropped, and names more
 _Q_FORWARDING = 3
 _Q_XFF = 4  # extended
-_REQUEST_KINDS = {**dict.fromkeys(_FORWARDING, _Q_FORWARDING), b"x-forwarded-for": _Q_XFF}
-_REQUEST_KINDS.update(dict.fromkeys(_REQUEST_DROP, _Q_DROP))
-_REQUEST_KINDS[b"connection"] = _Q_CONNECTION
-_host_lines = {}  # {an endpoint's authority: the request line's end and its Host field}, up to _MAX_CACHED
+_request_fields = {**dict.fromkeys(_FORWARDING, _Q_FORWARDING), b"x-forwarded-for": _Q_XFF}
+_request_fields.update(dict.fromkeys(_REQUEST_DROP, _Q_DROP))
+_request_fields[b"connection"] = _Q_CONNECTION
+_PRESET = len(_request_fields)
+_PROTO_ID = b"\r\nx-forwarded-proto: http\r\nx-request-id: "
+# {an endpoint's authority: the request line's end and the Host field} and {a peer: its
+# X-Forwarded-For field and what follows up to the request id}, each up to _MAX_CACHED.
+_host_lines = {}
+_peer_lines = {}
+
+
+def _request_field(name):
+    field = b"\r\n" + name + b": "
+    if len(_request_fields) < _PRESET + _MAX_CACHED:
+        _request_fields[name] = field
+    return field
 
 
 def _host_line(host):
-    line = b" HTTP/1.1\r\nhost: " + host + b"\r\n"
+    line = b" HTTP/1.1\r\nhost: " + host
     if len(_host_lines) < _MAX_CACHED:
         _host_lines[host] = line
+    return line
+
+
+def _peer_line(peer):
+    line = b"\r\nx-forwarded-for: " + peer + _PROTO_ID
+    if len(_peer_lines) < _MAX_CACHED:
+        _peer_lines[peer] = line
     return line
 
 
@@ -349,6 +378,20 @@ def _drop(parts, start, named):
                 out = parts[:i]
         elif out is not None:
             out += parts[i : i + 4]
+    return parts if out is None else out
+
+
+def _drop_fields(parts, start, named):
+    # _drop for upstream_head's parts: from ``start`` they come in (CRLF name ": ", value) pairs.
+    lengths = {len(name) + 4 for name in named}
+    out = None
+    for i in range(start, len(parts), 2):
+        field = parts[i]
+        if len(field) in lengths and field[2:-2].lower() in named:
+            if out is None:
+                out = parts[:i]
+        elif out is not None:
+            out += parts[i : i + 2]
     return parts if out is None else out
 
 
