@@ -209,6 +209,11 @@ class ResponseFramer:
         self.version = b""
         self.reason = b""
         self.headers = []  # [(name, value)] as received, names not lower-cased
+        # The head as received (status line and fields, each with its CRLF), where it is
+        # written just as these fields would be: "HTTP/1.1", a reason after the code, each
+        # field "name: value" with one SP and nothing around the value. Else None. What the
+        # client gets is mostly this head, so heads.client_head copies runs of it.
+        self.raw_head = None
         self.kind = NONE
         self.keep_alive = True
         self.event_stream = False
@@ -401,7 +406,7 @@ class ResponseFramer:
                 head = data
                 start = skip
             else:
-                head = bytes(acc[:end])
+                head = bytes(acc[: end + 2])  # with the CRLF that ends its last line (raw_head)
                 start = 0
             self._head_buf = None
             err = self._scan_head(head, start, end) if _COMPILED else self._parse_head(head, start, end)
@@ -464,6 +469,7 @@ class ResponseFramer:
             # interim responses, dropped by _head before the final one.
             return _SWITCH if self.status == 101 else None
         keep_alive = version == b"HTTP/1.1"
+        verbatim = keep_alive and len(parts) == 3  # raw_head's status line
         chunked = False
         length = -1
         headers = self.headers
@@ -477,6 +483,8 @@ class ResponseFramer:
                 return "invalid header name from upstream"
             value = line[colon + 1 :].strip(b" \t")
             headers.append((name, value))
+            # One byte stripped, the SP before the value: "name: value" exactly.
+            verbatim = verbatim and len(line) == colon + 2 + len(value) and line[colon + 1] == 32
             # Only four names matter here: lower-case just the ones of their lengths.
             if colon != 14 and colon != 12 and colon != 17 and colon != 10:
                 continue
@@ -497,6 +505,7 @@ class ResponseFramer:
                 keep_alive = _keep_alive_after(value, keep_alive, version == b"HTTP/1.0")
             elif lname == b"content-type":
                 self.event_stream = value[:17].lower() == b"text/event-stream"
+        self.raw_head = data[start : end + 2] if verbatim else None
         return self._framing(keep_alive, chunked, length)
 
     def _scan_head(self, data, start, end):
@@ -550,6 +559,7 @@ class ResponseFramer:
         if self.status < 200:
             return _SWITCH if self.status == 101 else None
         keep_alive = not http10
+        verbatim = keep_alive and n > 12  # raw_head's status line
         chunked = False
         length = -1
         headers = self.headers
@@ -581,6 +591,7 @@ class ResponseFramer:
                 j -= 1
             value = buf[i:j]
             headers.append((buf[pos:colon], value))
+            verbatim = verbatim and i == colon + 2 and j == eol and buf[colon + 1] == 32  # "name: value"
             n = colon - pos
             if n == 14 and _matches(buf, pos, b"content-length", 14, True):
                 if i == j:
@@ -610,6 +621,7 @@ class ResponseFramer:
             elif n == 12 and _matches(buf, pos, b"content-type", 12, True):
                 self.event_stream = j - i >= 17 and _matches(buf, i, b"text/event-stream", 17, True)
             pos = eol + 2
+        self.raw_head = data[start : end + 2] if verbatim else None
         return self._framing(keep_alive, chunked, length)
 
     def _framing(self, keep_alive, chunked, length):

@@ -53,6 +53,7 @@ cdef class ResponseFramer:
     cdef public bytes version
     cdef public bytes reason
     cdef public list headers
+    cdef public bytes raw_head
     cdef public int kind
     cdef public bint keep_alive
     cdef public bint event_stream
@@ -83,7 +84,7 @@ cdef class ResponseFramer:
     @cython.locals(head=bytes, lines=list, count=Py_ssize_t, parts=list, version=bytes,
                    code=bytes, keep_alive=bint, chunked=bint, length="long long",
                    size="long long", headers=list, i=Py_ssize_t, line=bytes, colon=Py_ssize_t,
-                   name=bytes, value=bytes, lname=bytes, digits=bytes)
+                   name=bytes, value=bytes, lname=bytes, digits=bytes, verbatim=bint)
     cdef str _parse_head(self, bytes data, Py_ssize_t start, Py_ssize_t end)
 
     @cython.locals(version=bytes, reason=bytes, stream=bint, err=str)
@@ -92,7 +93,8 @@ cdef class ResponseFramer:
     @cython.locals(buf="const unsigned char *", tchar="const unsigned char *", c=int,
                    i=Py_ssize_t, j=Py_ssize_t, n=Py_ssize_t, eol=Py_ssize_t, pos=Py_ssize_t,
                    colon=Py_ssize_t, http10=bint, keep_alive=bint, chunked=bint,
-                   length="long long", size="long long", headers=list, value=bytes, plain=bint)
+                   length="long long", size="long long", headers=list, value=bytes, plain=bint,
+                   verbatim=bint)
     cdef str _walk_head(self, bytes data, Py_ssize_t start, Py_ssize_t end)
 
     @cython.locals(status=int)

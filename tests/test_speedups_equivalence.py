@@ -127,7 +127,7 @@ options = st.sampled_from([(False,), (False,), (False,), (True,)])
 def snapshot(f, flags):
     return (
         flags, f.head_end, f.safe_end, f.msg_end, f.error, f.status, f.version, f.reason,
-        list(f.headers), f.kind, f.keep_alive, f.event_stream, f.content_length, f.body_bytes,
+        list(f.headers), f.raw_head, f.kind, f.keep_alive, f.event_stream, f.content_length, f.body_bytes,
         f.done, f.started,
     )
 

@@ -43,8 +43,10 @@ _FORWARDING = frozenset((b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-for
 
 # vLLM's in-band load report (routing/load.py): asked for on the request, read and removed
 # from the response, unless the client asked for it itself.
-LOAD_FORMAT = b"endpoint-load-metrics-format"
+LOAD_FORMAT = b"endpoint-load-metrics-format"  # spelled out in a str in upstream_head too
 LOAD_REPORT = b"endpoint-load-metrics"
+
+_MAX_CACHED = 512  # entries in each of the caches below, by the bytes that come in
 
 
 def connection_tokens(value, tokens=None):
@@ -63,7 +65,7 @@ def _named(headers):
     """Options of every Connection field among ``headers`` (names compared lower-cased)."""
     tokens = set()
     for name, value in headers:
-        if name.lower() == b"connection":
+        if len(name) == 10 and name.lower() == b"connection":
             connection_tokens(value, tokens)
     return tokens
 
@@ -82,38 +84,98 @@ def upstream_head(
     Forwarded, X-Real-IP, X-Forwarded-Host and -Port pass; else they are dropped and
     X-Forwarded-For is ``forwarded_for`` alone.
     """
-    parts = [method, b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+    # From the Host field on, a line's CRLF goes with the line after it, so that a field is two
+    # parts and the head's end one: bytes.join copies up to ten parts without an allocation.
+    line = _host_lines.get(host)
+    if line is None:
+        line = _host_line(host)
+    parts = [method, b" ", target, line]
     named = None
     xff = None
     for name, value in headers:
-        if name in _REQUEST_DROP:
-            if name == b"connection" and named is None:
-                named = _named(headers)
-            continue
-        if name in _FORWARDING:
-            if not trusted:
+        field = _request_fields.get(name)
+        if field is None:
+            field = _request_field(name)
+        if type(field) is not bytes:  # a kind (_Q_*)
+            if field == _Q_CONNECTION:
+                if named is None:
+                    named = _named(headers)
                 continue
-            if name == b"x-forwarded-for":
+            if field == _Q_DROP or not trusted:
+                continue
+            if field == _Q_XFF:
                 xff = value if xff is None else xff + b", " + value
                 continue
-        parts += (name, b": ", value, b"\r\n")
+            field = b"\r\n" + name + b": "  # a forwarding field, from a trusted peer
+        parts.append(field)
+        parts.append(value)
     if named:
         # Drop the fields the Connection header named, including ones seen before it (an
         # X-Forwarded-For so named is hop-by-hop too: not extended, not forwarded).
-        parts = parts[:6] + _drop(parts, 6, named)
+        parts = _drop_fields(parts, 4, named)
         if b"x-forwarded-for" in named:
             xff = None
-    xff = forwarded_for if xff is None else xff + b", " + forwarded_for
-    parts += (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: http\r\nx-request-id: ", request_id, b"\r\n")
-    for name, value in extra:
-        parts += (name, b": ", value, b"\r\n")
-    if ask_load:
-        parts += (LOAD_FORMAT, b": text\r\n")
-    if body_len or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
-        parts.append(b"content-length: %d\r\n\r\n" % body_len)
+    if xff is None:
+        line = _peer_lines.get(forwarded_for)
+        if line is None:
+            line = _peer_line(forwarded_for)
+        parts.append(line)
     else:
-        parts.append(b"\r\n")
+        parts.append(b"\r\nx-forwarded-for: ")
+        parts.append(xff + b", " + forwarded_for)
+        parts.append(_PROTO_ID)
+    parts.append(request_id)
+    for name, value in extra:
+        parts += (b"\r\n", name, b": ", value)
+    if body_len or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+        # A str encoded: compiled, the number is written in C rather than formatted by bytes %.
+        if ask_load:
+            parts.append(f"\r\nendpoint-load-metrics-format: text\r\ncontent-length: {body_len}\r\n\r\n".encode())
+        else:
+            parts.append(f"\r\ncontent-length: {body_len}\r\n\r\n".encode())
+    else:
+        parts.append(b"\r\n" + LOAD_FORMAT + b": text\r\n\r\n" if ask_load else b"\r\n\r\n")
     return b"".join(parts)
+
+
+# What upstream_head does with a client's field, by its (lower-cased) name: a kind (_Q_*) for
+# those of _REQUEST_DROP and _FORWARDING (which pass only from a trusted peer), else the
+# field's start as written, CRLF first (learned per name, up to _MAX_CACHED more: a client's
+# names are few).
+_Q_DROP = 1
+_Q_CONNECTION = 2  # dropped, and names more
+_Q_FORWARDING = 3
+_Q_XFF = 4  # extended
+_request_fields = {**dict.fromkeys(_FORWARDING, _Q_FORWARDING), b"x-forwarded-for": _Q_XFF}
+_request_fields.update(dict.fromkeys(_REQUEST_DROP, _Q_DROP))
+_request_fields[b"connection"] = _Q_CONNECTION
+_PRESET = len(_request_fields)
+_PROTO_ID = b"\r\nx-forwarded-proto: http\r\nx-request-id: "
+# {an endpoint's authority: the request line's end and the Host field} and {a peer: its
+# X-Forwarded-For field and what follows up to the request id}, each up to _MAX_CACHED.
+_host_lines = {}
+_peer_lines = {}
+
+
+def _request_field(name):
+    field = b"\r\n" + name + b": "
+    if len(_request_fields) < _PRESET + _MAX_CACHED:
+        _request_fields[name] = field
+    return field
+
+
+def _host_line(host):
+    line = b" HTTP/1.1\r\nhost: " + host
+    if len(_host_lines) < _MAX_CACHED:
+        _host_lines[host] = line
+    return line
+
+
+def _peer_line(peer):
+    line = b"\r\nx-forwarded-for: " + peer + _PROTO_ID
+    if len(_peer_lines) < _MAX_CACHED:
+        _peer_lines[peer] = line
+    return line
 
 
 def peer_trusted(peer, proxies):
@@ -160,7 +222,115 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     ``asked_load``: the client asked for the load report; else it is removed. Options of the
     upstream's Connection drop the fields they name, never the framing ones (``_FRAMING``).
     ``extra``: fields the proxy adds, CRLF-terminated (a tenant's x-ratelimit-* fields).
+
+    The head the client gets is mostly the upstream's as it came: where the framer kept it
+    (``raw_head``: written as these fields would be), runs of it are copied between the fields
+    dropped, rather than the head rebuilt field by field (``_rebuilt_head``, which stays the
+    rule: a Connection field, rare from a backend, goes there, and tests hold the two equal).
     """
+    raw = framer.raw_head
+    if raw is None:
+        return _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra)
+    buf = raw  # compiled: its bytes, sliced without a slice object
+    parts = []
+    has_id = False
+    report = None
+    kept = 0  # raw[kept:at] is still to be copied
+    at = len(framer.reason) + 15  # the status line: "HTTP/1.1 200 " reason CRLF
+    for name, value in framer.headers:
+        n = len(name)
+        end = at + n + len(value) + 4  # the field's line: name ": " value CRLF
+        if (n < _KIND_LENGTHS_END and _KIND_LENGTHS[n]) or name[0] | 32 == 120:  # or an x-*
+            kind = _response_kind(name)
+        else:
+            kind = _R_KEEP
+        if kind:
+            if kind == _R_CONNECTION:
+                return _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra)
+            if kind == _R_ID:
+                has_id = True
+            elif kind == _R_REPORT:
+                report = value
+            if (
+                kind == _R_HOP
+                or (kind == _R_TE and dechunk)
+                or (kind == _R_RATELIMIT and extra)
+                or (kind == _R_REPORT and not asked_load)
+            ):
+                if at > kept:
+                    parts.append(buf[kept:at])
+                kept = end
+        at = end
+    if kept == 0:
+        parts.append(raw)
+    elif kept < at:
+        parts.append(buf[kept:at])
+    if request_id and not has_id:
+        parts.append(b"x-request-id: ")
+        parts.append(request_id)
+        parts.append(b"\r\n")
+    if rechunk:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    if extra:
+        parts.append(extra)
+    parts.append(b"connection: close\r\n\r\n" if close else b"\r\n")
+    return b"".join(parts), report
+
+
+# What client_head does with a response field, by its name: 0 (_R_KEEP) forwards it.
+_R_KEEP = 0
+_R_HOP = 1  # hop-by-hop (Connection and Transfer-Encoding have their own)
+_R_CONNECTION = 2
+_R_TE = 3  # Transfer-Encoding: hop-by-hop only where the body goes de-chunked
+_R_RATELIMIT = 4  # x-ratelimit-*: replaced where the proxy sends its own (``extra``)
+_R_ID = 5  # x-request-id: the upstream's stands
+_R_REPORT = 6  # the load report: kept only for a client that asked for it
+_response_kinds = {}  # {name as sent: its kind}, up to _MAX_CACHED names
+
+
+def _kind_lengths(names):
+    lengths = {len(name) for name in names}
+    return bytes(i in lengths for i in range(max(lengths) + 1))
+
+
+# Every name of a kind but _R_KEEP is x-* (x-request-id, x-ratelimit-*) or has one of these
+# lengths (1 at its index): a field of any other name is kept without a look-up.
+_KIND_LENGTHS = _kind_lengths(HOP_BY_HOP | {LOAD_REPORT})
+_KIND_LENGTHS_END = len(_KIND_LENGTHS)
+
+
+def _response_kind(name):
+    """The kind of a response field named ``name`` (_R_*). Remembered by the name as sent: an
+    upstream sends the same few names in the same case, so that a field costs one look-up, not
+    a lower-cased copy (bounded: a backend inventing names gets them lower-cased each time)."""
+    if name == b"endpoint-load-metrics":  # LOAD_REPORT as vLLM sends it: compared, not hashed
+        return _R_REPORT
+    known = _response_kinds.get(name)
+    if known is not None:
+        return known
+    lname = name.lower()
+    if lname == b"connection":
+        kind = _R_CONNECTION
+    elif lname == b"transfer-encoding":
+        kind = _R_TE
+    elif lname in HOP_BY_HOP:
+        kind = _R_HOP
+    elif lname.startswith(b"x-ratelimit-"):
+        kind = _R_RATELIMIT
+    elif lname == b"x-request-id":
+        kind = _R_ID
+    elif lname == LOAD_REPORT:
+        kind = _R_REPORT
+    else:
+        kind = _R_KEEP
+    if len(_response_kinds) < _MAX_CACHED:
+        _response_kinds[name] = kind
+    return kind
+
+
+def _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra):
+    """client_head's result written field by field from what the framer parsed: the rules of
+    the response head, for every head (client_head's copy is held to it)."""
     parts = [b"HTTP/1.1 %d " % framer.status, framer.reason, b"\r\n"]
     named = None
     has_id = False
@@ -184,7 +354,7 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     if named:
         named -= _FRAMING
         if named:
-            parts = parts[:3] + _drop(parts, 3, named)
+            parts = _drop(parts, 3, named)
     if request_id and not has_id:
         parts += (b"x-request-id: ", request_id, b"\r\n")
     if rechunk:
@@ -196,12 +366,33 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
 
 
 def _drop(parts, start, named):
-    # parts[start:] come in (name, ": ", value, "\r\n") quads; keep those Connection did not name.
-    out = []
+    # parts[start:] come in (name, ": ", value, "\r\n") quads: parts less those Connection named.
+    # Most often it names none of them (a client's "keep-alive"): the same list, no copy, and no
+    # name lower-cased unless its length is one of theirs.
+    lengths = {len(name) for name in named}
+    out = None
     for i in range(start, len(parts), 4):
-        if parts[i].lower() not in named:
+        name = parts[i]
+        if len(name) in lengths and name.lower() in named:
+            if out is None:
+                out = parts[:i]
+        elif out is not None:
             out += parts[i : i + 4]
-    return out
+    return parts if out is None else out
+
+
+def _drop_fields(parts, start, named):
+    # _drop for upstream_head's parts: from ``start`` they come in (CRLF name ": ", value) pairs.
+    lengths = {len(name) + 4 for name in named}
+    out = None
+    for i in range(start, len(parts), 2):
+        field = parts[i]
+        if len(field) in lengths and field[2:-2].lower() in named:
+            if out is None:
+                out = parts[:i]
+        elif out is not None:
+            out += parts[i : i + 2]
+    return parts if out is None else out
 
 
 def chunk(payload):

@@ -1,0 +1,37 @@
+# Types for Cython's compile of heads.py (the native build; see _speedups/__init__.py): two
+# heads per request are built here, so lengths, offsets and the field kinds are C ints, the
+# fields' names and values bytes, and the upstream's head is sliced through a pointer.
+cimport cython
+
+cdef Py_ssize_t _MAX_CACHED, _KIND_LENGTHS_END
+cdef int _R_KEEP, _R_HOP, _R_CONNECTION, _R_TE, _R_RATELIMIT, _R_ID, _R_REPORT
+cdef int _Q_DROP, _Q_CONNECTION, _Q_FORWARDING, _Q_XFF
+cdef dict _response_kinds, _request_fields, _host_lines, _peer_lines
+cdef Py_ssize_t _PRESET
+cdef bytes _PROTO_ID
+cdef bytes _KIND_LENGTHS
+
+@cython.locals(line=bytes, parts=list, name=bytes, value=bytes, field=object)
+cpdef bytes upstream_head(method, target, headers, host, forwarded_for, request_id, Py_ssize_t body_len, extra=*,
+                          bint ask_load=*, bint trusted=*)
+
+cdef bytes _request_field(bytes name)
+cdef bytes _host_line(bytes host)
+cdef bytes _peer_line(bytes peer)
+
+@cython.locals(raw=bytes, buf="const char *", parts=list, has_id=bint, kept=Py_ssize_t, at=Py_ssize_t,
+               end=Py_ssize_t, n=Py_ssize_t, name=bytes, value=bytes, kind=int)
+cpdef tuple client_head(framer, request_id, bint close, bint dechunk, bint asked_load=*, bint rechunk=*, extra=*)
+
+@cython.locals(known=object, lname=bytes, kind=int)
+cdef int _response_kind(bytes name) except -1
+
+# A Connection field's work: in every request from clients that send "Connection: keep-alive".
+@cython.locals(tokens=set, name=bytes)
+cdef set _named(headers)
+
+@cython.locals(lengths=set, out=list, i=Py_ssize_t, name=bytes)
+cdef list _drop(list parts, Py_ssize_t start, set named)
+
+@cython.locals(lengths=set, out=list, i=Py_ssize_t, field=bytes)
+cdef list _drop_fields(list parts, Py_ssize_t start, set named)
