@@ -16,27 +16,11 @@ from proxy.routing.cache_aware import CacheAware
 from proxy.routing.fields import decode
 from proxy.routing.policies import Snapshot
 from proxy.routing.router import Router
+from test_cache_aware import Endpoint as Member  # an endpoint as the policies read it
 
 DIGEST = "d05746f08ae50eda"  # the first 16 hex digits of the sha256 of the trace's lines
 LINES = 33696
 SHORT = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'  # under one block
-
-
-class Member:
-    def __init__(self, label, index, weight):
-        self.label, self.index, self.weight = label, index, weight
-        self.in_flight, self.held, self.queueing = 0, None, None
-
-    def load(self):
-        return self.in_flight
-
-    def pressure(self, now):
-        if self.held is None:
-            return self.in_flight, None
-        return max(self.held, self.in_flight), self.queueing
-
-    def __repr__(self):
-        return self.label
 
 
 def chat(rng, group, turns):

@@ -33,5 +33,7 @@ cdef set _named(headers)
 @cython.locals(lengths=set, out=list, i=Py_ssize_t, name=bytes)
 cdef list _drop(list parts, Py_ssize_t start, set named)
 
+cdef bytes _end(list parts, bint add_id, request_id, bint rechunk, extra, bint close)
+
 @cython.locals(lengths=set, out=list, i=Py_ssize_t, field=bytes)
 cdef list _drop_fields(list parts, Py_ssize_t start, set named)

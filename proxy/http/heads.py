@@ -265,16 +265,7 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
         parts.append(raw)
     elif kept < at:
         parts.append(buf[kept:at])
-    if request_id and not has_id:
-        parts.append(b"x-request-id: ")
-        parts.append(request_id)
-        parts.append(b"\r\n")
-    if rechunk:
-        parts.append(b"transfer-encoding: chunked\r\n")
-    if extra:
-        parts.append(extra)
-    parts.append(b"connection: close\r\n\r\n" if close else b"\r\n")
-    return b"".join(parts), report
+    return _end(parts, request_id and not has_id, request_id, rechunk, extra, close), report
 
 
 # What client_head does with a response field, by its name: 0 (_R_KEEP) forwards it.
@@ -355,14 +346,21 @@ def _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra
         named -= _FRAMING
         if named:
             parts = _drop(parts, 3, named)
-    if request_id and not has_id:
-        parts += (b"x-request-id: ", request_id, b"\r\n")
+    return _end(parts, request_id and not has_id, request_id, rechunk, extra, close), report
+
+
+def _end(parts, add_id, request_id, rechunk, extra, close):
+    """The head in ``parts`` with what the proxy adds after the upstream's fields, joined."""
+    if add_id:
+        parts.append(b"x-request-id: ")
+        parts.append(request_id)
+        parts.append(b"\r\n")
     if rechunk:
         parts.append(b"transfer-encoding: chunked\r\n")
     if extra:
         parts.append(extra)
     parts.append(b"connection: close\r\n\r\n" if close else b"\r\n")
-    return b"".join(parts), report
+    return b"".join(parts)
 
 
 def _drop(parts, start, named):
