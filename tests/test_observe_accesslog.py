@@ -39,6 +39,8 @@ def test_lines_are_json_in_order_and_escaped(tmp_path):
     import asyncio
     from types import SimpleNamespace
 
+    from _speedups import ResponseFramer
+    from proxy.http.exchange import Exchange
     from proxy.observe import accesslog
     from proxy.observe.metrics import Timing
 
@@ -50,10 +52,10 @@ def test_lines_are_json_in_order_and_escaped(tmp_path):
         for i in range(count):
             obs = Timing(10.0, "team-\u00e9")
             obs.t_body = 10.25 if i % 2 else 0.0
-            ex = SimpleNamespace(
-                obs=obs, selection=SimpleNamespace(attempts=1 + i % 3), framer=SimpleNamespace(body_bytes=i),
-                request_id=b"rid-%d" % i, method=b"POST", target=b'/v1/chat?q="x"\\%d' % i,
-            )
+            # A real exchange (the compiled log reads its fields as struct members), never sent.
+            ex = Exchange(None, b"POST", b'/v1/chat?q="x"\\%d' % i, [], b"", False, True, b"rid-%d" % i)
+            ex.obs, ex.selection, ex.framer = obs, SimpleNamespace(attempts=1 + i % 3), ResponseFramer(False)
+            ex.framer.body_bytes = i
             log.write(ex, 200, 0, 10.5, (i, 2 * i, 0), 'model "quoted"\n', "" if i == 0 else "b1")
         assert len(path.read_bytes().splitlines()) == 2 * accesslog.FLUSH_LINES  # full batches went at once
     finally:

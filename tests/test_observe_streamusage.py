@@ -5,6 +5,7 @@ then real sockets: a simulator (which moves system_fingerprint as vLLM 0.32 does
 directly and through the proxy, byte for byte once ids and timestamps are aligned."""
 
 import json
+import random
 import re
 import socket
 from pathlib import Path
@@ -205,6 +206,47 @@ def test_a_burst_of_events_is_held_only_from_the_finish_event(chunked):
     assert data[:cut] == b"".join(frame(e) for e in events[:-1])
     assert data[cut:] == frame(events[-1])
     assert streamusage.unit_start(frame(events[-1]), 10, chunked) == 0  # the first unit of a read
+
+
+def _last_finish(data):
+    """finish_at's rule, written the slow way: the last "finish_reason": of the read, if a
+    string follows it."""
+    at = data.rfind(b'"finish_reason":')
+    return at if at >= 0 and data[at + 16:at + 17] == b'"' else -1
+
+
+def test_finish_at_finds_the_finish_event_of_every_read_of_vllms_streams():
+    # Every read the relay could be handed (one unit, several, the whole body) of vLLM's own
+    # recorded streams, and the same cut one byte short at either end: the finish event is
+    # found exactly where a search from the front finds it, and nowhere before it.
+    for name in ["chat_stream_usage", "cmpl_stream_usage", "chat_long_stream"]:
+        body = recorded_body(name)
+        units = [b"%s\r\n" % u for u in body.split(b"\r\n")[:-1]]  # size lines and payloads
+        starts = [sum(map(len, units[:i])) for i in range(len(units) + 1)]
+        for i in range(len(starts)):
+            for j in range(i + 1, min(i + 8, len(starts))):
+                for a, b in [(0, 0), (1, 0), (0, 1)]:
+                    read = body[starts[i] + a:starts[j] - b]
+                    assert streamusage.finish_at(read) == read.find(streamusage.FINISH), (name, i, j, a, b)
+        assert streamusage.finish_at(body) >= 0
+
+
+def test_finish_at_keeps_its_rule_on_any_bytes():
+    rng = random.Random(14)
+    pieces = [b'"finish_reason":', b'"finish_reason":"', b"null", b'"stop"', b'\\"finish_reason\\":"', b'"f',
+              b'"', b"f", b"x", b"}", b"\r\n", b"data: {"]
+    for _ in range(20000):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 9)))
+        assert streamusage.finish_at(data) == _last_finish(data), data
+
+
+def test_find_is_bytes_find():
+    data = b'x"finish_reason":"stop","system_fingerprint":"fp"}\n\n'
+    for needle in [streamusage.FINISH, b"", b"x", b'"', b"\n\n", b"fp", b"absent"]:
+        for start in range(len(data) + 2):
+            for end in [-1, *range(len(data) + 2)]:
+                assert streamusage.find(data, needle, start, end) == data.find(
+                    needle, start, None if end < 0 else end), (needle, start, end)
 
 
 @pytest.mark.parametrize("usage_json, want", [

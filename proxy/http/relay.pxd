@@ -9,6 +9,7 @@ from _speedups.framing_c cimport ResponseFramer as NativeFramer
 from proxy.http.pipeline cimport Pipeline
 from proxy.http.upstream cimport UpstreamConnection
 from proxy.observe.metrics cimport Timing
+from proxy.observe.streamusage cimport finish_at
 
 # The framer's flags and kinds (from _speedups) as C ints: tested on every read.
 cdef int CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE
@@ -18,7 +19,8 @@ cdef class Relay:
     # relay.py's
     cdef public UpstreamConnection conn
     cdef public NativeFramer framer  # what _speedups.ResponseFramer is in the native build
-    cdef public object head_sent, held, dechunker, rechunk, ticks, rx_seen, reused, strip, tail
+    cdef public object head_sent, held, dechunker, rechunk, ticks, rx_seen, reused, tail
+    cdef public int strip  # read on every read of a stream while observing
     # exchange.py's
     cdef public Pipeline down  # a downstream.Downstream
     cdef public object method, target, headers, body, http10, keep_alive, request_id, error, selection
@@ -28,7 +30,7 @@ cdef class Relay:
     # Methods the pump calls on its own object: C calls through the type's table, not lookups
     # by name (the Python-visible method stays). The last five are the exchange's (see relay.py).
     cpdef send(self, conn)
-    @cython.locals(framer=NativeFramer, flags=int, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t)
+    @cython.locals(framer=NativeFramer, flags=int, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, strip=int)
     cpdef upstream_data(self, data)
     cpdef _cancel_timer(self)
     cpdef _give_back(self, reusable)

@@ -24,7 +24,7 @@ exchange's business: ``Relay`` reports to ``on_status``, ``complete``, ``break_s
 from _speedups import CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE, ResponseFramer
 
 from ..observe.metrics import clock
-from ..observe.streamusage import FINISH, strip, unit_start, usage_body
+from ..observe.streamusage import finish_at, strip, unit_start, usage_body
 from ..observe.tracing import upstream_headers
 from . import heads
 from .chunked import Dechunker
@@ -175,7 +175,7 @@ class Relay:
         if obs is not None and out:
             strip = self.strip
             if strip:
-                at = out.find(FINISH) if strip == 1 else 0
+                at = finish_at(out) if strip == 1 else 0
                 if at >= 0:  # else: before the finish event, it passes as it came
                     out = self._strip(out, flags, at)
             elif flags & EVENT or not framer.event_stream:

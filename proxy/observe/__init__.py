@@ -7,7 +7,17 @@ a few points, and calls ``done`` once, from whichever ending ran.
 """
 
 from .metrics import Timing
-from .observer import Observer, outcome_of
 from .table import CLIENT_ABORT, OK, OUTCOMES, REFUSED, RETRIED, TIMEOUT, UPSTREAM_ERROR  # noqa: F401
 
 __all__ = ["Observer", "Timing", "OK", "CLIENT_ABORT", "REFUSED", "TIMEOUT", "UPSTREAM_ERROR", "outcome_of"]
+
+
+def __getattr__(name):
+    # On first use, not with the package: the compiled observer reads exchanges as structs
+    # (observer.pxd), so importing it imports the data path, which the supervisor, reading
+    # only the metrics table and exposition, must not load (tests/test_supervisor_lean.py).
+    if name in ("Observer", "outcome_of"):
+        from . import observer
+
+        return getattr(observer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,15 +3,19 @@
 # instead of Python ints. The .py stays the whole specification; the pure build runs it as is.
 cimport cython
 
+from _speedups.framing_c cimport ResponseFramer as NativeFramer
+from proxy.observe.streamusage cimport find
+
 cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _NCLASS
 cdef double[::1] _E2E_BOUNDS, _RESP_BOUNDS, _REQ_BOUNDS, _TTFT_BOUNDS, _ITL_BOUNDS
 cdef bint _COMPILED
+cdef bytes _ERROR_EVENT
 cdef Py_ssize_t _S_REQ, _S_BYTES, _S_TOK, _S_ERR, _S_FLIGHT
 
 
 cdef class Timing:
     cdef public double t0, t_sent, t_head, t_resp, t_body, t_wait
-    cdef public object tail, prev, tenant, span, tokens, usage, model
+    cdef public object tail, prev, tenant, span, tokens, usage, model, flight_label
     cdef public Py_ssize_t flight
     cdef public long long flight_tokens
 
@@ -25,11 +29,14 @@ cdef class Recorder:
     cpdef observe(self, Py_ssize_t base, Py_ssize_t hist, double seconds)
 
     @cython.locals(base=Py_ssize_t, at=Py_ssize_t, seconds=double, t0=double, t_head=double, t_body=double,
-                   cls=Py_ssize_t, completion=cython.longlong, obs=Timing, cells="long long[::1]")
-    cpdef record(self, ex, int status, Py_ssize_t outcome, double now, tokens, model, backend)
+                   cls=Py_ssize_t, completion=cython.longlong, cells="long long[::1]")
+    cpdef record(self, Timing obs, selection, NativeFramer framer, int status, Py_ssize_t outcome, double now,
+                 tokens, model, backend)
 
-    @cython.locals(obs=Timing, tokens=cython.longlong, base=Py_ssize_t)
-    cpdef admitted(self, ex, model)
+    @cython.locals(tokens=cython.longlong, base=Py_ssize_t)
+    cpdef admitted(self, Timing obs, body, label, model)
+
+    cpdef Py_ssize_t series(self, model, backend, tenant, Py_ssize_t dropped=*) except -1
 
 
 @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, buf="const unsigned char *", prompt="long long",

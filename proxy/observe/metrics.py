@@ -18,6 +18,7 @@ from bisect import bisect_left
 from time import monotonic as clock
 
 from ..routing.fields import decode
+from .streamusage import find
 from .table import (
     CLASSES, FALLBACK, H_CONNECT, H_E2E, H_ITL, H_OVER_REQ, H_OVER_RESP, H_QUEUE, H_TTFT, HIST_AT, HISTOGRAMS,
     KEY_CELLS, OUTCOMES, OVERFLOW, R_CONNECTIONS, R_DROPPED, R_STREAMS, ROW_HEADER, S_BYTES, S_ERR_EVENTS, S_KEY,
@@ -57,6 +58,7 @@ _COMPLETION_AT = b',"completion_tokens":'
 _DETAILS_AT = b',"prompt_tokens_details":'
 _CACHED_AT = b'{"cached_tokens":'
 _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (metrics.pxd)
+_ERROR_EVENT = b'data: {"error"'  # an in-band error event (vLLM's, or the proxy's own)
 _NCLASS = len(OUTCOMES)
 _STATUS_ROW = [i * _NCLASS for i in range(len(CLASSES))]
 # Series offsets as this module's own names (typed in metrics.pxd).
@@ -68,7 +70,7 @@ class Timing:
 
     __slots__ = (
         "t0", "t_sent", "t_head", "t_resp", "t_body", "t_wait", "tail", "prev", "tenant", "span", "tokens", "usage",
-        "model", "flight", "flight_tokens",
+        "model", "flight", "flight_tokens", "flight_label",
     )
 
     def __init__(self, t0, tenant=DEFAULT_TENANT):
@@ -87,6 +89,7 @@ class Timing:
         self.model = None  # the request's model, once looked up
         self.flight = 0  # the series whose tokens-in-flight gauge holds ...
         self.flight_tokens = 0  # ... this request's estimate, until it ends
+        self.flight_label = None  # the endpoint label that series is for (the request may move)
 
 
 class Recorder:
@@ -127,26 +130,27 @@ class Recorder:
         """One observation of ``seconds`` into histogram ``hist`` of the series at ``base``."""
         _observe(self.cells, base + HIST_AT[hist], _BOUNDS[hist], seconds)
 
-    def record(self, ex, status, outcome, now, tokens, model, backend):
-        """The request ``ex`` (an http.exchange.Exchange) ended with ``outcome`` (an index
-        into table.OUTCOMES) and ``status`` (0: no response). Once per request, so written
-        flat: locals, the histogram adds inline (a call costs as much as the add)."""
-        selection = ex.selection
+    def record(self, obs, selection, framer, status, outcome, now, tokens, model, backend):
+        """A request ended with ``outcome`` (an index into table.OUTCOMES) and ``status`` (0:
+        no response): its Timing, routing.Selection and response framer (each None where the
+        request got none). Once per request, so written flat: locals, the histogram adds
+        inline (a call costs as much as the add)."""
         if outcome == 0 and selection is not None and len(selection.route.clusters) > 1:
             if selection.route.clusters[0] not in selection.endpoint.clusters:
                 outcome = FALLBACK
-        obs = ex.obs
-        key = (model, backend, obs.tenant)
-        base = self.index.get(key, -1)
-        if base < 0:
-            base = self.series(model, backend, obs.tenant)
+        if obs.flight_label is backend and obs.flight != self.overflow:
+            base = obs.flight  # the series ``admitted`` found for this endpoint: no second lookup
+        else:
+            key = (model, backend, obs.tenant)
+            base = self.index.get(key, -1)
+            if base < 0:
+                base = self.series(model, backend, obs.tenant)
         cells = self.cells
         cls = status // 100 if 0 <= status < 600 else 0
         cells[base + _S_REQ + cls * _NCLASS + outcome] += 1
         if obs.flight_tokens:
             cells[obs.flight + _S_FLIGHT] -= obs.flight_tokens
             obs.flight_tokens = 0
-        framer = ex.framer
         if framer is None:
             return None
         cells[base + _S_BYTES] += framer.body_bytes
@@ -171,20 +175,19 @@ class Recorder:
                 _observe(cells, base + HIST_AT[H_ITL], _ITL_BOUNDS, (now - t_body) / (completion - 1))
         if framer.event_stream:
             tail, prev = obs.tail, obs.prev
-            if (tail is not None and tail.find(b'data: {"error"') >= 0) or (
-                prev is not None and prev.find(b'data: {"error"') >= 0
-            ):
+            if (tail is not None and find(tail, _ERROR_EVENT) >= 0) or (prev is not None and find(prev, _ERROR_EVENT) >= 0):
                 cells[base + _S_ERR] += 1
         return None
 
-    def admitted(self, ex, model):
-        """``ex`` was given an endpoint: its prompt tokens (estimated) are in flight until it ends."""
+    def admitted(self, obs, body, label, model):
+        """A request (its Timing, its ``body``) was given the endpoint ``label``: its prompt
+        tokens (estimated) are in flight until it ends."""
         if not model:
             return
-        obs = ex.obs
-        tokens = len(ex.body) // BYTES_PER_TOKEN
+        tokens = len(body) // BYTES_PER_TOKEN
         # The series the request is recorded in at its end (unless it moves): no extra label set.
-        base = obs.flight = self.series(model, ex.selection.endpoint.label, obs.tenant, 0)
+        base = obs.flight = self.series(model, label, obs.tenant, 0)
+        obs.flight_label = label
         self.cells[base + S_TOK_FLIGHT] += tokens
         obs.flight_tokens = tokens
 

@@ -3,24 +3,28 @@
 # reading each request's Timing as a struct. Its __slots__ say the same for the pure build.
 cimport cython
 
+from proxy.http.relay cimport Relay
+from proxy.observe.accesslog cimport AccessLog
 from proxy.observe.metrics cimport Recorder, Timing, model_of, tokens_of
 from proxy.observe.streamusage cimport wants_usage
 
 
 cdef class Observer:
-    cdef public object loop, log, tracer, table, owned, stream_usage
+    cdef public object loop, tracer, table, owned, stream_usage
+    cdef public AccessLog log
     cdef public Recorder recorder
 
+    # An exchange (http/exchange.py) is a Relay: its fields are struct reads here.
     @cython.locals(timing=Timing)
-    cpdef begin(self, ex)
+    cpdef begin(self, Relay ex)
 
     @cython.locals(timing=Timing, now=double)
-    cpdef done(self, ex, status, outcome)
+    cpdef done(self, Relay ex, status, outcome)
 
     @cython.locals(timing=Timing)
-    cpdef retried(self, ex, endpoint, status)
+    cpdef retried(self, Relay ex, endpoint, status)
 
     @cython.locals(timing=Timing)
-    cpdef admitted(self, ex)
+    cpdef admitted(self, Relay ex)
 
-    cpdef waited(self, ex, seconds, fresh)
+    cpdef waited(self, Relay ex, seconds, fresh)

@@ -64,7 +64,7 @@ class Observer:
             model = model_of(ex.body, selection)
         backend = selection.endpoint.label if selection is not None else ""
         if self.recorder is not None:
-            self.recorder.record(ex, status, outcome, now, tokens, model, backend)
+            self.recorder.record(timing, selection, ex.framer, status, outcome, now, tokens, model, backend)
         if self.log is not None:
             self.log.write(ex, status, outcome, now, tokens, model, backend)
         if timing.span is not None:
@@ -86,8 +86,9 @@ class Observer:
         if self.stream_usage and ex.body:  # from the fields routing decoded (or decodes now, once)
             timing.usage = wants_usage(ex.method, ex.target, ex.selection.fields())
         if self.recorder is not None:
-            timing.model = model_of(ex.body, ex.selection)
-            self.recorder.admitted(ex, timing.model)
+            selection = ex.selection
+            timing.model = model_of(ex.body, selection)
+            self.recorder.admitted(timing, ex.body, selection.endpoint.label, timing.model)
 
     def waited(self, ex, seconds, fresh):
         if self.recorder is not None and ex.obs is not None:

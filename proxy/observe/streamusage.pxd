@@ -2,14 +2,35 @@
 # byte walks (a JSON string, the chunks of vLLM's end of a stream) in C.
 cimport cython
 
+cdef extern from "string.h":  # a GNU extension; Python.h's pyconfig.h defines _GNU_SOURCE
+    const unsigned char *memmem(const void *haystack, size_t n, const void *needle, size_t size) nogil
+    int memcmp(const void *a, const void *b, size_t n) nogil
 
-@cython.locals(i=Py_ssize_t, n=Py_ssize_t, c=int)
-cpdef Py_ssize_t _string_end(bytes data, Py_ssize_t at)
+cdef bint _COMPILED
+cdef bytes _CHOICES, _USAGE, _FINGERPRINT, _REASON
 
-@cython.locals(n=Py_ssize_t, finish=Py_ssize_t, usage=Py_ssize_t, done=Py_ssize_t, pos=Py_ssize_t, size=Py_ssize_t,
-               i=Py_ssize_t, c=int, stop=Py_ssize_t, at=Py_ssize_t, found=Py_ssize_t, buf="const unsigned char *",
-               event=bytes, fingerprint=bytes, payload=bytes)
+
+@cython.locals(n=Py_ssize_t, i=Py_ssize_t, buf="const unsigned char *", lit="const unsigned char *")
+cpdef Py_ssize_t finish_at(bytes data)
+
+
+@cython.locals(n=Py_ssize_t, buf="const unsigned char *", lit="const unsigned char *", hit="const unsigned char *")
+cpdef Py_ssize_t find(bytes data, bytes needle, Py_ssize_t start=*, Py_ssize_t end=*)
+
+
+@cython.locals(i=Py_ssize_t, c=int)
+cpdef Py_ssize_t _string_end(bytes data, Py_ssize_t at, Py_ssize_t n=*)
+
+@cython.locals(n=Py_ssize_t, finish=Py_ssize_t, usage=Py_ssize_t, done=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t,
+               at=Py_ssize_t, found=Py_ssize_t, stop=Py_ssize_t, size=Py_ssize_t, buf="const unsigned char *",
+               event=bytes)
 cpdef _strip_vllm(bytes tail)
+
+@cython.locals(n=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t)
+cpdef Py_ssize_t unit_start(bytes data, Py_ssize_t at, bint chunked)
+
+@cython.locals(size=Py_ssize_t, i=Py_ssize_t, c=int, stop=Py_ssize_t)
+cdef Py_ssize_t _chunk_end(const unsigned char *buf, Py_ssize_t n, Py_ssize_t pos) noexcept
 
 cdef Py_ssize_t _payload(const unsigned char *buf, Py_ssize_t chunk) noexcept
 
