@@ -39,3 +39,6 @@ cdef class Relay:
     cpdef break_stream(self, message, err=*)
     cpdef upstream_failed(self, message, timeout=*, retryable=*)
     cpdef fail(self, err)
+    # A stream's end, held and rewritten (include_usage taken back out): a few calls per stream.
+    cpdef _strip(self, bytes out, int flags, Py_ssize_t at)
+    cpdef _strip_end(self, bytes tail)

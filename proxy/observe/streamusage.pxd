@@ -34,4 +34,5 @@ cdef Py_ssize_t _chunk_end(const unsigned char *buf, Py_ssize_t n, Py_ssize_t po
 
 cdef Py_ssize_t _payload(const unsigned char *buf, Py_ssize_t chunk) noexcept
 
-cpdef bint wants_usage(method, target, fields)  # per request, from the observer (a C call there)
+@cython.locals(query=Py_ssize_t)
+cpdef bint wants_usage(method, bytes target, fields)  # per request, from the observer (a C call there)

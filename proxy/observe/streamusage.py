@@ -82,7 +82,8 @@ def wants_usage(method, target, fields):
     if not fields or fields.stream is not True or method != b"POST":
         return False
     # Present, even null, it stays: a second "stream_options" key would not be read first.
-    return not fields.stream_options and fields.n in (None, 1) and target.split(b"?", 1)[0] in ROUTES
+    query = find(target, b"?")
+    return not fields.stream_options and fields.n in (None, 1) and (target if query < 0 else target[:query]) in ROUTES
 
 
 def unit_start(data, at, chunked):
