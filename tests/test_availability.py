@@ -111,3 +111,41 @@ def test_a_backend_that_answers_in_panic_is_up_at_once(tmp_path, sims):
         assert state["backends"][0]["healthy"] and not state["clusters"][0]["panic"]
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_load_scrape_reads_the_whole_answer(chunked):
+    """vLLM's /metrics is tens of KiB: it may arrive in several reads, and the families the
+    proxy needs can be anywhere in it. Here the answer comes in two writes 50 ms apart, the
+    queue's families only in the second."""
+    filler = b"".join(b"# HELP vllm:filler_%d x\nvllm:filler_%d 1.0\n" % (i, i) for i in range(2000))
+    tail = b"vllm:num_requests_waiting{model_name=\"tiny\"} 3.0\nvllm:num_requests_running{model_name=\"tiny\"} 7.0\n"
+    body = filler + tail
+    if chunked:
+        wire = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(filler), filler, len(tail), tail)
+        head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    else:
+        wire = body
+        head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    first, second = head + wire[:len(filler) // 2], wire[len(filler) // 2:]
+
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(first)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(second)
+        await writer.drain()
+        writer.close()
+
+    async def run():
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await prober.fetch("127.0.0.1", port, "/metrics", 2.0)
+        finally:
+            server.close()
+
+    got = asyncio.run(run())
+    assert got == body
+    assert prober.parse_metrics(got) == (3.0, 7.0, None)

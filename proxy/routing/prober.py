@@ -77,7 +77,20 @@ async def fetch(host, port, path, timeout, ssl=None, server_hostname=None, limit
             reader, writer = await asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname)
             authority = server_hostname or f"{host}:{port}"
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
-            raw = await reader.read(limit)
+            # To the close: vLLM's /metrics (tens of KiB) may come in several reads, and one
+            # read of it would lose the families past the first.
+            parts = []
+            size = 0
+            while True:
+                part = await reader.read(65536)
+                if not part:
+                    break
+                size += len(part)
+                if size > limit:
+                    log.warning("load scrape of %s:%d: the answer passed %d bytes; ignored", host, port, limit)
+                    return None
+                parts.append(part)
+            raw = b"".join(parts)
     except (OSError, TimeoutError):
         return None
     except Exception as exc:
