@@ -8,7 +8,7 @@ cimport cython
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
 from proxy.http.pipeline cimport Pipeline
 from proxy.http.upstream cimport UpstreamConnection
-from proxy.observe.metrics cimport Timing
+from proxy.observe.metrics cimport Timing, clock
 from proxy.observe.streamusage cimport finish_at
 
 # The framer's flags and kinds (from _speedups) as C ints: tested on every read.

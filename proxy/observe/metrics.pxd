@@ -13,6 +13,20 @@ cdef bytes _ERROR_EVENT
 cdef Py_ssize_t _S_REQ, _S_BYTES, _S_TOK, _S_ERR, _S_FLIGHT
 
 
+cdef extern from *:
+    '''
+    #include <time.h>
+    static inline double fleetproxy_monotonic(void) {  /* time.monotonic()'s clock */
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    }
+    '''
+    double fleetproxy_monotonic() nogil
+
+cpdef double clock() noexcept
+
+
 cdef class Timing:
     cdef public double t0, t_sent, t_head, t_resp, t_body, t_wait
     cdef public object tail, prev, tenant, span, tokens, usage, model, flight_label

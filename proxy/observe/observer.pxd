@@ -5,7 +5,7 @@ cimport cython
 
 from proxy.http.relay cimport Relay
 from proxy.observe.accesslog cimport AccessLog
-from proxy.observe.metrics cimport Recorder, Timing, model_of, tokens_of
+from proxy.observe.metrics cimport Recorder, Timing, clock, model_of, tokens_of
 from proxy.observe.streamusage cimport wants_usage
 
 
