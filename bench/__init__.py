@@ -23,5 +23,7 @@ The pieces, in the order a run uses them:
   bench.routing`: fleetproxy's policies beside nginx's consistent hash and one server alone, on
   simulators or two real vLLM servers (`--backend vllm`), even and skewed chat workloads.
 - `ab.py` — CPU per request of the working tree against another revision, in one run.
+- `cpusplit.py` — `python -m bench.cpusplit [--rate N]`: scenario c's CPU per request split into user
+  and kernel time (and context switches) for fleetproxy, nginx and the uvloop floor.
 - `micro/` — micro benchmarks of single hot functions: a separate suite.
 """

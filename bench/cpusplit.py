@@ -1,0 +1,113 @@
+"""`python -m bench.cpusplit`: scenario c's CPU per request split into user and kernel time.
+
+    python -m bench.cpusplit [--rate 50] [--duration 10] [--repeat 2]
+
+Why. In scenario c (realistic streams at a fixed rate) fleetproxy spends more CPU per request
+than nginx, and strace shows the same system calls per token event for both. This says which
+half the difference is in: for fleetproxy, nginx and the uvloop floor in front of one
+simulator (proxies and simulator pinned to CPU 1, the open-loop client to CPU 0, as in
+`python -m bench --pin`), each proxy's user and system time per request (utime and stime of its
+process tree from /proc, 10 ms ticks: a run needs a few hundred requests to say anything) and
+its voluntary and involuntary context switches per request. Targets run in turn, ``--repeat``
+times after a 2 s warm-up each. Output: a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from .cpu import TICK, _parents
+from .procs import Fleet
+
+
+def _tree(pid: int) -> list[int]:
+    children = _parents()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def _sample(pids: list[int]) -> tuple[float, float, int, int]:
+    """(user s, system s, voluntary, involuntary context switches) summed over ``pids``."""
+    user = system = voluntary = involuntary = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        fields = raw[raw.rindex(b")") + 2:].split()
+        user += int(fields[11])
+        system += int(fields[12])
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches"):
+                    voluntary += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches"):
+                    involuntary += int(line.split()[1])
+    return user * TICK, system * TICK, voluntary, involuntary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.cpusplit", description=__doc__.splitlines()[0])
+    p.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
+    p.add_argument("--repeat", type=int, default=2, help="runs per target (default 2)")
+    args = p.parse_args(argv)
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("bench.cpusplit pins the client and the proxies apart: it needs 2 CPUs")
+    rows = []
+    with Fleet(server_cpus={1}) as fleet:
+        sim = fleet.start_sim("sim")
+        targets = [fleet.start_fleetproxy("fleetproxy", [sim]), fleet.start_floor("uvloop-floor", [sim])]
+        if fleet_nginx := _nginx(fleet, sim):
+            targets.insert(1, fleet_nginx)
+        for target in targets:  # warm-up: pooled connections, first-call paths, allocator
+            _load(target.url, args.rate, 2.0)
+        for repeat in range(args.repeat):
+            for target in targets:
+                pids = _tree(target.procs[0].popen.pid)
+                before = _sample(pids)
+                done = _load(target.url, args.rate, args.duration)
+                after = _sample(pids)
+                d = [b - a for a, b in zip(before, after)]
+                n = max(done, 1)
+                rows.append((repeat + 1, target.name, done, d[0] / n * 1e6, d[1] / n * 1e6, d[2] / n, d[3] / n))
+                print(f"[{repeat + 1}/{args.repeat}] {target.name}: {done} requests", file=sys.stderr, flush=True)
+    print(f"# Scenario c at {args.rate:g} req/s: user and kernel CPU per request\n")
+    print(f"`python -m bench.cpusplit --rate {args.rate:g} --duration {args.duration:g} --repeat {args.repeat}`; "
+          "simulator and proxies on CPU 1, the open-loop client on CPU 0; ttft 50 ms, itl 10 ms, 16-64 tokens; "
+          "utime/stime in 10 ms ticks.\n")
+    print("| run | target | requests | user µs/req | system µs/req | voluntary cs/req | involuntary cs/req |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.0f} | {r[4]:.0f} | {r[5]:.1f} | {r[6]:.2f} |")
+    return 0
+
+
+def _load(url: str, rate: float, duration: float) -> int:
+    """Run bench.openloop against ``url``; the requests that completed."""
+    out = tempfile.mktemp(prefix="cpusplit-", suffix=".json")
+    try:
+        subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "bench.openloop", "--url", url, "--rate", str(rate),
+                        "--duration", str(duration), "--out", out], check=True, capture_output=True)
+        with open(out) as f:
+            return json.load(f)["ok"]
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+
+
+def _nginx(fleet: Fleet, sim: str):
+    from .procs import nginx_path
+
+    return fleet.start_nginx("nginx", [sim]) if nginx_path() else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
