@@ -8,7 +8,7 @@ cdef class RequestReader:
     cdef public object _request_id, _length, _upgrade, _h2c, _resume
     # Counts and flags as C values: each header's callback adds and tests them.
     cdef public Py_ssize_t _body_size, _head_bytes, _head_wire, _gap, _fields
-    cdef public bint _host, _te, _expect, asks_load, _http10
+    cdef public bint _host, _te, _expect, asks_load, _http10, fast, _plain_seen
 
     cpdef _reset(self)
 
@@ -17,3 +17,5 @@ cdef class RequestReader:
     cpdef _unfinished_head(self, data, spanned)
     cpdef _special_header(self, name, value, limits)
     cpdef _no_http09(self)
+    @cython.locals(start=Py_ssize_t, n=Py_ssize_t)
+    cpdef _plain(self, bytes data)

@@ -35,6 +35,10 @@ http10, keep_alive, request_id)``, in order (during that call ``asks_load`` says
 request asked for vLLM's load report itself); ``sink.on_continue()`` is called when a head asks
 for ``100-continue``. ``phase`` and ``since`` (from the ``clock`` passed in) tell the caller's
 timer which deadline applies. Results never depend on how the bytes were split.
+
+Between requests, a compiled reader first hands the whole plain requests at the start of a read
+to ``plainrequest.read_plain`` (``_plain``): a strict subset of what llhttp accepts, read with
+the same result in one pass, without llhttp's callbacks; the rest of the read goes to llhttp.
 """
 
 import re
@@ -42,6 +46,7 @@ import re
 import httptools
 
 from .errors import ClientError
+from .plainrequest import FAST, MAX_REQUEST_ID, REQUEST_ID_CHARS, read_plain
 
 # Phases, for the caller's deadlines.
 IDLE = 0  # between requests
@@ -54,11 +59,10 @@ _SPECIAL = frozenset(
         b"endpoint-load-metrics-format",
     )
 )
-MAX_REQUEST_ID = 200  # bytes: a longer X-Request-Id is replaced by ours
-# What a client's X-Request-Id may hold: UUIDs, OpenAI-style ``req_...``, base64. No spaces,
-# quotes, commas, semicolons, backslashes or controls: the id is written into access logs and
-# echoed in response heads, where those would forge log fields or split a list.
-REQUEST_ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:+/="
+# MAX_REQUEST_ID (200 bytes: a longer X-Request-Id is replaced by ours) and REQUEST_ID_CHARS, what
+# a client's X-Request-Id may hold (UUIDs, OpenAI-style ``req_...``, base64; no spaces, quotes,
+# commas, semicolons, backslashes or controls: the id is written into access logs and echoed in
+# response heads, where those would forge log fields or split a list), are plainrequest's.
 
 # An absolute-form target (RFC 9112 3.2.2) as the proxy accepts it: http(s), an authority of
 # host characters (RFC 3986 reg-name or an IP literal) and an optional port, no userinfo
@@ -72,7 +76,7 @@ class RequestReader:
     __slots__ = (
         "limits", "sink", "clock", "parser", "phase", "since", "_url", "_headers", "_body", "_body_size",
         "_head_bytes", "_head_wire", "_host", "_te", "_expect", "_request_id", "asks_load", "_length",
-        "_upgrade", "_h2c", "_resume", "_gap", "_fields", "_http10",
+        "_upgrade", "_h2c", "_resume", "_gap", "_fields", "_http10", "fast", "_plain_seen",
     )
 
     def __init__(self, limits, sink, clock):
@@ -85,6 +89,8 @@ class RequestReader:
         self._resume = None  # an h2c request's body framing, for the parser that reads it (feed)
         self._fields = 0  # header fields of a chunked request (its trailer fields follow them)
         self._gap = 0  # bytes of reads inside a chunked body that carried no body byte
+        self.fast = FAST  # whole plain requests read by plainrequest, not llhttp (compiled only)
+        self._plain_seen = False  # plainrequest read one: llhttp's version then lags (_unfinished_head)
         self._reset()
 
     def _reset(self):
@@ -105,6 +111,10 @@ class RequestReader:
         self._http10 = False  # the head said HTTP/1.0 (httptools formats its version per call)
 
     def feed(self, data):
+        if self.fast and self.phase == IDLE and self._resume is None:
+            data = self._plain(data)
+            if not data:
+                return
         phase = self.phase
         headers = self._headers  # a new list when a message begins
         size = self._body_size
@@ -134,6 +144,27 @@ class RequestReader:
             return
         self._after_h2c(data, upgrade_at)
 
+    def _plain(self, data):
+        """Between requests: hand the plain requests at the start of ``data`` (whole ones,
+        plainrequest.py) to the sink as llhttp's callbacks would; what is left goes to llhttp."""
+        start = 0
+        n = len(data)
+        while start < n:
+            plain = read_plain(data, start, self.limits)
+            if plain is None:
+                break
+            start, method, target, headers, body, request_id, asks_load = plain
+            self._plain_seen = True
+            self._request_id = request_id
+            self.asks_load = asks_load
+            self.since = self.clock()
+            self.sink.on_request(method, target, headers, body, False, True, request_id)
+            if self.phase != IDLE:  # the sink refused more (never today): llhttp's turn
+                break
+        if start == 0:
+            return data
+        return data[start:] if start < n else b""
+
     def _unfinished_head(self, data, spanned):
         """After a read that left a head unfinished (``spanned``: it began in an earlier read)."""
         # llhttp takes a request line without a version as HTTP/0.9, then waits for header
@@ -145,7 +176,9 @@ class RequestReader:
         # HTTP/0.9 line after a kept-alive request is refused from its next byte, or gets the
         # header timeout's 408. HTTP/0.9 clients never keep a connection alive.)
         version = self.parser.get_http_version()
-        if version == "0.9" or (version == "0.0" and self._url and data[-1:] == b"\n"):
+        # (A parser that read none of the requests plainrequest read would say 0.0 where
+        # llhttp, having read them, still says 1.1: the same answer as if it had.)
+        if version == "0.9" or (version == "0.0" and not self._plain_seen and self._url and data[-1:] == b"\n"):
             raise ClientError("HTTP/0.9 requests are not supported")
         # After the version check: an HTTP/0.9 head is 400 whatever the reads (on_header).
         if spanned:
