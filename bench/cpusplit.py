@@ -21,18 +21,8 @@ import subprocess
 import sys
 import tempfile
 
-from .cpu import TICK, _parents
+from .cpu import TICK, tree_pids
 from .procs import Fleet
-
-
-def _tree(pid: int) -> list[int]:
-    children = _parents()
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, ()))
-    return out
 
 
 def _sample(pids: list[int]) -> tuple[float, float, int, int]:
@@ -71,7 +61,7 @@ def main(argv=None) -> int:
             _load(target.url, args.rate, 2.0)
         for repeat in range(args.repeat):
             for target in targets:
-                pids = _tree(target.procs[0].popen.pid)
+                pids = tree_pids(target.procs[0].popen.pid)
                 before = _sample(pids)
                 done = _load(target.url, args.rate, args.duration)
                 after = _sample(pids)
