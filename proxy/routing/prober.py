@@ -1,8 +1,10 @@
 """The I/O drivers beside the data path: active health checks (``check_forever``, feeding
 ``health.HealthState``) and load scrapes (``scrape_forever``, feeding ``load.Report``s).
 
-Tasks of a worker, off the data path: plain asyncio streams, a short connection of their own per
-probe (TLS for https endpoints), every endpoint probed at once each interval.
+Tasks of a worker, off the data path: plain asyncio streams (TLS for https endpoints), every
+endpoint probed at once each interval; a health probe opens a connection of its own each time
+(it checks that one can be opened), a load scrape reuses one kept-alive connection
+(``Scraper``).
 """
 
 import asyncio
@@ -69,57 +71,84 @@ async def _check_once(endpoints, health, loop):
             endpoint.probed(True, now)
 
 
-async def fetch(host, port, path, timeout, ssl=None, server_hostname=None, limit=4 << 20):
-    """The body of ``GET path`` if it answers 200 within ``timeout`` seconds, else None."""
-    writer = None
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname)
-            authority = server_hostname or f"{host}:{port}"
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
-            # To the close: vLLM's /metrics (tens of KiB) may come in several reads, and one
-            # read of it would lose the families past the first.
-            parts = []
-            size = 0
-            while True:
-                part = await reader.read(65536)
-                if not part:
-                    break
-                size += len(part)
-                if size > limit:
-                    log.warning("load scrape of %s:%d: the answer passed %d bytes; ignored", host, port, limit)
-                    return None
-                parts.append(part)
-            raw = b"".join(parts)
-    except (OSError, TimeoutError):
-        return None
-    except Exception as exc:
-        log.warning("load scrape of %s:%d raised %r", host, port, exc)
-        return None
-    finally:
-        if writer is not None:
-            writer.transport.abort()
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep or head[9:12] != b"200":
-        return None
-    if b"transfer-encoding: chunked" in head.lower():
-        body = _dechunk(body)
-    return body
+class Scraper:
+    """Load scrapes over one kept-alive connection per endpoint. A scrape runs every half
+    second per endpoint while only streams flow; a fresh TCP connection each time (connect,
+    accept, close, on both sides) cost the worker more than reading the answer. A connection
+    that fails, or that the server closed while it sat idle, is dropped and the scrape tried
+    once more on a new one; an endpoint that leaves the router loses its connection."""
 
+    def __init__(self, limit=4 << 20):
+        self.conns = {}  # endpoint -> (StreamReader, StreamWriter)
+        self.limit = limit
 
-def _dechunk(body):
-    out = []
-    while body:
-        size_line, sep, rest = body.partition(b"\r\n")
+    async def fetch(self, endpoint, path, timeout):
+        """The body of ``GET path`` on ``endpoint`` if it answers 200 within ``timeout``
+        seconds, else None."""
+        conn = self.conns.pop(endpoint, None)
         try:
-            size = int(size_line.split(b";")[0], 16)
-        except ValueError:
+            async with asyncio.timeout(timeout):
+                if conn is not None:
+                    try:
+                        return await self._get(endpoint, conn, path)
+                    except (OSError, asyncio.IncompleteReadError):
+                        pass  # closed while idle, most likely: once more, on a new connection
+                conn = await asyncio.open_connection(
+                    endpoint.host, endpoint.port, ssl=endpoint.ssl, server_hostname=endpoint.server_hostname)
+                return await self._get(endpoint, conn, path)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             return None
-        if not sep or size == 0:
-            break
-        out.append(rest[:size])
-        body = rest[size + 2:]
-    return b"".join(out)
+        except Exception as exc:
+            log.warning("load scrape of %s:%d raised %r", endpoint.host, endpoint.port, exc)
+            return None
+
+    async def _get(self, endpoint, conn, path):
+        """One request on ``conn``: kept for the next scrape only when its answer ended where
+        its framing says and the server keeps it open; closed otherwise, errors included."""
+        reader, writer = conn
+        kept = False
+        try:
+            authority = endpoint.server_hostname or f"{endpoint.host}:{endpoint.port}"
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            fields = head.lower()
+            if b"\r\ntransfer-encoding: chunked" in fields:
+                body = await self._chunked(reader)
+            else:
+                at = fields.find(b"\r\ncontent-length:")
+                if at < 0:
+                    raise ValueError("a /metrics answer without a length")
+                size = int(fields[at + 17:fields.index(b"\r\n", at + 2)])
+                if size > self.limit:
+                    raise ValueError(f"a /metrics answer of {size} bytes")
+                body = await reader.readexactly(size)
+            kept = head.startswith(b"HTTP/1.1 ") and b"\r\nconnection: close" not in fields
+            return body if head[9:12] == b"200" else None
+        finally:
+            if kept:
+                self.conns[endpoint] = conn
+            else:
+                writer.transport.abort()
+
+    async def _chunked(self, reader):
+        parts = []
+        size = 0
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            chunk = int(line.split(b";", 1)[0], 16)
+            if chunk == 0:
+                while await reader.readuntil(b"\r\n") != b"\r\n":
+                    pass  # trailer fields
+                return b"".join(parts)
+            size += chunk
+            if size > self.limit:
+                raise ValueError(f"a /metrics answer past {self.limit} bytes")
+            parts.append((await reader.readexactly(chunk + 2))[:-2])
+
+    def keep_only(self, endpoints):
+        """Close the connections of endpoints no longer in ``endpoints``."""
+        for endpoint in [e for e in self.conns if e not in endpoints]:
+            self.conns.pop(endpoint)[1].transport.abort()
 
 
 async def scrape_forever(endpoints, cfg, clock):
@@ -131,22 +160,22 @@ async def scrape_forever(endpoints, cfg, clock):
     interval = load.scrape_interval
     # A busy inference server answers /metrics slowly; a report a second late still beats none.
     timeout = max(interval, cfg.health.timeout)
+    scraper = Scraper()
     while True:
         try:
-            await _scrape_once(endpoints, load, interval, timeout, clock)
+            await _scrape_once(endpoints, load, interval, timeout, clock, scraper)
         except Exception:
             log.exception("load scrape round failed; the next one runs in %.1f s", interval)
         await asyncio.sleep(interval)
 
 
-async def _scrape_once(endpoints, load, interval, timeout, clock):
+async def _scrape_once(endpoints, load, interval, timeout, clock, scraper):
     now = clock()
     # ``endpoints`` is the router's own list: discovery adds and removes members in it.
+    scraper.keep_only(endpoints)
     due = [e for e in endpoints if not e.provider and _stale(e.current_report(), now, interval)]
     if due:
-        bodies = await asyncio.gather(
-            *(fetch(e.host, e.port, load.metrics_path, timeout, e.ssl, e.server_hostname) for e in due)
-        )
+        bodies = await asyncio.gather(*(scraper.fetch(e, load.metrics_path, timeout) for e in due))
         now = clock()
         for endpoint, body in zip(due, bodies):
             fields = parse_metrics(body) if body else None
