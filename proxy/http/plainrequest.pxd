@@ -21,6 +21,9 @@ cdef extern from *:
     bytes fleetproxy_lower(const unsigned char *s, Py_ssize_t n)
 
 
+cpdef bint sane_request_id(bytes value)
+
+
 cdef bytes _lower(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end)
 
 

@@ -31,7 +31,10 @@ _KEEP_ALIVE = b"keep-alive"
 # reads): a request that has one is not plain.
 _NOT_PLAIN = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"proxy-connection", b"te", b"trailer"))
 _VERSION = b" HTTP/1.1\r\n"
-MAX_REQUEST_ID = 200  # request.MAX_REQUEST_ID (request.py imports this one)
+MAX_REQUEST_ID = 200  # bytes: a longer X-Request-Id is replaced by ours
+# What a client's X-Request-Id may hold: UUIDs, OpenAI-style ``req_...``, base64. No spaces,
+# quotes, commas, semicolons, backslashes or controls: the id is written into access logs and
+# echoed in response heads, where those would forge log fields or split a list.
 REQUEST_ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:+/="
 
 # Byte classes: 1 tchar (a field name's, RFC 9110 5.6.2), 2 a target's (unreserved, reserved
@@ -43,6 +46,12 @@ CLASSES = bytes(
     | (4 if i == 9 or 0x20 <= i < 0x7F or i >= 0x80 else 0)
     for i in range(256)
 )
+
+
+def sane_request_id(value):
+    """Whether a client's X-Request-Id is passed through (else the proxy makes its own): short,
+    and token characters only (``REQUEST_ID_CHARS``): it lands in logs and response heads."""
+    return 0 < len(value) <= MAX_REQUEST_ID and not value.translate(None, REQUEST_ID_CHARS)
 
 
 def _lower(buf, start, end):
@@ -129,7 +138,7 @@ def read_plain(data, start, limits):
                     return None
                 length = length * 10 + buf[at] - 48
         elif name == _REQUEST_ID:
-            if 0 < len(value) <= MAX_REQUEST_ID and not value.translate(None, REQUEST_ID_CHARS):
+            if sane_request_id(value):
                 request_id = value
         elif name == _ASKS_LOAD:
             asks_load = True

@@ -27,7 +27,7 @@ top, as the head arrives, before any byte goes upstream:
   count against the header budget, and so does a run of chunk framing or trailer bytes that
   carries no body byte (llhttp would hold a trailer field growing across reads);
 - a client's X-Request-Id is echoed only when it is short and made of token characters
-  (``REQUEST_ID_CHARS``): it lands in logs and in response heads.
+  (``plainrequest.sane_request_id``): it lands in logs and in response heads.
 
 ``feed`` raises ``ClientError`` on the first refusal; the reader is then spent (the caller
 answers and closes). Completed requests go to ``sink.on_request(method, target, headers, body,
@@ -46,7 +46,7 @@ import re
 import httptools
 
 from .errors import ClientError
-from .plainrequest import FAST, MAX_REQUEST_ID, REQUEST_ID_CHARS, read_plain
+from .plainrequest import FAST, read_plain, sane_request_id
 
 # Phases, for the caller's deadlines.
 IDLE = 0  # between requests
@@ -59,10 +59,7 @@ _SPECIAL = frozenset(
         b"endpoint-load-metrics-format",
     )
 )
-# MAX_REQUEST_ID (200 bytes: a longer X-Request-Id is replaced by ours) and REQUEST_ID_CHARS, what
-# a client's X-Request-Id may hold (UUIDs, OpenAI-style ``req_...``, base64; no spaces, quotes,
-# commas, semicolons, backslashes or controls: the id is written into access logs and echoed in
-# response heads, where those would forge log fields or split a list), are plainrequest's.
+# What a client's X-Request-Id may be: plainrequest.sane_request_id.
 
 # An absolute-form target (RFC 9112 3.2.2) as the proxy accepts it: http(s), an authority of
 # host characters (RFC 3986 reg-name or an IP literal) and an optional port, no userinfo
@@ -159,8 +156,6 @@ class RequestReader:
             self.asks_load = asks_load
             self.since = self.clock()
             self.sink.on_request(method, target, headers, body, False, True, request_id)
-            if self.phase != IDLE:  # the sink refused more (never today): llhttp's turn
-                break
         if start == 0:
             return data
         return data[start:] if start < n else b""
@@ -269,8 +264,8 @@ class RequestReader:
                 raise ClientError("unsupported Expect header", status=417)
             self._expect = True
         elif name == b"x-request-id":
-            # Pass a sane one through (see REQUEST_ID_CHARS); else the caller makes ours.
-            if 0 < len(value) <= MAX_REQUEST_ID and not value.translate(None, REQUEST_ID_CHARS):
+            # Pass a sane one through; else the caller makes ours.
+            if sane_request_id(value):
                 self._request_id = value
         elif name == b"upgrade":
             self._upgrade = value.strip().lower() if self._upgrade is None else b"*"
