@@ -1,6 +1,7 @@
 """Command line: flags and a config file into one Config, then run. Nothing else."""
 
 import argparse
+import errno
 import sys
 
 from . import __version__
@@ -108,15 +109,25 @@ def main(argv=None):
     except ConfigError as exc:
         print(f"fleetproxy: config error: {exc}", file=sys.stderr)
         return 2
-    if args.single_process:
-        from .process.worker import run
+    try:
+        if args.single_process:
+            from .process.worker import run
 
-        run(cfg)
-        return 0
-    _asyncio_without_ssl()
-    from .process.supervisor import run
+            run(cfg)
+            return 0
+        _asyncio_without_ssl()
+        from .process.supervisor import run
 
-    return run(cfg, lambda: config_from_args(args))
+        return run(cfg, lambda: config_from_args(args))
+    except OSError as exc:
+        if exc.errno not in _CANNOT_LISTEN:
+            raise
+        print(f"fleetproxy: cannot listen: {exc}", file=sys.stderr)
+        return 1
+
+
+# What a bind reports when the address is the problem (taken, not ours, needs privilege).
+_CANNOT_LISTEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
 
 def _asyncio_without_ssl():

@@ -268,3 +268,31 @@ def test_prometheus_metrics_cover_the_process_group(sim2):
         assert wait_for(lambda: scrape()["fleetproxy_worker_restarts_total"] == "1", timeout=3)
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("taken, mode", [
+    ("listen", "--workers=2"), ("admin_listen", "--workers=2"), ("listen", "--single-process"),
+])
+def test_an_address_in_use_is_named_and_nothing_is_left_running(taken, mode):
+    """A taken port is a one-line error naming the address (and, under a supervisor, the
+    field) and exit status 1, not a traceback. (The supervisor binds its admin address before
+    any worker exists: a worker's own admin listener, on an ephemeral port, once took it.)"""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, free_port
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        ports = {"listen": free_port(), "admin_listen": free_port(), taken: busy}
+        args = [sys.executable, "-m", "proxy", "--listen", f"127.0.0.1:{ports['listen']}",
+                "--admin-listen", f"127.0.0.1:{ports['admin_listen']}", "--backend", "http://127.0.0.1:9", mode]
+        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done.stderr[-2000:]
+    err = done.stderr.strip().splitlines()
+    assert err[-1].startswith("fleetproxy: cannot listen:"), err
+    assert str(busy) in err[-1] and "Traceback" not in done.stderr
+    if mode != "--single-process":
+        assert f"{taken} 127.0.0.1:{busy}" in err[-1]

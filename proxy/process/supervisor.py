@@ -160,12 +160,14 @@ class Supervisor:
         self._tenants_table(self.cfg)
         self.generation = Generation(1, self.cfg)
         self.generation.counters.set_slots_in_use(self.target)
+        admin_sock = supervisor_admin.reserve(self)
         booted = await asyncio.gather(*(self.spawn(slot, self.generation) for slot in range(self.target)))
         if not all(booted):
             log.error("a worker failed to boot; stopping")
+            admin_sock.close()
             await self.stop(drain=False)
             return 1
-        admin_server = await supervisor_admin.start(self)
+        admin_server = await supervisor_admin.start(self, admin_sock)
         host, port = self.cfg.listen_address
         log.info(
             "fleetproxy supervisor %d: %d worker(s) on http://%s:%d (admin %s)",
@@ -213,7 +215,11 @@ class Supervisor:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.reuseport:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                sock.close()
+                raise OSError(exc.errno, f"listen {host}:{port}: {exc.strerror}") from None
             sock.listen(4096)  # non-inheritable: only the worker it is passed to gets it
             self.sockets[key] = sock
         return sock

@@ -18,6 +18,7 @@ workers' Host check holds too.
 """
 
 import asyncio
+import socket
 
 import orjson
 
@@ -176,8 +177,24 @@ async def handle(sup, method, path, body):
     return 404, {"error": f"no admin route {method} {path}"}
 
 
-async def start(sup):
+def reserve(sup):
+    """Bind the public admin address without listening: before any worker exists, so that no
+    worker's own admin listener (an ephemeral port) can take it; connections are refused
+    until ``start`` serves on it, once the workers are up."""
     host, port = sup.cfg.admin_address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"admin_listen {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+async def start(sup, sock):
+    host = sup.cfg.admin_address[0]
 
     async def handle_request(method, path, body):
         return await handle(sup, method, path, body)
@@ -185,6 +202,4 @@ async def start(sup):
     def settings():
         return sup.cfg.admin  # the current generation's (a reload may change the token file)
 
-    return await sup.loop.create_server(
-        lambda: AdminProtocol(handle_request, settings, host), host, port, reuse_address=True
-    )
+    return await sup.loop.create_server(lambda: AdminProtocol(handle_request, settings, host), sock=sock)
