@@ -103,6 +103,9 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+MAX_SIMS = 8  # at most this many simulators and wrk threads in the worker-scaling run
+
+
 def start_targets(fleet: Fleet, names: list[str], backends: list[str], workers: int) -> list[Target]:
     targets = []
     for name in names:
@@ -117,7 +120,10 @@ def start_targets(fleet: Fleet, names: list[str], backends: list[str], workers: 
         elif name == "uvloop-floor":
             targets.append(fleet.start_floor("uvloop-floor", backends))
         elif _workers_target(name):
-            targets.append(fleet.start_fleetproxy(name, backends, _workers_target(name)))
+            # Several simulators (the scaling run): spread like nginx's round robin, since one
+            # repeated prompt would keep the cache-aware default on one simulator.
+            config = {"balance": {"policy": "round_robin"}} if len(backends) > 1 else None
+            targets.append(fleet.start_fleetproxy(name, backends, _workers_target(name), config=config))
     return targets
 
 
@@ -194,12 +200,20 @@ def main(argv=None) -> int:
     runner = None
     try:
         try:
-            sim = fleet.start_sim("sim0")
-            targets = start_targets(fleet, args.targets, [sim], args.workers)
+            # With cores of their own the proxies can outrun one simulator and one wrk thread
+            # (each a process on one core): the worker-scaling run loads them from as many of
+            # each as the other cores allow, so that the proxies are the bottleneck.
+            n_sims, threads = (min(len(server_cpus), MAX_SIMS), min(len(load_cpus), MAX_SIMS)) if proxy_cpus else (1, 1)
+            sims = [fleet.start_sim(f"sim{i}") for i in range(n_sims)]
+            targets = start_targets(fleet, args.targets, sims, args.workers)
         except StartError as e:
             print(f"bench: the fleet did not start: {e}", file=sys.stderr)
             return 2
-        runner = Runner(fleet, [fleet.procs[0].pid], load_cpus, None, args.smoke, args.repeat, args.duration)
+        if n_sims > 1:
+            layout_text += f"; {n_sims} simulators, wrk with {threads} threads (direct: the first simulator)"
+            m["layout"] = layout_text
+        runner = Runner(fleet, [p.pid for p in fleet.procs[:n_sims]], load_cpus, None, args.smoke, args.repeat,
+                        args.duration, threads)
         plan = [runner.planned(s, len(targets) if s.key != "e" else
                                len(routing_configs() or []) + ("nginx" in args.targets)) for s in todo]
         runner.progress = Progress(sum(r for r, _ in plan), sum(t for _, t in plan))

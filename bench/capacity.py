@@ -154,7 +154,8 @@ def fit_nofile(streams: int) -> tuple[int, int, str | None]:
             note = (f"{streams:,} streams asked, {fits:,} run: a proxy holds two sockets per stream, and "
                     f"this machine's hard RLIMIT_NOFILE is {hard:,} descriptors per process, which this "
                     f"process may not raise (no CAP_SYS_RESOURCE); {fits:,} is the largest hundred that fits "
-                    f"beside {FD_SLACK} descriptors of slack. `ulimit -Hn {need}` as root lifts it.")
+                    f"beside {FD_SLACK} descriptors of slack. `ulimit -Hn {need}` by a process with "
+                    f"CAP_SYS_RESOURCE (root outside a container) lifts it.")
             streams, need = fits, 2 * fits + FD_SLACK
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))

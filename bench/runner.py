@@ -71,8 +71,9 @@ def _mmss(s: float) -> str:
 
 class Runner:
     def __init__(self, fleet: Fleet, sims: list[int], load_cpus: set[int] | None, progress: Progress,
-                 smoke: bool, repeat: int, duration: float | None):
+                 smoke: bool, repeat: int, duration: float | None, threads: int = 1):
         self.fleet = fleet
+        self.threads = threads  # wrk's: more than one only where the load generators have cores (--proxy-cpus)
         self.sims = sims  # simulator pids, for their CPU per request
         self.load_cpus = load_cpus
         self.progress = progress
@@ -124,7 +125,7 @@ class Runner:
                 for t in targets:
                     self.progress.begin(f"{s.slug} {step.label + ' ' if step.label else ''}{t.name} warm-up",
                                         counted=False)
-                    self._drive(wrk.argv(t.url, lua, self.warmup_seconds(s), params["connections"]),
+                    self._drive(wrk.argv(t.url, lua, self.warmup_seconds(s), params["connections"], self.threads),
                                 None, self.warmup_seconds(s), t)
             for rep in range(self.repeat):
                 order = targets[rep % len(targets):] + targets[:rep % len(targets)]
@@ -148,7 +149,7 @@ class Runner:
             os.remove(out)  # a driver that writes nothing must not pass off the last run's numbers
         if s.driver == "wrk":
             lua = wrk.script(params["lua"], self.fleet.dir)
-            text, cpu_s = self._drive(wrk.argv(t.url, lua, d, params["connections"]), None, d, t)
+            text, cpu_s = self._drive(wrk.argv(t.url, lua, d, params["connections"], self.threads), None, d, t)
             result = wrk.parse(text)
         else:
             module = "bench.openloop" if s.driver == "openloop" else "bench.chat_users"
