@@ -39,6 +39,8 @@ cdef class Recorder:
     cdef long long[::1] cells
     cdef public Py_ssize_t row, base, used, overflow
     cdef public dict index
+    cdef object last_model, last_backend, last_tenant
+    cdef Py_ssize_t last_base
 
     cpdef observe(self, Py_ssize_t base, Py_ssize_t hist, double seconds)
 

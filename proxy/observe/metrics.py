@@ -112,6 +112,10 @@ class Recorder:
         self.row = row
         self.base = table.row_base(row)
         self.index = {}  # (model, backend, tenant) -> first cell of its series
+        # The last label set asked for, and its series: requests come in runs of one model,
+        # backend and tenant, and comparing three strings costs less than a tuple and its hash.
+        self.last_model = self.last_backend = self.last_tenant = None
+        self.last_base = -1
         self.used = 0
         self.overflow = self._claim(OVERFLOW)  # series 0: what no longer fits goes here
 
@@ -127,13 +131,16 @@ class Recorder:
 
     def series(self, model, backend, tenant, dropped=1):
         """The series of a label set; ``dropped``: requests to count as overflowed if it is full."""
+        if backend is self.last_backend and tenant is self.last_tenant and model == self.last_model:
+            return self.last_base
         key = (model, backend, tenant)
         base = self.index.get(key)
         if base is None:
-            if self.used < self.table.series:
-                return self._claim(key)
-            self.cells[self.base + R_DROPPED] += dropped
-            return self.overflow
+            if self.used >= self.table.series:
+                self.cells[self.base + R_DROPPED] += dropped
+                return self.overflow
+            base = self._claim(key)
+        self.last_model, self.last_backend, self.last_tenant, self.last_base = model, backend, tenant, base
         return base
 
     def observe(self, base, hist, seconds):

@@ -6,7 +6,49 @@ cdef extern from "string.h":  # a GNU extension; Python.h's pyconfig.h defines _
     const unsigned char *memmem(const void *haystack, size_t n, const void *needle, size_t size) nogil
     int memcmp(const void *a, const void *b, size_t n) nogil
 
+cdef extern from *:
+    """
+    /* a[:at] + ins + a[at:], one allocation: usage_body's option inserted into the body. */
+    static PyObject *fleetproxy_insert(const char *a, Py_ssize_t n, Py_ssize_t at, const char *ins, Py_ssize_t m) {
+        PyObject *out = PyBytes_FromStringAndSize(NULL, n + m);
+        if (out != NULL) {
+            char *d = PyBytes_AS_STRING(out);
+            memcpy(d, a, at);
+            memcpy(d + at, ins, m);
+            memcpy(d + at + m, a + at, n - at);
+        }
+        return out;
+    }
+
+    /* _strip_vllm's result in one allocation: t[:finish], the finish chunk's new size line
+       (lower-case hex, as "%x"), its payload t[at:usage - 5] and the fingerprint t[found:stop],
+       the event closed ("}\\n\\n\\r\\n"), then t[done:n]. */
+    static PyObject *fleetproxy_refinish(const unsigned char *t, Py_ssize_t n, Py_ssize_t finish, Py_ssize_t at,
+                                         Py_ssize_t usage, Py_ssize_t found, Py_ssize_t stop, Py_ssize_t done) {
+        Py_ssize_t payload = usage - 5 - at, print = stop - found, size = payload + print + 3;
+        char hex[2 * sizeof(Py_ssize_t)];
+        int digits = 0;
+        do { hex[digits++] = "0123456789abcdef"[size & 15]; size >>= 4; } while (size);
+        PyObject *out = PyBytes_FromStringAndSize(NULL, finish + digits + 2 + payload + print + 5 + (n - done));
+        if (out != NULL) {
+            char *d = PyBytes_AS_STRING(out);
+            memcpy(d, t, finish); d += finish;
+            while (digits) *d++ = hex[--digits];
+            *d++ = '\\r'; *d++ = '\\n';
+            memcpy(d, t + at, payload); d += payload;
+            memcpy(d, t + found, print); d += print;
+            memcpy(d, "}\\n\\n\\r\\n", 5); d += 5;
+            memcpy(d, t + done, n - done);
+        }
+        return out;
+    }
+    """
+    bytes fleetproxy_insert(const char *a, Py_ssize_t n, Py_ssize_t at, const char *ins, Py_ssize_t m)
+    bytes fleetproxy_refinish(const unsigned char *t, Py_ssize_t n, Py_ssize_t finish, Py_ssize_t at, Py_ssize_t usage,
+                              Py_ssize_t found, Py_ssize_t stop, Py_ssize_t done)
+
 cdef bint _COMPILED
+cdef bytes OPTION
 cdef bytes _CHOICES, _USAGE, _FINGERPRINT, _REASON
 
 
@@ -35,4 +77,7 @@ cdef Py_ssize_t _chunk_end(const unsigned char *buf, Py_ssize_t n, Py_ssize_t po
 cdef Py_ssize_t _payload(const unsigned char *buf, Py_ssize_t chunk) noexcept
 
 @cython.locals(query=Py_ssize_t)
+@cython.locals(at=Py_ssize_t)
+cpdef bytes usage_body(bytes body)
+
 cpdef bint wants_usage(method, bytes target, fields)  # per request, from the observer (a C call there)
