@@ -42,13 +42,13 @@ class Pipeline:
         """Requests that may still complete before the pipeline is full (the active one
         counts while it is not there yet), or 0 when the queued bytes are at their bound.
         Bytes held unparsed do not count here: they are what waits for the room."""
-        limits = self.ctx.cfg.limits
+        ctx = self.ctx
         waiting = self.queued_size
         if self.active is not None or self.queue:
             waiting += self.partial
-        if waiting >= limits.max_queued_bytes:
+        if waiting >= ctx.max_queued_bytes:
             return 0
-        return limits.max_pipelined - len(self.queue) + (self.active is None)
+        return ctx.max_pipelined - len(self.queue) + (self.active is None)
 
     def _parse(self, data):
         """Feed ``data`` to the reader, in slices that cannot complete more requests than
