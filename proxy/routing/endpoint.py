@@ -20,7 +20,6 @@ import time
 import msgspec
 
 from ..http.connection_pool import ConnectionPool
-from ..http.upstream import client_context
 from ..process.shm import AT, DRAINED, EJECTED_UNTIL, EJECTIONS, KV, RUNNING, SOURCE, WAITING
 from .health import HealthState, may_eject
 from .load import IN_BAND, Report, parse_orca, pressure
@@ -48,6 +47,10 @@ class Endpoint:
         self.weight = spec.weight
         self.provider = provider
         if spec.tls:
+            # Imported here: the data path's compiled modules import one another's types at
+            # their start, and http.upstream is still starting when this module is.
+            from ..http.upstream import client_context
+
             self.ssl = client_context(spec.ca_file, spec.verify)
             self.server_hostname = spec.server_name or spec.host
             name = self.server_hostname
