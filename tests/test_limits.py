@@ -19,7 +19,7 @@ import uvloop
 from conftest import ScriptedBackend, start_proxy, wait_for
 from proxy.config import build
 from proxy.http.downstream import Downstream
-from proxy.http.pipeline import PAUSE_PIPELINE
+from proxy.http.pipeline import _BLANK_LINE, PAUSE_PIPELINE, few_blank_lines
 from proxy.process.worker import Context
 from proxy.routing.router import Router
 
@@ -566,3 +566,24 @@ def test_a_waiter_that_leaves_after_being_handed_a_connection_passes_it_on():
         assert pool.stats()["waiting"] == 0
 
     uvloop.run(main())
+
+
+def test_the_whole_read_is_fed_only_below_room_blank_lines():
+    """``few_blank_lines`` (compiled: one memchr walk) against the regex that ``cut`` slices by,
+    on reads made of the bytes that matter (LF, CR, a letter), every room from 1 to 6: it may
+    say yes only when fewer blank lines than room are there. Compiled it must say exactly
+    that (the pure build's counts are allowed to be cautious: ``cut`` then takes the whole)."""
+    import random
+
+    from proxy.http import pipeline
+
+    rng = random.Random(7)
+    exact = not pipeline.__file__.endswith(".py")  # this run's build of it is the compiled one
+    for _ in range(20000):
+        data = bytes(rng.choice(b"\n\n\r\rab") for _ in range(rng.randrange(0, 24)))
+        blanks = sum(1 for _ in _BLANK_LINE.finditer(data))
+        for room in range(1, 7):
+            fits = few_blank_lines(data, room)
+            assert not fits or blanks < room, (data, room)
+            if exact:
+                assert fits == (blanks < room), (data, room)

@@ -43,9 +43,20 @@ ANSWER = (
 )
 
 
-def request(body):
-    return b"POST /v1/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-        len(body), body)
+# The fields the openai Python SDK sends with a chat completion (besides Host, Content-Type and
+# Content-Length), as a real client's request carries them: ``--sdk-head``.
+SDK_FIELDS = (
+    b"Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\nAccept: application/json\r\n"
+    b"User-Agent: OpenAI/Python 1.99.0\r\nX-Stainless-Lang: python\r\nX-Stainless-Package-Version: 1.99.0\r\n"
+    b"X-Stainless-OS: Linux\r\nX-Stainless-Arch: x64\r\nX-Stainless-Runtime: CPython\r\n"
+    b"X-Stainless-Runtime-Version: 3.11.7\r\nAuthorization: Bearer sk-test\r\nX-Stainless-Async: false\r\n"
+    b"X-Stainless-Retry-Count: 0\r\nX-Stainless-Read-Timeout: 600\r\n"
+)
+
+
+def request(body, sdk=False):
+    return b"POST /v1/chat/completions HTTP/1.1\r\nHost: p\r\n%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        SDK_FIELDS if sdk else b"", len(body), body)
 
 
 def json_response():
@@ -140,11 +151,11 @@ def setup(cfg, loop):
     return ctx, down, conn, client
 
 
-def run(cfg, n, stream, profile):
+def run(cfg, n, stream, profile, sdk=False):
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     ctx, down, conn, client = setup(cfg, loop)
-    req = request(STREAM if stream else CHAT)
+    req = request(STREAM if stream else CHAT, sdk)
     asks = ctx.observe is not None and ctx.observe.stream_usage  # the proxy adds include_usage
     reads = stream_response(usage=asks) if stream else json_response()
 
@@ -181,13 +192,14 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--config", help="a config file (its backends are replaced by one stub endpoint)")
     p.add_argument("--stream", action="store_true", help="a 16-token stream, one read per event")
+    p.add_argument("--sdk-head", action="store_true", help="the request head the openai SDK sends (17 fields, not 3)")
     p.add_argument("--profile", action="store_true")
     args = p.parse_args(argv)
     raw = read_file(args.config) if args.config else {}
     raw["backends"] = ["http://127.0.0.1:9"]
     raw.setdefault("log_level", "warning")
     cfg = build(raw)
-    results = [run(cfg, args.requests, args.stream, args.profile and i == 0) for i in range(args.rounds)]
+    results = [run(cfg, args.requests, args.stream, args.profile and i == 0, args.sdk_head) for i in range(args.rounds)]
     print(f"{'stream' if args.stream else 'json'}: {min(results):.2f} us/request of the proxy's Python "
           f"(best of {args.rounds}: {', '.join(f'{r:.2f}' for r in results)})")
 

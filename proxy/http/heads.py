@@ -92,14 +92,21 @@ def upstream_head(
     parts = [method, b" ", target, line]
     named = None
     xff = None
+    # ``Connection: keep-alive``, what clients send, names a field dropped anyway: the walk over
+    # every field for the options (``_named``) is for any other value, or for a Connection
+    # field whose name is not in lower case (an adapter's), whose options count too.
+    keep_alive = odd = False
     for name, value in headers:
         field = _request_fields.get(name)
         if field is None:
             field = _request_field(name)
         if type(field) is not bytes:  # a kind (_Q_*)
             if field == _Q_CONNECTION:
-                if named is None:
-                    named = _named(headers)
+                if value != b"keep-alive":
+                    if named is None:
+                        named = _named(headers)
+                else:
+                    keep_alive = True
                 continue
             if field == _Q_DROP or not trusted:
                 continue
@@ -107,8 +114,12 @@ def upstream_head(
                 xff = value if xff is None else xff + b", " + value
                 continue
             field = b"\r\n" + name + b": "  # a forwarding field, from a trusted peer
+        elif len(name) == 10 and (name[0] == 67 or name[0] == 99) and name.lower() == b"connection":
+            odd = True
         parts.append(field)
         parts.append(value)
+    if named is None and keep_alive and odd:
+        named = _named(headers)
     if named:
         # Drop the fields the Connection header named, including ones seen before it (an
         # X-Forwarded-For so named is hop-by-hop too: not extended, not forwarded).

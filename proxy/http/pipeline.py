@@ -31,6 +31,7 @@ OURS = PAUSE_PIPELINE | PAUSE_UPSTREAM  # we stopped reading, not the client: no
 # Where a request head may end: its blank line. llhttp wants CRLF CRLF; this also matches bare
 # LFs, so it over-counts (body bytes too), which only makes slices shorter (see ``cut``).
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+_COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (pipeline.pxd)
 
 
 class Pipeline:
@@ -63,10 +64,8 @@ class Pipeline:
                 if room <= 0:
                     self.unparsed = data[pos:] if pos else data
                     break
-                # Fewer possible blank lines than room: the whole read at once (the common
-                # case). Each blank line holds two LFs of its own, so fewer LFs than room (one
-                # byte counted, memchr's speed) already says so for a usual read.
-                if pos == 0 and (data.count(b"\n") < room or data.count(b"\n\r\n") + data.count(b"\n\n") < room):
+                # Fewer blank lines than room: the whole read at once (the common case).
+                if pos == 0 and few_blank_lines(data, room):
                     end = n
                 else:
                     end = cut(data, pos, room)
@@ -131,6 +130,34 @@ class Pipeline:
 
         self.queue.append(Exchange(self, b"", b"", [], b"", False, False, self.ctx.next_request_id(), err))
         self._advance()
+
+
+def few_blank_lines(data, room):
+    """Whether ``data`` holds fewer than ``room`` blank lines (``_BLANK_LINE``'s matches), so
+    that feeding all of it cannot complete more requests than there is room for. Compiled, one
+    memchr walk from LF to LF that stops at the ``room``-th; interpreted, two counts that may
+    say no where the walk says yes (``cut`` then gives the same answer, the whole read)."""
+    if not _COMPILED:
+        return data.count(b"\n") < room or data.count(b"\n\r\n") + data.count(b"\n\n") < room
+    n = len(data)
+    buf = data
+    seen = 0
+    i = 0
+    while i < n:
+        lf = memchr(buf + i, 10, n - i)  # noqa: F821 (pipeline.pxd)
+        if not lf:
+            break
+        i = lf - buf + 1
+        if i < n and buf[i] == 10:
+            i += 1
+        elif i + 1 < n and buf[i] == 13 and buf[i + 1] == 10:
+            i += 2
+        else:
+            continue
+        seen += 1
+        if seen >= room:
+            return False
+    return True
 
 
 def cut(data, pos, room):

@@ -4,6 +4,7 @@ cimport cython
 
 cdef bytes CLASSES, _HOST, _LENGTH, _REQUEST_ID, _ASKS_LOAD, _CONNECTION, _KEEP_ALIVE, _VERSION
 cdef frozenset _NOT_PLAIN
+cdef tuple _BY_SIZE
 cdef bint _COMPILED
 
 cdef extern from *:
@@ -17,13 +18,26 @@ cdef extern from *:
         }
         return out;
     }
+
+    static int fleetproxy_same_lower(const unsigned char *s, const char *lower, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            unsigned char c = s[i];
+            if (c >= 'A' && c <= 'Z')
+                c += 32;
+            if (c != (unsigned char)lower[i])
+                return 0;
+        }
+        return 1;
+    }
     """
     bytes fleetproxy_lower(const unsigned char *s, Py_ssize_t n)
+    bint fleetproxy_same_lower(const unsigned char *s, const char *lower, Py_ssize_t n)
 
 
 cpdef bint sane_request_id(bytes value)
 
 
+@cython.locals(size=Py_ssize_t, known=bytes)
 cdef bytes _lower(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end)
 
 

@@ -30,6 +30,18 @@ _KEEP_ALIVE = b"keep-alive"
 # Fields the reader's llhttp path treats specially (request._SPECIAL and what llhttp itself
 # reads): a request that has one is not plain.
 _NOT_PLAIN = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"proxy-connection", b"te", b"trailer"))
+# Field names common in LLM clients' requests (the openai SDKs' among them), one object each:
+# read compiled, such a name costs no allocation, and its hash is computed once, not per
+# request (the upstream head looks each name up in a dict).
+_KNOWN = (
+    b"host", b"accept", b"accept-encoding", b"accept-language", b"authorization", b"cache-control",
+    b"connection", b"content-length", b"content-type", b"cookie", b"openai-organization", b"openai-project",
+    b"origin", b"referer", b"traceparent", b"tracestate", b"user-agent", b"x-request-id", b"x-stainless-arch",
+    b"x-stainless-async", b"x-stainless-lang", b"x-stainless-os", b"x-stainless-package-version",
+    b"x-stainless-read-timeout", b"x-stainless-retry-count", b"x-stainless-runtime",
+    b"x-stainless-runtime-version", b"x-forwarded-for", b"x-api-key",
+)
+_BY_SIZE = tuple(tuple(k for k in _KNOWN if len(k) == size) for size in range(32))  # (the longest is 27)
 _VERSION = b" HTTP/1.1\r\n"
 MAX_REQUEST_ID = 200  # bytes: a longer X-Request-Id is replaced by ours
 # What a client's X-Request-Id may hold: UUIDs, OpenAI-style ``req_...``, base64. No spaces,
@@ -55,9 +67,15 @@ def sane_request_id(value):
 
 
 def _lower(buf, start, end):
-    """``buf[start:end].lower()``: compiled, one copy lower-cased on the way (plainrequest.pxd)."""
+    """``buf[start:end].lower()``: compiled, a known name's own object (``_KNOWN``), else one
+    copy lower-cased on the way (plainrequest.pxd)."""
     if _COMPILED:
-        return fleetproxy_lower(buf + start, end - start)  # noqa: F821 (plainrequest.pxd)
+        size = end - start
+        if size < 32:
+            for known in _BY_SIZE[size]:
+                if fleetproxy_same_lower(buf + start, known, size):  # noqa: F821 (plainrequest.pxd)
+                    return known
+        return fleetproxy_lower(buf + start, size)  # noqa: F821 (plainrequest.pxd)
     return buf[start:end].lower()
 
 
