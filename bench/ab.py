@@ -29,7 +29,11 @@ from . import cpu, wrk
 from .procs import free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIOS = [("non-streaming chat, 16 tokens", "chat.lua"), ("16-token stream, no delay", "stream16.lua")]
+SCENARIOS = [
+    ("non-streaming chat, 16 tokens", "chat.lua"),
+    ("16-token stream, no delay", "stream16.lua"),
+    ("non-streaming chat, the openai SDK's 17-field head", "chat_sdk.lua"),
+]
 CONNECTIONS = 32
 
 

@@ -52,12 +52,14 @@ def test_wrk_without_report_line_is_an_error():
 
 
 def test_wrk_scripts_exist_and_get_the_report_hook(tmp_path):
-    for s in scenarios.SCENARIOS:
-        if s.driver == "wrk":
-            path = wrk.script(s.params["lua"], str(tmp_path))
-            text = open(path).read()
-            assert "wrk.body" in text or "request = function" in text
-            assert text.rstrip().endswith("end") and "FPBENCH" in text
+    from bench import ab
+
+    names = [s.params["lua"] for s in scenarios.SCENARIOS if s.driver == "wrk"] + [n for _, n in ab.SCENARIOS]
+    for name in names:
+        path = wrk.script(name, str(tmp_path))
+        text = open(path).read()
+        assert "wrk.body" in text or "request = function" in text
+        assert text.rstrip().endswith("end") and "FPBENCH" in text
 
 
 # -- the streaming client ------------------------------------------------------------------------
