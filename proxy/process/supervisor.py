@@ -160,7 +160,10 @@ class Supervisor:
         self._tenants_table(self.cfg)
         self.generation = Generation(1, self.cfg)
         self.generation.counters.set_slots_in_use(self.target)
-        admin_sock = supervisor_admin.reserve(self)
+        # The admin address is bound (not yet listening: connections are refused until the
+        # workers are up) before any worker exists, so that no worker's own admin listener, on
+        # an ephemeral port, can take it.
+        admin_sock = _bound("admin_listen", *self.cfg.admin_address)
         booted = await asyncio.gather(*(self.spawn(slot, self.generation) for slot in range(self.target)))
         if not all(booted):
             log.error("a worker failed to boot; stopping")
@@ -209,17 +212,7 @@ class Supervisor:
         key = slot if self.reuseport else 0
         sock = self.sockets.get(key)
         if sock is None:
-            host, port = self.cfg.listen_address
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.reuseport:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            try:
-                sock.bind((host, port))
-            except OSError as exc:
-                sock.close()
-                raise OSError(exc.errno, f"listen {host}:{port}: {exc.strerror}") from None
+            sock = _bound("listen", *self.cfg.listen_address, reuseport=self.reuseport)
             sock.listen(4096)  # non-inheritable: only the worker it is passed to gets it
             self.sockets[key] = sock
         return sock
@@ -449,3 +442,17 @@ def run(cfg, reload_config):
     # semantics), so each worker holds only its own listening socket. The supervisor is not
     # on the data path; it does not need uvloop.
     return asyncio.run(Supervisor(cfg, reload_config).run())
+
+
+def _bound(field, host, port, reuseport=False):
+    """A TCP socket bound to the configured ``field``'s address; a bind that fails names it."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"{field} {host}:{port}: {exc.strerror}") from None
+    return sock

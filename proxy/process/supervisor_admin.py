@@ -18,7 +18,6 @@ workers' Host check holds too.
 """
 
 import asyncio
-import socket
 
 import orjson
 
@@ -175,22 +174,6 @@ async def handle(sup, method, path, body):
         status = max(s for _, s, _ in answers)
         return status, {"workers": [{"slot": w.slot, "pid": w.pid, "status": s, "body": p} for w, s, p in answers]}
     return 404, {"error": f"no admin route {method} {path}"}
-
-
-def reserve(sup):
-    """Bind the public admin address without listening: before any worker exists, so that no
-    worker's own admin listener (an ephemeral port) can take it; connections are refused
-    until ``start`` serves on it, once the workers are up."""
-    host, port = sup.cfg.admin_address
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"admin_listen {host}:{port}: {exc.strerror}") from None
-    return sock
 
 
 async def start(sup, sock):
