@@ -545,16 +545,13 @@ def test_a_waiter_that_leaves_after_being_handed_a_connection_passes_it_on():
     """A request whose client leaves just as the pool hands it a connection must not take the
     connection with it: the next waiter gets it (before, it waited for ever)."""
     from proxy.http.connection_pool import ConnectionPool
-
-    class Conn:
-        closed = False
-        exchange = None
+    from proxy.http.upstream import UpstreamConnection
 
     async def main():
         loop = asyncio.get_running_loop()
         cfg = build({"backends": ["http://127.0.0.1:9"], "connection_pool": {"max_connections": 1}})
         pool = ConnectionPool(loop, "127.0.0.1", 9, cfg)
-        busy = Conn()
+        busy = UpstreamConnection(pool)  # never connected: the pool only counts and hands it
         pool.conns.add(busy)
         first = loop.create_task(pool.acquire())
         second = loop.create_task(pool.acquire())

@@ -37,12 +37,12 @@ def test_lines_are_json_in_order_and_escaped(tmp_path):
     order, strings a client controls escaped, batches split where FLUSH_LINES says, and
     nothing lost or reordered across batches."""
     import asyncio
-    from types import SimpleNamespace
 
     from _speedups import ResponseFramer
     from proxy.http.exchange import Exchange
     from proxy.observe import accesslog
     from proxy.observe.metrics import Timing
+    from proxy.routing.router import Selection
 
     path = tmp_path / "access.log"
     loop = asyncio.new_event_loop()
@@ -54,7 +54,8 @@ def test_lines_are_json_in_order_and_escaped(tmp_path):
             obs.t_body = 10.25 if i % 2 else 0.0
             # A real exchange (the compiled log reads its fields as struct members), never sent.
             ex = Exchange(None, b"POST", b'/v1/chat?q="x"\\%d' % i, [], b"", False, True, b"rid-%d" % i)
-            ex.obs, ex.selection, ex.framer = obs, SimpleNamespace(attempts=1 + i % 3), ResponseFramer(False)
+            ex.obs, ex.selection, ex.framer = obs, Selection([], b"", False), ResponseFramer(False)
+            ex.selection.attempts = 1 + i % 3
             ex.framer.body_bytes = i
             log.write(ex, 200, 0, 10.5, (i, 2 * i, 0), 'model "quoted"\n', "" if i == 0 else "b1")
         assert len(path.read_bytes().splitlines()) == 2 * accesslog.FLUSH_LINES  # full batches went at once

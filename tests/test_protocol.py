@@ -12,6 +12,8 @@ from proxy.http.downstream import Downstream
 from proxy.http.exchange import Exchange
 from proxy.http.upstream import UpstreamConnection
 from proxy.process.worker import Context
+from proxy.routing.endpoint import Endpoint
+from proxy.routing.router import Selection
 
 
 class MockTransport(asyncio.Transport):
@@ -96,8 +98,13 @@ class BuggyExchange(Exchange):
         raise RuntimeError("bug in the pump")
 
 
-class StubEndpoint:
-    label = "b0"
+class StubEndpoint(Endpoint):
+    """An Endpoint (the compiled exchange holds its endpoint typed) with nothing behind it."""
+
+    __slots__ = ()
+
+    def __init__(self):
+        self.label = "b0"
 
     def answered(self, status, clock):
         pass
@@ -106,9 +113,13 @@ class StubEndpoint:
         pass
 
 
-class StubSelection:
-    endpoint = StubEndpoint()
-    released = 0
+class StubSelection(Selection):
+    """A Selection (the compiled exchange holds its selection typed) that counts its releases."""
+
+    def __init__(self):
+        Selection.__init__(self, [], b"", False)
+        self.endpoint = StubEndpoint()
+        self.released = 0
 
     def release(self):
         self.released += 1

@@ -15,6 +15,7 @@ shows as a number (``--profile``: where it goes, by cProfile, which inflates eve
 import argparse
 import asyncio
 import cProfile
+import gc
 import os
 import pstats
 import sys
@@ -29,7 +30,7 @@ from proxy.config import build, read_file  # noqa: E402
 from proxy.http.downstream import Downstream  # noqa: E402
 from proxy.http.upstream import UpstreamConnection  # noqa: E402
 from proxy.observe import Observer  # noqa: E402
-from proxy.process.worker import Context  # noqa: E402
+from proxy.process.worker import GC_THRESHOLDS, Context  # noqa: E402
 from proxy.routing.router import Router  # noqa: E402
 
 CHAT = b'{"model":"tiny","messages":[{"role":"user","content":"Say hello to the fleet"}],"max_tokens":16}'
@@ -168,6 +169,9 @@ def run(cfg, n, stream, profile, sdk=False):
         one()
     assert conn.exchange is None and down.active is None, "a request did not complete"
     before = client.written
+    gc.collect()  # the collector's pace a worker sets once serving (process/worker.py)
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()

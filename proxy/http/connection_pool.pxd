@@ -1,9 +1,16 @@
 # Types for Cython's compile of connection_pool.py (the native build; see _speedups/__init__.py):
 # a pool, taken from and given back to per request as struct members. Its __slots__ say the same
 # for the pure build.
+cimport cython
+
+from proxy.http.upstream cimport UpstreamConnection
 
 
 cdef class ConnectionPool:
     cdef public object loop, host, port, max_connections, max_idle, idle_timeout, connect_timeout, high_water
     cdef public object conns, idle, waiters, opened, ssl, server_hostname, closing, max_waiters, wait_timeout
     cdef public object queued, wait_timeouts, refused
+
+    @cython.locals(conn=UpstreamConnection)
+    cpdef take_idle(self)
+    cpdef release(self, UpstreamConnection conn)

@@ -1,12 +1,17 @@
 # Types for Cython's compile of exchange.py: its state is declared on relay.Relay (relay.pxd).
 from proxy.http.relay cimport Relay
 from proxy.process.context cimport Context
+from proxy.routing.endpoint cimport Endpoint
+
+cimport cython
 
 
 cdef class Exchange(Relay):
     cpdef start(self)
     cpdef _route(self, Context ctx)
+    @cython.locals(endpoint=Endpoint)
     cpdef _connect_or_send(self)
+    @cython.locals(endpoint=Endpoint, ctx=Context)
     cpdef on_status(self, status, reusable)
     cpdef complete(self, reusable)
     cpdef break_stream(self, message, err=*)

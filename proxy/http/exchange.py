@@ -176,7 +176,8 @@ class Exchange(Relay, Admission):
         request went to another endpoint instead (``reusable``: the response is complete and
         its connection may go back to the pool)."""
         ctx = self.down.ctx
-        self.selection.endpoint.answered(status, ctx.loop.time)
+        endpoint = self.selection.endpoint
+        endpoint.answered(status, ctx.loop.time)
         if status >= 429 and status in ctx.router.retry.statuses:
             return self.retry(reusable)
         return False

@@ -10,6 +10,8 @@ from proxy.http.pipeline cimport Pipeline
 from proxy.http.upstream cimport UpstreamConnection
 from proxy.observe.metrics cimport Timing, clock
 from proxy.observe.streamusage cimport finish_at
+from proxy.routing.endpoint cimport Endpoint
+from proxy.routing.router cimport Selection
 
 # The framer's flags and kinds (from _speedups) as C ints: tested on every read.
 cdef int CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE
@@ -23,15 +25,18 @@ cdef class Relay:
     cdef public int strip  # read on every read of a stream while observing
     # exchange.py's
     cdef public Pipeline down  # a downstream.Downstream
-    cdef public object method, target, headers, body, http10, keep_alive, request_id, error, selection
+    cdef public object method, target, headers, body, http10, keep_alive, request_id, error
+    cdef public Selection selection
     cdef public object close_after, task, finished, retried, asked_load, size, tenant, queued
     cdef public Timing obs
 
     # Methods the pump calls on its own object: C calls through the type's table, not lookups
     # by name (the Python-visible method stays). The last five are the exchange's (see relay.py).
-    cpdef send(self, conn)
-    @cython.locals(framer=NativeFramer, flags=int, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, strip=int)
-    cpdef upstream_data(self, data)
+    @cython.locals(endpoint=Endpoint)
+    cpdef send(self, UpstreamConnection conn)
+    @cython.locals(framer=NativeFramer, flags=int, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, strip=int, out=bytes,
+                   at=Py_ssize_t)
+    cpdef upstream_data(self, bytes data)
     cpdef _cancel_timer(self)
     cpdef _give_back(self, reusable)
     cpdef on_status(self, status, reusable)

@@ -74,4 +74,7 @@ cpdef void _observe(long long[::1] cells, Py_ssize_t at, double[::1] bounds, dou
 @cython.locals(tokens=tuple)
 cpdef tuple tokens_of(Timing timing)
 
+@cython.locals(at=Py_ssize_t)
+cpdef tuple usage(tail, prev=*)
+
 cpdef model_of(body, selection)

@@ -2,6 +2,7 @@
 # worker's shared state as struct members, read by every request. Its fields are listed here
 # and nowhere else: the pure build's Context has a __dict__.
 
+from proxy.http.watchdog cimport Watchdog
 from proxy.observe.observer cimport Observer
 
 cdef bint _COMPILED
@@ -30,7 +31,8 @@ cdef extern from *:
 cdef class Context:
     cdef public Observer observe
     cdef public object cfg, loop, router, models_body, connections, turned_away, queued_bytes, warned, draining
-    cdef public object access_log, read_limits, tenants, tick, first_byte_ticks, idle_ticks, watchdog
+    cdef public object access_log, read_limits, tenants, tick, first_byte_ticks, idle_ticks
+    cdef public Watchdog watchdog
     cdef public object timer_cap
     cdef public bytes _rid_prefix
     cdef public unsigned long long _rid

@@ -28,7 +28,7 @@ from ..discovery.columns import Columns, reserve, reset_column
 from ..discovery.members import diff
 from ..http.errors import ClientError, NoBackend
 from .cluster import Cluster
-from .endpoint import Endpoint, endpoint_key
+from .endpoint import Endpoint
 from .fields import decode
 from .labels import distinct_endpoints
 from .retry import RetryPolicy
@@ -107,6 +107,11 @@ class Router:
         # the generation's shared memory from the same list).
         self.endpoints = []
         by_label = {}
+        # Imported here: this module can load while endpoint.py's is still running its imports
+        # (endpoint -> connection_pool -> upstream -> relay -> this module, for Selection's
+        # type), when its classes exist but its functions do not yet.
+        from .endpoint import endpoint_key
+
         for spec, provider in distinct_endpoints(cfg):
             endpoint = adopt.pop(endpoint_key(spec, cfg, provider), None)
             if endpoint is not None:
