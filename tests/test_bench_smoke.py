@@ -486,3 +486,21 @@ def test_proxy_cpus_give_the_proxies_cores_of_their_own(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     with pytest.raises(SystemExit):
         layout(True, {1})  # nothing left for the load and the simulators
+
+
+@pytest.mark.skipif(not __import__("shutil").which("valgrind"), reason="valgrind is not installed")
+@pytest.mark.skipif(bool(os.environ.get("FLEETPROXY_PURE")), reason="a tool of the bench: checked once, on the native run")
+def test_instructions_per_request_counts_the_requests_not_the_start():
+    """bench/micro/instructions.py for real, briefly (about 30 s under valgrind): twice as many
+    requests in the larger run give the same figure per request within 10% (start-up and
+    warm-up cancel out), in the range a proxied request can cost."""
+    def per(*args):
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "micro", "instructions.py"), *args],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.split(":")[1].split("instructions")[0].replace(",", ""))
+
+    fewer = per("--small", "50", "--large", "150")
+    more = per("--small", "50", "--large", "250")
+    assert 5_000 < fewer < 2_000_000
+    assert abs(more - fewer) < 0.1 * fewer, (fewer, more)
