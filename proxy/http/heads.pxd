@@ -11,7 +11,7 @@ cdef Py_ssize_t _PRESET
 cdef bytes _PROTO_ID
 cdef bytes _KIND_LENGTHS
 
-@cython.locals(line=bytes, parts=list, name=bytes, value=bytes, field=object, keep_alive=bint, odd=bint)
+@cython.locals(line=bytes, parts=list, name=bytes, value=bytes, field=object, kind=int, keep_alive=bint, odd=bint)
 cpdef bytes upstream_head(method, target, headers, host, forwarded_for, request_id, Py_ssize_t body_len, extra=*,
                           bint ask_load=*, bint trusted=*)
 

@@ -101,16 +101,17 @@ def upstream_head(
         if field is None:
             field = _request_field(name)
         if type(field) is not bytes:  # a kind (_Q_*)
-            if field == _Q_CONNECTION:
+            kind = field
+            if kind == _Q_CONNECTION:
                 if value != b"keep-alive":
                     if named is None:
                         named = _named(headers)
                 else:
                     keep_alive = True
                 continue
-            if field == _Q_DROP or not trusted:
+            if kind == _Q_DROP or not trusted:
                 continue
-            if field == _Q_XFF:
+            if kind == _Q_XFF:
                 xff = value if xff is None else xff + b", " + value
                 continue
             field = b"\r\n" + name + b": "  # a forwarding field, from a trusted peer

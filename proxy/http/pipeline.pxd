@@ -19,10 +19,16 @@ cpdef bint few_blank_lines(bytes data, Py_ssize_t room)
 
 cdef class Pipeline:
     cdef public Context ctx
-    cdef public object loop, transport, reader, peer, trusted, queue, active, closed, writing_paused
-    cdef public object paused, timer, unparsed, advancing, feeding, completed, requests, queued_size, partial
-    cdef public object queued_bytes, stall_since, stall_size
+    cdef public object loop, transport, reader, peer, trusted, queue, active, writing_paused
+    cdef public object timer, unparsed, advancing, stall_since, stall_size
+    # Read and counted on every read and request: C ints (the pure build's are Python ints).
+    cdef public int paused  # PAUSE_* bits
+    cdef public bint closed, feeding, completed
+    cdef public Py_ssize_t requests, queued_size, partial, queued_bytes
 
-    cpdef _room(self)
+    @cython.locals(ctx=Context, waiting=Py_ssize_t)
+    cpdef Py_ssize_t _room(self) except? -1
+    @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t, room=Py_ssize_t)
     cpdef _parse(self, data)
+    @cython.locals(size=Py_ssize_t, delta=Py_ssize_t)
     cpdef _account(self)

@@ -21,7 +21,8 @@ cdef class Relay:
     # relay.py's
     cdef public UpstreamConnection conn
     cdef public NativeFramer framer  # what _speedups.ResponseFramer is in the native build
-    cdef public object head_sent, held, dechunker, rechunk, ticks, rx_seen, reused, tail
+    cdef public object head_sent, held, dechunker, rechunk, reused, tail
+    cdef public Py_ssize_t ticks, rx_seen  # the watchdog's, set per request
     cdef public int strip  # read on every read of a stream while observing
     # exchange.py's
     cdef public Pipeline down  # a downstream.Downstream

@@ -5,5 +5,6 @@ from proxy.http.relay cimport Relay
 
 cdef class UpstreamConnection:
     cdef public Relay exchange
-    cdef public object pool, transport, closed, idle_since, requests
+    cdef public object pool, transport, closed, idle_since
+    cdef public Py_ssize_t requests
     cdef public Py_ssize_t rx
