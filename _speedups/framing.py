@@ -153,6 +153,23 @@ def _bare_byte(buf, start, end):
     return False
 
 
+def _fields(data, pos, stop, out):
+    """Append to ``out`` (name, value) for each field line of ``data[pos:stop]`` (each ends
+    with CRLF; a head the framer accepted): the name as sent, the value without the OWS
+    around it."""
+    while pos < stop:
+        colon = data.find(b":", pos, stop)
+        eol = data.find(b"\r\n", colon, stop)
+        i = colon + 1
+        j = eol
+        while i < j and (data[i] == 32 or data[i] == 9):
+            i += 1
+        while j > i and (data[j - 1] == 32 or data[j - 1] == 9):
+            j -= 1
+        out.append((data[pos:colon], data[i:j]))
+        pos = eol + 2
+
+
 def _one_final_chunked(value):
     """A Transfer-Encoding value whose codings end in the only "chunked" (RFC 9112 6.3: else
     the length is unknowable)."""
@@ -208,7 +225,9 @@ class ResponseFramer:
         self.status = 0
         self.version = b""
         self.reason = b""
-        self.headers = []  # [(name, value)] as received, names not lower-cased
+        self._headers = []  # ``headers``
+        self._lazy = False  # ``headers`` are still only in raw_head (the compiled walk's)
+        self._walk_from = self._walked = 0  # the walk's fields so far, for a head it refuses
         # The head as received (status line and fields, each with its CRLF), where it is
         # written just as these fields would be: "HTTP/1.1", a reason after the code, each
         # field "name: value" with one SP and nothing around the value. Else None. What the
@@ -232,6 +251,24 @@ class ResponseFramer:
 
     # -- body -----------------------------------------------------------------------------
 
+
+    @property
+    def headers(self):
+        """[(name, value)] as received, names not lower-cased. Where the head was written
+        verbatim (``raw_head``), the compiled walk makes no object per field: they are cut
+        from raw_head here, the first time they are asked for (a relay that only forwards the
+        head never asks: heads.client_head walks raw_head itself)."""
+        if self._lazy:
+            self._lazy = False
+            raw = self.raw_head
+            _fields(raw, len(self.reason) + 15, len(raw), self._headers)
+        return self._headers
+
+    def forget_head(self):
+        """The head is in the client's hands now: hold none of it for the body's life."""
+        self._lazy = False
+        del self._headers[:]
+        self.raw_head = None
     def feed(self, data):
         """Advance over ``data``; return HEAD|DONE|ERROR flags. See the module docstring."""
         if type(data) is not bytes:
@@ -517,6 +554,10 @@ class ResponseFramer:
         reason = self.reason
         stream = self.event_stream
         err = self._walk_head(data, start, end)
+        if err is not None and err is not _BARE and self.status >= 200 and not self._lazy and not self._headers:
+            # A head refused after its status line: its fields up to the fault, as _parse_head
+            # leaves them (the walk makes no object per field).
+            _fields(data, self._walk_from, self._walked, self._headers)
         # The walk meets a bare CR, a bare LF or a NUL (RFC 9112 2.2) only where it reads. That
         # is every byte of a head it accepts; else the rule is checked over the whole head here,
         # as it comes first in _parse_head, and what the walk set before it stopped is undone
@@ -562,9 +603,8 @@ class ResponseFramer:
         verbatim = keep_alive and n > 12  # raw_head's status line
         chunked = False
         length = -1
-        headers = self.headers
         tchar = _TCHAR
-        pos = eol + 2
+        pos = first = self._walk_from = self._walked = eol + 2
         while pos < end:
             # field-name = token, then ":" right after it (RFC 9112 5.1: no space before it).
             colon = pos
@@ -589,8 +629,7 @@ class ResponseFramer:
                 i += 1
             while j > i and (buf[j - 1] == 32 or buf[j - 1] == 9):
                 j -= 1
-            value = buf[i:j]
-            headers.append((buf[pos:colon], value))
+            self._walked = eol + 2  # this field is one of ``headers`` even if its value is refused
             verbatim = verbatim and i == colon + 2 and j == eol and buf[colon + 1] == 32  # "name: value"
             n = colon - pos
             if n == 14 and _matches(buf, pos, b"content-length", 14, True):
@@ -613,15 +652,20 @@ class ResponseFramer:
             elif n == 17 and _matches(buf, pos, b"transfer-encoding", 17, True):
                 # "chunked" alone, the usual value, needs no list of codings.
                 plain = j - i == 7 and _matches(buf, i, b"chunked", 7, True)
-                if chunked or not (plain or _one_final_chunked(value)):
+                if chunked or not (plain or _one_final_chunked(data[i:j])):
                     return _UNSUPPORTED_TE
                 chunked = True
             elif n == 10 and _matches(buf, pos, b"connection", 10, True):
-                keep_alive = _keep_alive_after(value, keep_alive, http10)
+                keep_alive = _keep_alive_after(data[i:j], keep_alive, http10)
             elif n == 12 and _matches(buf, pos, b"content-type", 12, True):
                 self.event_stream = j - i >= 17 and _matches(buf, i, b"text/event-stream", 17, True)
             pos = eol + 2
-        self.raw_head = data[start : end + 2] if verbatim else None
+        if verbatim:  # the fields are cut from it when asked for (``headers``)
+            self.raw_head = data[start : end + 2]
+            self._lazy = True
+        else:
+            self.raw_head = None
+            _fields(data, first, end + 2, self._headers)
         return self._framing(keep_alive, chunked, length)
 
     def _framing(self, keep_alive, chunked, length):

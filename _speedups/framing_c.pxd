@@ -37,6 +37,9 @@ cdef bint _bare_byte(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end)
 @cython.locals(codings=list)
 cdef bint _one_final_chunked(bytes value) except -1
 
+@cython.locals(colon=Py_ssize_t, eol=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t)
+cdef _fields(bytes data, Py_ssize_t pos, Py_ssize_t stop, list out)
+
 @cython.locals(tokens=list)
 cdef bint _keep_alive_after(bytes value, bint keep_alive, bint http10) except -1
 
@@ -52,7 +55,9 @@ cdef class ResponseFramer:
     cdef public int status
     cdef public bytes version
     cdef public bytes reason
-    cdef public list headers
+    cdef list _headers
+    cdef bint _lazy
+    cdef Py_ssize_t _walk_from, _walked
     cdef public bytes raw_head
     cdef public int kind
     cdef public bint keep_alive
@@ -93,14 +98,15 @@ cdef class ResponseFramer:
     @cython.locals(buf="const unsigned char *", tchar="const unsigned char *", c=int,
                    i=Py_ssize_t, j=Py_ssize_t, n=Py_ssize_t, eol=Py_ssize_t, pos=Py_ssize_t,
                    colon=Py_ssize_t, http10=bint, keep_alive=bint, chunked=bint,
-                   length="long long", size="long long", headers=list, value=bytes, plain=bint,
-                   verbatim=bint)
+                   length="long long", size="long long", plain=bint, verbatim=bint, first=Py_ssize_t)
     cdef str _walk_head(self, bytes data, Py_ssize_t start, Py_ssize_t end)
 
     @cython.locals(status=int)
     cdef str _framing(self, bint keep_alive, bint chunked, long long length)
 
     cdef int _fail(self, str message) noexcept
+
+    cpdef forget_head(self)
 
     @cython.locals(buf="const unsigned char *", tail="unsigned int", best=Py_ssize_t,
                    i=Py_ssize_t, stop=Py_ssize_t, cut=Py_ssize_t)

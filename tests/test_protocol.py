@@ -106,7 +106,7 @@ class StubEndpoint(Endpoint):
     def __init__(self):
         self.label = "b0"
 
-    def answered(self, status, clock):
+    def answered(self, status, loop):
         pass
 
     def failed(self, now):

@@ -177,7 +177,7 @@ class Exchange(Relay, Admission):
         its connection may go back to the pool)."""
         ctx = self.down.ctx
         endpoint = self.selection.endpoint
-        endpoint.answered(status, ctx.loop.time)
+        endpoint.answered(status, ctx.loop)
         if status >= 429 and status in ctx.router.retry.statuses:
             return self.retry(reusable)
         return False

@@ -10,6 +10,35 @@ cdef dict _response_kinds, _request_fields, _host_lines, _peer_lines
 cdef Py_ssize_t _PRESET
 cdef bytes _PROTO_ID
 cdef bytes _KIND_LENGTHS
+cdef bytes _LENGTH, _LENGTH_ASK
+cdef bint _COMPILED
+
+cdef extern from "string.h":
+    const char *memchr(const char *s, int c, size_t n) nogil
+
+@cython.locals(found="const char *")
+cdef Py_ssize_t _byte_at(const char *buf, Py_ssize_t pos, Py_ssize_t size, int byte) noexcept
+
+cdef extern from *:
+    """
+    /* prefix, then n in decimal, then CRLF CRLF, as one bytes object (upstream_head's end). */
+    static PyObject *fleetproxy_length_line(PyObject *prefix, Py_ssize_t n) {
+        char digits[24];
+        int k = 0;
+        do { digits[k++] = (char)('0' + n % 10); n /= 10; } while (n > 0);
+        Py_ssize_t size = PyBytes_GET_SIZE(prefix);
+        PyObject *out = PyBytes_FromStringAndSize(NULL, size + k + 4);
+        if (out != NULL) {
+            char *d = PyBytes_AS_STRING(out);
+            memcpy(d, PyBytes_AS_STRING(prefix), size);
+            d += size;
+            while (k) *d++ = digits[--k];
+            memcpy(d, "\\r\\n\\r\\n", 4);
+        }
+        return out;
+    }
+    """
+    bytes fleetproxy_length_line(bytes prefix, Py_ssize_t n)
 
 @cython.locals(line=bytes, parts=list, name=bytes, value=bytes, field=object, kind=int, keep_alive=bint, odd=bint)
 cpdef bytes upstream_head(method, target, headers, host, forwarded_for, request_id, Py_ssize_t body_len, extra=*,
@@ -20,7 +49,7 @@ cdef bytes _host_line(bytes host)
 cdef bytes _peer_line(bytes peer)
 
 @cython.locals(raw=bytes, buf="const char *", parts=list, has_id=bint, kept=Py_ssize_t, at=Py_ssize_t,
-               end=Py_ssize_t, n=Py_ssize_t, name=bytes, value=bytes, kind=int)
+               end=Py_ssize_t, n=Py_ssize_t, kind=int, size=Py_ssize_t, colon=Py_ssize_t)
 cpdef tuple client_head(framer, request_id, bint close, bint dechunk, bint asked_load=*, bint rechunk=*, extra=*)
 
 @cython.locals(known=object, lname=bytes, kind=int)

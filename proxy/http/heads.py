@@ -43,7 +43,12 @@ _FORWARDING = frozenset((b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-for
 
 # vLLM's in-band load report (routing/load.py): asked for on the request, read and removed
 # from the response, unless the client asked for it itself.
-LOAD_FORMAT = b"endpoint-load-metrics-format"  # spelled out in a str in upstream_head too
+LOAD_FORMAT = b"endpoint-load-metrics-format"
+# upstream_head's last fields: the body's length, after a request for the load report or not.
+_LENGTH = b"\r\ncontent-length: "
+_LENGTH_ASK = b"\r\n" + LOAD_FORMAT + b": text" + _LENGTH
+_LENGTH_STR, _LENGTH_ASK_STR = _LENGTH.decode(), _LENGTH_ASK.decode()
+_COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (heads.pxd)
 LOAD_REPORT = b"endpoint-load-metrics"
 
 _MAX_CACHED = 512  # entries in each of the caches below, by the bytes that come in
@@ -140,11 +145,10 @@ def upstream_head(
     for name, value in extra:
         parts += (b"\r\n", name, b": ", value)
     if body_len or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
-        # A str encoded: compiled, the number is written in C rather than formatted by bytes %.
-        if ask_load:
-            parts.append(f"\r\nendpoint-load-metrics-format: text\r\ncontent-length: {body_len}\r\n\r\n".encode())
-        else:
-            parts.append(f"\r\ncontent-length: {body_len}\r\n\r\n".encode())
+        if _COMPILED:  # the number written into one bytes object in C (heads.pxd)
+            parts.append(fleetproxy_length_line(_LENGTH_ASK if ask_load else _LENGTH, body_len))  # noqa: F821
+        else:  # a str encoded: cheaper interpreted than bytes %
+            parts.append((f"{_LENGTH_ASK_STR if ask_load else _LENGTH_STR}{body_len}\r\n\r\n").encode())
     else:
         parts.append(b"\r\n" + LOAD_FORMAT + b": text\r\n\r\n" if ask_load else b"\r\n\r\n")
     return b"".join(parts)
@@ -244,16 +248,18 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     if raw is None:
         return _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra)
     buf = raw  # compiled: its bytes, sliced without a slice object
+    size = len(raw)
     parts = []
     has_id = False
     report = None
     kept = 0  # raw[kept:at] is still to be copied
     at = len(framer.reason) + 15  # the status line: "HTTP/1.1 200 " reason CRLF
-    for name, value in framer.headers:
-        n = len(name)
-        end = at + n + len(value) + 4  # the field's line: name ": " value CRLF
-        if (n < _KIND_LENGTHS_END and _KIND_LENGTHS[n]) or name[0] | 32 == 120:  # or an x-*
-            kind = _response_kind(name)
+    while at < size:  # each field's line, "name: value" CRLF (raw_head's form), read in place
+        colon = raw.find(b":", at) if not _COMPILED else _byte_at(buf, at, size, 58)
+        n = colon - at
+        end = (raw.find(b"\r", colon) if not _COMPILED else _byte_at(buf, colon, size, 13)) + 2
+        if (n < _KIND_LENGTHS_END and _KIND_LENGTHS[n]) or buf[at] | 32 == 120:  # or an x-*
+            kind = _response_kind(raw[at:colon])  # the name made an object only here
         else:
             kind = _R_KEEP
         if kind:
@@ -262,7 +268,7 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
             if kind == _R_ID:
                 has_id = True
             elif kind == _R_REPORT:
-                report = value
+                report = raw[colon + 2:end - 2]
             if (
                 kind == _R_HOP
                 or (kind == _R_TE and dechunk)
@@ -278,6 +284,13 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     elif kept < at:
         parts.append(buf[kept:at])
     return _end(parts, request_id and not has_id, request_id, rechunk, extra, close), report
+
+
+def _byte_at(buf, pos, size, byte):
+    """Where ``byte`` is next in ``buf[pos:size]`` (compiled: memchr through a pointer); the
+    caller's head is raw_head, where it always is."""
+    found = memchr(buf + pos, byte, size - pos)  # noqa: F821 (heads.pxd)
+    return found - buf if found else -1
 
 
 # What client_head does with a response field, by its name: 0 (_R_KEEP) forwards it.

@@ -134,8 +134,7 @@ class Relay:
                 self.tenant.headers if self.tenant is not None else b"",
             )
             # The fields are in the client's head now: not held for the stream's life (~0.9 KiB).
-            framer.headers.clear()
-            framer.raw_head = None
+            framer.forget_head()
             if report is not None:
                 self.selection.endpoint.observe_in_band(report)
             if self.strip and (framer.status != 200 or not framer.event_stream or kind == NONE or kind == LENGTH):

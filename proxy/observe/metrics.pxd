@@ -13,6 +13,9 @@ cdef bytes _ERROR_EVENT
 cdef Py_ssize_t _S_REQ, _S_BYTES, _S_TOK, _S_ERR, _S_FLIGHT
 
 
+cdef extern from "string.h":
+    int memcmp(const void *a, const void *b, size_t n) nogil
+
 cdef extern from *:
     '''
     #include <time.h>

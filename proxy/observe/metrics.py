@@ -342,6 +342,8 @@ def _after(buf, n, pos, literal):
     if pos + size > n:
         return -1
     lit = literal
+    if _COMPILED:  # one memcmp, not a loop of byte compares (literals of 16-25 bytes)
+        return pos + size if memcmp(buf + pos, lit, size) == 0 else -1  # noqa: F821 (metrics.pxd)
     for i in range(size):
         if buf[pos + i] != lit[i]:
             return -1

@@ -24,4 +24,4 @@ cdef class Endpoint:
     @cython.locals(report=Report)
     cpdef observe_in_band(self, value)
     @cython.locals(health=HealthState)
-    cpdef answered(self, status, clock)
+    cpdef answered(self, status, loop)

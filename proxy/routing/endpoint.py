@@ -198,13 +198,14 @@ class Endpoint:
         """A real request failed: connect error, reset, timeout."""
         self._ejected(self.health.request_failed(now, self.outlier, self._may_eject))
 
-    def answered(self, status, clock):
-        """A response head arrived with ``status`` (502/503/504 count as failures). ``clock``
-        is called only when the answer changes something: the common case stays cheap."""
+    def answered(self, status, loop):
+        """A response head arrived with ``status`` (502/503/504 count as failures). The
+        ``loop``'s time is read only when the answer changes something: the common case stays
+        cheap (no bound method made per response either)."""
         health = self.health
         if status < 500 and not health.failures and health.up:
             return
-        self._ejected(health.answered(status, clock(), self.outlier, self._may_eject))
+        self._ejected(health.answered(status, loop.time(), self.outlier, self._may_eject))
         if status < 500 and not health.up:
             health.served()
             log.warning("backend %s is up (it answered a request in panic)", self.label)
