@@ -160,14 +160,23 @@ def _fields(data, pos, stop, out):
     while pos < stop:
         colon = data.find(b":", pos, stop)
         eol = data.find(b"\r\n", colon, stop)
-        i = colon + 1
-        j = eol
-        while i < j and (data[i] == 32 or data[i] == 9):
-            i += 1
-        while j > i and (data[j - 1] == 32 or data[j - 1] == 9):
-            j -= 1
-        out.append((data[pos:colon], data[i:j]))
+        i = _ows_after(data, colon + 1, eol)
+        out.append((data[pos:colon], data[i:_ows_before(data, i, eol)]))
         pos = eol + 2
+
+
+def _ows_after(buf, i, j):
+    """``i`` moved on over the OWS (SP, HTAB) that starts ``buf[i:j]``."""
+    while i < j and (buf[i] == 32 or buf[i] == 9):
+        i += 1
+    return i
+
+
+def _ows_before(buf, i, j):
+    """``j`` moved back over the OWS that ends ``buf[i:j]``."""
+    while j > i and (buf[j - 1] == 32 or buf[j - 1] == 9):
+        j -= 1
+    return j
 
 
 def _one_final_chunked(value):
@@ -623,12 +632,8 @@ class ResponseFramer:
             if eol < 0:
                 return _BARE
             # The value without its leading and trailing OWS (SP, HTAB).
-            i = colon + 1
-            j = eol
-            while i < j and (buf[i] == 32 or buf[i] == 9):
-                i += 1
-            while j > i and (buf[j - 1] == 32 or buf[j - 1] == 9):
-                j -= 1
+            i = _ows_after(buf, colon + 1, eol)
+            j = _ows_before(buf, i, eol)
             self._walked = eol + 2  # this field is one of ``headers`` even if its value is refused
             verbatim = verbatim and i == colon + 2 and j == eol and buf[colon + 1] == 32  # "name: value"
             n = colon - pos

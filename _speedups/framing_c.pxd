@@ -37,8 +37,11 @@ cdef bint _bare_byte(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end)
 @cython.locals(codings=list)
 cdef bint _one_final_chunked(bytes value) except -1
 
-@cython.locals(colon=Py_ssize_t, eol=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t)
+@cython.locals(colon=Py_ssize_t, eol=Py_ssize_t, i=Py_ssize_t)
 cdef _fields(bytes data, Py_ssize_t pos, Py_ssize_t stop, list out)
+
+cdef inline Py_ssize_t _ows_after(const unsigned char *buf, Py_ssize_t i, Py_ssize_t j) noexcept
+cdef inline Py_ssize_t _ows_before(const unsigned char *buf, Py_ssize_t i, Py_ssize_t j) noexcept
 
 @cython.locals(tokens=list)
 cdef bint _keep_alive_after(bytes value, bint keep_alive, bint http10) except -1
