@@ -258,9 +258,6 @@ class ResponseFramer:
         self._hold = False  # safe_end marks boundaries (event streams, de-chunking)
         self._interim = 0  # interim (1xx) responses read before the final head
 
-    # -- body -----------------------------------------------------------------------------
-
-
     @property
     def headers(self):
         """[(name, value)] as received, names not lower-cased. Where the head was written
@@ -278,6 +275,9 @@ class ResponseFramer:
         self._lazy = False
         del self._headers[:]
         self.raw_head = None
+
+    # -- body -----------------------------------------------------------------------------
+
     def feed(self, data):
         """Advance over ``data``; return HEAD|DONE|ERROR flags. See the module docstring."""
         if type(data) is not bytes:

@@ -255,9 +255,9 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     kept = 0  # raw[kept:at] is still to be copied
     at = len(framer.reason) + 15  # the status line: "HTTP/1.1 200 " reason CRLF
     while at < size:  # each field's line, "name: value" CRLF (raw_head's form), read in place
-        colon = raw.find(b":", at) if not _COMPILED else _byte_at(buf, at, size, 58)
+        colon = _byte_at(buf, at, size, 58)  # ":"
         n = colon - at
-        end = (raw.find(b"\r", colon) if not _COMPILED else _byte_at(buf, colon, size, 13)) + 2
+        end = _byte_at(buf, colon, size, 13) + 2  # after the CRLF
         if (n < _KIND_LENGTHS_END and _KIND_LENGTHS[n]) or buf[at] | 32 == 120:  # or an x-*
             kind = _response_kind(raw[at:colon])  # the name made an object only here
         else:
@@ -289,6 +289,8 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
 def _byte_at(buf, pos, size, byte):
     """Where ``byte`` is next in ``buf[pos:size]`` (compiled: memchr through a pointer); the
     caller's head is raw_head, where it always is."""
+    if not _COMPILED:
+        return buf.find(byte, pos, size)
     found = memchr(buf + pos, byte, size - pos)  # noqa: F821 (heads.pxd)
     return found - buf if found else -1
 
