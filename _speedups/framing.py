@@ -40,6 +40,9 @@ HEAD = 1
 DONE = 2
 ERROR = 4
 EVENT = 8  # an SSE event ended in this read: safe_end is just after the last one that did
+# The flags again, as the framer sets them: C ints where compiled (framing_c.pxd), so that a read
+# is not flagged through Python ints; the names above stay what importers read.
+_HEAD, _DONE, _ERROR, _EVENT = HEAD, DONE, ERROR, EVENT
 
 # Body framing kinds.
 NONE = 0  # no body (1xx, 204, 304, HEAD request)
@@ -291,15 +294,15 @@ class ResponseFramer:
         self.msg_end = 0
         state = self.state
         if state == S_ERROR:
-            return ERROR
+            return _ERROR
         if state == S_HEAD:
             pos = self._head(data, n)
             if pos <= 0:
-                return ERROR if pos < 0 else 0
-            flags = HEAD
+                return _ERROR if pos < 0 else 0
+            flags = _HEAD
             state = self.state
             if state == S_DONE:
-                flags |= DONE
+                flags |= _DONE
 
         sse = self.event_stream
         while pos < n and state != S_DONE:
@@ -370,14 +373,14 @@ class ResponseFramer:
                     if sse:
                         if _sse_tail_is_boundary(self._tail):
                             self.safe_end = pos
-                            flags |= EVENT
+                            flags |= _EVENT
                 else:  # trailer section: ends at an empty line
                     self._trailer += end - start + 2
                     if end == start:
                         state = S_DONE
                         self.safe_end = pos
                         self.msg_end = pos
-                        flags |= DONE
+                        flags |= _DONE
             elif state == S_LENGTH:
                 take = n - pos
                 if take > self._remaining:
@@ -387,16 +390,16 @@ class ResponseFramer:
                 self._remaining -= take
                 self.body_bytes += take
                 if sse and self._sse_plain(data, start, pos):
-                    flags |= EVENT
+                    flags |= _EVENT
                 if self._remaining == 0:
                     state = S_DONE
                     self.safe_end = pos
                     self.msg_end = pos
-                    flags |= DONE
+                    flags |= _DONE
             else:  # S_CLOSE
                 self.body_bytes += n - pos
                 if sse and self._sse_plain(data, pos, n):
-                    flags |= EVENT
+                    flags |= _EVENT
                 pos = n
         self.state = state
         if not self._hold:
@@ -696,7 +699,7 @@ class ResponseFramer:
     def _fail(self, message):
         self.state = S_ERROR
         self.error = message
-        return ERROR
+        return _ERROR
 
     def _sse_plain(self, data, start, end):
         """Not chunked: safe_end := the last event boundary in data[start:end], if any.

@@ -234,10 +234,26 @@ def test_finish_at_finds_the_finish_event_of_every_read_of_vllms_streams():
 def test_finish_at_keeps_its_rule_on_any_bytes():
     rng = random.Random(14)
     pieces = [b'"finish_reason":', b'"finish_reason":"', b"null", b'"stop"', b'\\"finish_reason\\":"', b'"f',
-              b'"', b"f", b"x", b"}", b"\r\n", b"data: {"]
+              b'"', b"f", b"x", b"}", b"\r\n", b"data: {",
+              # pieces of the key itself: the compiled search moves back by where a byte is in it
+              b"reason", b'son":', b'_reason":"', b"n", b"i", b":", b'"finish', b"h_r"]
     for _ in range(20000):
         data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 9)))
         assert streamusage.finish_at(data) == _last_finish(data), data
+
+
+def test_rfind_is_bytes_rfind():
+    # The compiled search moves back by the byte a window starts on: needles with repeated
+    # bytes, haystacks made of their pieces, where a wrong move would step over a match.
+    rng = random.Random(15)
+    needles = [b'"usage"', streamusage.FINISH[:-1], b"aa", b"abab", b"x", b'""', b"ee\r\n"]
+    for needle in needles:
+        skip = streamusage.skips(needle)
+        pieces = [needle, needle[:-1], needle[1:], needle[: len(needle) // 2], b"a", b"b", b'"', b"e", b"\r\n", b"z"]
+        for _ in range(3000):
+            data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 8)))
+            assert streamusage.rfind(data, needle, skip) == data.rfind(needle), (needle, data)
+    assert streamusage.rfind(b"abc", b"", streamusage.skips(b"")) == 3
 
 
 def test_find_is_bytes_find():

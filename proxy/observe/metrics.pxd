@@ -4,12 +4,12 @@
 cimport cython
 
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
-from proxy.observe.streamusage cimport find
+from proxy.observe.streamusage cimport find, rfind
 
 cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _NCLASS
 cdef double[::1] _E2E_BOUNDS, _RESP_BOUNDS, _REQ_BOUNDS, _TTFT_BOUNDS, _ITL_BOUNDS
 cdef bint _COMPILED
-cdef bytes _ERROR_EVENT
+cdef bytes _ERROR_EVENT, _USAGE_KEY, _USAGE_SKIP
 cdef Py_ssize_t _S_REQ, _S_BYTES, _S_TOK, _S_ERR, _S_FLIGHT
 
 

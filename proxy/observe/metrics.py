@@ -18,7 +18,7 @@ from bisect import bisect_left
 from time import monotonic
 
 from ..routing.fields import decode
-from .streamusage import find
+from .streamusage import find, rfind, skips
 from .table import (
     CLASSES, FALLBACK, H_CONNECT, H_E2E, H_ITL, H_OVER_REQ, H_OVER_RESP, H_QUEUE, H_TTFT, HIST_AT, HISTOGRAMS,
     KEY_CELLS, OUTCOMES, OVERFLOW, R_CONNECTIONS, R_DROPPED, R_STREAMS, ROW_HEADER, S_BYTES, S_ERR_EVENTS, S_KEY,
@@ -59,6 +59,9 @@ _DETAILS_AT = b',"prompt_tokens_details":'
 _CACHED_AT = b'{"cached_tokens":'
 _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (metrics.pxd)
 _ERROR_EVENT = b'data: {"error"'  # an in-band error event (vLLM's, or the proxy's own)
+# Searched from a body's end: vLLM writes the usage object after the choices.
+_USAGE_KEY = b'"usage"'
+_USAGE_SKIP = skips(_USAGE_KEY)
 _NCLASS = len(OUTCOMES)
 _STATUS_ROW = [i * _NCLASS for i in range(len(CLASSES))]
 # Series offsets as this module's own names (typed in metrics.pxd).
@@ -277,14 +280,14 @@ def usage(tail, prev=None):
     the last two reads of a response (see the module docstring); NO_TOKENS when none is there."""
     if tail is None:
         return NO_TOKENS
-    at = tail.rfind(b'"usage"')
+    at = rfind(tail, _USAGE_KEY, _USAGE_SKIP)
     if at < 0:
         if prev is None:
             return NO_TOKENS
         # Not in the last read: in the one before, or cut between the two (a body's last read
         # is then short). Once per request, a few KiB at most.
         tail = prev[-USAGE_SPAN:] + tail[:USAGE_SPAN]
-        at = tail.rfind(b'"usage"')
+        at = rfind(tail, _USAGE_KEY, _USAGE_SKIP)
         if at < 0:
             return NO_TOKENS
     if _COMPILED:

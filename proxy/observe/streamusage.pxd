@@ -49,11 +49,16 @@ cdef extern from *:
 
 cdef bint _COMPILED
 cdef bytes OPTION
-cdef bytes _CHOICES, _USAGE, _FINGERPRINT, _REASON
+cdef bytes _CHOICES, _USAGE, _FINGERPRINT, _REASON, _SKIP
 
 
-@cython.locals(n=Py_ssize_t, i=Py_ssize_t, buf="const unsigned char *", lit="const unsigned char *")
+@cython.locals(i=Py_ssize_t)
 cpdef Py_ssize_t finish_at(bytes data)
+
+
+@cython.locals(i=Py_ssize_t, m=Py_ssize_t, c=int, first=int, buf="const unsigned char *", lit="const unsigned char *",
+               table="const unsigned char *")
+cpdef Py_ssize_t rfind(bytes data, bytes needle, bytes skip)
 
 
 @cython.locals(n=Py_ssize_t, buf="const unsigned char *", lit="const unsigned char *", hit="const unsigned char *")

@@ -37,23 +37,49 @@ def finish_at(data):
     """Where the finish event's ``"finish_reason":"`` is in ``data`` (whole units of a stream
     the relay watches), or -1: the last ``"finish_reason":`` of the read, when a string follows
     it. The last one decides: with one choice (``wants_usage``) no choice event follows the
-    finish event, and every event before it says ``null``. Searched from the end, where a token
-    event has it a few dozen bytes in (compiled: C reads; interpreted: ``bytes.rfind``), so the
-    content and ids before it are not read at all."""
-    n = len(data)
-    if _COMPILED:
-        buf = data
-        lit = _REASON
-        i = n - 16
-        while i >= 0:
-            if buf[i] == 34 and buf[i + 1] == 102 and memcmp(buf + i, lit, 16) == 0:  # noqa: F821 (.pxd)
-                break
-            i -= 1
-    else:
-        i = data.rfind(_REASON)
-    if i < 0 or i + 16 >= n or data[i + 16] != 34:
+    finish event, and every event before it says ``null``. Searched from the end (``rfind``),
+    where a token event has it a few dozen bytes in, so the content and ids before it are not
+    read at all."""
+    i = rfind(data, _REASON, _SKIP)
+    if i < 0 or i + 16 >= len(data) or data[i + 16] != 34:
         return -1
     return i
+
+
+def skips(needle):
+    """``rfind``'s table for ``needle`` (up to 255 bytes): for each byte, how far a window that
+    starts on it and does not match moves back: to where the needle next has that byte after
+    its start (its first index there), or past it (its length) where it has none. No place in
+    between can start a match (Horspool's search, backwards)."""
+    m = len(needle)
+    return bytes(next((j for j in range(1, m) if needle[j] == c), m) for c in range(256))
+
+
+def rfind(data, needle, skip):
+    """``data.rfind(needle)``, ``skip`` being ``skips(needle)``. Compiled, a window moved back
+    from the end by ``skip`` of the byte it starts on: where the needle is near the end and
+    most bytes after it are not in it (a key of a JSON event or body read from its end), a few
+    reads of C and no method call, where ``bytes.rfind`` parses its arguments and reads
+    backwards byte by byte."""
+    if not _COMPILED:
+        return data.rfind(needle)
+    buf = data
+    lit = needle
+    table = skip
+    m = len(needle)
+    i = len(data) - m
+    if m == 0:
+        return i
+    first = lit[0]
+    while i >= 0:
+        c = buf[i]
+        if c == first and memcmp(buf + i, lit, m) == 0:  # noqa: F821 (.pxd)
+            return i
+        i -= table[c]
+    return -1
+
+
+_SKIP = skips(_REASON)
 
 
 def find(data, needle, start=0, end=-1):
