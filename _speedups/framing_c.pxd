@@ -13,7 +13,7 @@ cdef int _HEAD, _DONE, _ERROR, _EVENT
 cdef int S_HEAD, S_LENGTH, S_SIZE, S_DATA, S_DATA_CRLF, S_TRAILER, S_CLOSE, S_DONE, S_ERROR
 cdef Py_ssize_t MAX_HEAD, MAX_SIZE_LINE, MAX_TRAILER, MAX_LENGTH_DIGITS, MAX_INTERIM
 cdef bytes _TCHAR, _TCHARS
-cdef bint _COMPILED
+cdef bint _COMPILED, _NATIVE
 cdef str _BARE, _SWITCH, _UNSUPPORTED_TE
 
 cdef bint _sse_tail_is_boundary(unsigned int tail) noexcept
@@ -29,7 +29,10 @@ cdef bint _matches(const unsigned char *buf, Py_ssize_t at, const char *literal,
 @cython.locals(i=Py_ssize_t, c=int)
 cdef Py_ssize_t _blank_line(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end) noexcept
 
-@cython.locals(c=int)
+cdef extern from "string.h":
+    const unsigned char *memchr(const void *s, int c, size_t n) nogil
+
+@cython.locals(c=int, cr="const unsigned char *", stop=Py_ssize_t)
 cdef Py_ssize_t _line_end(const unsigned char *buf, Py_ssize_t i, Py_ssize_t end) noexcept
 
 @cython.locals(i=Py_ssize_t)
