@@ -504,3 +504,18 @@ def test_instructions_per_request_counts_the_requests_not_the_start():
     more = per("--small", "50", "--large", "250")
     assert 5_000 < fewer < 2_000_000
     assert abs(more - fewer) < 0.1 * fewer, (fewer, more)
+
+
+@pytest.mark.skipif(not (__import__("shutil").which("valgrind") and __import__("shutil").which("wrk")),
+                    reason="valgrind or wrk is not installed")
+@pytest.mark.skipif(bool(os.environ.get("FLEETPROXY_PURE")), reason="a tool of the bench: checked once, on the native run")
+def test_served_instructions_count_completions_end_to_end():
+    """bench/micro/served.py for real, briefly (a serving proxy under valgrind, twice, behind
+    wrk): the figure is of chat completions the simulator answered (a run with a non-2xx
+    answer is refused), in the range a proxied request can cost."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "micro", "served.py"), "--short", "1", "--long", "3"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("fleetproxy chat.lua itl=0: "), out.stdout
+    per = int(out.stdout.split(": ")[1].split(" user-space")[0].replace(",", ""))
+    assert 10_000 < per < 2_000_000, out.stdout

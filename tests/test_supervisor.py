@@ -74,6 +74,12 @@ def sim2():
 def test_connections_reach_both_workers(sim2):
     proxy = start_proxy([sim2], "--workers", "2")
     try:
+        # Both listening first: the port answers once one worker is up, and on a busy machine the
+        # other may still be importing, so the kernel would have one socket to spread over.
+        deadline = time.monotonic() + 30
+        while len(live_pids(proxy)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(live_pids(proxy)) == 2, workers(proxy)
         load = Load(proxy.port, threads=8)
         time.sleep(1.5)
         load.stop()

@@ -19,7 +19,7 @@ cpdef bint few_blank_lines(bytes data, Py_ssize_t room)
 
 cdef class Pipeline:
     cdef public Context ctx
-    cdef public object loop, transport, reader, peer, trusted, queue, active, writing_paused
+    cdef public object loop, transport, write, reader, peer, trusted, queue, active, writing_paused
     cdef public object timer, unparsed, advancing, stall_since, stall_size
     # Read and counted on every read and request: C ints (the pure build's are Python ints).
     cdef public int paused  # PAUSE_* bits

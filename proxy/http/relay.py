@@ -186,11 +186,11 @@ class Relay:
             elif self.rechunk:
                 out = heads.chunk(out)
         if head is not None:
-            down.transport.write(head + out if out else head)
+            down.write(head + out if out else head)
             if obs is not None:
                 obs.t_resp = clock()
         elif out:
-            down.transport.write(out)
+            down.write(out)
 
         if flags & DONE:
             self.complete(framer.keep_alive and not flags & ERROR)

@@ -1,0 +1,110 @@
+"""Instructions per request of a serving proxy, end to end, counted by callgrind: fleetproxy or
+nginx, one process each, behind wrk, in front of the simulator.
+
+    python bench/micro/served.py [--target fleetproxy|nginx] [--lua chat.lua|stream16.lua] [--itl S]
+
+Why. ``instructions.py`` counts the proxy's own path in one process; this counts every
+user-space instruction a serving proxy process retires per request (uvloop, CPython, libc, the
+proxy; nginx alike), so the two proxies compare on one figure that does not move with the
+machine. The target runs under valgrind twice, behind ``wrk -c N`` for ``--short`` and then
+``--long`` seconds; the difference of its instructions over the difference of the requests wrk
+completed cancels start-up, warm-up and shutdown. The kernel's half of the CPU (loopback TCP,
+epoll) is in neither figure: it is the same for both proxies. ``--itl`` sets the simulator's
+time between tokens: 0 writes a stream at once (a read or two per response), a few ms makes it
+one read per event, as vLLM writes them. A run with any error or non-2xx answer is refused: a
+404 costs a proxy less than a completion.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from bench import wrk  # noqa: E402
+from bench.procs import free_port, nginx_conf, nginx_path, wait_port  # noqa: E402
+
+
+def count(args, seconds, where):
+    """(requests wrk completed, instructions the target retired) for one run of ``seconds``."""
+    sim_port, port = free_port(), free_port()
+    sim_cmd = [sys.executable, "-m", "proxy.sim", "--port", str(sim_port)]
+    if args.itl:
+        sim_cmd += ["--ttft", "0", "--itl", str(args.itl)]
+    sim = subprocess.Popen(sim_cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = os.path.join(where, f"valgrind-{seconds}.log")
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={where}/callgrind.{seconds}"]
+    if args.target == "nginx":
+        prefix = tempfile.mkdtemp(dir=where)
+        conf = nginx_conf(prefix, port, [f"http://127.0.0.1:{sim_port}"], 1).replace(
+            "master_process on;", "master_process off;")  # one process does all, as fleetproxy's
+        with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+            f.write(conf)
+        cmd = [*valgrind, nginx_path(), "-p", prefix, "-c", os.path.join(prefix, "nginx.conf")]
+        stop = signal.SIGQUIT  # nginx's graceful stop
+    else:
+        cmd = [*valgrind, sys.executable, "-m", "proxy", "--single-process", "--listen", f"127.0.0.1:{port}",
+               "--admin-listen", f"127.0.0.1:{free_port()}", "--backend", f"http://127.0.0.1:{sim_port}",
+               "--log-level", "warning"] + (["--config", args.config] if args.config else [])
+        stop = signal.SIGTERM
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    with open(log, "w") as out:
+        target = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out, env=env)
+    try:
+        wait_port(sim_port, sim)
+        wait_port(port, target, timeout=120.0)  # start-up under valgrind is slow
+        time.sleep(2.0)  # let it settle: imports and first-request paths are the start's, not the runs'
+        script = wrk.script(args.lua, where)
+        run = subprocess.run(wrk.argv(f"http://127.0.0.1:{port}", script, seconds, args.connections),
+                             capture_output=True, text=True, timeout=seconds + 60)
+        result = wrk.parse(run.stdout)
+    finally:
+        target.send_signal(stop)
+        try:
+            target.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            target.kill()
+            target.wait()
+        sim.terminate()
+        sim.wait()
+    if result["errors"]:
+        sys.exit(f"{args.target}: wrk saw errors {result['error_kinds']}: not a count of served requests")
+    with open(log) as f:
+        found = re.search(r"Collected : (\d+)", f.read())
+    if found is None:
+        sys.exit(f"{args.target}: callgrind wrote no total (see {log})")
+    return result["requests"], int(found.group(1))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", choices=["fleetproxy", "nginx"], default="fleetproxy")
+    p.add_argument("--lua", default="chat.lua", help="a script of bench/lua (chat.lua, stream16.lua, chat_sdk.lua)")
+    p.add_argument("--itl", type=float, default=0.0, help="the simulator's seconds between tokens (0: at once)")
+    p.add_argument("--config", help="fleetproxy's config file (default: its defaults, metrics on)")
+    p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--short", type=int, default=4, help="seconds of the first run")
+    p.add_argument("--long", type=int, default=12, help="seconds of the second run")
+    args = p.parse_args(argv)
+    for tool in ("valgrind", "wrk") + (("nginx",) if args.target == "nginx" else ()):
+        if (nginx_path() if tool == "nginx" else shutil.which(tool)) is None:
+            sys.exit(f"{tool} is not installed (Debian/Ubuntu: apt-get install {'nginx-light' if tool == 'nginx' else tool})")
+    if args.long <= args.short:
+        sys.exit("--long must be more seconds than --short")
+    with tempfile.TemporaryDirectory() as where:
+        (r1, i1), (r2, i2) = count(args, args.short, where), count(args, args.long, where)
+    if r2 <= r1:
+        sys.exit(f"the longer run completed no more requests ({r1}, then {r2}): the machine is too busy to count")
+    print(f"{args.target} {args.lua} itl={args.itl:g}: {(i2 - i1) / (r2 - r1):,.0f} user-space instructions/request "
+          f"(callgrind, {r2} - {r1} requests in {args.long} s - {args.short} s)")
+
+
+if __name__ == "__main__":
+    main()
