@@ -49,8 +49,8 @@ cdef class Recorder:
 
     @cython.locals(base=Py_ssize_t, at=Py_ssize_t, seconds=double, t0=double, t_head=double, t_body=double,
                    cls=Py_ssize_t, completion=cython.longlong, cells="long long[::1]")
-    cpdef record(self, Timing obs, selection, NativeFramer framer, int status, Py_ssize_t outcome, double now,
-                 tokens, model, backend)
+    cpdef record(self, Timing obs, Py_ssize_t attempts, bint fallback, NativeFramer framer, int status,
+                 Py_ssize_t outcome, double now, tokens, model, backend)
 
     @cython.locals(tokens=cython.longlong, base=Py_ssize_t)
     cpdef admitted(self, Timing obs, body, label, model)
@@ -80,4 +80,4 @@ cpdef tuple tokens_of(Timing timing)
 @cython.locals(at=Py_ssize_t)
 cpdef tuple usage(tail, prev=*)
 
-cpdef model_of(body, selection)
+cpdef model_of(body, fields)

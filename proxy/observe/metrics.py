@@ -150,14 +150,15 @@ class Recorder:
         """One observation of ``seconds`` into histogram ``hist`` of the series at ``base``."""
         _observe(self.cells, base + HIST_AT[hist], _BOUNDS[hist], seconds)
 
-    def record(self, obs, selection, framer, status, outcome, now, tokens, model, backend):
+    def record(self, obs, attempts, fallback, framer, status, outcome, now, tokens, model, backend):
         """A request ended with ``outcome`` (an index into table.OUTCOMES) and ``status`` (0:
-        no response): its Timing, routing.Selection and response framer (each None where the
-        request got none). Once per request, so written flat: locals, the histogram adds
-        inline (a call costs as much as the add)."""
-        if outcome == 0 and selection is not None and len(selection.route.clusters) > 1:
-            if selection.route.clusters[0] not in selection.endpoint.clusters:
-                outcome = FALLBACK
+        no response): its Timing and response framer (None where it got none), the endpoints it
+        was sent to (``attempts``, 0 where it was routed nowhere) and whether the one that
+        served it is outside its route's first cluster (``fallback``; the observer reads both
+        off the routing.Selection). Once per request, so written flat: locals, the histogram
+        adds inline (a call costs as much as the add)."""
+        if outcome == 0 and fallback:
+            outcome = FALLBACK
         if obs.flight_label is backend and obs.flight != self.overflow:
             base = obs.flight  # the series ``admitted`` found for this endpoint: no second lookup
         else:
@@ -179,7 +180,7 @@ class Recorder:
         if t_head:
             _observe(cells, base + _E2E_AT, _E2E_BOUNDS, now - t0)
             _observe(cells, base + _RESP_AT, _RESP_BOUNDS, obs.t_resp - t_head)
-        if obs.t_sent and selection.attempts == 1:
+        if obs.t_sent and attempts == 1:
             seconds = obs.t_sent - t0 - obs.t_wait
             _observe(cells, base + _REQ_AT, _REQ_BOUNDS, seconds if seconds > 0.0 else 0.0)
         t_body = obs.t_body
@@ -213,13 +214,13 @@ class Recorder:
 
     def retried(self, ex, endpoint, status):
         """An attempt of ``ex`` on ``endpoint`` that went to another endpoint instead."""
-        base = self.series(model_of(ex.body, ex.selection), endpoint.label, ex.obs.tenant)
+        base = self.series(model_of(ex.body, ex.selection.decoded), endpoint.label, ex.obs.tenant)
         self.cells[base + S_REQ + _STATUS_ROW[status // 100 if status < 600 else 0] + 5] += 1
 
     def waited(self, ex, seconds, fresh):
         """``ex`` waited ``seconds`` for its connection: to open it (``fresh``) or in the queue."""
         ex.obs.t_wait += seconds
-        base = self.series(model_of(ex.body, ex.selection), ex.selection.endpoint.label, ex.obs.tenant)
+        base = self.series(model_of(ex.body, ex.selection.decoded), ex.selection.endpoint.label, ex.obs.tenant)
         self.observe(base, H_CONNECT if fresh else H_QUEUE, seconds)
 
     def sample(self, ctx):
@@ -371,9 +372,9 @@ def _skip_digits(buf, n, pos):
     return pos
 
 
-def model_of(body, selection):
-    """The request's model, from the routing fields when routing decoded them already."""
-    fields = selection.decoded if selection is not None else None
+def model_of(body, fields):
+    """The request's model, from the routing fields when routing decoded them already
+    (``fields``: a Selection's ``decoded``, else None)."""
     if fields is None:
         if not body:
             return ""

@@ -7,6 +7,8 @@ from proxy.http.relay cimport Relay
 from proxy.observe.accesslog cimport AccessLog
 from proxy.observe.metrics cimport Recorder, Timing, clock, model_of, tokens_of
 from proxy.observe.streamusage cimport wants_usage
+from proxy.routing.endpoint cimport Endpoint
+from proxy.routing.router cimport Selection
 
 
 cdef class Observer:
@@ -18,13 +20,14 @@ cdef class Observer:
     @cython.locals(timing=Timing)
     cpdef begin(self, Relay ex)
 
-    @cython.locals(timing=Timing, now=double)
+    @cython.locals(timing=Timing, now=double, selection=Selection, endpoint=Endpoint, clusters=tuple,
+                   attempts=Py_ssize_t, fallback=bint)
     cpdef done(self, Relay ex, status, outcome)
 
     @cython.locals(timing=Timing)
     cpdef retried(self, Relay ex, endpoint, status)
 
-    @cython.locals(timing=Timing)
+    @cython.locals(timing=Timing, selection=Selection)
     cpdef admitted(self, Relay ex)
 
     cpdef waited(self, Relay ex, seconds, fresh)

@@ -59,16 +59,23 @@ class Observer:
         now = clock()
         tokens = tokens_of(timing)
         selection = ex.selection
+        attempts = 0
+        fallback = False
+        backend = ""
+        if selection is not None:
+            attempts = selection.attempts
+            endpoint = selection.endpoint
+            backend = endpoint.label
+            clusters = selection.route.clusters
+            fallback = len(clusters) > 1 and clusters[0] not in endpoint.clusters
         model = timing.model
         if model is None:
-            model = model_of(ex.body, selection)
-        backend = selection.endpoint.label if selection is not None else ""
+            model = model_of(ex.body, selection.decoded if selection is not None else None)
         if self.recorder is not None:
-            self.recorder.record(timing, selection, ex.framer, status, outcome, now, tokens, model, backend)
+            self.recorder.record(timing, attempts, fallback, ex.framer, status, outcome, now, tokens, model, backend)
         if self.log is not None:
             self.log.write(ex, status, outcome, now, tokens, model, backend)
         if timing.span is not None:
-            attempts = selection.attempts if selection is not None else 0
             self.tracer.end(timing.span, status, OUTCOMES[outcome], model, backend, attempts, tokens)
         timing.t0 = -1.0  # once
 
@@ -87,7 +94,7 @@ class Observer:
             timing.usage = wants_usage(ex.method, ex.target, ex.selection.fields())
         if self.recorder is not None:
             selection = ex.selection
-            timing.model = model_of(ex.body, selection)
+            timing.model = model_of(ex.body, selection.decoded)
             self.recorder.admitted(timing, ex.body, selection.endpoint.label, timing.model)
 
     def waited(self, ex, seconds, fresh):
