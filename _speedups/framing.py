@@ -680,7 +680,7 @@ class ResponseFramer:
                 self.event_stream = j - i >= 17 and _matches(buf, i, b"text/event-stream", 17, True)
             pos = eol + 2
         if verbatim:  # the fields are cut from it when asked for (``headers``)
-            self.raw_head = data[start : end + 2]
+            self.raw_head = buf[start : end + 2]
             self._lazy = True
         else:
             self.raw_head = None

@@ -259,7 +259,7 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
         n = colon - at
         end = _byte_at(buf, colon, size, 13) + 2  # after the CRLF
         if (n < _KIND_LENGTHS_END and _KIND_LENGTHS[n]) or buf[at] | 32 == 120:  # or an x-*
-            kind = _response_kind(raw[at:colon])  # the name made an object only here
+            kind = _response_kind(buf[at:colon])  # the name made an object only here
         else:
             kind = _R_KEEP
         if kind:
@@ -268,7 +268,7 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
             if kind == _R_ID:
                 has_id = True
             elif kind == _R_REPORT:
-                report = raw[colon + 2:end - 2]
+                report = buf[colon + 2:end - 2]
             if (
                 kind == _R_HOP
                 or (kind == _R_TE and dechunk)

@@ -103,7 +103,7 @@ def read_plain(data, start, limits):
     while pos < n and classes[buf[pos]] & 2:
         pos += 1
     target = buf[at:pos]
-    if pos - at > limits.max_request_line or data[pos:pos + 11] != _VERSION:
+    if pos - at > limits.max_request_line or n - pos < 11 or buf[pos:pos + 11] != _VERSION:
         return None
     pos += 11
     head_bytes = pos - at - 11

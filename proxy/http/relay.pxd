@@ -36,7 +36,7 @@ cdef class Relay:
     @cython.locals(endpoint=Endpoint)
     cpdef send(self, UpstreamConnection conn)
     @cython.locals(framer=NativeFramer, flags=int, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, strip=int, out=bytes,
-                   at=Py_ssize_t)
+                   at=Py_ssize_t, buf="const char *")
     cpdef upstream_data(self, bytes data)
     cpdef _cancel_timer(self)
     cpdef _give_back(self, reusable)

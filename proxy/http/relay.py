@@ -151,16 +151,17 @@ class Relay:
             end = start
 
         held = self.held
+        buf = data  # compiled: its bytes, sliced without a slice object (relay.pxd)
         if held is None:
             if start == 0 and end == n:
                 out = data  # the common case: forwarded as received
             else:
-                out = data[start:end]
+                out = buf[start:end]
                 if end < n and not flags & (DONE | ERROR):
-                    self.held = data[end:]
+                    self.held = buf[end:n]
         elif end > start:
-            out = held + data[start:end]
-            self.held = data[end:] if end < n and not flags & (DONE | ERROR) else None
+            out = held + buf[start:end]
+            self.held = buf[end:n] if end < n and not flags & (DONE | ERROR) else None
         else:
             held += data[start:]
             if len(held) > MAX_HOLD:

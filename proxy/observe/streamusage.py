@@ -207,7 +207,7 @@ def _strip_vllm(tail):
     end = done - 2  # the usage event's payload ends there (its "\n\n" included)
     if not tail.startswith(b"data: {", at) or find(tail, _CHOICES, at, end) < 0 or find(tail, _USAGE, at, end) < 0:
         return None
-    event = tail[at:end - 2]
+    event = buf[at:end - 2]
     found = find(tail, _FINGERPRINT, at, end)
     if found < 0:
         return tail[:usage] + tail[done:], event
