@@ -52,7 +52,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
         self.loop = ctx.loop
         self.transport = None
         # transport.write, bound once: a stream writes each event, and a method looked up by
-        # name per write costs more than holding it (~70 bytes a connection).
+        # name per write costs more than holding it (~90 bytes a connection).
         self.write = None
         self.reader = None
         self.peer = b""
