@@ -29,51 +29,40 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from bench import wrk  # noqa: E402
-from bench.procs import free_port, nginx_conf, nginx_path, wait_port  # noqa: E402
+from bench.procs import Fleet, nginx_conf, nginx_path, wait_port  # noqa: E402
 
 
 def count(args, seconds, where):
     """(requests wrk completed, instructions the target retired) for one run of ``seconds``."""
-    sim_port, port = free_port(), free_port()
-    sim_cmd = [sys.executable, "-m", "proxy.sim", "--port", str(sim_port)]
-    if args.itl:
-        sim_cmd += ["--ttft", "0", "--itl", str(args.itl)]
-    sim = subprocess.Popen(sim_cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = os.path.join(where, f"valgrind-{seconds}.log")
-    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={where}/callgrind.{seconds}"]
-    if args.target == "nginx":
-        prefix = tempfile.mkdtemp(dir=where)
-        conf = nginx_conf(prefix, port, [f"http://127.0.0.1:{sim_port}"], 1).replace(
-            "master_process on;", "master_process off;")  # one process does all, as fleetproxy's
-        with open(os.path.join(prefix, "nginx.conf"), "w") as f:
-            f.write(conf)
-        cmd = [*valgrind, nginx_path(), "-p", prefix, "-c", os.path.join(prefix, "nginx.conf")]
-        stop = signal.SIGQUIT  # nginx's graceful stop
-    else:
-        cmd = [*valgrind, sys.executable, "-m", "proxy", "--single-process", "--listen", f"127.0.0.1:{port}",
-               "--admin-listen", f"127.0.0.1:{free_port()}", "--backend", f"http://127.0.0.1:{sim_port}",
-               "--log-level", "warning"] + (["--config", args.config] if args.config else [])
-        stop = signal.SIGTERM
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    with open(log, "w") as out:
-        target = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out, env=env)
-    try:
-        wait_port(sim_port, sim)
+    with Fleet() as fleet:  # the bench's own starts, ports and clean-up; the target's stop is ours
+        sim = fleet.start_sim("sim", ["--ttft", "0", "--itl", str(args.itl)] if args.itl else [])
+        port = fleet.port()
+        log = os.path.join(where, f"valgrind-{seconds}.log")
+        valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={where}/callgrind.{seconds}",
+                    f"--log-file={log}"]
+        if args.target == "nginx":
+            prefix = tempfile.mkdtemp(dir=where)
+            conf = nginx_conf(prefix, port, [sim], 1).replace(
+                "master_process on;", "master_process off;")  # one process does all, as fleetproxy's
+            with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+                f.write(conf)
+            argv = [*valgrind, nginx_path(), "-p", prefix, "-c", os.path.join(prefix, "nginx.conf")]
+            stop = signal.SIGQUIT  # nginx's graceful stop
+        else:
+            argv = [*valgrind, sys.executable, "-m", "proxy", "--single-process", "--listen", f"127.0.0.1:{port}",
+                    "--admin-listen", f"127.0.0.1:{fleet.port()}", "--backend", sim,
+                    "--log-level", "warning"] + (["--config", args.config] if args.config else [])
+            stop = signal.SIGTERM
+        target = fleet.spawn(args.target, argv, env={**os.environ, "PYTHONHASHSEED": "0"}, pin=False).popen
         wait_port(port, target, timeout=120.0)  # start-up under valgrind is slow
         time.sleep(2.0)  # let it settle: imports and first-request paths are the start's, not the runs'
-        script = wrk.script(args.lua, where)
-        run = subprocess.run(wrk.argv(f"http://127.0.0.1:{port}", script, seconds, args.connections),
-                             capture_output=True, text=True, timeout=seconds + 60)
+        run = subprocess.run(wrk.argv(f"http://127.0.0.1:{port}", wrk.script(args.lua, where), seconds,
+                                      args.connections), capture_output=True, text=True, timeout=seconds + 60)
         result = wrk.parse(run.stdout)
-    finally:
+        # Stopped here, and waited for: callgrind writes its counts as the process exits, and
+        # the fleet's own stop would kill it after a few seconds' grace.
         target.send_signal(stop)
-        try:
-            target.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            target.kill()
-            target.wait()
-        sim.terminate()
-        sim.wait()
+        target.wait(timeout=120)
     if result["errors"]:
         sys.exit(f"{args.target}: wrk saw errors {result['error_kinds']}: not a count of served requests")
     with open(log) as f:
