@@ -2,6 +2,7 @@
 # recorder adds into its row through a typed view of the shared table, C integer arithmetic
 # instead of Python ints. The .py stays the whole specification; the pure build runs it as is.
 cimport cython
+from libc.string cimport memcmp
 
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
 from proxy.observe.streamusage cimport find, rfind
@@ -11,10 +12,6 @@ cdef double[::1] _E2E_BOUNDS, _RESP_BOUNDS, _REQ_BOUNDS, _TTFT_BOUNDS, _ITL_BOUN
 cdef bint _COMPILED
 cdef bytes _ERROR_EVENT, _USAGE_KEY, _USAGE_SKIP
 cdef Py_ssize_t _S_REQ, _S_BYTES, _S_TOK, _S_ERR, _S_FLIGHT
-
-
-cdef extern from "string.h":
-    int memcmp(const void *a, const void *b, size_t n) nogil
 
 cdef extern from *:
     '''

@@ -1,10 +1,10 @@
 # Types for Cython's compile of streamusage.py (the native build; see _speedups/__init__.py): the
 # byte walks (a JSON string, the chunks of vLLM's end of a stream) in C.
 cimport cython
+from libc.string cimport memcmp
 
 cdef extern from "string.h":  # a GNU extension; Python.h's pyconfig.h defines _GNU_SOURCE
     const unsigned char *memmem(const void *haystack, size_t n, const void *needle, size_t size) nogil
-    int memcmp(const void *a, const void *b, size_t n) nogil
 
 cdef extern from *:
     """
