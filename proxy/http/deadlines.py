@@ -108,7 +108,7 @@ class Deadlines:
             return
         if phase != IDLE and self.active is None and not self.queue:
             what = "request head" if phase == READING_HEAD else "request body"
-            self.transport.write(responses.error(ClientError(f"timed out reading the {what}", status=408)))
+            self.write(responses.error(ClientError(f"timed out reading the {what}", status=408)))
         self.close()
 
 

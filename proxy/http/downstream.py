@@ -51,8 +51,9 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
         self.ctx = ctx
         self.loop = ctx.loop
         self.transport = None
-        # transport.write, bound once: a stream writes each event, and a method looked up by
-        # name per write costs more than holding it (~90 bytes a connection).
+        # transport.write, bound once, how everything writes to the client: a stream writes
+        # each event, and a method looked up by name per write costs more than holding it
+        # (~90 bytes a connection).
         self.write = None
         self.reader = None
         self.peer = b""
@@ -169,7 +170,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
     def on_continue(self):
         # Only when this request is next: a pipelined one waits for its turn to be told.
         if self.active is None and not self.queue:
-            self.transport.write(responses.CONTINUE)
+            self.write(responses.CONTINUE)
 
     def on_request(self, method, target, headers, body, http10, keep_alive, request_id):
         if self.closed:
@@ -245,7 +246,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
             return
         if exchange.method == b"HEAD":
             response = responses.head_only(response)
-        self.transport.write(response)
+        self.write(response)
         self._done(exchange, close or exchange.close_after)
 
     def _refuse(self, err):
@@ -278,7 +279,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
         ctx.turned_away += 1
         err = Overloaded("the proxy has too many connections; retry later")
         transport = self.transport
-        transport.write(error_response(err))
+        self.write(error_response(err))
         if transport.can_write_eof():
             transport.write_eof()
         self.timer = self.loop.call_later(TURN_AWAY_GRACE, transport.abort)
@@ -295,7 +296,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
             except Exception as again:  # never let the handler raise into the transport
                 log.exception("request %s: failed to end cleanly", _rid(active), exc_info=again)
         elif not self.closed:
-            self.transport.write(responses.error(InternalError("internal error in the proxy")))
+            self.write(responses.error(InternalError("internal error in the proxy")))
         self.active = None
         self.close()
 

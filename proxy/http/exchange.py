@@ -271,7 +271,7 @@ class Exchange(Relay, Admission):
         pending = self.pending()
         event = self.in_band_error(event)
         if event is not None or pending:
-            down.transport.write(pending + event if event is not None else pending)
+            down.write(pending + event if event is not None else pending)
         down.close()
 
     def crashed(self, err):
@@ -286,7 +286,7 @@ class Exchange(Relay, Admission):
         if self.obs is not None:
             self.down.ctx.observe.done(self, err.status, UPSTREAM_ERROR)
         response = responses.error(err, self.request_id, close=True)
-        self.down.transport.write(responses.head_only(response) if self.method == b"HEAD" else response)
+        self.down.write(responses.head_only(response) if self.method == b"HEAD" else response)
 
     def client_gone(self):
         """The client disconnected: abandon the upstream request at once."""

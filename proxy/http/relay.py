@@ -210,9 +210,9 @@ class Relay:
             if self.strip == 2:
                 held = self._strip_end(self.tail + held if held else self.tail)
             if self.rechunk:
-                self.down.transport.write(heads.chunk(held) + b"0\r\n\r\n" if held else b"0\r\n\r\n")
+                self.down.write(heads.chunk(held) + b"0\r\n\r\n" if held else b"0\r\n\r\n")
             elif held:
-                self.down.transport.write(held)
+                self.down.write(held)
             self.complete(False)
             return
         reason = "reset the connection" if exc is not None else "closed the connection"

@@ -49,7 +49,7 @@ cdef extern from *:
 
 cdef bint _COMPILED
 cdef bytes OPTION
-cdef bytes _CHOICES, _USAGE, _FINGERPRINT, _REASON, _SKIP
+cdef bytes _CHOICES, _USAGE, _FINGERPRINT, _REASON, _REASON_SKIP
 
 
 @cython.locals(i=Py_ssize_t)

@@ -40,7 +40,7 @@ def finish_at(data):
     finish event, and every event before it says ``null``. Searched from the end (``rfind``),
     where a token event has it a few dozen bytes in, so the content and ids before it are not
     read at all."""
-    i = rfind(data, _REASON, _SKIP)
+    i = rfind(data, _REASON, _REASON_SKIP)
     if i < 0 or i + 16 >= len(data) or data[i + 16] != 34:
         return -1
     return i
@@ -79,14 +79,15 @@ def rfind(data, needle, skip):
     return -1
 
 
-_SKIP = skips(_REASON)
+_REASON_SKIP = skips(_REASON)
 
 
 def find(data, needle, start=0, end=-1):
-    """``data.find(needle, start, end)`` for ``start`` >= 0 (``end`` -1: the end of ``data``). The relay asks it
-    once per read of a stream while it watches for the finish event, so compiled it is glibc's
-    memmem through a pointer: a quarter of ``bytes.find``'s time on a token event (a JSON
-    needle ends in a quote, which defeats find's skip table), and no method call."""
+    """``data.find(needle, start, end)`` for ``start`` >= 0 (``end`` -1: the end of ``data``). Asked a
+    few times per observed stream (its held end, the in-band error search over its last reads),
+    so compiled it is glibc's memmem through a pointer: a quarter of ``bytes.find``'s time on a
+    token event (a JSON needle ends in a quote, which defeats find's skip table), and no method
+    call."""
     n = len(data)
     if end < 0 or end > n:
         end = n
