@@ -271,6 +271,11 @@ class ResponseFramer:
         self._tail = 0  # last four body bytes (SSE boundary detection)
         self._hold = False  # safe_end marks boundaries (event streams, de-chunking)
         self._interim = 0  # interim (1xx) responses read before the final head
+        # Where the last four chunks that started in the last read of an event stream start
+        # (their size lines; a ring): the relay asks which holds an offset (``unit_of``), where
+        # it would walk the chunks from the read's start again.
+        self._units = 0
+        self._unit = [0, 0, 0, 0]
 
     @property
     def headers(self):
@@ -316,6 +321,10 @@ class ResponseFramer:
                 flags |= _DONE
 
         sse = self.event_stream
+        self._units = 0
+        if sse and state == S_SIZE and not self._line:  # a chunk starts at the read's first body byte
+            self._unit[0] = pos
+            self._units = 1
         while pos < n and state != S_DONE:
             if state == S_DATA:
                 take = n - pos
@@ -382,6 +391,8 @@ class ResponseFramer:
                         return flags | self._fail("missing CRLF after chunk data from upstream")
                     state = S_SIZE
                     if sse:
+                        self._unit[self._units & 3] = pos
+                        self._units += 1
                         if _sse_tail_is_boundary(self._tail):
                             self.safe_end = pos
                             flags |= _EVENT
@@ -419,6 +430,19 @@ class ResponseFramer:
         if state == S_DONE and pos < n:
             return flags | self._fail("upstream sent bytes after the end of the response")
         return flags
+
+    def unit_of(self, at):
+        """Where the chunk that holds ``data[at]`` starts, ``data`` the last read fed (an event
+        stream's, chunked), when that chunk is one of the last four that started in that read;
+        else -1."""
+        k = self._units
+        i = k - 1
+        while i >= 0 and i >= k - 4:
+            start = self._unit[i & 3]
+            if start <= at:
+                return start
+            i -= 1
+        return -1
 
     def eof(self):
         """The upstream closed. Return True if that ends the message cleanly."""

@@ -81,6 +81,8 @@ cdef class ResponseFramer:
     cdef unsigned int _tail
     cdef bint _hold
     cdef int _interim
+    cdef Py_ssize_t _units
+    cdef Py_ssize_t _unit[4]
 
     @cython.locals(buf="const unsigned char *", lbuf="const unsigned char *", line=bytes,
                    n=Py_ssize_t, flags=int, pos=Py_ssize_t, state=int, sse=bint,
@@ -114,6 +116,9 @@ cdef class ResponseFramer:
     cdef int _fail(self, str message) noexcept
 
     cpdef forget_head(self)
+
+    @cython.locals(k=Py_ssize_t, i=Py_ssize_t, start=Py_ssize_t)
+    cpdef Py_ssize_t unit_of(self, Py_ssize_t at)
 
     @cython.locals(buf="const unsigned char *", tail="unsigned int", best=Py_ssize_t,
                    i=Py_ssize_t, stop=Py_ssize_t, cut=Py_ssize_t)

@@ -253,7 +253,19 @@ def test_rfind_is_bytes_rfind():
         for _ in range(3000):
             data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 8)))
             assert streamusage.rfind(data, needle, skip) == data.rfind(needle), (needle, data)
+            lo, hi = rng.randrange(0, len(data) + 2), rng.randrange(-1, len(data) + 2)
+            want = data.rfind(needle, lo, None if hi < 0 else hi)  # within bounds: a match across one is none
+            assert streamusage.rfind(data, needle, skip, lo, hi) == want, (needle, data, lo, hi)
     assert streamusage.rfind(b"abc", b"", streamusage.skips(b"")) == 3
+    assert streamusage.rfind(b"abc", b"", streamusage.skips(b""), 2, 1) == -1
+
+
+def test_after_is_startswith():
+    data = b'data: {"id":1}'
+    for literal in [b"data: {", b"data", b"", b"x", data, data + b"}"]:
+        for pos in range(-1, len(data) + 2):
+            want = pos + len(literal) if pos >= 0 and data.startswith(literal, pos) else -1
+            assert streamusage.after(data, pos, literal) == want, (literal, pos)
 
 
 def test_find_is_bytes_find():

@@ -134,7 +134,9 @@ def snapshot(f, flags):
 
 def trace(fr, pieces, opts):
     f = fr.ResponseFramer(*opts)
-    steps = [snapshot(f, f.feed(piece)) for piece in pieces]
+    steps = []
+    for piece in pieces:
+        steps.append(snapshot(f, f.feed(piece)) + (tuple(f.unit_of(at) for at in range(-1, len(piece) + 1)),))
     steps.append(("eof", f.eof(), f.done))
     return steps
 
@@ -182,3 +184,54 @@ def test_split_does_not_matter(case, opts):
     data, pieces = case
     for fr in (pure, native):
         assert absolute(fr, pieces, opts) == absolute(fr, [data], opts)
+
+
+def _chunk_starts(data):
+    """Where each chunk of a valid chunked response starts (its size line), by walking it."""
+    pos = data.find(b"\r\n\r\n") + 4
+    starts = []
+    while True:
+        starts.append(pos)
+        eol = data.index(b"\r\n", pos)
+        size = int(data[pos:eol].split(b";")[0].strip(), 16)
+        if size == 0:
+            return starts
+        pos = eol + 2 + size + 2
+
+
+@SETTINGS
+@given(split(response()), options)
+def test_unit_of_names_the_chunk_that_holds_an_offset(case, opts):
+    # Where the framer answers, its answer is where that chunk starts, in the read: the relay
+    # holds an event stream's end from there (include_usage taken out) rather than walk again.
+    data, pieces = case
+    f = pure.ResponseFramer(*opts)
+    f.feed(b"")
+    starts = _chunk_starts(data) if b"chunked" in data.split(b"\r\n\r\n")[0] and not opts[0] else []
+    offset = 0
+    for piece in pieces:
+        f.feed(piece)
+        for at in range(len(piece)):
+            got = f.unit_of(at)
+            if got >= 0:
+                assert f.event_stream and starts
+                assert got + offset == max(s for s in starts if s <= at + offset), (at, offset)
+        offset += len(piece)
+
+
+def test_unit_of_in_one_read():
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    events = [b"data: %d\n\n" % i for i in range(6)]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+    starts = _chunk_starts(head + body)
+    for fr in (pure, native):
+        f = fr.ResponseFramer()
+        f.feed(head + body)
+        assert [f.unit_of(s) for s in starts[-4:]] == starts[-4:]  # the last four chunks'
+        assert f.unit_of(starts[-4] - 1) == -1  # before them: the relay walks
+        assert f.unit_of(starts[-1] + 3) == starts[-1]
+        f = fr.ResponseFramer()
+        f.feed(head + body[:3])  # a size line cut: the chunk started in the read before
+        f.feed(body[3:len(body) // 2])
+        assert f.unit_of(0) == -1
+

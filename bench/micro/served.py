@@ -16,6 +16,7 @@ one read per event, as vLLM writes them. A run with any error or non-2xx answer 
 """
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from bench import wrk  # noqa: E402
+from bench.micro.instructions import self_costs  # noqa: E402
 from bench.procs import Fleet, nginx_conf, nginx_path, wait_port  # noqa: E402
 
 
@@ -81,18 +83,29 @@ def main(argv=None):
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--short", type=int, default=4, help="seconds of the first run")
     p.add_argument("--long", type=int, default=12, help="seconds of the second run")
+    p.add_argument("--top", type=int, default=0, help="list the N functions with the most instructions per request")
+    p.add_argument("--keep", metavar="DIR", help="keep callgrind's files here (callgrind_annotate --tree=caller)")
     args = p.parse_args(argv)
     for tool in ("valgrind", "wrk") + (("nginx",) if args.target == "nginx" else ()):
         if (nginx_path() if tool == "nginx" else shutil.which(tool)) is None:
             sys.exit(f"{tool} is not installed (Debian/Ubuntu: apt-get install {'nginx-light' if tool == 'nginx' else tool})")
     if args.long <= args.short:
         sys.exit("--long must be more seconds than --short")
-    with tempfile.TemporaryDirectory() as where:
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as where:
         (r1, i1), (r2, i2) = count(args, args.short, where), count(args, args.long, where)
-    if r2 <= r1:
-        sys.exit(f"the longer run completed no more requests ({r1}, then {r2}): the machine is too busy to count")
-    print(f"{args.target} {args.lua} itl={args.itl:g}: {(i2 - i1) / (r2 - r1):,.0f} user-space instructions/request "
-          f"(callgrind, {r2} - {r1} requests in {args.long} s - {args.short} s)")
+        if r2 <= r1:
+            sys.exit(f"the longer run completed no more requests ({r1}, then {r2}): the machine is too busy to count")
+        per = (i2 - i1) / (r2 - r1)
+        print(f"{args.target} {args.lua} itl={args.itl:g}: {per:,.0f} user-space instructions/request "
+              f"(callgrind, {r2} - {r1} requests in {args.long} s - {args.short} s)")
+        if args.top:
+            short = self_costs(os.path.join(where, f"callgrind.{args.short}"))
+            long = self_costs(os.path.join(where, f"callgrind.{args.long}"))
+            rows = sorted(((long[k] - short[k]) / (r2 - r1), k) for k in long)
+            for n, name in reversed(rows[-args.top:]):
+                print(f"{n:9,.0f}  {100 * n / per:5.1f}%  {name}")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ from _speedups.framing_c cimport ResponseFramer as NativeFramer
 from proxy.http.pipeline cimport Pipeline
 from proxy.http.upstream cimport UpstreamConnection
 from proxy.observe.metrics cimport Timing, clock
-from proxy.observe.streamusage cimport finish_at
+from proxy.observe.streamusage cimport finish_at, strip, unit_start, usage_body
 from proxy.routing.endpoint cimport Endpoint
 from proxy.routing.router cimport Selection
 
 # The framer's flags and kinds (from _speedups) as C ints: tested on every read.
 cdef int CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE
+cdef int USAGE_TAKEN
 
 
 cdef class Relay:
@@ -46,5 +47,6 @@ cdef class Relay:
     cpdef upstream_failed(self, message, timeout=*, retryable=*)
     cpdef fail(self, err)
     # A stream's end, held and rewritten (include_usage taken back out): a few calls per stream.
-    cpdef _strip(self, bytes out, int flags, Py_ssize_t at)
-    cpdef _strip_end(self, bytes tail)
+    @cython.locals(cut=Py_ssize_t, chunked=bint, framer=NativeFramer)
+    cpdef _strip(self, bytes out, int flags, Py_ssize_t at, Py_ssize_t offset)
+    cpdef _strip_end(self, bytes data, Py_ssize_t start=*)

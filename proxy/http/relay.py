@@ -23,7 +23,7 @@ exchange's business: ``Relay`` reports to ``on_status``, ``complete``, ``break_s
 
 from _speedups import CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE, ResponseFramer
 
-from ..observe.metrics import clock
+from ..observe.metrics import USAGE_TAKEN, clock
 from ..observe.streamusage import finish_at, strip, unit_start, usage_body
 from ..observe.tracing import upstream_headers
 from . import heads
@@ -177,7 +177,7 @@ class Relay:
             if strip:
                 at = finish_at(out) if strip == 1 else 0
                 if at >= 0:  # else: before the finish event, it passes as it came
-                    out = self._strip(out, flags, at)
+                    out = self._strip(out, flags, at, start if held is None else -1)
             elif flags & EVENT or not framer.event_stream:
                 obs.prev = obs.tail  # references, no copy: the usage is in one of the two (metrics.py)
                 obs.tail = out
@@ -220,14 +220,21 @@ class Relay:
 
     # -- include_usage taken back out (observe/streamusage.py) -------------------------------
 
-    def _strip(self, out, flags, at):
+    def _strip(self, out, flags, at, offset):
         """What of ``out`` goes to the client now: up to the finish event (at ``at`` in
         ``out``, found by the caller); from there, nothing until the body ends, then the end
-        rewritten once."""
+        rewritten once. ``offset``: where ``out`` starts in this read's bytes (-1: not in them
+        alone), so the framer can say where the finish event's chunk starts."""
         now = b""
         if self.strip == 1:
+            framer = self.framer
+            chunked = framer.kind == CHUNKED
+            cut = framer.unit_of(at + offset) - offset if chunked and offset >= 0 else -1
+            if cut < 0:
+                cut = unit_start(out, at, chunked)
+            if flags & DONE:  # the end in this read too (vLLM's last step): rewritten in place
+                return self._strip_end(out, cut)
             self.strip = 2
-            cut = unit_start(out, at, self.framer.kind == CHUNKED)
             now, self.tail = out[:cut], out[cut:]  # what came before the finish event goes now
         else:
             self.tail += out
@@ -238,12 +245,15 @@ class Relay:
             return out
         return now
 
-    def _strip_end(self, tail):
+    def _strip_end(self, data, start=0):
+        """``data`` with the stream's end from ``start`` on rewritten (streamusage.strip)."""
         self.tail = None
         self.strip = 0
-        out, usage = strip(tail, self.framer.kind == CHUNKED)
+        out, usage = strip(data, self.framer.kind == CHUNKED, start)
         if usage is not None:
-            self.obs.tail, self.obs.prev = usage, None
+            obs = self.obs
+            obs.tail, obs.prev = usage, None
+            obs.usage = USAGE_TAKEN
         return out
 
     def pending(self):

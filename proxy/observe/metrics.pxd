@@ -2,14 +2,14 @@
 # recorder adds into its row through a typed view of the shared table, C integer arithmetic
 # instead of Python ints. The .py stays the whole specification; the pure build runs it as is.
 cimport cython
-from libc.string cimport memcmp
 
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
-from proxy.observe.streamusage cimport find, rfind
+from proxy.observe.streamusage cimport after, find, rfind
 
-cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _NCLASS
+cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _ITL_AT, _NCLASS, _BYTES_PER_TOKEN
 cdef double[::1] _E2E_BOUNDS, _RESP_BOUNDS, _REQ_BOUNDS, _TTFT_BOUNDS, _ITL_BOUNDS
 cdef bint _COMPILED
+cdef int _TAKEN
 cdef bytes _ERROR_EVENT, _USAGE_KEY, _USAGE_SKIP
 cdef Py_ssize_t _S_REQ, _S_BYTES, _S_TOK, _S_ERR, _S_FLIGHT
 
@@ -29,7 +29,8 @@ cpdef double clock() noexcept
 
 cdef class Timing:
     cdef public double t0, t_sent, t_head, t_resp, t_body, t_wait
-    cdef public object tail, prev, tenant, span, tokens, usage, model, flight_label
+    cdef public object tail, prev, tenant, span, tokens, model, flight_label
+    cdef public int usage
     cdef public Py_ssize_t flight
     cdef public long long flight_tokens
 
@@ -47,7 +48,7 @@ cdef class Recorder:
     @cython.locals(base=Py_ssize_t, at=Py_ssize_t, seconds=double, t0=double, t_head=double, t_body=double,
                    cls=Py_ssize_t, completion=cython.longlong, cells="long long[::1]")
     cpdef record(self, Timing obs, Py_ssize_t attempts, bint fallback, NativeFramer framer, int status,
-                 Py_ssize_t outcome, double now, tokens, model, backend)
+                 Py_ssize_t outcome, double now, tuple tokens, model, backend)
 
     @cython.locals(tokens=cython.longlong, base=Py_ssize_t)
     cpdef admitted(self, Timing obs, body, label, model)
@@ -58,9 +59,6 @@ cdef class Recorder:
 @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, buf="const unsigned char *", prompt="long long",
                completion="long long", cached="long long")
 cpdef _vllm_usage(bytes data, Py_ssize_t at)
-
-@cython.locals(size=Py_ssize_t, i=Py_ssize_t, lit="const unsigned char *")
-cdef Py_ssize_t _after(const unsigned char *buf, Py_ssize_t n, Py_ssize_t pos, bytes literal) noexcept
 
 @cython.locals(value="long long", end=Py_ssize_t)
 cdef long long _digits(const unsigned char *buf, Py_ssize_t n, Py_ssize_t pos) noexcept

@@ -18,7 +18,7 @@ from bisect import bisect_left
 from time import monotonic
 
 from ..routing.fields import decode
-from .streamusage import find, rfind, skips
+from .streamusage import after, find, rfind, skips
 from .table import (
     CLASSES, FALLBACK, H_CONNECT, H_E2E, H_ITL, H_OVER_REQ, H_OVER_RESP, H_QUEUE, H_TTFT, HIST_AT, HISTOGRAMS,
     KEY_CELLS, OUTCOMES, OVERFLOW, R_CONNECTIONS, R_DROPPED, R_STREAMS, ROW_HEADER, S_BYTES, S_ERR_EVENTS, S_KEY,
@@ -42,7 +42,7 @@ _E2E_AT, _E2E_BOUNDS = HIST_AT[H_E2E], _BOUNDS[H_E2E]
 _RESP_AT, _RESP_BOUNDS = HIST_AT[H_OVER_RESP], _BOUNDS[H_OVER_RESP]
 _REQ_AT, _REQ_BOUNDS = HIST_AT[H_OVER_REQ], _BOUNDS[H_OVER_REQ]
 _TTFT_AT, _TTFT_BOUNDS = HIST_AT[H_TTFT], _BOUNDS[H_TTFT]
-_ITL_BOUNDS = _BOUNDS[H_ITL]
+_ITL_AT, _ITL_BOUNDS = HIST_AT[H_ITL], _BOUNDS[H_ITL]
 # A usage object's counts: one C search each, from where "usage" starts.
 _PROMPT = re.compile(rb'"prompt_tokens": ?(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens": ?(\d+)')
@@ -66,6 +66,7 @@ _NCLASS = len(OUTCOMES)
 _STATUS_ROW = [i * _NCLASS for i in range(len(CLASSES))]
 # Series offsets as this module's own names (typed in metrics.pxd).
 _S_REQ, _S_BYTES, _S_TOK, _S_ERR, _S_FLIGHT = S_REQ, S_BYTES, S_TOK, S_ERR_EVENTS, S_TOK_FLIGHT
+_BYTES_PER_TOKEN = BYTES_PER_TOKEN
 
 
 def clock():
@@ -98,7 +99,7 @@ class Timing:
         self.tenant = tenant
         self.span = None  # tracing.Span when tracing is on
         self.tokens = None  # usage(tail), read once by tokens_of (metrics and tenants both need it)
-        self.usage = False  # the proxy adds include_usage upstream (streamusage.py)
+        self.usage = 0  # the proxy adds include_usage upstream (USAGE_ADDED), and took it back out (USAGE_TAKEN)
         self.model = None  # the request's model, once looked up
         self.flight = 0  # the series whose tokens-in-flight gauge holds ...
         self.flight_tokens = 0  # ... this request's estimate, until it ends
@@ -193,8 +194,8 @@ class Recorder:
             cells[at + 1] += completion
             cells[at + 2] += tokens[2]
             if framer.event_stream and completion > 1 and t_body > 0.0:
-                _observe(cells, base + HIST_AT[H_ITL], _ITL_BOUNDS, (now - t_body) / (completion - 1))
-        if framer.event_stream:
+                _observe(cells, base + _ITL_AT, _ITL_BOUNDS, (now - t_body) / (completion - 1))
+        if framer.event_stream and obs.usage != _TAKEN:
             tail, prev = obs.tail, obs.prev
             if (tail is not None and find(tail, _ERROR_EVENT) >= 0) or (prev is not None and find(prev, _ERROR_EVENT) >= 0):
                 cells[base + _S_ERR] += 1
@@ -205,11 +206,11 @@ class Recorder:
         tokens (estimated) are in flight until it ends."""
         if not model:
             return
-        tokens = len(body) // BYTES_PER_TOKEN
+        tokens = len(body) // _BYTES_PER_TOKEN
         # The series the request is recorded in at its end (unless it moves): no extra label set.
         base = obs.flight = self.series(model, label, obs.tenant, 0)
         obs.flight_label = label
-        self.cells[base + S_TOK_FLIGHT] += tokens
+        self.cells[base + _S_FLIGHT] += tokens
         obs.flight_tokens = tokens
 
     def retried(self, ex, endpoint, status):
@@ -266,6 +267,10 @@ def _observe(cells, at, bounds, seconds):
 
 
 NO_TOKENS = (0, 0, 0)
+# Timing.usage: include_usage added upstream (streamusage.py); then vLLM's usage event taken back
+# out of the stream's end, which was vLLM's own end (finish, usage, [DONE]): no error event there.
+USAGE_ADDED, USAGE_TAKEN = 1, 2
+_TAKEN = USAGE_TAKEN  # (a C int where compiled: metrics.pxd)
 
 
 def tokens_of(timing):
@@ -310,16 +315,16 @@ def _vllm_usage(data, at):
     both, so ``usage`` runs it only compiled, and a test holds the two to one another."""
     n = len(data)
     buf = data
-    pos = _after(buf, n, at, _USAGE_AT)
+    pos = after(data, at, _USAGE_AT)
     if pos < 0:
         return None
     prompt = _digits(buf, n, pos)
     if prompt < 0:
         return None
-    pos = _after(buf, n, _skip_digits(buf, n, pos), _TOTAL_AT)
+    pos = after(data, _skip_digits(buf, n, pos), _TOTAL_AT)
     if pos < 0 or _digits(buf, n, pos) < 0:
         return None
-    pos = _after(buf, n, _skip_digits(buf, n, pos), _COMPLETION_AT)
+    pos = after(data, _skip_digits(buf, n, pos), _COMPLETION_AT)
     if pos < 0:
         return None
     completion = _digits(buf, n, pos)
@@ -328,30 +333,16 @@ def _vllm_usage(data, at):
     pos = _skip_digits(buf, n, pos)
     if pos < n and buf[pos] == 125:  # "}": no details
         return prompt, completion, 0
-    pos = _after(buf, n, pos, _DETAILS_AT)
+    pos = after(data, pos, _DETAILS_AT)
     if pos < 0:
         return None
-    if _after(buf, n, pos, b"null") >= 0:
+    if after(data, pos, b"null") >= 0:
         return prompt, completion, 0
-    pos = _after(buf, n, pos, _CACHED_AT)
+    pos = after(data, pos, _CACHED_AT)
     if pos < 0:
         return None
     cached = _digits(buf, n, pos)
     return (prompt, completion, cached) if cached >= 0 else None
-
-
-def _after(buf, n, pos, literal):
-    """The offset after ``literal`` when it is at ``buf[pos]``, else -1."""
-    size = len(literal)
-    if pos + size > n:
-        return -1
-    lit = literal
-    if _COMPILED:  # one memcmp, not a loop of byte compares (literals of 16-25 bytes)
-        return pos + size if memcmp(buf + pos, lit, size) == 0 else -1  # noqa: F821 (metrics.pxd)
-    for i in range(size):
-        if buf[pos + i] != lit[i]:
-            return -1
-    return pos + size
 
 
 def _digits(buf, n, pos):

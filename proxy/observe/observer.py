@@ -3,7 +3,7 @@
 import asyncio
 import os
 
-from .metrics import DEFAULT_TENANT, Recorder, Timing, clock, model_of, tokens_of
+from .metrics import DEFAULT_TENANT, USAGE_ADDED, Recorder, Timing, clock, model_of, tokens_of
 from .streamusage import wants_usage
 from .table import MetricsTable
 from .table import OUTCOMES, REFUSED, TIMEOUT, UPSTREAM_ERROR
@@ -91,7 +91,7 @@ class Observer:
         """The router gave ``ex`` an endpoint (``ex.selection``)."""
         timing = ex.obs
         if self.stream_usage and ex.body:  # from the fields routing decoded (or decodes now, once)
-            timing.usage = wants_usage(ex.method, ex.target, ex.selection.fields())
+            timing.usage = USAGE_ADDED if wants_usage(ex.method, ex.target, ex.selection.fields()) else 0
         if self.recorder is not None:
             selection = ex.selection
             timing.model = model_of(ex.body, selection.decoded)

@@ -49,16 +49,20 @@ cdef extern from *:
 
 cdef bint _COMPILED
 cdef bytes OPTION
-cdef bytes _CHOICES, _USAGE, _FINGERPRINT, _REASON, _REASON_SKIP
+cdef bytes _CHOICES, _USAGE, _FINGERPRINT, _REASON, _REASON_SKIP, _FINISH_SKIP, _FINGERPRINT_SKIP, _CHOICES_USAGE
+cdef bytes _CHOICES_USAGE_SKIP, _EVENT_START, _VLLM_END, _CHAT, _COMPLETIONS
 
 
 @cython.locals(i=Py_ssize_t)
 cpdef Py_ssize_t finish_at(bytes data)
 
 
-@cython.locals(i=Py_ssize_t, m=Py_ssize_t, c=int, first=int, buf="const unsigned char *", lit="const unsigned char *",
-               table="const unsigned char *")
-cpdef Py_ssize_t rfind(bytes data, bytes needle, bytes skip)
+@cython.locals(n=Py_ssize_t, i=Py_ssize_t, m=Py_ssize_t, c=int, first=int, last=int, buf="const unsigned char *",
+               lit="const unsigned char *", table="const unsigned char *")
+cpdef Py_ssize_t rfind(bytes data, bytes needle, bytes skip, Py_ssize_t lo=*, Py_ssize_t hi=*)
+
+@cython.locals(n=Py_ssize_t, size=Py_ssize_t, i=Py_ssize_t, buf="const unsigned char *", lit="const unsigned char *")
+cpdef Py_ssize_t after(bytes data, Py_ssize_t pos, bytes literal) except -2
 
 
 @cython.locals(n=Py_ssize_t, buf="const unsigned char *", lit="const unsigned char *", hit="const unsigned char *")
@@ -71,7 +75,9 @@ cpdef Py_ssize_t _string_end(bytes data, Py_ssize_t at, Py_ssize_t n=*)
 @cython.locals(n=Py_ssize_t, finish=Py_ssize_t, usage=Py_ssize_t, done=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t,
                at=Py_ssize_t, found=Py_ssize_t, stop=Py_ssize_t, size=Py_ssize_t, buf="const unsigned char *",
                event=bytes)
-cpdef _strip_vllm(bytes tail)
+cpdef _strip_vllm(bytes tail, Py_ssize_t start=*)
+
+cpdef tuple strip(bytes data, bint chunked, Py_ssize_t start=*)
 
 @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t)
 cpdef Py_ssize_t unit_start(bytes data, Py_ssize_t at, bint chunked)
@@ -81,8 +87,8 @@ cdef Py_ssize_t _chunk_end(const unsigned char *buf, Py_ssize_t n, Py_ssize_t po
 
 cdef Py_ssize_t _payload(const unsigned char *buf, Py_ssize_t chunk) noexcept
 
-@cython.locals(query=Py_ssize_t)
 @cython.locals(at=Py_ssize_t)
 cpdef bytes usage_body(bytes body)
 
+@cython.locals(query=Py_ssize_t, path=bytes)
 cpdef bint wants_usage(method, bytes target, fields)  # per request, from the observer (a C call there)

@@ -24,12 +24,14 @@ rewritten: with several choices a finish event may come long before the others e
 FINISH = b'"finish_reason":"'
 _REASON = FINISH[:-1]  # and then null, or the reason's string
 OPTION = b'"stream_options":{"include_usage":true},'
-ROUTES = (b"/v1/chat/completions", b"/v1/completions")
+ROUTES = _CHAT, _COMPLETIONS = (b"/v1/chat/completions", b"/v1/completions")
 _FINGERPRINT = b',"system_fingerprint":'
 _DONE = b"data: [DONE]"
 _VLLM_END = b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"  # vLLM's [DONE] chunk, then the last chunk
 _CHOICES = b'"choices":[]'
 _USAGE = b'"usage":{'
+_CHOICES_USAGE = b'"choices":[],"usage":{'  # how vLLM writes them in its usage event
+_EVENT_START = b"data: {"
 _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (streamusage.pxd)
 
 
@@ -55,31 +57,55 @@ def skips(needle):
     return bytes(next((j for j in range(1, m) if needle[j] == c), m) for c in range(256))
 
 
-def rfind(data, needle, skip):
-    """``data.rfind(needle)``, ``skip`` being ``skips(needle)``. Compiled, a window moved back
-    from the end by ``skip`` of the byte it starts on: where the needle is near the end and
-    most bytes after it are not in it (a key of a JSON event or body read from its end), a few
-    reads of C and no method call, where ``bytes.rfind`` parses its arguments and reads
-    backwards byte by byte."""
+def rfind(data, needle, skip, lo=0, hi=-1):
+    """``data.rfind(needle, lo, hi)`` for ``lo`` >= 0 (``hi`` -1: the end of ``data``), ``skip``
+    being ``skips(needle)``. Compiled, a window moved back from ``hi`` by ``skip`` of the byte it
+    starts on, its first and last bytes compared before the rest: where the needle is near the
+    end and most bytes after it are not in it (a key of a JSON event or body read from its
+    end), a few reads of C and no method call, where ``bytes.rfind`` parses its arguments and
+    reads backwards byte by byte."""
+    n = len(data)
+    if hi < 0 or hi > n:
+        hi = n
     if not _COMPILED:
-        return data.rfind(needle)
+        return data.rfind(needle, lo, hi)
     buf = data
     lit = needle
     table = skip
     m = len(needle)
-    i = len(data) - m
+    i = hi - m
     if m == 0:
-        return i
+        return i if i >= lo else -1
     first = lit[0]
-    while i >= 0:
+    last = lit[m - 1]
+    while i >= lo:
         c = buf[i]
-        if c == first and memcmp(buf + i, lit, m) == 0:  # noqa: F821 (.pxd)
+        if c == first and buf[i + m - 1] == last and memcmp(buf + i, lit, m) == 0:  # noqa: F821 (.pxd)
             return i
         i -= table[c]
     return -1
 
 
+def after(data, pos, literal):
+    """The offset after ``literal`` when it is at ``data[pos]``, else -1."""
+    n = len(data)
+    size = len(literal)
+    if pos < 0 or pos + size > n:
+        return -1
+    buf = data
+    lit = literal
+    if _COMPILED:  # one memcmp, not a loop of byte compares
+        return pos + size if memcmp(buf + pos, lit, size) == 0 else -1  # noqa: F821 (streamusage.pxd)
+    for i in range(size):
+        if buf[pos + i] != lit[i]:
+            return -1
+    return pos + size
+
+
 _REASON_SKIP = skips(_REASON)
+_FINISH_SKIP = skips(FINISH)
+_FINGERPRINT_SKIP = skips(_FINGERPRINT)
+_CHOICES_USAGE_SKIP = skips(_CHOICES_USAGE)
 
 
 def find(data, needle, start=0, end=-1):
@@ -109,8 +135,12 @@ def wants_usage(method, target, fields):
     if not fields or fields.stream is not True or method != b"POST":
         return False
     # Present, even null, it stays: a second "stream_options" key would not be read first.
+    n = fields.n
+    if fields.stream_options or not (n is None or n == 1):
+        return False
     query = find(target, b"?")
-    return not fields.stream_options and fields.n in (None, 1) and (target if query < 0 else target[:query]) in ROUTES
+    path = target if query < 0 else target[:query]
+    return path == _CHAT or path == _COMPLETIONS
 
 
 def unit_start(data, at, chunked):
@@ -169,30 +199,37 @@ def usage_body(body):
     return body[:at] + OPTION + body[at:]
 
 
-def strip(tail, chunked):
-    """(bytes for the client, the usage event or None) from ``tail``: the end of a stream
-    from the read that carried its finish event, in the upstream's framing (``chunked``, or
-    plain SSE), whole events only. Anything it cannot read is passed on unchanged."""
+def strip(data, chunked, start=0):
+    """(bytes for the client, the usage event or None) from ``data``, whose end from ``start``
+    on is the end of a stream from the unit that carried its finish event, in the upstream's
+    framing (``chunked``, or plain SSE), whole events only; ``data[:start]`` (units before the
+    finish event that came in the same read) passes first as it came. Anything it cannot read
+    is passed on unchanged."""
     if chunked:
-        done = _strip_vllm(tail)
+        done = _strip_vllm(data, start)
         if done is not None:
             return done
-    return _strip(tail, chunked)
+    if start:
+        out, usage = _strip(data[start:], chunked)
+        return data[:start] + out, usage
+    return _strip(data, chunked)
 
 
-def _strip_vllm(tail):
+def _strip_vllm(tail, start=0):
     """``strip`` of vLLM's own end of a chunked stream, or None for ``_strip`` to read: the
     finish event, the usage event and [DONE], one chunk each, then the last chunk. Only the
     usage chunk goes and the finish chunk is rewritten; the rest passes as it came, with no
-    de-chunking (the same result as ``_strip``, which a test holds it to). The chunks are
-    walked by their sizes from the front (the relay holds from a chunk's start): a few hex
-    digits read per chunk, C reads in the compiled build (streamusage.pxd), no search."""
+    de-chunking (the same result as ``_strip``, which a test holds it to), in one allocation
+    where compiled. The chunks are walked by their sizes from ``start`` (the relay holds from
+    a chunk's start), a few hex digits read per chunk; the keys are looked for from the ends of
+    their events (``rfind``), where vLLM writes them, and C reads in the compiled build
+    (streamusage.pxd)."""
     n = len(tail)
-    if n < 40 or not tail.endswith(_VLLM_END):
-        return None
     buf = tail
+    if n - start < 40 or after(tail, n - len(_VLLM_END), _VLLM_END) < 0:
+        return None
     finish = usage = done = -1  # where the last three data chunks start (their size lines)
-    pos = 0
+    pos = start
     while True:
         end = _chunk_end(buf, n, pos)
         if end < 0:
@@ -206,16 +243,20 @@ def _strip_vllm(tail):
         return None
     at = _payload(buf, usage)
     end = done - 2  # the usage event's payload ends there (its "\n\n" included)
-    if not tail.startswith(b"data: {", at) or find(tail, _CHOICES, at, end) < 0 or find(tail, _USAGE, at, end) < 0:
+    if after(tail, at, _EVENT_START) < 0:
         return None
-    event = buf[at:end - 2]
-    found = find(tail, _FINGERPRINT, at, end)
+    # vLLM's usage event: "choices":[],"usage":{...}, then the fingerprint, its last field.
+    found = rfind(tail, _FINGERPRINT, _FINGERPRINT_SKIP, at, end)
+    if rfind(tail, _CHOICES_USAGE, _CHOICES_USAGE_SKIP, at, found if found >= 0 else end) < 0:
+        return None
+    event = buf[at:end - 2]  # (compiled: read through the pointer, no slice object)
     if found < 0:
         return tail[:usage] + tail[done:], event
     stop = _string_end(tail, found + len(_FINGERPRINT), end)
     at = _payload(buf, finish)
-    if (buf[usage - 5] != 125 or buf[usage - 4] != 10 or buf[usage - 3] != 10 or not tail.startswith(b"data: {", at)
-            or find(tail, FINISH, at, usage) < 0 or (finish and find(tail, FINISH, 0, finish) >= 0)):
+    if (buf[usage - 5] != 125 or buf[usage - 4] != 10 or buf[usage - 3] != 10 or after(tail, at, _EVENT_START) < 0
+            or rfind(tail, FINISH, _FINISH_SKIP, at, usage) < 0
+            or (finish > start and find(tail, FINISH, start, finish) >= 0)):
         return None  # (another finish event before it: _strip's to rewrite)
     # The finish chunk again, its event closed after the fingerprint: no payload copied first
     # (compiled: one allocation, the size line written in C).
@@ -250,7 +291,7 @@ def _strip(tail, chunked):
     used = None
     for i in range(len(events) - 1, -1, -1):
         event = events[i]
-        if event.startswith(b"data: {") and b'"choices":[]' in event and b'"usage":{' in event:
+        if event.startswith(_EVENT_START) and _CHOICES in event and _USAGE in event:
             used = i
             break
         if event != _DONE:
