@@ -53,13 +53,16 @@ cdef bytes _CHOICES, _USAGE, _FINGERPRINT, _REASON, _REASON_SKIP, _FINISH_SKIP, 
 cdef bytes _CHOICES_USAGE_SKIP, _EVENT_START, _VLLM_END, _CHAT, _COMPLETIONS
 
 
-@cython.locals(i=Py_ssize_t)
+@cython.locals(i=Py_ssize_t, n=Py_ssize_t)
 cpdef Py_ssize_t finish_at(bytes data)
 
 
-@cython.locals(n=Py_ssize_t, i=Py_ssize_t, m=Py_ssize_t, c=int, first=int, last=int, buf="const unsigned char *",
-               lit="const unsigned char *", table="const unsigned char *")
+@cython.locals(n=Py_ssize_t)
 cpdef Py_ssize_t rfind(bytes data, bytes needle, bytes skip, Py_ssize_t lo=*, Py_ssize_t hi=*)
+
+@cython.locals(i=Py_ssize_t, c=int, first=int, last=int)
+cdef Py_ssize_t _back(const unsigned char *buf, Py_ssize_t lo, Py_ssize_t hi, const unsigned char *lit, Py_ssize_t m,
+                      const unsigned char *table) noexcept
 
 @cython.locals(n=Py_ssize_t, size=Py_ssize_t, i=Py_ssize_t, buf="const unsigned char *", lit="const unsigned char *")
 cpdef Py_ssize_t after(bytes data, Py_ssize_t pos, bytes literal) except -2

@@ -41,9 +41,14 @@ def finish_at(data):
     it. The last one decides: with one choice (``wants_usage``) no choice event follows the
     finish event, and every event before it says ``null``. Searched from the end (``rfind``),
     where a token event has it a few dozen bytes in, so the content and ids before it are not
-    read at all."""
-    i = rfind(data, _REASON, _REASON_SKIP)
-    if i < 0 or i + 16 >= len(data) or data[i + 16] != 34:
+    read at all. Asked once per read of a watched stream, so compiled it is the search itself,
+    no call through ``rfind``'s optional arguments."""
+    n = len(data)
+    if _COMPILED:
+        i = _back(data, 0, n, _REASON, len(_REASON), _REASON_SKIP)  # noqa: F821 (streamusage.pxd)
+    else:
+        i = data.rfind(_REASON)
+    if i < 0 or i + 16 >= n or data[i + 16] != 34:
         return -1
     return i
 
@@ -60,19 +65,21 @@ def skips(needle):
 def rfind(data, needle, skip, lo=0, hi=-1):
     """``data.rfind(needle, lo, hi)`` for ``lo`` >= 0 (``hi`` -1: the end of ``data``), ``skip``
     being ``skips(needle)``. Compiled, a window moved back from ``hi`` by ``skip`` of the byte it
-    starts on, its first and last bytes compared before the rest: where the needle is near the
-    end and most bytes after it are not in it (a key of a JSON event or body read from its
-    end), a few reads of C and no method call, where ``bytes.rfind`` parses its arguments and
-    reads backwards byte by byte."""
+    starts on (``_back``): where the needle is near the end and most bytes after it are not in
+    it (a key of a JSON event or body read from its end), a few reads of C and no method call,
+    where ``bytes.rfind`` parses its arguments and reads backwards byte by byte."""
     n = len(data)
     if hi < 0 or hi > n:
         hi = n
     if not _COMPILED:
         return data.rfind(needle, lo, hi)
-    buf = data
-    lit = needle
-    table = skip
-    m = len(needle)
+    return _back(data, lo, hi, needle, len(needle), skip)
+
+
+def _back(buf, lo, hi, lit, m, table):
+    """``rfind``'s search, compiled only (streamusage.pxd: pointers, a C function the compiler
+    can inline into its callers): ``m`` bytes of ``lit`` in ``buf[lo:hi]``, the window's first
+    and last bytes compared before the rest."""
     i = hi - m
     if m == 0:
         return i if i >= lo else -1
