@@ -104,6 +104,9 @@ def _interrupt(signum, frame):
 
 
 MAX_SIMS = 8  # at most this many simulators and wrk threads in the worker-scaling run
+# Streams leave the simulators one event per write, as vLLM writes them, delays or none
+# (scenario b has none): a proxy then reads what it would read in front of vLLM.
+SIM_ARGS = ["--event-writes"]
 
 
 def start_targets(fleet: Fleet, names: list[str], backends: list[str], workers: int) -> list[Target]:
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
             # (each a process on one core): the worker-scaling run loads them from as many of
             # each as the other cores allow, so that the proxies are the bottleneck.
             n_sims, threads = (min(len(server_cpus), MAX_SIMS), min(len(load_cpus), MAX_SIMS)) if proxy_cpus else (1, 1)
-            sims = [fleet.start_sim(f"sim{i}") for i in range(n_sims)]
+            sims = [fleet.start_sim(f"sim{i}", SIM_ARGS) for i in range(n_sims)]
             targets = start_targets(fleet, args.targets, sims, args.workers)
         except StartError as e:
             print(f"bench: the fleet did not start: {e}", file=sys.stderr)

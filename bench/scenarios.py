@@ -67,7 +67,7 @@ SCENARIOS = (
         generator="wrk, closed loop, 1 thread, 32 connections, bench/lua/chat.lua (16 tokens, JSON)",
     ),
     Scenario(
-        key="b", name="stream", title="Streaming SSE, 16-64 tokens, no delays (framing throughput)",
+        key="b", name="stream", title="Streaming SSE, 16-64 tokens, one event per write, no delays (framing throughput)",
         driver="wrk", duration=10, smoke_duration=1, warmup=2.0,
         params={"lua": "stream.lua", "connections": 32}, smoke_params={},
         generator="wrk, closed loop, 1 thread, 32 connections, bench/lua/stream.lua "

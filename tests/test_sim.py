@@ -821,3 +821,20 @@ def test_cli_listens_serves_and_stops_on_sigterm():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_event_writes_send_each_event_on_its_own(make_sim, monkeypatch):
+    # The bench's streams without delays: vLLM writes every event on its own, so a proxy's
+    # reads are per event (or what the kernel coalesced), not one read per stream.
+    from proxy.sim import server
+
+    writes = []
+    real = server.Connection.write
+    monkeypatch.setattr(server.Connection, "write", lambda self, data: (writes.append(data), real(self, data))[1])
+    body = chat_body(max_tokens=8, stream=True)
+    at_once, apart = make_sim(name="s"), make_sim(name="s", event_writes=True)
+    events = exchange_stream(at_once.port, body)[2]
+    assert len(writes) == 1
+    del writes[:]
+    assert exchange_stream(apart.port, body)[2] == events  # the same events, bytes alike
+    assert len(writes) >= 8 and all(w.count(b"data: ") <= 2 for w in writes)  # the role event rides with the first token

@@ -37,7 +37,8 @@ from bench.procs import Fleet, nginx_conf, nginx_path, wait_port  # noqa: E402
 def count(args, seconds, where):
     """(requests wrk completed, instructions the target retired) for one run of ``seconds``."""
     with Fleet() as fleet:  # the bench's own starts, ports and clean-up; the target's stop is ours
-        sim = fleet.start_sim("sim", ["--ttft", "0", "--itl", str(args.itl)] if args.itl else [])
+        sim = fleet.start_sim("sim", (["--ttft", "0", "--itl", str(args.itl)] if args.itl else [])
+                              + ["--event-writes"] * args.event_writes)
         port = fleet.port()
         log = os.path.join(where, f"valgrind-{seconds}.log")
         valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={where}/callgrind.{seconds}",
@@ -79,6 +80,8 @@ def main(argv=None):
     p.add_argument("--target", choices=["fleetproxy", "nginx"], default="fleetproxy")
     p.add_argument("--lua", default="chat.lua", help="a script of bench/lua (chat.lua, stream16.lua, chat_sdk.lua)")
     p.add_argument("--itl", type=float, default=0.0, help="the simulator's seconds between tokens (0: at once)")
+    p.add_argument("--event-writes", action="store_true",
+                   help="the simulator writes one event per write without delays too (as vLLM does)")
     p.add_argument("--config", help="fleetproxy's config file (default: its defaults, metrics on)")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--short", type=int, default=4, help="seconds of the first run")

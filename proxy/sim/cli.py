@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None) -> SimConfig:
                    help="name replies chatcmpl-<X-Request-Id> as vLLM does")
     p.add_argument("--strict-content-type", action="store_true",
                    help="refuse POST bodies not declared application/json, as vLLM does")
+    p.add_argument("--event-writes", action="store_true",
+                   help="write each event of a stream on its own even with --itl 0, as vLLM "
+                        "does (default: a stream without delays leaves in one write)")
     a = p.parse_args(argv)
     try:
         return SimConfig(host=a.host, port=a.port, model=a.model, tokens=a.tokens,
@@ -70,7 +73,7 @@ def parse_args(argv: list[str] | None) -> SimConfig:
                          max_model_len=a.max_model_len,
                          request_id_headers=a.enable_request_id_headers,
                          id_from_request_id=a.id_from_request_id,
-                         strict_content_type=a.strict_content_type)
+                         strict_content_type=a.strict_content_type, event_writes=a.event_writes)
     except ValueError as e:
         p.error(str(e))
 

@@ -49,6 +49,10 @@ class SimConfig(msgspec.Struct, frozen=True):
     # vLLM answers 400 to a POST whose Content-Type is not application/json. Off by
     # default: many tests post bare bodies; the conformance tests turn it on.
     strict_content_type: bool = False
+    # vLLM's server writes every event of a stream on its own (one write per token). Without
+    # delays (itl 0, no batching) the simulator writes a whole stream at once unless this is
+    # on: the bench turns it on, so that a proxy reads what it would read from vLLM.
+    event_writes: bool = False
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:

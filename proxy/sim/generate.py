@@ -174,7 +174,7 @@ class Generator:
         engine = self.engine
         seq = Seq(words, n, engine.kv)
         if (fault == "none" and knobs.ttft == 0 and knobs.itl == 0 and knobs.prefill == 0
-                and self.instant and engine.try_admit(seq, now=True)):
+                and self.instant and not (stream and cfg.event_writes) and engine.try_admit(seq, now=True)):
             try:
                 self._admitted(reply, seq)
                 if stream:
@@ -245,7 +245,7 @@ class Generator:
         stop = min(knobs.fault_after, n) if fault != "none" else n
         stats = self.stats
         engine = self.engine
-        if knobs.itl == 0 and not engine.batching:
+        if knobs.itl == 0 and not engine.batching and not self.cfg.event_writes:
             conn.write(self._stream_bytes(req, conn, reply, 0, stop, fault))
             stats.generation_tokens += stop
         else:
