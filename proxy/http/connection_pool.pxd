@@ -8,8 +8,9 @@ from proxy.http.upstream cimport UpstreamConnection
 
 cdef class ConnectionPool:
     cdef public object loop, host, port, max_connections, max_idle, idle_timeout, connect_timeout, high_water
-    cdef public object conns, idle, waiters, opened, ssl, server_hostname, closing, max_waiters, wait_timeout
-    cdef public object queued, wait_timeouts, refused
+    cdef public object conns, waiters, opened, ssl, server_hostname, closing, max_waiters, wait_timeout
+    cdef public object queued, wait_timeouts, refused, time
+    cdef public list idle
 
     @cython.locals(conn=UpstreamConnection)
     cpdef take_idle(self)

@@ -53,7 +53,7 @@ class ConnectionPool:
         "loop", "host", "port", "max_connections", "max_idle", "idle_timeout",
         "connect_timeout", "high_water", "conns", "idle", "waiters", "opened", "ssl",
         "server_hostname", "closing", "max_waiters", "wait_timeout", "queued", "wait_timeouts",
-        "refused",
+        "refused", "time",
     )
 
     def __init__(self, loop, host, port, cfg, ssl=None, server_hostname=None):
@@ -70,8 +70,9 @@ class ConnectionPool:
         self.high_water = cfg.limits.high_water
         self.max_waiters = cfg.connection_pool.max_waiters
         self.wait_timeout = cfg.timeouts.pool_wait
+        self.time = loop.time  # bound once: asked twice per request (take_idle, release)
         self.conns = set()
-        self.idle = deque()
+        self.idle = []  # a stack: appended and popped at its end
         self.waiters = deque()
         self.opened = 0  # connections ever opened (tests read it to see reuse)
         self.queued = 0  # requests that had to wait for a connection
@@ -83,7 +84,7 @@ class ConnectionPool:
         idle = self.idle
         if not idle:
             return None
-        now = self.loop.time()
+        now = self.time()
         while idle:
             conn = idle.pop()
             if conn.closed:
@@ -194,7 +195,7 @@ class ConnectionPool:
         if len(self.idle) >= self.max_idle:
             conn.close()
             return
-        conn.idle_since = self.loop.time()
+        conn.idle_since = self.time()
         self.idle.append(conn)
 
     def forget(self, conn):
@@ -218,9 +219,9 @@ class ConnectionPool:
         """Close idle connections past their time; called about once a second."""
         if not self.idle:
             return
-        deadline = self.loop.time() - self.idle_timeout
+        deadline = self.time() - self.idle_timeout
         while self.idle and self.idle[0].idle_since < deadline:
-            self.idle.popleft().close()
+            self.idle.pop(0).close()
 
     def close(self):
         """Close idle connections now and busy ones as they are released (graceful)."""
