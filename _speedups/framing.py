@@ -326,6 +326,37 @@ class ResponseFramer:
             self._unit[0] = pos
             self._units = 1
         while pos < n and state != S_DONE:
+            if state == S_SIZE and sse and not self._line:
+                # An event stream's usual chunk, whole in this read (hex digits, CRLF, its data,
+                # CRLF: vLLM's one event per chunk) in one step, not three turns of the state
+                # machine. Anything else (an extension, a chunk the read cuts, the last chunk, a
+                # line that is wrong) goes the general way below, which says what is wrong.
+                i = pos
+                size = 0
+                while i < n and i - pos < 15:
+                    c = buf[i]
+                    if 48 <= c <= 57:
+                        c -= 48
+                    elif 97 <= c <= 102:
+                        c -= 87
+                    elif 65 <= c <= 70:
+                        c -= 55
+                    else:
+                        break
+                    size = size * 16 + c
+                    i += 1
+                stop = i + 2 + size
+                if (size > 0 and stop + 2 <= n and buf[i] == 13 and buf[i + 1] == 10 and buf[stop] == 13
+                        and buf[stop + 1] == 10):
+                    self.body_bytes += size
+                    self._tail = _tail_after(self._tail, buf, stop, size)
+                    pos = stop + 2
+                    self._unit[self._units & 3] = pos
+                    self._units += 1
+                    if _sse_tail_is_boundary(self._tail):
+                        self.safe_end = pos
+                        flags |= _EVENT
+                    continue
             if state == S_DATA:
                 take = n - pos
                 if take > self._remaining:
