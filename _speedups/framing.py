@@ -72,7 +72,8 @@ _TCHAR = bytes(
     1 if (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or chr(c) in "!#$%&'*+-.^_`|~") else 0
     for c in range(256)
 )
-_TCHARS = bytes(c for c in range(256) if _TCHAR[c])  # the same set, for bytes.translate
+_TCHARS = bytes(c for c in range(256) if _TCHAR[c])
+_HEXDIG = bytes(c in b"0123456789abcdefABCDEF" for c in range(256))  # 1 for a chunk size's digits  # the same set, for bytes.translate
 
 # Which way the head is parsed (see the top): setup.py compiles this file as framing_c.
 _COMPILED = __name__.endswith("_c")
@@ -331,23 +332,13 @@ class ResponseFramer:
                 # CRLF: vLLM's one event per chunk) in one step, not three turns of the state
                 # machine. Anything else (an extension, a chunk the read cuts, the last chunk, a
                 # line that is wrong) goes the general way below, which says what is wrong.
+                hexdig = _HEXDIG
                 i = pos
-                size = 0
-                while i < n and i - pos < 15:
-                    c = buf[i]
-                    if 48 <= c <= 57:
-                        c -= 48
-                    elif 97 <= c <= 102:
-                        c -= 87
-                    elif 65 <= c <= 70:
-                        c -= 55
-                    else:
-                        break
-                    size = size * 16 + c
+                while i < n and hexdig[buf[i]]:
                     i += 1
+                size = _chunk_size(buf, pos, i) if i + 1 < n and buf[i] == 13 else -1
                 stop = i + 2 + size
-                if (size > 0 and stop + 2 <= n and buf[i] == 13 and buf[i + 1] == 10 and buf[stop] == 13
-                        and buf[stop + 1] == 10):
+                if size > 0 and stop + 2 <= n and buf[i + 1] == 10 and buf[stop] == 13 and buf[stop + 1] == 10:
                     self.body_bytes += size
                     self._tail = _tail_after(self._tail, buf, stop, size)
                     pos = stop + 2

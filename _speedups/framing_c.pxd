@@ -12,7 +12,7 @@ cimport cython
 cdef int _HEAD, _DONE, _ERROR, _EVENT
 cdef int S_HEAD, S_LENGTH, S_SIZE, S_DATA, S_DATA_CRLF, S_TRAILER, S_CLOSE, S_DONE, S_ERROR
 cdef Py_ssize_t MAX_HEAD, MAX_SIZE_LINE, MAX_TRAILER, MAX_LENGTH_DIGITS, MAX_INTERIM
-cdef bytes _TCHAR, _TCHARS
+cdef bytes _TCHAR, _TCHARS, _HEXDIG
 cdef bint _COMPILED, _NATIVE
 cdef str _BARE, _SWITCH, _UNSUPPORTED_TE
 
@@ -87,7 +87,7 @@ cdef class ResponseFramer:
     @cython.locals(buf="const unsigned char *", lbuf="const unsigned char *", line=bytes,
                    n=Py_ssize_t, flags=int, pos=Py_ssize_t, state=int, sse=bint,
                    take=Py_ssize_t, have=Py_ssize_t, limit=Py_ssize_t, stop=Py_ssize_t,
-                   nl=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, size="long long", i=Py_ssize_t, c=int)
+                   nl=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, size="long long", i=Py_ssize_t, hexdig="const unsigned char *")
     cpdef int feed(self, data) except -1
 
     @cython.locals(acc=bytearray, prior=Py_ssize_t, end=Py_ssize_t, pos=Py_ssize_t,
