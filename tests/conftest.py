@@ -45,6 +45,9 @@ def wait_port(port, timeout=10.0, proc=None):
     raise RuntimeError(f"port {port} did not open in {timeout}s")
 
 
+_SERVICES = []  # Services started and not stopped: those a failed test left running stop at the session's end
+
+
 class Service:
     """A child process we started; stopped by PID, never by name."""
 
@@ -58,12 +61,15 @@ class Service:
             stderr=subprocess.PIPE,
             env={**os.environ, **(env or {})},
         )
+        _SERVICES.append(self)
 
     @property
     def url(self):
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self, sig=None):
+        if self in _SERVICES:
+            _SERVICES.remove(self)
         if self.proc.poll() is None:
             if sig is None:
                 self.proc.terminate()
@@ -76,6 +82,8 @@ class Service:
                 self.proc.wait()
 
     def kill(self):
+        if self in _SERVICES:
+            _SERVICES.remove(self)
         self.proc.kill()
         self.proc.wait()
 
@@ -230,6 +238,16 @@ def raw_exchange(port, data, timeout=5.0, read_until_close=True):
         return out
     finally:
         s.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_service_outlives_the_session():
+    # A test that fails between starting a simulator and its own clean-up (a proxy that did not
+    # boot, say) would leave the simulator running after pytest: stopped here, by PID.
+    yield
+    for svc in _SERVICES:
+        if svc.proc.poll() is None:
+            svc.kill()
 
 
 @pytest.fixture(scope="session")
