@@ -24,7 +24,7 @@ rewritten: with several choices a finish event may come long before the others e
 FINISH = b'"finish_reason":"'
 _REASON = FINISH[:-1]  # and then null, or the reason's string
 OPTION = b'"stream_options":{"include_usage":true},'
-ROUTES = _CHAT, _COMPLETIONS = (b"/v1/chat/completions", b"/v1/completions")
+_CHAT, _COMPLETIONS = b"/v1/chat/completions", b"/v1/completions"  # the routes include_usage is added on
 _FINGERPRINT = b',"system_fingerprint":'
 _DONE = b"data: [DONE]"
 _VLLM_END = b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"  # vLLM's [DONE] chunk, then the last chunk
