@@ -127,3 +127,34 @@ def test_cache_aware_blocks_are_what_they_were():
             continue
         key = block_hashes(old[0][: old[1]] + b"\x00", old[1] + 1, 1)[0] if old[1] >= 16 else 0
         assert blocks == (hashes, key, old[2])
+
+
+@pytest.mark.parametrize("ensure_ascii", [False, True])  # raw UTF-8, or every non-ASCII character escaped
+def test_a_body_is_never_shorter_than_its_prompt(ensure_ascii):
+    """The router decodes a body shorter than one block without its messages (``short_body``):
+    it may only because no prompt_of text is ever longer than the body it came from."""
+    import json
+
+    rng = random.Random(13)
+    for _ in range(3000):
+        raw = json.dumps(body(rng), ensure_ascii=ensure_ascii, separators=(",", ":")).encode()
+        prompt = prompt_of(decode(raw), 1 << 20)
+        if prompt is not None:
+            assert len(prompt.text) <= len(raw), raw
+
+
+def test_a_short_body_skips_the_messages_only_where_nothing_reads_them():
+    from proxy.config import build
+    from proxy.routing.router import Router
+
+    short = msgspec.json.encode({"model": "m", "user": "u", "messages": [{"role": "user", "content": "hi"}]})
+    long = msgspec.json.encode({"model": "m", "messages": [{"role": "user", "content": "x" * 300}]})
+    cached = Router(build({"backends": ["http://a:1", "http://b:1"], "balance": {"policy": "cache_aware"}}), None)
+    assert cached.short_body == 256  # the default block
+    decoded = cached.prepare([], short).fields()
+    assert decoded.model == "m" and decoded.messages is None and decoded.user is None
+    assert cached.prepare([], long).fields().messages  # a block or more: decoded, cut and cached
+    on_user = {"policy": "consistent_hash", "hash_keys": ["user"]}
+    hashed = Router(build({"backends": ["http://a:1", "http://b:1"], "balance": on_user}), None)
+    assert hashed.short_body == 0
+    assert hashed.prepare([], short).fields().user == "u"

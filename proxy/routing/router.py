@@ -168,6 +168,12 @@ class Router:
         self.default_route = catch_all or route_of(first)
         self.by_model = bool(self.routes)
         self.model_only = not any(c.needs_fields for c in self.clusters.values())
+        # A body shorter than one block of every cache_aware cluster holds no prompt they would
+        # cut (its JSON is never shorter than the prompt ``fields.prompt_of`` builds from it):
+        # unless a cluster hashes on the user or the prompt, its messages are not decoded.
+        hashes_fields = any(c.needs_fields and not c.cached for c in self.clusters.values())
+        blocks = [c.policy.block for c in self.clusters.values() if c.cached]
+        self.short_body = min(blocks) if blocks and not hashes_fields else 0
         self.models = sorted(self.routes)
         self.retry = RetryPolicy(cfg.retry, now=loop.time() if loop is not None else 0.0)
 
@@ -181,7 +187,7 @@ class Router:
     def prepare(self, headers, body):
         """The first half of ``select``: a Selection with its route and no endpoint yet (what
         the tenants' fair queue holds while the route's backends are saturated)."""
-        selection = Selection(headers, body, self.model_only)
+        selection = Selection(headers, body, self.model_only or len(body) < self.short_body)
         route = selection.route = self._route(selection) if self.by_model else self.default_route
         if len(body) > route.max_body:
             # The reader took bodies up to the largest limit of any cluster (Config.read_limits):
