@@ -242,6 +242,53 @@ def test_finish_at_keeps_its_rule_on_any_bytes():
         assert streamusage.finish_at(data) == _last_finish(data), data
 
 
+def test_a_read_that_ends_as_a_quiet_one_has_no_finish_event():
+    # The relay skips finish_at's search on a read that ends with the end quiet_end learned
+    # from an earlier read without a finish event: finish_at must say -1 for every such read.
+    rng = random.Random(16)
+    pieces = [b'"finish_reason":', b'"finish_reason":"', b"null", b'"stop"', b'\\"finish_reason\\":"', b'"',
+              b"}]}\n\n", b"\r\n", b'"finish_reason":null', b',"token_ids":null', b"x", b"n", b"reason"]
+    learned = 0
+    for _ in range(20000):
+        first = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 7)))
+        end = streamusage.quiet_end(first)
+        if end is None:
+            continue
+        learned += 1
+        assert _last_finish(first) == -1 and first.endswith(end) and end.startswith(b'"finish_reason":')
+        later = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 5))) + end
+        assert streamusage.quiet(later, end)
+        assert streamusage.finish_at(later) == -1, later
+        other = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 7)))
+        assert streamusage.quiet(other, end) == other.endswith(end)
+    assert learned > 1000
+
+
+def test_vllms_token_events_are_quiet_after_the_first_and_its_finish_event_is_not():
+    total = 0
+    for name in ["chat_stream_usage", "cmpl_stream_usage", "chat_long_stream"]:
+        body = recorded_body(name)
+        units = body.split(b"\r\n")[:-1]
+        chunks = [b"%s\r\n%s\r\n" % (units[i], units[i + 1]) for i in range(0, len(units) - 1, 2)]
+        end = None
+        skipped = 0
+        for finish, chunk in enumerate(chunks):
+            if end is not None and streamusage.quiet(chunk, end):
+                skipped += 1
+                assert streamusage.finish_at(chunk) == -1
+                continue
+            if streamusage.finish_at(chunk) >= 0:
+                break
+            end = streamusage.quiet_end(chunk)
+        else:
+            raise AssertionError(f"{name}: no finish event")
+        # Searched: the chat's role event (its end differs), the first token event, the finish event.
+        assert skipped == finish - (2 if b'"role"' in chunks[0] else 1), (name, skipped, finish)
+        assert streamusage.quiet_end(chunks[finish - 1]) is streamusage.quiet_end(chunks[finish - 1])  # one object
+        total += skipped
+    assert total > 0
+
+
 def test_rfind_is_bytes_rfind():
     # The compiled search moves back by the byte a window starts on: needles with repeated
     # bytes, haystacks made of their pieces, where a wrong move would step over a match.

@@ -9,7 +9,7 @@ from _speedups.framing_c cimport ResponseFramer as NativeFramer
 from proxy.http.pipeline cimport Pipeline
 from proxy.http.upstream cimport UpstreamConnection
 from proxy.observe.metrics cimport Timing, clock
-from proxy.observe.streamusage cimport finish_at, strip, unit_start, usage_body
+from proxy.observe.streamusage cimport finish_at, quiet, quiet_end, strip, unit_start, usage_body
 from proxy.routing.endpoint cimport Endpoint
 from proxy.routing.router cimport Selection
 
@@ -23,6 +23,7 @@ cdef class Relay:
     cdef public UpstreamConnection conn
     cdef public NativeFramer framer  # what _speedups.ResponseFramer is in the native build
     cdef public object head_sent, held, dechunker, rechunk, reused, tail
+    cdef public bytes token_end
     cdef public Py_ssize_t ticks, rx_seen  # the watchdog's, set per request
     cdef public int strip  # read on every read of a stream while observing
     # exchange.py's
@@ -37,7 +38,7 @@ cdef class Relay:
     @cython.locals(endpoint=Endpoint)
     cpdef send(self, UpstreamConnection conn)
     @cython.locals(framer=NativeFramer, flags=int, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, strip=int, out=bytes,
-                   at=Py_ssize_t, buf="const char *")
+                   at=Py_ssize_t, buf="const char *", token_end=bytes)
     cpdef upstream_data(self, bytes data)
     cpdef _cancel_timer(self)
     cpdef _give_back(self, reusable)

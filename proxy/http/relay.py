@@ -24,7 +24,7 @@ exchange's business: ``Relay`` reports to ``on_status``, ``complete``, ``break_s
 from _speedups import CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE, ResponseFramer
 
 from ..observe.metrics import USAGE_TAKEN, clock
-from ..observe.streamusage import finish_at, strip, unit_start, usage_body
+from ..observe.streamusage import finish_at, quiet, quiet_end, strip, unit_start, usage_body
 from ..observe.tracing import upstream_headers
 from . import heads
 from .chunked import Dechunker
@@ -37,7 +37,7 @@ SMALL_BODY = 64 * 1024  # bytes: a body below this is joined to its head for one
 class Relay:
     __slots__ = (
         "conn", "framer", "head_sent", "held", "dechunker", "rechunk", "ticks", "rx_seen", "reused",
-        "strip", "tail",
+        "strip", "tail", "token_end",
     )
 
     def __init__(self):
@@ -52,6 +52,7 @@ class Relay:
         self.reused = False  # the connection carried a request before this one
         self.strip = 0  # include_usage added upstream: 1 watching for the finish event, 2 holding the end
         self.tail = None  # the stream's end, held from the read with the finish event (strip 2)
+        self.token_end = None  # how this stream's token events end (streamusage.quiet_end; strip 1)
 
     def send(self, conn):
         self.conn = conn
@@ -175,7 +176,15 @@ class Relay:
         if obs is not None and out:
             strip = self.strip
             if strip:
-                at = finish_at(out) if strip == 1 else 0
+                at = 0
+                if strip == 1:  # most reads end as the last one without a finish event did
+                    token_end = self.token_end
+                    if token_end is not None and quiet(out, token_end):
+                        at = -1
+                    else:
+                        at = finish_at(out)
+                        if at < 0:
+                            self.token_end = quiet_end(out)
                 if at >= 0:  # else: before the finish event, it passes as it came
                     out = self._strip(out, flags, at, start if held is None else -1)
             elif flags & EVENT or not framer.event_stream:

@@ -51,11 +51,19 @@ cdef bint _COMPILED
 cdef bytes OPTION
 cdef bytes _CHOICES, _USAGE, _FINGERPRINT, _REASON, _REASON_SKIP, _FINISH_SKIP, _FINGERPRINT_SKIP, _CHOICES_USAGE
 cdef bytes _CHOICES_USAGE_SKIP, _EVENT_START, _VLLM_END, _CHAT, _COMPLETIONS
+cdef Py_ssize_t _QUIET_MAX, _quiet_next
+cdef list _quiet_ends
 
 
 @cython.locals(i=Py_ssize_t, n=Py_ssize_t)
 cpdef Py_ssize_t finish_at(bytes data)
 
+
+@cython.locals(n=Py_ssize_t, i=Py_ssize_t, k=Py_ssize_t, end=bytes, ends=list, buf="const unsigned char *")
+cpdef bytes quiet_end(bytes data)
+
+@cython.locals(n=Py_ssize_t, m=Py_ssize_t, buf="const unsigned char *", lit="const unsigned char *")
+cpdef bint quiet(bytes data, bytes end)
 
 @cython.locals(n=Py_ssize_t)
 cpdef Py_ssize_t rfind(bytes data, bytes needle, bytes skip, Py_ssize_t lo=*, Py_ssize_t hi=*)

@@ -53,6 +53,42 @@ def finish_at(data):
     return i
 
 
+def quiet_end(data):
+    """The end of ``data`` from its last ``"finish_reason":`` on, when that key says null (no
+    finish event is in ``data``), or None (no such key near the end). Every token event of a
+    stream ends the same way after its finish reason (vLLM writes its fields in one order), so
+    a later read that ends with it (``quiet``) has no finish event either: one compare per
+    read instead of ``finish_at``'s search. The last few ends learned are shared, one object
+    each, by the streams that end so (compared in place: no copy, no hash)."""
+    n = len(data)
+    buf = data
+    i = rfind(data, _REASON, _REASON_SKIP, n - _QUIET_MAX if n > _QUIET_MAX else 0)
+    if i < 0 or i + 16 >= n or buf[i + 16] == 34:
+        return None
+    ends = _quiet_ends
+    for k in range(len(ends)):
+        end = ends[k]
+        if len(end) == n - i and after(data, i, end) == n:
+            return end
+    end = data[i:]
+    global _quiet_next
+    ends[_quiet_next] = end
+    _quiet_next = (_quiet_next + 1) % len(ends)
+    return end
+
+
+def quiet(data, end):
+    """Whether ``data`` ends with ``end`` (a ``quiet_end``): its last ``"finish_reason":`` is
+    then that null one (``end`` holds no other after it), so ``finish_at(data)`` is -1."""
+    n = len(data)
+    m = len(end)
+    if not _COMPILED:
+        return data.endswith(end)
+    buf = data
+    lit = end
+    return n >= m and memcmp(buf + n - m, lit, m) == 0  # noqa: F821 (streamusage.pxd)
+
+
 def skips(needle):
     """``rfind``'s table for ``needle`` (up to 255 bytes): for each byte, how far a window that
     starts on it and does not match moves back: to where the needle next has that byte after
@@ -110,6 +146,9 @@ def after(data, pos, literal):
 
 
 _REASON_SKIP = skips(_REASON)
+_QUIET_MAX = 128  # bytes after the key: a token event's end is a few dozen (vLLM 0.32: 39)
+_quiet_ends = [b"", b"", b"", b""]  # the last ends learned (a chat's role event, its token events)
+_quiet_next = 0
 _FINISH_SKIP = skips(FINISH)
 _FINGERPRINT_SKIP = skips(_FINGERPRINT)
 _CHOICES_USAGE_SKIP = skips(_CHOICES_USAGE)
