@@ -7,8 +7,9 @@ Checks ``--rev`` out into a temporary git worktree, builds its Cython speedups i
 this interpreter, and starts one simulator answering at once (the proxy's own cost is then
 most of the CPU) and, per revision, one ``--single-process`` proxy in front of it, both pinned
 to the last CPU; wrk runs on the others. Each scenario (bench/lua: non-streaming chat, a
-16-token stream) runs against each revision in turn, ``--rounds`` times interleaved so drift
-on a shared machine hits both alike. The figure is the proxy's CPU per request (bench.cpu:
+16-token stream written at once and one written an event per write, as vLLM writes) runs
+against each revision in turn, ``--rounds`` times interleaved so drift on a shared machine
+hits both alike. The figure is the proxy's CPU per request (bench.cpu:
 utime + stime from /proc, deltas over the run), beside req/s and p99. Every process it
 starts is stopped by PID; the worktree is removed at the end. With ``--configs`` no worktree
 is made: the working tree runs twice, once per config file (its ``backends`` are replaced by
@@ -31,7 +32,8 @@ from .procs import free_port, wait_port
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = [
     ("non-streaming chat, 16 tokens", "chat.lua"),
-    ("16-token stream, no delay", "stream16.lua"),
+    ("16-token stream, no delay, written at once", "stream16.lua"),
+    ("16-token stream, no delay, one event per write (vLLM's)", "stream16_events.lua"),
     ("non-streaming chat, the openai SDK's 17-field head", "chat_sdk.lua"),
 ]
 CONNECTIONS = 32

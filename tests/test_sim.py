@@ -838,3 +838,10 @@ def test_event_writes_send_each_event_on_its_own(make_sim, monkeypatch):
     del writes[:]
     assert exchange_stream(apart.port, body)[2] == events  # the same events, bytes alike
     assert len(writes) >= 8 and all(w.count(b"data: ") <= 2 for w in writes)  # the role event rides with the first token
+    # Per request too (bench.ab's stream rows, one simulator for both): the header, either way.
+    del writes[:]
+    assert exchange_stream(at_once.port, body, {"x-sim-event-writes": "1"})[2] == events
+    assert len(writes) >= 8
+    del writes[:]
+    assert exchange_stream(apart.port, body, {"x-sim-event-writes": "0"})[2] == events
+    assert len(writes) == 1

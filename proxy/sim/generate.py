@@ -14,8 +14,8 @@ request for each one's compute time.
 
 Knobs, most specific first: body `max_tokens` (or `max_completion_tokens`),
 then header `x-sim-tokens`, then `--tokens`; headers `x-sim-fault`,
-`x-sim-fault-after`, `x-sim-ttft`, `x-sim-itl`, `x-sim-prefill-per-token`
-override the matching flags.
+`x-sim-fault-after`, `x-sim-ttft`, `x-sim-itl`, `x-sim-prefill-per-token`,
+`x-sim-event-writes` (1 or 0) override the matching flags.
 Like the recorded tiny model every reply runs to its token count and ends with
 finish_reason "length", unless a `stop` string turns up ("stop"). The context is
 vLLM's: a prompt of max_model_len tokens or more is refused, and max_tokens is
@@ -49,7 +49,7 @@ IN_STREAM_FAULTS = frozenset({"die-after", "error-event", "bad-framing"})
 class Knobs:
     """The effective timing and fault settings of one request."""
 
-    __slots__ = ("fault", "fault_after", "ttft", "itl", "tokens", "prefill")
+    __slots__ = ("fault", "fault_after", "ttft", "itl", "tokens", "prefill", "event_writes")
 
     def __init__(self, cfg: SimConfig, headers: dict[bytes, bytes]) -> None:
         self.fault = cfg.fault
@@ -58,6 +58,7 @@ class Knobs:
         self.itl = cfg.itl
         self.tokens = cfg.tokens
         self.prefill = cfg.prefill_per_token  # seconds per uncached prompt token
+        self.event_writes = cfg.event_writes  # a stream one write per event, even without delays
         if not any(name.startswith(b"x-sim-") for name in headers):
             return  # the common case: nothing to override
         try:
@@ -73,6 +74,10 @@ class Knobs:
                 self.itl = max(0.0, float(v))
             if (v := headers.get(b"x-sim-prefill-per-token")) is not None:
                 self.prefill = max(0.0, float(v))
+            if (v := headers.get(b"x-sim-event-writes")) is not None:
+                if v.strip() not in (b"0", b"1"):
+                    raise ValueError("x-sim-event-writes must be 0 or 1")
+                self.event_writes = v.strip() == b"1"
             if (v := headers.get(b"x-sim-tokens")) is not None:
                 self.tokens = int(v)
                 if self.tokens < 1:
@@ -174,7 +179,7 @@ class Generator:
         engine = self.engine
         seq = Seq(words, n, engine.kv)
         if (fault == "none" and knobs.ttft == 0 and knobs.itl == 0 and knobs.prefill == 0
-                and self.instant and not (stream and cfg.event_writes) and engine.try_admit(seq, now=True)):
+                and self.instant and not (stream and knobs.event_writes) and engine.try_admit(seq, now=True)):
             try:
                 self._admitted(reply, seq)
                 if stream:
@@ -245,7 +250,7 @@ class Generator:
         stop = min(knobs.fault_after, n) if fault != "none" else n
         stats = self.stats
         engine = self.engine
-        if knobs.itl == 0 and not engine.batching and not self.cfg.event_writes:
+        if knobs.itl == 0 and not engine.batching and not knobs.event_writes:
             conn.write(self._stream_bytes(req, conn, reply, 0, stop, fault))
             stats.generation_tokens += stop
         else:
