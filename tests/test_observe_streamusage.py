@@ -289,6 +289,20 @@ def test_vllms_token_events_are_quiet_after_the_first_and_its_finish_event_is_no
     assert total > 0
 
 
+def test_rfind_open_is_bytes_rfind():
+    # Found by the brace that ends the key: keys made of braces and of the key's own pieces,
+    # where a wrong step back past a brace would miss a match.
+    rng = random.Random(17)
+    for key in [b'"usage":{', b'"choices":[],"usage":{', b"{", b"{{", b'"a":{"a":{']:
+        pieces = [key, key[:-1], key[1:], b"{", b"}", b'"', b"a", b":", b"usage", b" "]
+        for _ in range(3000):
+            data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 8)))
+            assert streamusage.rfind_open(data, key) == data.rfind(key), (key, data)
+            lo, hi = rng.randrange(0, len(data) + 2), rng.randrange(-1, len(data) + 2)
+            want = data.rfind(key, lo, None if hi < 0 else hi)
+            assert streamusage.rfind_open(data, key, lo, hi) == want, (key, data, lo, hi)
+
+
 def test_rfind_is_bytes_rfind():
     # The compiled search moves back by the byte a window starts on: needles with repeated
     # bytes, haystacks made of their pieces, where a wrong move would step over a match.
@@ -332,6 +346,7 @@ def test_find_is_bytes_find():
     (b'{"prompt_tokens":21,"total_tokens":37,"completion_tokens":16,"prompt_tokens_details":null}', (21, 16, 0)),
     # anyone else's: the searches
     (b'{"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}', (5, 7, 0)),
+    (b' {"prompt_tokens": 5, "completion_tokens": 7}', (5, 7, 0)),  # "usage": { (not found by its brace)
     (b'{"completion_tokens":7,"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":3}}', (5, 7, 3)),
     (b'{"prompt_tokens":21,"total_tokens":29,"completion_tokens":8,"prompt_tokens_details":{"audio_tokens":0,'
      b'"cached_tokens":9}}', (21, 8, 9)),

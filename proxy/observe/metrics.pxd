@@ -4,13 +4,13 @@
 cimport cython
 
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
-from proxy.observe.streamusage cimport after, find, rfind
+from proxy.observe.streamusage cimport after, find, rfind, rfind_open
 
 cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _ITL_AT, _NCLASS, _BYTES_PER_TOKEN
 cdef double[::1] _E2E_BOUNDS, _RESP_BOUNDS, _REQ_BOUNDS, _TTFT_BOUNDS, _ITL_BOUNDS
 cdef bint _COMPILED
 cdef int _TAKEN
-cdef bytes _ERROR_EVENT, _USAGE_KEY, _USAGE_SKIP
+cdef bytes _ERROR_EVENT, _USAGE_KEY, _USAGE_SKIP, _USAGE_OPEN
 cdef Py_ssize_t _S_REQ, _S_BYTES, _S_TOK, _S_ERR, _S_FLIGHT
 
 cdef extern from *:
@@ -74,5 +74,8 @@ cpdef tuple tokens_of(Timing timing)
 
 @cython.locals(at=Py_ssize_t)
 cpdef tuple usage(tail, prev=*)
+
+@cython.locals(at=Py_ssize_t)
+cdef Py_ssize_t _usage_at(bytes data) except -2
 
 cpdef model_of(body, fields)

@@ -18,7 +18,7 @@ from bisect import bisect_left
 from time import monotonic
 
 from ..routing.fields import decode
-from .streamusage import after, find, rfind, skips
+from .streamusage import after, find, rfind, rfind_open, skips
 from .table import (
     CLASSES, FALLBACK, H_CONNECT, H_E2E, H_ITL, H_OVER_REQ, H_OVER_RESP, H_QUEUE, H_TTFT, HIST_AT, HISTOGRAMS,
     KEY_CELLS, OUTCOMES, OVERFLOW, R_CONNECTIONS, R_DROPPED, R_STREAMS, ROW_HEADER, S_BYTES, S_ERR_EVENTS, S_KEY,
@@ -61,6 +61,7 @@ _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build
 _ERROR_EVENT = b'data: {"error"'  # an in-band error event (vLLM's, or the proxy's own)
 # Searched from a body's end: vLLM writes the usage object after the choices.
 _USAGE_KEY = b'"usage"'
+_USAGE_OPEN = b'"usage":{'
 _USAGE_SKIP = skips(_USAGE_KEY)
 _NCLASS = len(OUTCOMES)
 _STATUS_ROW = [i * _NCLASS for i in range(len(CLASSES))]
@@ -286,14 +287,14 @@ def usage(tail, prev=None):
     the last two reads of a response (see the module docstring); NO_TOKENS when none is there."""
     if tail is None:
         return NO_TOKENS
-    at = rfind(tail, _USAGE_KEY, _USAGE_SKIP)
+    at = _usage_at(tail)
     if at < 0:
         if prev is None:
             return NO_TOKENS
         # Not in the last read: in the one before, or cut between the two (a body's last read
         # is then short). Once per request, a few KiB at most.
         tail = prev[-USAGE_SPAN:] + tail[:USAGE_SPAN]
-        at = rfind(tail, _USAGE_KEY, _USAGE_SKIP)
+        at = _usage_at(tail)
         if at < 0:
             return NO_TOKENS
     if _COMPILED:
@@ -306,6 +307,13 @@ def usage(tail, prev=None):
             cached = match.group(3)
             return int(match.group(1)), int(match.group(2)), int(cached) if cached is not None else 0
     return _number(_PROMPT, tail, at), _number(_COMPLETION, tail, at), _number(_CACHED, tail, at)
+
+
+def _usage_at(data):
+    """Where the last usage object's key is in ``data``: written as vLLM and OpenAI write it,
+    ``"usage":{``, found by its brace (``rfind_open``); else any ``"usage"``, -1 for none."""
+    at = rfind_open(data, _USAGE_OPEN)
+    return at if at >= 0 else rfind(data, _USAGE_KEY, _USAGE_SKIP)
 
 
 def _vllm_usage(data, at):

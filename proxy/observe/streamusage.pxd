@@ -3,8 +3,9 @@
 cimport cython
 from libc.string cimport memcmp
 
-cdef extern from "string.h":  # a GNU extension; Python.h's pyconfig.h defines _GNU_SOURCE
+cdef extern from "string.h":  # GNU extensions; Python.h's pyconfig.h defines _GNU_SOURCE
     const unsigned char *memmem(const void *haystack, size_t n, const void *needle, size_t size) nogil
+    const unsigned char *memrchr(const void *s, int c, size_t n) nogil
 
 cdef extern from *:
     """
@@ -50,7 +51,7 @@ cdef extern from *:
 cdef bint _COMPILED
 cdef bytes OPTION
 cdef bytes _CHOICES, _USAGE, _FINGERPRINT, _REASON, _REASON_SKIP, _FINISH_SKIP, _FINGERPRINT_SKIP, _CHOICES_USAGE
-cdef bytes _CHOICES_USAGE_SKIP, _EVENT_START, _VLLM_END, _CHAT, _COMPLETIONS
+cdef bytes _EVENT_START, _VLLM_END, _CHAT, _COMPLETIONS
 cdef Py_ssize_t _QUIET_MAX, _quiet_next
 cdef list _quiet_ends
 
@@ -67,6 +68,10 @@ cpdef bint quiet(bytes data, bytes end)
 
 @cython.locals(n=Py_ssize_t)
 cpdef Py_ssize_t rfind(bytes data, bytes needle, bytes skip, Py_ssize_t lo=*, Py_ssize_t hi=*)
+
+@cython.locals(n=Py_ssize_t, m=Py_ssize_t, first=Py_ssize_t, i=Py_ssize_t, buf="const unsigned char *",
+               lit="const unsigned char *", brace="const unsigned char *")
+cpdef Py_ssize_t rfind_open(bytes data, bytes key, Py_ssize_t lo=*, Py_ssize_t hi=*)
 
 @cython.locals(i=Py_ssize_t, c=int, first=int, last=int)
 cdef Py_ssize_t _back(const unsigned char *buf, Py_ssize_t lo, Py_ssize_t hi, const unsigned char *lit, Py_ssize_t m,

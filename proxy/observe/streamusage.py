@@ -112,6 +112,31 @@ def rfind(data, needle, skip, lo=0, hi=-1):
     return _back(data, lo, hi, needle, len(needle), skip)
 
 
+def rfind_open(data, key, lo=0, hi=-1):
+    """``data.rfind(key, lo, hi)`` for a ``key`` that ends with ``{`` (a JSON key and the
+    brace that opens its object: ``"usage":{``). Compiled, the braces are found from the end by
+    ``memrchr`` (vectorized: a few instructions per 32 bytes) and the key compared before each:
+    a JSON text has few braces, where ``rfind``'s window stops on every letter of the key."""
+    n = len(data)
+    if hi < 0 or hi > n:
+        hi = n
+    if not _COMPILED:
+        return data.rfind(key, lo, hi)
+    m = len(key)
+    buf = data
+    lit = key
+    first = lo + m - 1  # where the first brace that can end a match is
+    while hi > first:
+        brace = memrchr(buf + first, 123, hi - first)  # noqa: F821 (streamusage.pxd)
+        if not brace:
+            return -1
+        i = brace - buf - m + 1
+        if memcmp(buf + i, lit, m) == 0:  # noqa: F821 (streamusage.pxd)
+            return i
+        hi = brace - buf
+    return -1
+
+
 def _back(buf, lo, hi, lit, m, table):
     """``rfind``'s search, compiled only (streamusage.pxd: pointers, a C function the compiler
     can inline into its callers): ``m`` bytes of ``lit`` in ``buf[lo:hi]``, the window's first
@@ -151,7 +176,6 @@ _quiet_ends = [b"", b"", b"", b""]  # the last ends learned (a chat's role event
 _quiet_next = 0
 _FINISH_SKIP = skips(FINISH)
 _FINGERPRINT_SKIP = skips(_FINGERPRINT)
-_CHOICES_USAGE_SKIP = skips(_CHOICES_USAGE)
 
 
 def find(data, needle, start=0, end=-1):
@@ -293,7 +317,7 @@ def _strip_vllm(tail, start=0):
         return None
     # vLLM's usage event: "choices":[],"usage":{...}, then the fingerprint, its last field.
     found = rfind(tail, _FINGERPRINT, _FINGERPRINT_SKIP, at, end)
-    if rfind(tail, _CHOICES_USAGE, _CHOICES_USAGE_SKIP, at, found if found >= 0 else end) < 0:
+    if rfind_open(tail, _CHOICES_USAGE, at, found if found >= 0 else end) < 0:
         return None
     event = buf[at:end - 2]  # (compiled: read through the pointer, no slice object)
     if found < 0:
