@@ -216,3 +216,14 @@ def test_an_observation_lands_in_the_bucket_prometheus_means():
                 want[bisect_left(bounds, seconds)] = 1
                 assert list(cells[:len(bounds) + 1]) == want, (bounds, seconds)
                 assert cells[len(bounds) + 1] == int(seconds * 1e6)
+
+
+def test_a_new_timing_is_one_made_by_its_constructor():
+    # The observer makes each request's Timing by allocation where compiled (new_timing): it
+    # must be, field for field, what Timing(t0) is.
+    from proxy.observe.metrics import Timing, new_timing
+
+    made, built = new_timing(12.5), Timing(12.5)
+    assert type(made) is Timing
+    assert {k: getattr(made, k) for k in Timing.__slots__} == {k: getattr(built, k) for k in Timing.__slots__}
+    assert made.t0 == 12.5 and made.tenant == "default"

@@ -10,6 +10,7 @@ cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _ITL_AT, _NCLASS, _BYTES_P
 cdef double[::1] _E2E_BOUNDS, _RESP_BOUNDS, _REQ_BOUNDS, _TTFT_BOUNDS, _ITL_BOUNDS
 cdef bint _COMPILED
 cdef int _TAKEN
+cdef str DEFAULT_TENANT
 cdef bytes _ERROR_EVENT, _USAGE_KEY, _USAGE_SKIP, _USAGE_OPEN
 cdef Py_ssize_t _S_REQ, _S_BYTES, _S_TOK, _S_ERR, _S_FLIGHT
 
@@ -33,6 +34,10 @@ cdef class Timing:
     cdef public int usage
     cdef public Py_ssize_t flight
     cdef public long long flight_tokens
+
+
+@cython.locals(timing=Timing)
+cpdef Timing new_timing(double t0)
 
 
 cdef class Recorder:

@@ -3,7 +3,7 @@
 import asyncio
 import os
 
-from .metrics import DEFAULT_TENANT, USAGE_ADDED, Recorder, Timing, clock, model_of, tokens_of
+from .metrics import USAGE_ADDED, Recorder, clock, model_of, new_timing, tokens_of
 from .streamusage import wants_usage
 from .table import MetricsTable
 from .table import OUTCOMES, REFUSED, TIMEOUT, UPSTREAM_ERROR
@@ -48,7 +48,7 @@ class Observer:
         return cls(loop, recorder, log, tracer, table, owned, getattr(obs, "stream_usage", True))
 
     def begin(self, ex):
-        timing = ex.obs = Timing(clock(), DEFAULT_TENANT)
+        timing = ex.obs = new_timing(clock())
         if self.tracer is not None:
             timing.span = self.tracer.start(ex.headers, ex.method, ex.target)
 
