@@ -153,7 +153,9 @@ def test_a_short_body_skips_the_messages_only_where_nothing_reads_them():
     assert cached.short_body == 256  # the default block
     decoded = cached.prepare([], short).fields()
     assert decoded.model == "m" and decoded.messages is None and decoded.user is None
+    assert cached.prepare([], short).blocks(cached.clusters["default"].policy) is None  # nothing to cache
     assert cached.prepare([], long).fields().messages  # a block or more: decoded, cut and cached
+    assert cached.prepare([], long).blocks(cached.clusters["default"].policy) is not None
     on_user = {"policy": "consistent_hash", "hash_keys": ["user"]}
     hashed = Router(build({"backends": ["http://a:1", "http://b:1"], "balance": on_user}), None)
     assert hashed.short_body == 0

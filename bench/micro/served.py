@@ -1,7 +1,7 @@
 """Instructions per request of a serving proxy, end to end, counted by callgrind: fleetproxy or
 nginx, one process each, behind wrk, in front of the simulator.
 
-    python bench/micro/served.py [--target fleetproxy|nginx] [--lua chat.lua|stream16.lua] [--itl S]
+    python bench/micro/served.py [--target fleetproxy|nginx|floor] [--lua chat.lua|stream16.lua] [--itl S]
 
 Why. ``instructions.py`` counts the proxy's own path in one process; this counts every
 user-space instruction a serving proxy process retires per request (uvloop, CPython, libc, the
@@ -51,6 +51,9 @@ def count(args, seconds, where):
                 f.write(conf)
             argv = [*valgrind, nginx_path(), "-p", prefix, "-c", os.path.join(prefix, "nginx.conf")]
             stop = signal.SIGQUIT  # nginx's graceful stop
+        elif args.target == "floor":  # bench/floor.py: uvloop's callbacks alone, no proxy in them
+            argv = [*valgrind, sys.executable, "-m", "bench.floor", "--listen", f"127.0.0.1:{port}", "--backend", sim]
+            stop = signal.SIGTERM
         else:
             argv = [*valgrind, sys.executable, "-m", "proxy", "--single-process", "--listen", f"127.0.0.1:{port}",
                     "--admin-listen", f"127.0.0.1:{fleet.port()}", "--backend", sim,
@@ -77,7 +80,7 @@ def count(args, seconds, where):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", choices=["fleetproxy", "nginx"], default="fleetproxy")
+    p.add_argument("--target", choices=["fleetproxy", "nginx", "floor"], default="fleetproxy")
     p.add_argument("--lua", default="chat.lua", help="a script of bench/lua (chat.lua, stream16.lua, chat_sdk.lua)")
     p.add_argument("--itl", type=float, default=0.0, help="the simulator's seconds between tokens (0: at once)")
     p.add_argument("--event-writes", action="store_true",

@@ -19,7 +19,8 @@ cdef class Route:
 cdef class Selection:
     cdef public Route route
     cdef public Endpoint endpoint
-    cdef public object headers, body, model_only, decoded, tried, attempts, counted
+    cdef public object headers, body, decoded, tried, attempts, counted
+    cdef public bint model_only
     cdef public object blocks_of, prompt_blocks
 
     cpdef fields(self)

@@ -79,7 +79,8 @@ class Selection:
         """The prompt's blocks as a cache_aware ``policy`` cuts them, computed once."""
         if self.blocks_of is not policy:
             self.blocks_of = policy
-            self.prompt_blocks = policy.blocks(self.fields())
+            # Decoded for its model only, a body holds no block of prompt (Router.short_body).
+            self.prompt_blocks = None if self.model_only else policy.blocks(self.fields())
         return self.prompt_blocks
 
     def release(self):
