@@ -13,7 +13,7 @@ from proxy.http.exchange import Exchange
 from proxy.http.upstream import UpstreamConnection
 from proxy.process.worker import Context
 from proxy.routing.endpoint import Endpoint
-from proxy.routing.router import Selection
+from proxy.routing.router import Router, Selection
 
 
 class MockTransport(asyncio.Transport):
@@ -46,20 +46,19 @@ class MockTransport(asyncio.Transport):
         self.reading = True
 
 
-class BrokenRouter:
-    """A router with a bug: every selection raises."""
+CONFIG = {"backends": ["http://127.0.0.1:9"]}
 
-    models = []
+
+class BrokenRouter(Router):
+    """A router with a bug: every selection raises."""
 
     def select(self, headers, body):
         raise RuntimeError("bug in routing")
 
-    def any_healthy(self):
-        return True
 
-
-def connect(router, loop):
-    ctx = Context(build({"backends": ["http://127.0.0.1:9"]}), loop, router)
+def connect(router_class, loop):
+    cfg = build(CONFIG)
+    ctx = Context(cfg, loop, router_class(cfg, loop))
     down = Downstream(ctx)
     transport = MockTransport()
     down.connection_made(transport)
@@ -71,7 +70,7 @@ REQUEST = b"POST /v1/completions HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\
 
 def test_a_bug_before_the_response_is_a_500_and_a_close(caplog):
     async def main():
-        ctx, down, transport = connect(BrokenRouter(), asyncio.get_running_loop())
+        ctx, down, transport = connect(BrokenRouter, asyncio.get_running_loop())
         with caplog.at_level(logging.ERROR, "fleetproxy"):
             down.data_received(REQUEST + REQUEST)  # the second, pipelined, is dropped with it
         assert transport.closed and down.active is None and not down.queue
@@ -137,7 +136,7 @@ def test_a_bug_mid_stream_breaks_the_stream_in_band():
     vLLM's in-band error event, no terminating chunk, and a close; the upstream is aborted."""
 
     async def main():
-        ctx, down, transport = connect(BrokenRouter(), asyncio.get_running_loop())
+        ctx, down, transport = connect(BrokenRouter, asyncio.get_running_loop())
         exchange = BuggyExchange(down, b"POST", b"/v1/x", [], b"{}", False, True, b"rid")
         exchange.selection = selection = StubSelection()
         down.active = exchange

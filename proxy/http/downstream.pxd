@@ -1,9 +1,19 @@
 # Types for Cython's compile of downstream.py: its state is declared on pipeline.Pipeline.
+cimport cython
+
+from proxy.http.exchange cimport Exchange
 from proxy.http.pipeline cimport Pipeline
+from proxy.http.request cimport RequestReader
+
+cdef int _IDLE
 
 
 cdef class Downstream(Pipeline):
     cpdef exchange_done(self, exchange)
+    @cython.locals(reader=RequestReader)
     cpdef _done(self, exchange, close)
+    @cython.locals(exchange=Exchange)
     cpdef _advance(self)
+    @cython.locals(exchange=Exchange)
+    cpdef on_request(self, method, target, headers, body, http10, keep_alive, request_id)
     cpdef answer(self, exchange, response, close=*)

@@ -35,6 +35,8 @@ from .exchange import Exchange, error_response
 from .pipeline import PAUSE_ERROR, PAUSE_PIPELINE, PAUSE_UPSTREAM, Pipeline, held_size
 from .request import IDLE, RequestReader
 
+_IDLE = IDLE  # (a C int where compiled, as the reader's phase is)
+
 log = logging.getLogger("fleetproxy.downstream")
 
 TURN_AWAY_GRACE = 1.0  # s a turned-away client has to read its 503 and close, then it is aborted
@@ -204,8 +206,9 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
         if close or self.closed:
             self.close()
             return
-        if self.reader.phase == IDLE:
-            self.reader.since = self.loop.time()  # keep-alive idleness starts now
+        reader = self.reader
+        if reader.phase == _IDLE:
+            reader.since = reader.clock()  # keep-alive idleness starts now (the loop's time)
         self._advance()
 
     def _advance(self):

@@ -5,12 +5,14 @@
 # same for the pure build.
 cimport cython
 
+from proxy.http.request cimport RequestReader
 from proxy.process.context cimport Context
 
 cdef extern from "string.h":
     const unsigned char *memchr(const void *s, int c, size_t n) nogil
 
 cdef bint _COMPILED
+cdef int _IDLE
 
 
 @cython.locals(n=Py_ssize_t, seen=Py_ssize_t, i=Py_ssize_t, buf="const unsigned char *", lf="const unsigned char *")
@@ -19,7 +21,8 @@ cpdef bint few_blank_lines(bytes data, Py_ssize_t room)
 
 cdef class Pipeline:
     cdef public Context ctx
-    cdef public object loop, transport, write, reader, peer, trusted, queue, active, writing_paused
+    cdef public RequestReader reader  # fed every read: C calls and struct reads
+    cdef public object loop, transport, write, peer, trusted, queue, active, writing_paused
     cdef public object timer, unparsed, advancing, stall_since, stall_size
     # Read and counted on every read and request: C ints (the pure build's are Python ints).
     cdef public int paused  # PAUSE_* bits
@@ -32,3 +35,5 @@ cdef class Pipeline:
     cpdef _parse(self, data)
     @cython.locals(size=Py_ssize_t, delta=Py_ssize_t)
     cpdef _account(self)
+    # Downstream's, called by the exchange at its end: through the type's table, not by name.
+    cpdef exchange_done(self, exchange)

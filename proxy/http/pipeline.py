@@ -32,6 +32,7 @@ OURS = PAUSE_PIPELINE | PAUSE_UPSTREAM  # we stopped reading, not the client: no
 # LFs, so it over-counts (body bytes too), which only makes slices shorter (see ``cut``).
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (pipeline.pxd)
+_IDLE = IDLE  # (a C int where compiled, as the reader's phase is)
 
 
 class Pipeline:
@@ -72,7 +73,7 @@ class Pipeline:
                 chunk = data[pos:end] if pos or end < n else data
                 self.completed = False
                 reader.feed(chunk)
-                if reader.phase == IDLE:
+                if reader.phase == _IDLE:
                     self.partial = 0
                 elif self.completed:
                     self.partial = len(chunk)
@@ -101,6 +102,9 @@ class Pipeline:
         if delta:
             self.queued_bytes = size
             self.ctx.queued_bytes += delta
+
+    def exchange_done(self, exchange):
+        raise NotImplementedError  # Downstream's
 
     def _drop_waiting(self):
         """Forget every request that has not started, parsed or not."""

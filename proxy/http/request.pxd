@@ -2,15 +2,19 @@
 # reader's fields as struct members, read and written by llhttp's callbacks per header.
 cimport cython
 
+from proxy.http.plainrequest cimport read_plain
+
 
 cdef class RequestReader:
-    cdef public object limits, sink, clock, parser, phase, since, _url, _headers, _body
+    cdef public object limits, sink, clock, parser, since, _url, _headers, _body
+    cdef public int phase  # IDLE, READING_HEAD, READING_BODY: read after every feed
     cdef public object _request_id, _length, _upgrade, _h2c, _resume
     # Counts and flags as C values: each header's callback adds and tests them.
     cdef public Py_ssize_t _body_size, _head_bytes, _head_wire, _gap, _fields
     cdef public bint _host, _te, _expect, asks_load, _http10, fast, _plain_seen
 
     cpdef _reset(self)
+    cpdef feed(self, data)
 
     @cython.locals(headers=list)
     cpdef on_header(self, name, value)

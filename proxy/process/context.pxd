@@ -4,6 +4,7 @@
 
 from proxy.http.watchdog cimport Watchdog
 from proxy.observe.observer cimport Observer
+from proxy.routing.router cimport Router
 
 cdef bint _COMPILED
 
@@ -30,10 +31,13 @@ cdef extern from *:
 
 cdef class Context:
     cdef public Observer observe
-    cdef public object cfg, loop, router, models_body, connections, turned_away, queued_bytes, warned, draining
+    cdef public Router router  # select/prepare/place per request: C calls
+    cdef public object cfg, loop, models_body, connections, turned_away, queued_bytes, warned, draining
     cdef public object access_log, read_limits, tenants, tick, first_byte_ticks, idle_ticks
     cdef public Watchdog watchdog
     cdef public object timer_cap
     cdef public bytes _rid_prefix
     cdef public unsigned long long _rid
     cdef public Py_ssize_t max_pipelined, max_queued_bytes
+
+    cpdef bytes next_request_id(self)
