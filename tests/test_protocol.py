@@ -9,6 +9,7 @@ import logging
 from _speedups import ResponseFramer
 from proxy.config import build
 from proxy.http.downstream import Downstream
+from proxy.http.connection_pool import ConnectionPool
 from proxy.http.exchange import Exchange
 from proxy.http.upstream import UpstreamConnection
 from proxy.process.worker import Context
@@ -124,8 +125,11 @@ class StubSelection(Selection):
         self.released += 1
 
 
-class StubPool:
-    high_water = 65536
+class StubPool(ConnectionPool):
+    """A ConnectionPool (the compiled connection holds its pool typed) with nothing behind it."""
+
+    def __init__(self):
+        self.high_water = 65536
 
     def forget(self, conn):
         pass

@@ -49,7 +49,7 @@ class Exchange(Relay, Admission):
     )
 
     def __init__(self, down, method, target, headers, body, http10, keep_alive, request_id, error=None):
-        Relay.__init__(self)
+        self._start_relay()
         self.down = down
         self.method = method
         self.target = target

@@ -6,6 +6,7 @@
 cimport cython
 
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
+from proxy.http.heads cimport client_head, upstream_head
 from proxy.http.pipeline cimport Pipeline
 from proxy.http.upstream cimport UpstreamConnection
 from proxy.observe.metrics cimport Timing, clock
@@ -16,6 +17,7 @@ from proxy.routing.router cimport Selection
 # The framer's flags and kinds (from _speedups) as C ints: tested on every read.
 cdef int CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE
 cdef int USAGE_TAKEN
+cdef Py_ssize_t MAX_HOLD, SMALL_BODY
 
 
 cdef class Relay:
@@ -40,6 +42,7 @@ cdef class Relay:
     @cython.locals(framer=NativeFramer, flags=int, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, strip=int, out=bytes,
                    at=Py_ssize_t, buf="const char *", token_end=bytes)
     cpdef upstream_data(self, bytes data)
+    cpdef _start_relay(self)
     cpdef _cancel_timer(self)
     cpdef _give_back(self, reusable)
     cpdef on_status(self, status, reusable)

@@ -27,6 +27,7 @@ from ..observe.metrics import USAGE_TAKEN, clock
 from ..observe.streamusage import finish_at, quiet, quiet_end, strip, unit_start, usage_body
 from ..observe.tracing import upstream_headers
 from . import heads
+from .heads import client_head, upstream_head
 from .chunked import Dechunker
 from .errors import UpstreamError
 
@@ -41,6 +42,10 @@ class Relay:
     )
 
     def __init__(self):
+        self._start_relay()
+
+    def _start_relay(self):
+        """The relay's state before a request is sent (a C call from Exchange.__init__)."""
         self.conn = None
         self.framer = None
         self.head_sent = False
@@ -82,7 +87,7 @@ class Relay:
             obs.t_sent = clock()
             if obs.span is not None:
                 headers, extra = upstream_headers(headers, extra, obs.span)
-        head = heads.upstream_head(
+        head = upstream_head(
             self.method, target, headers, endpoint.authority, down.peer, self.request_id, len(body), extra,
             endpoint.ask_load and not self.asked_load, down.trusted,
         )
@@ -130,7 +135,7 @@ class Relay:
                 # Chunked for the client, so that an upstream reset (no terminating chunk)
                 # looks broken rather than complete, and the client connection stays usable.
                 self.rechunk = True
-            head, report = heads.client_head(
+            head, report = client_head(
                 framer, self.request_id, self.close_after, self.dechunker is not None, self.asked_load, self.rechunk,
                 self.tenant.headers if self.tenant is not None else b"",
             )

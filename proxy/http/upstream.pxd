@@ -1,10 +1,12 @@
 # Types for Cython's compile of upstream.py (the native build; see _speedups/__init__.py): every
 # read of a response is handed to its exchange by a C call (``exchange`` a relay.Relay).
+from proxy.http.connection_pool cimport ConnectionPool
 from proxy.http.relay cimport Relay
 
 
 cdef class UpstreamConnection:
     cdef public Relay exchange
-    cdef public object pool, transport, closed, idle_since
+    cdef public ConnectionPool pool
+    cdef public object transport, closed, idle_since
     cdef public Py_ssize_t requests
     cdef public Py_ssize_t rx

@@ -4,12 +4,14 @@
 # build.
 cimport cython
 
+from proxy.http.connection_pool cimport ConnectionPool
 from proxy.routing.health cimport HealthState
 from proxy.routing.load cimport Report, pressure
 
 
 cdef class Endpoint:
-    cdef public object spec, key, label, host, port, authority, weight, pool, ssl, server_hostname
+    cdef public ConnectionPool pool  # None for an endpoint without a loop (tests, tools)
+    cdef public object spec, key, label, host, port, authority, weight, ssl, server_hostname
     cdef public object health_path, health_cfg, outlier, eligible, clusters, in_flight, peak, requests, owner
     cdef public object adapter, provider, counters, index, cells, cell, req_cell, report_at
     cdef public object report_cell, max_age, ask_load, health_cell
