@@ -1,5 +1,7 @@
 """Sans-IO head rewriting: what goes upstream and what comes back to the client."""
 
+import pytest
+
 from _speedups import ResponseFramer
 from proxy.http import heads
 
@@ -131,3 +133,9 @@ def test_rfc9110_7_6_1_connection_cannot_remove_the_response_framing():
     assert head == b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     head10, _ = heads.client_head(f, b"", close=True, dechunk=True)  # de-chunked: the close ends it
     assert head10 == b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n"
+
+
+def test_a_head_refuses_a_text_value_as_bytes_join_does():
+    # Compiled, a head's parts are joined in C; a part that is not bytes never becomes a head.
+    with pytest.raises(TypeError):
+        heads.upstream_head(b"POST", b"/v1/x", [(b"x-a", "1")], b"h:1", b"127.0.0.1", b"r", 0)
