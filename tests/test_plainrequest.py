@@ -9,7 +9,7 @@ import random
 import pytest
 
 from proxy.http import plainrequest
-from proxy.http.plainrequest import read_plain
+from proxy.http.plainrequest import Bounds, read_plain
 from test_request import LIMITS, Sink
 from proxy.http.errors import ClientError
 from proxy.http.request import RequestReader
@@ -86,7 +86,7 @@ def test_plain_reads_give_what_llhttp_gives():
         data = generated(rng)
         if rng.random() < 0.3:
             data += generated(rng)  # pipelined: the second read after the first, or by llhttp
-        taken += read_plain(data, 0, LIMITS) is not None
+        taken += read_plain(data, 0, Bounds(LIMITS)) is not None
         slow = read(data, False)
         assert read(data, True) == slow, (i, data)
         cut = rng.randrange(0, len(data) + 1)
@@ -100,7 +100,7 @@ def test_plain_reads_give_what_llhttp_gives():
     b"POST /v1/completions HTTP/1.1\r\nhost: p\r\ncontent-length: 0\r\nx-request-id: r1\r\n\r\n",
 ])
 def test_the_common_shapes_are_plain(data):
-    plain = read_plain(data, 0, LIMITS)
+    plain = read_plain(data, 0, Bounds(LIMITS))
     assert plain is not None and plain[0] == len(data)
     assert read(data, True) == read(data, False)
 
@@ -114,7 +114,7 @@ def test_the_common_shapes_are_plain(data):
 def test_what_is_not_plain_goes_to_llhttp(change):
     data = SDK_HEAD.replace(*change)
     assert data != SDK_HEAD
-    assert read_plain(data, 0, LIMITS) is None or change[0] == b"Accept: "
+    assert read_plain(data, 0, Bounds(LIMITS)) is None or change[0] == b"Accept: "
     assert read(data, True) == read(data, False)
 
 

@@ -37,6 +37,10 @@ cdef extern from *:
 cpdef bint sane_request_id(bytes value)
 
 
+cdef class Bounds:
+    cdef public Py_ssize_t request_line, head, fields, body
+
+
 @cython.locals(size=Py_ssize_t, known=bytes)
 cdef bytes _lower(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end)
 
@@ -44,4 +48,4 @@ cdef bytes _lower(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end)
 @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, at=Py_ssize_t, head_bytes=Py_ssize_t, max_head=Py_ssize_t,
                max_fields=Py_ssize_t, hosts=Py_ssize_t, length="long long", asks_load=bint, headers=list,
                buf="const unsigned char *", classes="const unsigned char *", name=bytes, value=bytes)
-cpdef read_plain(bytes data, Py_ssize_t start, limits)
+cpdef read_plain(bytes data, Py_ssize_t start, Bounds bounds)

@@ -79,10 +79,24 @@ def _lower(buf, start, end):
     return buf[start:end].lower()
 
 
-def read_plain(data, start, limits):
-    """The plain request at ``data[start:]``, whole in it, as (end, method, target, headers,
-    body, request_id, asks_load) — ``end`` the offset after it, ``headers`` [(lower-case
-    name, value)] as the reader's callbacks build them — or None when it is not one."""
+class Bounds:
+    """The limits ``read_plain`` holds a request to (a config ``Limits``), as numbers: compiled,
+    C integers in a struct, not four attribute look-ups on the config per request."""
+
+    __slots__ = ("request_line", "head", "fields", "body")
+
+    def __init__(self, limits):
+        self.request_line = limits.max_request_line
+        self.head = limits.max_header_bytes
+        self.fields = limits.max_headers
+        self.body = limits.max_body_bytes
+
+
+def read_plain(data, start, bounds):
+    """The plain request at ``data[start:]``, whole in it and within ``bounds``, as (end,
+    method, target, headers, body, request_id, asks_load) — ``end`` the offset after it,
+    ``headers`` [(lower-case name, value)] as the reader's callbacks build them — or None when
+    it is not one."""
     n = len(data)
     classes = CLASSES
     buf = data
@@ -103,12 +117,12 @@ def read_plain(data, start, limits):
     while pos < n and classes[buf[pos]] & 2:
         pos += 1
     target = buf[at:pos]
-    if pos - at > limits.max_request_line or n - pos < 11 or buf[pos:pos + 11] != _VERSION:
+    if pos - at > bounds.request_line or n - pos < 11 or buf[pos:pos + 11] != _VERSION:
         return None
     pos += 11
     head_bytes = pos - at - 11
-    max_head = limits.max_header_bytes
-    max_fields = limits.max_headers
+    max_head = bounds.head
+    max_fields = bounds.fields
     headers = []
     hosts = 0
     length = -1
@@ -170,7 +184,7 @@ def read_plain(data, start, limits):
         return None
     if length < 0:
         length = 0
-    if length > limits.max_body_bytes or pos + length > n:
+    if length > bounds.body or pos + length > n:
         return None
     body = buf[pos:pos + length] if length else b""
     return pos + length, method, target, headers, body, request_id, asks_load

@@ -2,10 +2,11 @@
 # reader's fields as struct members, read and written by llhttp's callbacks per header.
 cimport cython
 
-from proxy.http.plainrequest cimport read_plain
+from proxy.http.plainrequest cimport Bounds, read_plain
 
 
 cdef class RequestReader:
+    cdef public Bounds bounds
     cdef public object limits, sink, clock, parser, since, _url, _headers, _body
     cdef public int phase  # IDLE, READING_HEAD, READING_BODY: read after every feed
     cdef public object _request_id, _length, _upgrade, _h2c, _resume

@@ -46,7 +46,7 @@ import re
 import httptools
 
 from .errors import ClientError
-from .plainrequest import FAST, read_plain, sane_request_id
+from .plainrequest import FAST, Bounds, read_plain, sane_request_id
 
 # Phases, for the caller's deadlines.
 IDLE = 0  # between requests
@@ -71,13 +71,14 @@ _ABSOLUTE = re.compile(
 
 class RequestReader:
     __slots__ = (
-        "limits", "sink", "clock", "parser", "phase", "since", "_url", "_headers", "_body", "_body_size",
+        "limits", "bounds", "sink", "clock", "parser", "phase", "since", "_url", "_headers", "_body", "_body_size",
         "_head_bytes", "_head_wire", "_host", "_te", "_expect", "_request_id", "asks_load", "_length",
         "_upgrade", "_h2c", "_resume", "_gap", "_fields", "_http10", "fast", "_plain_seen",
     )
 
     def __init__(self, limits, sink, clock):
         self.limits = limits
+        self.bounds = Bounds(limits)  # read_plain's
         self.sink = sink
         self.clock = clock
         self.parser = httptools.HttpRequestParser(self)
@@ -147,7 +148,7 @@ class RequestReader:
         start = 0
         n = len(data)
         while start < n:
-            plain = read_plain(data, start, self.limits)
+            plain = read_plain(data, start, self.bounds)
             if plain is None:
                 break
             start, method, target, headers, body, request_id, asks_load = plain
