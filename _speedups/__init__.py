@@ -10,7 +10,10 @@ metrics recorder) is compiled too, module for module as it is written: Cython tu
 to keep in step, so the pure run tests exactly the code the native run compiled. This seam
 decides which one imports: under FLEETPROXY_PURE, or where an extension was built from another
 version of its source (``compiled.json``, written by the build, holds each source's hash), the
-.py is imported instead, and ``IMPLEMENTATION`` says "mixed" rather than "native".
+.py is imported instead, and ``IMPLEMENTATION`` says "mixed" rather than "native". The compiled
+modules share C functions and structs (their .pxd files cimport each other), so one module
+that must run from source takes every one of them with it; the framer and the prefix hashes,
+twins with a Python API only, stay compiled.
 
 Tests and benchmarks that hold the two builds against each other ask here too: ``pure(name)``
 is the specification ``_speedups.<name>``, ``native(name)`` its compiled twin or None
@@ -50,6 +53,7 @@ PURE = _env_flag("FLEETPROXY_PURE")
 EXPECT_NATIVE = _env_flag("FLEETPROXY_EXPECT_NATIVE")
 
 _why_not_native = {}  # name -> why native(name) is None, for the error a test reports
+_followers = []  # compiled modules imported from source only because another one is
 
 
 def pure(name):
@@ -82,8 +86,15 @@ def why_not_native(name):
 
 
 def not_native():
-    """Why this process runs less than all native: a line per module, for the startup log."""
-    return [why for why in _why_not_native.values() if why] if IMPLEMENTATION == "mixed" else []
+    """Why this process runs less than all native, for the startup log: a line per module that
+    is not built or is stale, then one for the compiled modules that came from source with them."""
+    if IMPLEMENTATION != "mixed":
+        return []
+    causes = [why for name, why in _why_not_native.items() if why and name not in _followers]
+    if _followers:
+        causes.append(f"{len(_followers)} more compiled modules imported from source with them "
+                      f"(they share C code): {', '.join(_followers)}")
+    return causes
 
 
 def _load(name):
@@ -109,19 +120,27 @@ def _compiled_state():
     except (OSError, ValueError):
         built = {}
     sources = {}
-    native_count = 0
+    native = []
     for name in COMPILED:
         base = os.path.join(root, *name.split("."))
         source = base + ".py"
         if not PURE and any(os.path.exists(base + suffix) for suffix in EXTENSION_SUFFIXES):
             if built.get(name) == source_hash(source):
-                native_count += 1
+                native.append((name, source))
                 continue
             _why_not_native[name] = f"{name}: its extension was built from another version of {source}"
         else:
             _why_not_native.setdefault(name, f"{name} is not compiled")
         sources[name] = source
-    return sources, native_count
+    if sources and native:
+        # The compiled modules call each other's C functions and read each other's C structs
+        # (their .pxd cimports): one that must run from source takes them all with it.
+        first = next(iter(sources))
+        for name, source in native:
+            _why_not_native[name] = f"{name}: imported from source, as {first} is"
+            _followers.append(name)
+            sources[name] = source
+    return sources, len(COMPILED) - len(sources)
 
 
 class _SourceFinder:
