@@ -72,8 +72,8 @@ _TCHAR = bytes(
     1 if (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or chr(c) in "!#$%&'*+-.^_`|~") else 0
     for c in range(256)
 )
-_TCHARS = bytes(c for c in range(256) if _TCHAR[c])
-_HEXDIG = bytes(c in b"0123456789abcdefABCDEF" for c in range(256))  # 1 for a chunk size's digits  # the same set, for bytes.translate
+_TCHARS = bytes(c for c in range(256) if _TCHAR[c])  # the same set, for bytes.translate
+_HEXDIG = bytes(c in b"0123456789abcdefABCDEF" for c in range(256))  # 1 for a chunk size's digits
 
 # Which way the head is parsed (see the top): setup.py compiles this file as framing_c.
 _COMPILED = __name__.endswith("_c")
