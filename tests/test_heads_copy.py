@@ -113,6 +113,9 @@ def check(module, head):
             args = (f, request_id, close, dechunk, asked_load, rechunk, extra)
             rebuilt = heads._rebuilt_head(*args)
             assert heads.client_head(*args) == rebuilt == client_head_before(*args), (head, args[1:])
+            # The first body bytes joined after the head: the same head, then them.
+            assert heads.client_head(*args, b"data: {}\n\n") == (rebuilt[0] + b"data: {}\n\n", rebuilt[1])
+            assert heads._rebuilt_head(*args, b"x") == (rebuilt[0] + b"x", rebuilt[1])
     return copied
 
 
@@ -264,6 +267,8 @@ def test_upstream_head_is_what_it_was():
             rng.choice((0, 0, 5, 12345)), extra, rng.random() < 0.5, rng.random() < 0.5,
         )
         assert heads.upstream_head(*args) == upstream_head_before(*args), args
+        body = b"{}" * args[6]
+        assert heads.upstream_head(*args, body=body) == upstream_head_before(*args) + body, args
 
 
 def test_heads_past_their_caches_full():

@@ -10,11 +10,12 @@ import pytest
 from proxy.config import Limits
 from proxy.http.errors import ClientError
 from proxy.http.request import IDLE, READING_BODY, READING_HEAD, RequestReader
+from proxy.http.request import Sink as ReaderSink
 
 LIMITS = Limits(max_body_bytes=100, max_header_bytes=1024, max_headers=10, max_request_line=200)
 
 
-class Sink:
+class Sink(ReaderSink):
     def __init__(self):
         self.events = []
 

@@ -4,14 +4,16 @@
 cimport cython
 
 from proxy.http.upstream cimport UpstreamConnection
+from proxy.observe.metrics cimport clock
 
 
 cdef class ConnectionPool:
-    cdef public object loop, host, port, max_connections, max_idle, idle_timeout, connect_timeout, high_water
+    cdef public object loop, host, port, max_connections, max_idle, connect_timeout, high_water
+    cdef public double idle_timeout
     cdef public object conns, waiters, opened, ssl, server_hostname, closing, max_waiters, wait_timeout
-    cdef public object queued, wait_timeouts, refused, time
+    cdef public object queued, wait_timeouts, refused
     cdef public list idle
 
-    @cython.locals(conn=UpstreamConnection)
+    @cython.locals(conn=UpstreamConnection, now=double)
     cpdef take_idle(self)
     cpdef release(self, UpstreamConnection conn)

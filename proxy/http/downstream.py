@@ -91,7 +91,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
         self.trusted = heads.peer_trusted(self.peer, self.ctx.cfg.trusted_proxies)  # once per connection
         high = ctx.cfg.limits.high_water
         transport.set_write_buffer_limits(high, high // 4)
-        self.reader = RequestReader(ctx.read_limits, self, self.loop.time)
+        self.reader = RequestReader(ctx.read_limits, self)
         ctx.connections.add(self)
         self.timer = self.loop.call_later(ctx.timer_cap, self._on_timer)
 
@@ -208,7 +208,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
             return
         reader = self.reader
         if reader.phase == _IDLE:
-            reader.since = reader.clock()  # keep-alive idleness starts now (the loop's time)
+            reader.since = reader.now()  # keep-alive idleness starts now
         self._advance()
 
     def _advance(self):

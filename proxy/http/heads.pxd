@@ -73,7 +73,7 @@ cdef extern from *:
 
 @cython.locals(line=bytes, parts=list, name=bytes, value=bytes, field=object, kind=int, keep_alive=bint, odd=bint)
 cpdef bytes upstream_head(method, target, headers, host, forwarded_for, request_id, Py_ssize_t body_len, extra=*,
-                          bint ask_load=*, bint trusted=*)
+                          bint ask_load=*, bint trusted=*, bytes body=*)
 
 cdef bytes _request_field(bytes name)
 cdef bytes _host_line(bytes host)
@@ -81,7 +81,8 @@ cdef bytes _peer_line(bytes peer)
 
 @cython.locals(raw=bytes, buf="const char *", parts=list, has_id=bint, kept=Py_ssize_t, at=Py_ssize_t,
                end=Py_ssize_t, n=Py_ssize_t, kind=int, size=Py_ssize_t, colon=Py_ssize_t)
-cpdef tuple client_head(framer, request_id, bint close, bint dechunk, bint asked_load=*, bint rechunk=*, extra=*)
+cpdef tuple client_head(framer, request_id, bint close, bint dechunk, bint asked_load=*, bint rechunk=*, extra=*,
+                        bytes body=*)
 
 @cython.locals(known=object, lname=bytes, kind=int)
 cdef int _response_kind(bytes name) except -1
@@ -95,7 +96,7 @@ cdef list _drop(list parts, Py_ssize_t start, set named)
 
 cdef bytes _join(list parts)
 
-cdef bytes _end(list parts, bint add_id, request_id, bint rechunk, extra, bint close)
+cdef bytes _end(list parts, bint add_id, request_id, bint rechunk, extra, bint close, bytes body)
 
 @cython.locals(lengths=set, out=list, i=Py_ssize_t, field=bytes)
 cdef list _drop_fields(list parts, Py_ssize_t start, set named)

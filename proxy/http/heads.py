@@ -76,7 +76,8 @@ def _named(headers):
 
 
 def upstream_head(
-    method, target, headers, host, forwarded_for, request_id, body_len, extra=(), ask_load=False, trusted=True
+    method, target, headers, host, forwarded_for, request_id, body_len, extra=(), ask_load=False, trusted=True,
+    body=b"",
 ):
     """The request head sent to an endpoint: our framing, our Host, forwarding headers added.
 
@@ -87,7 +88,8 @@ def upstream_head(
     for its load report (only when the client did not). ``trusted``: the peer is a trusted
     proxy (``peer_trusted``), so its X-Forwarded-For is extended with ``forwarded_for`` and its
     Forwarded, X-Real-IP, X-Forwarded-Host and -Port pass; else they are dropped and
-    X-Forwarded-For is ``forwarded_for`` alone.
+    X-Forwarded-For is ``forwarded_for`` alone. ``body``: bytes sent right after the head (a
+    small request body), joined to it: one copy, one write.
     """
     # From the Host field on, a line's CRLF goes with the line after it, so that a field is two
     # parts and the head's end one: few parts to join.
@@ -151,6 +153,8 @@ def upstream_head(
             parts.append((f"{_LENGTH_ASK_STR if ask_load else _LENGTH_STR}{body_len}\r\n\r\n").encode())
     else:
         parts.append(b"\r\n" + LOAD_FORMAT + b": text\r\n\r\n" if ask_load else b"\r\n\r\n")
+    if body:
+        parts.append(body)
     return _join(parts)
 
 
@@ -228,7 +232,7 @@ def trusted_networks(proxies):
     return tuple(networks)
 
 
-def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=False, extra=b""):
+def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=False, extra=b"", body=b""):
     """(the response head sent to the client from what the upstream sent, the upstream's load
     report or None).
 
@@ -238,6 +242,7 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     ``asked_load``: the client asked for the load report; else it is removed. Options of the
     upstream's Connection drop the fields they name, never the framing ones (``_FRAMING``).
     ``extra``: fields the proxy adds, CRLF-terminated (a tenant's x-ratelimit-* fields).
+    ``body``: the first body bytes for the client, joined after the head (one copy, one write).
 
     The head the client gets is mostly the upstream's as it came: where the framer kept it
     (``raw_head``: written as these fields would be), runs of it are copied between the fields
@@ -246,7 +251,7 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     """
     raw = framer.raw_head
     if raw is None:
-        return _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra)
+        return _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra, body)
     buf = raw  # compiled: its bytes, sliced without a slice object
     size = len(raw)
     parts = []
@@ -264,7 +269,7 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
             kind = _R_KEEP
         if kind:
             if kind == _R_CONNECTION:
-                return _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra)
+                return _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra, body)
             if kind == _R_ID:
                 has_id = True
             elif kind == _R_REPORT:
@@ -283,7 +288,7 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
         parts.append(raw)
     elif kept < at:
         parts.append(buf[kept:at])
-    return _end(parts, request_id and not has_id, request_id, rechunk, extra, close), report
+    return _end(parts, request_id and not has_id, request_id, rechunk, extra, close, body), report
 
 
 def _byte_at(buf, pos, size, byte):
@@ -346,7 +351,7 @@ def _response_kind(name):
     return kind
 
 
-def _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra):
+def _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra, body=b""):
     """client_head's result written field by field from what the framer parsed: the rules of
     the response head, for every head (client_head's copy is held to it)."""
     parts = [b"HTTP/1.1 %d " % framer.status, framer.reason, b"\r\n"]
@@ -373,11 +378,12 @@ def _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra
         named -= _FRAMING
         if named:
             parts = _drop(parts, 3, named)
-    return _end(parts, request_id and not has_id, request_id, rechunk, extra, close), report
+    return _end(parts, request_id and not has_id, request_id, rechunk, extra, close, body), report
 
 
-def _end(parts, add_id, request_id, rechunk, extra, close):
-    """The head in ``parts`` with what the proxy adds after the upstream's fields, joined."""
+def _end(parts, add_id, request_id, rechunk, extra, close, body):
+    """The head in ``parts`` with what the proxy adds after the upstream's fields, and
+    ``body`` after it, joined."""
     if add_id:
         parts.append(b"x-request-id: ")
         parts.append(request_id)
@@ -387,6 +393,8 @@ def _end(parts, add_id, request_id, rechunk, extra, close):
     if extra:
         parts.append(extra)
     parts.append(b"connection: close\r\n\r\n" if close else b"\r\n")
+    if body:
+        parts.append(body)
     return _join(parts)
 
 

@@ -5,7 +5,7 @@
 # same for the pure build.
 cimport cython
 
-from proxy.http.request cimport RequestReader
+from proxy.http.request cimport RequestReader, Sink
 from proxy.process.context cimport Context
 
 cdef extern from "string.h":
@@ -19,7 +19,7 @@ cdef int _IDLE
 cpdef bint few_blank_lines(bytes data, Py_ssize_t room)
 
 
-cdef class Pipeline:
+cdef class Pipeline(Sink):
     cdef public Context ctx
     cdef public RequestReader reader  # fed every read: C calls and struct reads
     cdef public object loop, transport, write, peer, trusted, queue, active, writing_paused

@@ -18,7 +18,7 @@ import logging
 import re
 
 from .errors import Overloaded
-from .request import IDLE
+from .request import IDLE, Sink
 
 log = logging.getLogger("fleetproxy.downstream")
 
@@ -35,7 +35,7 @@ _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build
 _IDLE = IDLE  # (a C int where compiled, as the reader's phase is)
 
 
-class Pipeline:
+class Pipeline(Sink):
     """The reading half of ``Downstream``: its state lives in Downstream's slots."""
 
     __slots__ = ()

@@ -37,10 +37,10 @@ cdef class Relay:
 
     # Methods the pump calls on its own object: C calls through the type's table, not lookups
     # by name (the Python-visible method stays). The last five are the exchange's (see relay.py).
-    @cython.locals(endpoint=Endpoint)
+    @cython.locals(endpoint=Endpoint, small=bint)
     cpdef send(self, UpstreamConnection conn)
     @cython.locals(framer=NativeFramer, flags=int, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, strip=int, out=bytes,
-                   at=Py_ssize_t, buf="const char *", token_end=bytes)
+                   at=Py_ssize_t, buf="const char *", token_end=bytes, head=bint, joined=bytes)
     cpdef upstream_data(self, bytes data)
     cpdef _start_relay(self)
     cpdef _cancel_timer(self)

@@ -87,15 +87,16 @@ class Relay:
             obs.t_sent = clock()
             if obs.span is not None:
                 headers, extra = upstream_headers(headers, extra, obs.span)
+        small = len(body) < SMALL_BODY  # joined to the head: one copy, one write
         head = upstream_head(
             self.method, target, headers, endpoint.authority, down.peer, self.request_id, len(body), extra,
-            endpoint.ask_load and not self.asked_load, down.trusted,
+            endpoint.ask_load and not self.asked_load, down.trusted, body if small else b"",
         )
         transport = conn.transport
         if down.writing_paused:
             transport.pause_reading()
-        if len(body) < SMALL_BODY:
-            transport.write(head + body if body else head)
+        if small:
+            transport.write(head)
         else:
             transport.writelines((head, body))
         self.ticks = -1  # the worker's next tick may come at once: it does not count
@@ -110,7 +111,7 @@ class Relay:
         down = self.down
         n = len(data)
         start = 0
-        head = None
+        head = False  # a head to send, joined to this read's body bytes below
         obs = self.obs
         if obs is not None and (obs.t_body == 0.0 or flags & HEAD):  # no time read per token
             now = clock()  # one read: a head and its first body bytes often share a read
@@ -135,14 +136,7 @@ class Relay:
                 # Chunked for the client, so that an upstream reset (no terminating chunk)
                 # looks broken rather than complete, and the client connection stays usable.
                 self.rechunk = True
-            head, report = client_head(
-                framer, self.request_id, self.close_after, self.dechunker is not None, self.asked_load, self.rechunk,
-                self.tenant.headers if self.tenant is not None else b"",
-            )
-            # The fields are in the client's head now: not held for the stream's life (~0.9 KiB).
-            framer.forget_head()
-            if report is not None:
-                self.selection.endpoint.observe_in_band(report)
+            head = True
             if self.strip and (framer.status != 200 or not framer.event_stream or kind == NONE or kind == LENGTH):
                 self.strip = 0  # a fixed length cannot shrink; anything but a stream has nothing to take out
             self.head_sent = True
@@ -200,8 +194,16 @@ class Relay:
                 out = self.dechunker.feed(out)
             elif self.rechunk:
                 out = heads.chunk(out)
-        if head is not None:
-            down.write(head + out if out else head)
+        if head:
+            joined, report = client_head(
+                framer, self.request_id, self.close_after, self.dechunker is not None, self.asked_load, self.rechunk,
+                self.tenant.headers if self.tenant is not None else b"", out,
+            )
+            # The fields are in the client's head now: not held for the stream's life (~0.9 KiB).
+            framer.forget_head()
+            if report is not None:
+                self.selection.endpoint.observe_in_band(report)
+            down.write(joined)
             if obs is not None:
                 obs.t_resp = clock()
         elif out:

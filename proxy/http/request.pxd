@@ -3,17 +3,25 @@
 cimport cython
 
 from proxy.http.plainrequest cimport Bounds, read_plain
+from proxy.observe.metrics cimport clock as monotonic
+
+
+cdef class Sink:
+    cpdef on_request(self, method, target, headers, body, http10, keep_alive, request_id)
 
 
 cdef class RequestReader:
     cdef public Bounds bounds
-    cdef public object limits, sink, clock, parser, since, _url, _headers, _body
+    cdef public Sink sink  # on_request: a C call
+    cdef public object limits, clock, parser, _url, _headers, _body
+    cdef public double since
     cdef public int phase  # IDLE, READING_HEAD, READING_BODY: read after every feed
     cdef public object _request_id, _length, _upgrade, _h2c, _resume
     # Counts and flags as C values: each header's callback adds and tests them.
     cdef public Py_ssize_t _body_size, _head_bytes, _head_wire, _gap, _fields
     cdef public bint _host, _te, _expect, asks_load, _http10, fast, _plain_seen
 
+    cpdef double now(self) except? -1.0
     cpdef _reset(self)
     cpdef feed(self, data)
 

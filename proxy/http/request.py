@@ -33,8 +33,9 @@ top, as the head arrives, before any byte goes upstream:
 answers and closes). Completed requests go to ``sink.on_request(method, target, headers, body,
 http10, keep_alive, request_id)``, in order (during that call ``asks_load`` says whether the
 request asked for vLLM's load report itself); ``sink.on_continue()`` is called when a head asks
-for ``100-continue``. ``phase`` and ``since`` (from the ``clock`` passed in) tell the caller's
-timer which deadline applies. Results never depend on how the bytes were split.
+for ``100-continue``; a sink is a ``Sink``, so that compiled these are C calls. ``phase`` and
+``since`` (``now()``: the ``clock`` passed in, else the monotonic clock) tell the caller's timer
+which deadline applies. Results never depend on how the bytes were split.
 
 Between requests, a compiled reader first hands the whole plain requests at the start of a read
 to ``plainrequest.read_plain`` (``_plain``): a strict subset of what llhttp accepts, read with
@@ -45,6 +46,7 @@ import re
 
 import httptools
 
+from ..observe.metrics import clock as monotonic
 from .errors import ClientError
 from .plainrequest import FAST, Bounds, read_plain, sane_request_id
 
@@ -69,6 +71,19 @@ _ABSOLUTE = re.compile(
 )
 
 
+class Sink:
+    """Where a RequestReader hands what it read (pipeline.Pipeline, whose Downstream is the
+    proxy's): compiled, ``on_request`` is a C call through the type's table (request.pxd)."""
+
+    __slots__ = ()
+
+    def on_request(self, method, target, headers, body, http10, keep_alive, request_id):
+        raise NotImplementedError
+
+    def on_continue(self):
+        raise NotImplementedError
+
+
 class RequestReader:
     __slots__ = (
         "limits", "bounds", "sink", "clock", "parser", "phase", "since", "_url", "_headers", "_body", "_body_size",
@@ -76,20 +91,27 @@ class RequestReader:
         "_upgrade", "_h2c", "_resume", "_gap", "_fields", "_http10", "fast", "_plain_seen",
     )
 
-    def __init__(self, limits, sink, clock):
+    def __init__(self, limits, sink, clock=None):
         self.limits = limits
         self.bounds = Bounds(limits)  # read_plain's
         self.sink = sink
         self.clock = clock
         self.parser = httptools.HttpRequestParser(self)
         self.phase = IDLE
-        self.since = clock()
+        self.since = self.now()
         self._resume = None  # an h2c request's body framing, for the parser that reads it (feed)
         self._fields = 0  # header fields of a chunked request (its trailer fields follow them)
         self._gap = 0  # bytes of reads inside a chunked body that carried no body byte
         self.fast = FAST  # whole plain requests read by plainrequest, not llhttp (compiled only)
         self._plain_seen = False  # plainrequest read one: llhttp's version then lags (_unfinished_head)
         self._reset()
+
+    def now(self):
+        """The reader's clock: the ``clock`` it was given (tests), else monotonic seconds, read
+        in C where compiled (twice per request: no call through Python, no float object).
+        uvloop's ``loop.time()``, which the deadlines read, counts the same clock in whole ms."""
+        clock = self.clock
+        return monotonic() if clock is None else clock()
 
     def _reset(self):
         self._url = b""
@@ -155,7 +177,7 @@ class RequestReader:
             self._plain_seen = True
             self._request_id = request_id
             self.asks_load = asks_load
-            self.since = self.clock()
+            self.since = self.now()
             self.sink.on_request(method, target, headers, body, False, True, request_id)
         if start == 0:
             return data
@@ -209,7 +231,7 @@ class RequestReader:
     def on_message_begin(self):
         self._reset()
         self.phase = READING_HEAD
-        self.since = self.clock()
+        self.since = self.now()
 
     def on_url(self, url):
         self._url += url
@@ -344,7 +366,7 @@ class RequestReader:
         elif type(body) is bytearray:
             body = bytes(body)
         self.phase = IDLE
-        self.since = self.clock()
+        self.since = self.now()
         self.sink.on_request(method, self._url, self._headers, body, http10, keep_alive, self._request_id)
 
     @property

@@ -7,6 +7,7 @@ from proxy.http.relay cimport Relay
 cdef class UpstreamConnection:
     cdef public Relay exchange
     cdef public ConnectionPool pool
-    cdef public object transport, closed, idle_since
+    cdef public object transport, closed
+    cdef public double idle_since
     cdef public Py_ssize_t requests
     cdef public Py_ssize_t rx
