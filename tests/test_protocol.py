@@ -165,3 +165,20 @@ def test_a_bug_mid_stream_breaks_the_stream_in_band():
         assert b'"code":500' in event and not rest.endswith(b"0\r\n\r\n")
 
     asyncio.run(main())
+
+
+def test_a_new_exchange_is_one_made_by_its_constructor():
+    # Downstream makes each request's Exchange by allocation where compiled (new_exchange): it
+    # must be the same object __init__ would make, every field of the relay's and the exchange's.
+    from proxy.http.exchange import new_exchange
+    from proxy.http.pipeline import Pipeline
+    from proxy.http.relay import Relay
+
+    down = Pipeline()
+    for keep_alive in (True, False):
+        args = (down, b"POST", b"/v1/chat/completions", [(b"host", b"h")], b"{}", False, keep_alive, b"rid")
+        made, new = Exchange(*args), new_exchange(*args)
+        assert type(new) is Exchange
+        for name in Relay.__slots__ + Exchange.__slots__:
+            assert getattr(new, name) == getattr(made, name), name
+            assert type(getattr(new, name)) is type(getattr(made, name)), name

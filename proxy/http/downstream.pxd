@@ -1,7 +1,7 @@
 # Types for Cython's compile of downstream.py: its state is declared on pipeline.Pipeline.
 cimport cython
 
-from proxy.http.exchange cimport Exchange
+from proxy.http.exchange cimport Exchange, new_exchange
 from proxy.http.pipeline cimport Pipeline
 from proxy.http.request cimport RequestReader
 
@@ -9,6 +9,7 @@ cdef int _IDLE
 
 
 cdef class Downstream(Pipeline):
+    @cython.locals(ex=Exchange)
     cpdef exchange_done(self, exchange)
     @cython.locals(reader=RequestReader)
     cpdef _done(self, exchange, close)

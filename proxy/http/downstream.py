@@ -31,7 +31,7 @@ import logging
 from . import heads, responses
 from .deadlines import Deadlines, reset, unsent
 from .errors import ClientError, InternalError, Overloaded
-from .exchange import Exchange, error_response
+from .exchange import Exchange, error_response, new_exchange
 from .pipeline import PAUSE_ERROR, PAUSE_PIPELINE, PAUSE_UPSTREAM, Pipeline, held_size
 from .request import IDLE, RequestReader
 
@@ -177,7 +177,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
     def on_request(self, method, target, headers, body, http10, keep_alive, request_id):
         if self.closed:
             return  # a request after a close in the same read: never processed (RFC 9112 9.6)
-        exchange = Exchange(
+        exchange = new_exchange(
             self, method, target, headers, body, http10, keep_alive, request_id or self.ctx.next_request_id()
         )
         if self.reader.asks_load:
@@ -197,7 +197,8 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
     def exchange_done(self, exchange):
         """``exchange`` relayed a response completely; go on with the next one. (While the
         worker drains, responses say ``connection: close``, and it is done.)"""
-        self._done(exchange, exchange.close_after or self.ctx.draining)
+        ex = exchange  # compiled: an Exchange, its fields struct members (downstream.pxd)
+        self._done(ex, ex.close_after or self.ctx.draining)
 
     def _done(self, exchange, close):
         if exchange is not self.active:

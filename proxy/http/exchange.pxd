@@ -7,6 +7,7 @@ cimport cython
 
 
 cdef class Exchange(Relay):
+    cpdef _setup(self, down, method, target, headers, body, http10, keep_alive, request_id, error)
     cpdef start(self)
     cpdef _route(self, Context ctx)
     @cython.locals(endpoint=Endpoint)
@@ -18,3 +19,7 @@ cdef class Exchange(Relay):
     cpdef upstream_failed(self, message, timeout=*, retryable=*)
     cpdef fail(self, err)
     cpdef finish(self, reusable)
+
+
+@cython.locals(ex=Exchange)
+cpdef Exchange new_exchange(down, method, target, headers, body, http10, keep_alive, request_id)

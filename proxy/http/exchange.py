@@ -41,6 +41,15 @@ from .relay import Relay
 log = logging.getLogger("fleetproxy.exchange")
 
 
+def new_exchange(down, method, target, headers, body, http10, keep_alive, request_id):
+    """``Exchange(down, method, ...)`` for a request read whole (``Downstream.on_request``):
+    compiled, the type's allocation and a C call of ``_setup``, not a call through ``__init__``'s
+    nine arguments."""
+    ex = Exchange.__new__(Exchange)
+    ex._setup(down, method, target, headers, body, http10, keep_alive, request_id, None)
+    return ex
+
+
 class Exchange(Relay, Admission):
     __slots__ = (
         "down", "method", "target", "headers", "body", "http10", "keep_alive", "request_id", "error",
@@ -49,6 +58,11 @@ class Exchange(Relay, Admission):
     )
 
     def __init__(self, down, method, target, headers, body, http10, keep_alive, request_id, error=None):
+        self._setup(down, method, target, headers, body, http10, keep_alive, request_id, error)
+
+    def _setup(self, down, method, target, headers, body, http10, keep_alive, request_id, error):
+        """``__init__``'s work: compiled, a C call (``new_exchange`` makes an exchange per
+        request without the call through ``__init__``'s arguments)."""
         self._start_relay()
         self.down = down
         self.method = method

@@ -132,6 +132,8 @@ def least_request(snap, exclude=None, limit=0, rand=random):
     n = len(members)
     if n == 0:
         return None
+    if n == 1 and exclude is None and not limit:
+        return members[0]  # a cluster of one: no loads to compare
     if exclude is None and n > 1:
         i = int(rand() * n)
         j = int(rand() * (n - 1))

@@ -4,7 +4,8 @@
 
 
 cdef class RetryBudget:
-    cdef public object ratio, min_rate, burst, tokens, floor, last, requests, retries, refused
+    cdef public double ratio, min_rate, burst, tokens, floor, last  # spent from on every request: C doubles
+    cdef public Py_ssize_t requests, retries, refused
 
     cpdef on_request(self)
     cpdef try_retry(self, now)

@@ -9,6 +9,9 @@ from proxy.routing.cluster cimport Cluster
 from proxy.routing.endpoint cimport Endpoint
 from proxy.routing.fields cimport decode
 from proxy.routing.retry cimport RetryPolicy
+from proxy.observe.metrics cimport clock as monotonic
+
+cdef object _MONOTONIC
 
 
 cdef class Route:
@@ -36,6 +39,7 @@ cdef class Router:
     cdef public Route catch_all, default_route
     cdef public RetryPolicy retry
 
+    cpdef double now(self) except? -1.0
     cpdef select(self, headers, body)
     @cython.locals(selection=Selection, route=Route)
     cpdef prepare(self, headers, body)
