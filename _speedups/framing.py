@@ -293,7 +293,8 @@ class ResponseFramer:
     def forget_head(self):
         """The head is in the client's hands now: hold none of it for the body's life."""
         self._lazy = False
-        del self._headers[:]
+        if self._headers:  # (lazy, the usual case: none were cut)
+            del self._headers[:]
         self.raw_head = None
 
     # -- body -----------------------------------------------------------------------------

@@ -15,6 +15,9 @@ cdef bint _COMPILED
 
 cdef extern from "string.h":
     const char *memchr(const char *s, int c, size_t n) nogil
+    int memcmp(const void *a, const void *b, size_t n) nogil
+
+cdef bint _name_at(const char *buf, Py_ssize_t pos, const char *name, Py_ssize_t n) noexcept
 
 @cython.locals(found="const char *")
 cdef Py_ssize_t _byte_at(const char *buf, Py_ssize_t pos, Py_ssize_t size, int byte) noexcept

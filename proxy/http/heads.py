@@ -50,6 +50,7 @@ _LENGTH_ASK = b"\r\n" + LOAD_FORMAT + b": text" + _LENGTH
 _LENGTH_STR, _LENGTH_ASK_STR = _LENGTH.decode(), _LENGTH_ASK.decode()
 _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (heads.pxd)
 LOAD_REPORT = b"endpoint-load-metrics"
+_REQUEST_ID = b"x-request-id"
 
 _MAX_CACHED = 512  # entries in each of the caches below, by the bytes that come in
 
@@ -263,8 +264,14 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
         colon = _byte_at(buf, at, size, 58)  # ":"
         n = colon - at
         end = _byte_at(buf, colon, size, 13) + 2  # after the CRLF
-        if (n < _KIND_LENGTHS_END and _KIND_LENGTHS[n]) or buf[at] | 32 == 120:  # or an x-*
-            kind = _response_kind(buf[at:colon])  # the name made an object only here
+        # vLLM's two names of a kind, as it writes them, compared in place; any other name of
+        # a kind's length, or x-*, made an object and looked up.
+        if n == 21 and _name_at(buf, at, LOAD_REPORT, 21):
+            kind = _R_REPORT
+        elif n == 12 and _name_at(buf, at, _REQUEST_ID, 12):
+            kind = _R_ID
+        elif (n < _KIND_LENGTHS_END and _KIND_LENGTHS[n]) or buf[at] | 32 == 120:  # or an x-*
+            kind = _response_kind(buf[at:colon])
         else:
             kind = _R_KEEP
         if kind:
@@ -289,6 +296,13 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     elif kept < at:
         parts.append(buf[kept:at])
     return _end(parts, request_id and not has_id, request_id, rechunk, extra, close, body), report
+
+
+def _name_at(buf, pos, name, n):
+    """Whether ``buf[pos:pos + n]`` is ``name`` (``n`` bytes; compiled: memcmp in place)."""
+    if _COMPILED:
+        return memcmp(buf + pos, name, n) == 0  # noqa: F821 (heads.pxd)
+    return buf[pos:pos + n] == name
 
 
 def _byte_at(buf, pos, size, byte):
