@@ -74,3 +74,55 @@ def test_lines_are_json_in_order_and_escaped(tmp_path):
         assert line["ttft_ms"] == (250.0 if i % 2 else None) and line["total_ms"] == 500.0
         assert (line["prompt_tokens"], line["completion_tokens"], line["bytes"]) == (i, 2 * i, i)
         assert line["outcome"] == "ok" and line["status"] == 200 and line["method"] == "POST"
+
+
+def test_each_line_is_what_msgspec_writes_for_it(tmp_path):
+    """Compiled, a line whose strings need no escaping is written in C: byte for byte the line
+    msgspec writes for the same values (the rule, and the path of every other line)."""
+    import asyncio
+    import random
+
+    import msgspec
+
+    from _speedups import ResponseFramer
+    from proxy.http.exchange import Exchange
+    from proxy.observe import accesslog
+    from proxy.observe.metrics import Timing
+    from proxy.routing.router import Selection
+
+    rng = random.Random(5)
+    texts = ["default", "tiny", "org/model-7b", "b1", "", 'q"uote', "back\\slash", "tab\t", "é", "日本", "\x7f"]
+    loop = asyncio.new_event_loop()
+    log = accesslog.AccessLog(loop, str(tmp_path / "access.log"))
+    plain = 0
+    try:
+        for i in range(3000):
+            t0 = rng.choice([10.0, 12345.678901, 1e6 + rng.random()])
+            obs = Timing(t0, rng.choice(texts))
+            obs.t_body = rng.choice([0.0, t0 + rng.random() * rng.choice([1e-6, 1e-3, 1, 1e3]), t0 - 1e-3])
+            now = t0 + rng.random() * rng.choice([1e-6, 1e-3, 1, 1e4, 1e7])
+            target = rng.choice([b"/v1/chat/completions", b"/v1/completions?x=1", b'/q"x', b"/\\", b"/\xc3\xa9"])
+            ex = Exchange(None, b"POST", target, [], b"", False, True, rng.choice([b"rid-1", b"req_\xff", b"a\"b"]))
+            ex.obs, ex.selection, ex.framer = obs, Selection([], b"", False), rng.choice([ResponseFramer(False), None])
+            ex.selection.attempts = rng.randrange(4)
+            if ex.framer is not None:
+                ex.framer.body_bytes = rng.randrange(10**7)
+            tokens = (rng.randrange(10**5), rng.randrange(10**5), rng.randrange(10**3))
+            model, backend = rng.choice(texts), rng.choice(texts + [None])
+            outcome = rng.randrange(len(accesslog.OUTCOMES))
+            log.write(ex, rng.choice([200, 404, 503, 0]), outcome, now, tokens, model, backend)
+            line = log.buf.pop()
+            ts = json.loads(line)["ts"]
+            t_body = obs.t_body
+            expected = msgspec.json.encode(accesslog.Line(
+                ts, ex.request_id.decode("utf-8", "replace"), obs.tenant, model, backend or None,
+                ex.selection.attempts, "POST", target.decode("utf-8", "replace"), json.loads(line)["status"],
+                accesslog.OUTCOMES[outcome], accesslog._ms(t_body - t0) if t_body > 0.0 else None,
+                accesslog._ms(now - t0), *tokens, ex.framer.body_bytes if ex.framer is not None else 0,
+            )) + b"\n"
+            assert line == expected
+            plain += b"\\" not in line and b"\\u" not in line
+    finally:
+        log.close()
+        loop.close()
+    assert plain > 300  # many lines took the plain path (compiled: the C writer)

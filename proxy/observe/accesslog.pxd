@@ -1,23 +1,155 @@
 # Types for Cython's compile of accesslog.py (the native build; see _speedups/__init__.py): the
-# request's fields read as struct members of its exchange (a Relay), the times in C doubles.
+# request's fields read as struct members of its exchange (a Relay), the times in C doubles, and
+# the line of a plain request written in C (``fleetproxy_access_line``).
 cimport cython
 
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
 from proxy.http.relay cimport Relay
 from proxy.observe.metrics cimport Timing
 
+cdef bint _COMPILED
+cdef long long _MAX_THOUSANDTHS
+
+cdef extern from *:
+    '''
+    #include <string.h>
+    /* accesslog._plain_line in C. Every string must be printable ASCII without a quote or a
+       backslash (written as it is, as msgspec would: nothing to escape); a number of
+       thousandths n (0 <= n < 10^13) is written as n / 1000 with its trailing zeros dropped
+       and at least one decimal, which is the shortest text of the double n / 1000.0 (what
+       msgspec writes for it). Anything else: None, and the caller has msgspec write the line. */
+    static int fleetproxy_text(PyObject *o, const char **s, Py_ssize_t *n) {
+        const unsigned char *b;
+        Py_ssize_t i, size;
+        if (PyBytes_CheckExact(o)) {
+            b = (const unsigned char *)PyBytes_AS_STRING(o);
+            size = PyBytes_GET_SIZE(o);
+        } else if (PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o)) {
+            b = (const unsigned char *)PyUnicode_DATA(o);
+            size = PyUnicode_GET_LENGTH(o);
+        } else {
+            return 0;
+        }
+        for (i = 0; i < size; i++)
+            if (b[i] < 0x20 || b[i] >= 0x7F || b[i] == 0x22 || b[i] == 0x5C)
+                return 0;
+        *s = (const char *)b;
+        *n = size;
+        return 1;
+    }
+    static char *fleetproxy_int(char *p, long long v) {
+        char digits[24];
+        int k = 0;
+        unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+        if (v < 0)
+            *p++ = '-';
+        do { digits[k++] = (char)('0' + u % 10); u /= 10; } while (u);
+        while (k)
+            *p++ = digits[--k];
+        return p;
+    }
+    static char *fleetproxy_thousandths(char *p, long long n) {
+        int frac = (int)(n % 1000);
+        p = fleetproxy_int(p, n / 1000);
+        *p++ = '.';
+        *p++ = (char)('0' + frac / 100);
+        if (frac % 100) {
+            *p++ = (char)('0' + frac / 10 % 10);
+            if (frac % 10)
+                *p++ = (char)('0' + frac % 10);
+        }
+        return p;
+    }
+    static char *fleetproxy_put(char *p, const char *s, Py_ssize_t n) {
+        memcpy(p, s, (size_t)n);
+        return p + n;
+    }
+    #define FLEETPROXY_KEY(p, key) fleetproxy_put((p), (key), (Py_ssize_t)sizeof(key) - 1)
+    static PyObject *fleetproxy_access_line(
+            long long ts, PyObject *rid, PyObject *tenant, PyObject *model, PyObject *backend,
+            long long attempts, PyObject *method, PyObject *path, long long status, PyObject *outcome,
+            long long ttft, long long total, long long prompt, long long completion, long long cached,
+            long long size) {
+        const char *s[7];
+        Py_ssize_t n[7], room = 0;
+        PyObject *texts[7];
+        char stack[2048], *p;
+        int i, count = backend == Py_None ? 6 : 7;
+        texts[0] = rid; texts[1] = tenant; texts[2] = model; texts[3] = method; texts[4] = path;
+        texts[5] = outcome; texts[6] = backend;
+        for (i = 0; i < count; i++) {
+            if (!fleetproxy_text(texts[i], &s[i], &n[i]))
+                Py_RETURN_NONE;
+            room += n[i];
+        }
+        if (room > 1024 || ts < 0 || ts >= 10000000000000LL || total < 0 || total >= 10000000000000LL
+                || ttft >= 10000000000000LL)
+            Py_RETURN_NONE;
+        p = stack;
+        p = FLEETPROXY_KEY(p, "{\\"ts\\":");
+        p = fleetproxy_thousandths(p, ts);
+        p = FLEETPROXY_KEY(p, ",\\"id\\":\\"");
+        p = fleetproxy_put(p, s[0], n[0]);
+        p = FLEETPROXY_KEY(p, "\\",\\"tenant\\":\\"");
+        p = fleetproxy_put(p, s[1], n[1]);
+        p = FLEETPROXY_KEY(p, "\\",\\"model\\":\\"");
+        p = fleetproxy_put(p, s[2], n[2]);
+        if (count == 7) {
+            p = FLEETPROXY_KEY(p, "\\",\\"backend\\":\\"");
+            p = fleetproxy_put(p, s[6], n[6]);
+            p = FLEETPROXY_KEY(p, "\\",\\"attempts\\":");
+        } else {
+            p = FLEETPROXY_KEY(p, "\\",\\"backend\\":null,\\"attempts\\":");
+        }
+        p = fleetproxy_int(p, attempts);
+        p = FLEETPROXY_KEY(p, ",\\"method\\":\\"");
+        p = fleetproxy_put(p, s[3], n[3]);
+        p = FLEETPROXY_KEY(p, "\\",\\"path\\":\\"");
+        p = fleetproxy_put(p, s[4], n[4]);
+        p = FLEETPROXY_KEY(p, "\\",\\"status\\":");
+        p = fleetproxy_int(p, status);
+        p = FLEETPROXY_KEY(p, ",\\"outcome\\":\\"");
+        p = fleetproxy_put(p, s[5], n[5]);
+        if (ttft < 0) {
+            p = FLEETPROXY_KEY(p, "\\",\\"ttft_ms\\":null");
+        } else {
+            p = FLEETPROXY_KEY(p, "\\",\\"ttft_ms\\":");
+            p = fleetproxy_thousandths(p, ttft);
+        }
+        p = FLEETPROXY_KEY(p, ",\\"total_ms\\":");
+        p = fleetproxy_thousandths(p, total);
+        p = FLEETPROXY_KEY(p, ",\\"prompt_tokens\\":");
+        p = fleetproxy_int(p, prompt);
+        p = FLEETPROXY_KEY(p, ",\\"completion_tokens\\":");
+        p = fleetproxy_int(p, completion);
+        p = FLEETPROXY_KEY(p, ",\\"cached_tokens\\":");
+        p = fleetproxy_int(p, cached);
+        p = FLEETPROXY_KEY(p, ",\\"bytes\\":");
+        p = fleetproxy_int(p, size);
+        *p++ = '}';
+        *p++ = 0x0A;
+        return PyBytes_FromStringAndSize(stack, p - stack);
+    }
+    '''
+    object fleetproxy_access_line(long long ts, object rid, object tenant, object model, object backend,
+                                  long long attempts, object method, object path, long long status,
+                                  object outcome, long long ttft, long long total, long long prompt,
+                                  long long completion, long long cached, long long size)
+
 
 cdef class AccessLog:
     cdef public object loop, fd, timer
     cdef public list buf
 
-    @cython.locals(obs=Timing, framer=NativeFramer, t0=double, t_body=double, ts=double, ms="long long")
+    @cython.locals(obs=Timing, framer=NativeFramer, t0=double, t_body=double, ts=double, ms="long long",
+                   ttft="long long", total="long long")
     cpdef write(self, Relay ex, int status, Py_ssize_t outcome, double now, tuple tokens, model, backend)
 
     cpdef flush(self)
 
 
-@cython.locals(us="long long")
 cpdef double _ms(double seconds)
+
+cpdef long long _thousandths(double seconds)
 
 cpdef str _text(bytes data)

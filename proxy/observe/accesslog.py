@@ -1,10 +1,11 @@
 """One JSON line per proxied request (``observe.access_log``; ``--access-log``), off by default.
 
-Per request only the values are kept: a ``Line`` (a msgspec Struct, untracked by the garbage
-collector) appended to a list. They are encoded together, one ``encode_lines`` call per batch,
-and written with one ``os.write`` when ``FLUSH_LINES`` are waiting or at the latest
-``FLUSH_EVERY`` after the first, so a busy worker makes one encoder call and one system call per
-few hundred requests. A worker that is killed loses at most that last second; a draining one
+Per request its line is written at once and appended to a list: compiled, in C where every
+string of it is plain ASCII with nothing to escape (nearly every line: ids, methods, paths,
+model and backend names); otherwise a ``Line`` (a msgspec Struct) encoded by msgspec, which is
+the rule (a test holds the two to one another). The lines are written with one ``os.write``
+when ``FLUSH_LINES`` are waiting or at the latest ``FLUSH_EVERY`` after the first, so a busy
+worker makes one system call per few hundred requests. A worker that is killed loses at most that last second; a draining one
 flushes on its way out (``close``). Fields, in this order: ``ts`` (Unix s), ``id``, ``tenant``,
 ``model``, ``backend``, ``attempts``, ``method``, ``path``, ``status``, ``outcome`` (as the
 ``outcome`` label of ``fleetproxy_requests_total``), ``ttft_ms`` (null without a response
@@ -42,13 +43,19 @@ class Line(msgspec.Struct, gc=False):
     bytes: int
 
 
-_encode_lines = msgspec.json.Encoder().encode_lines
+_encode = msgspec.json.Encoder().encode
+_COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (accesslog.pxd)
+_MAX_THOUSANDTHS = 10**13  # at or past it, a time is msgspec's to write (beyond 15 digits)
 
 
 def _ms(seconds):
     """Milliseconds to the microsecond: the closest double to a 3-decimal number prints as one."""
-    us = int(seconds * 1e6 + 0.5)
-    return us / 1000.0
+    return _thousandths(seconds) / 1000.0
+
+
+def _thousandths(seconds):
+    """``seconds`` in microseconds, rounded: the thousandths of the milliseconds the line shows."""
+    return int(seconds * 1e6 + 0.5)
 
 
 def _text(data):
@@ -74,24 +81,26 @@ class AccessLog:
         t_body = obs.t_body
         ts = wall()
         ms = int(ts * 1000.0)  # ms resolution; round() costs ~0.4 us a call
-        self.buf.append(Line(
-            ms / 1000.0,
-            _text(ex.request_id),
-            obs.tenant,
-            model,
-            backend or None,
-            selection.attempts if selection is not None else 0,
-            _text(ex.method),
-            _text(ex.target),
-            status,
-            OUTCOMES[outcome],
-            _ms(t_body - t0) if t_body > 0.0 else None,
-            _ms(now - t0),
-            tokens[0],
-            tokens[1],
-            tokens[2],
-            framer.body_bytes if framer is not None else 0,
-        ))
+        total = _thousandths(now - t0)
+        ttft = _thousandths(t_body - t0) if t_body > 0.0 else -1
+        if t_body > 0.0 and ttft < 0:
+            ttft = _MAX_THOUSANDTHS  # (a clock read out of order: written by msgspec, as it is)
+        backend = backend or None
+        attempts = selection.attempts if selection is not None else 0
+        size = framer.body_bytes if framer is not None else 0
+        line = None
+        if _COMPILED:  # None where a string needs escaping or a number is out of the C writer's range
+            line = fleetproxy_access_line(  # noqa: F821 (accesslog.pxd)
+                ms, ex.request_id, obs.tenant, model, backend, attempts, ex.method, ex.target, status,
+                OUTCOMES[outcome], ttft, total, tokens[0], tokens[1], tokens[2], size,
+            )
+        if line is None:
+            line = _encode(Line(
+                ms / 1000.0, _text(ex.request_id), obs.tenant, model, backend, attempts, _text(ex.method),
+                _text(ex.target), status, OUTCOMES[outcome], _ms(t_body - t0) if t_body > 0.0 else None,
+                total / 1000.0, tokens[0], tokens[1], tokens[2], size,
+            )) + b"\n"
+        self.buf.append(line)
         if len(self.buf) >= FLUSH_LINES:
             self.flush()
         elif self.timer is None:
@@ -103,7 +112,7 @@ class AccessLog:
             self.timer = None
         if not self.buf:
             return
-        data = _encode_lines(self.buf)
+        data = b"".join(self.buf)
         self.buf.clear()
         try:
             while data:  # a pipe or a file: a short write is possible, never a lost line
