@@ -8,7 +8,6 @@ from proxy.http.relay cimport Relay
 from proxy.observe.metrics cimport Timing
 
 cdef bint _COMPILED
-cdef long long _MAX_THOUSANDTHS
 
 cdef extern from *:
     '''

@@ -5,8 +5,8 @@ string of it is plain ASCII with nothing to escape (nearly every line: ids, meth
 model and backend names); otherwise a ``Line`` (a msgspec Struct) encoded by msgspec, which is
 the rule (a test holds the two to one another). The lines are written with one ``os.write``
 when ``FLUSH_LINES`` are waiting or at the latest ``FLUSH_EVERY`` after the first, so a busy
-worker makes one system call per few hundred requests. A worker that is killed loses at most that last second; a draining one
-flushes on its way out (``close``). Fields, in this order: ``ts`` (Unix s), ``id``, ``tenant``,
+worker makes one system call per few hundred requests. A worker that is killed loses at most
+that last second; a draining one flushes on its way out (``close``). Fields, in this order: ``ts`` (Unix s), ``id``, ``tenant``,
 ``model``, ``backend``, ``attempts``, ``method``, ``path``, ``status``, ``outcome`` (as the
 ``outcome`` label of ``fleetproxy_requests_total``), ``ttft_ms`` (null without a response
 body), ``total_ms``, ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``, ``bytes``
@@ -45,7 +45,6 @@ class Line(msgspec.Struct, gc=False):
 
 _encode = msgspec.json.Encoder().encode
 _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (accesslog.pxd)
-_MAX_THOUSANDTHS = 10**13  # at or past it, a time is msgspec's to write (beyond 15 digits)
 
 
 def _ms(seconds):
@@ -82,14 +81,14 @@ class AccessLog:
         ts = wall()
         ms = int(ts * 1000.0)  # ms resolution; round() costs ~0.4 us a call
         total = _thousandths(now - t0)
-        ttft = _thousandths(t_body - t0) if t_body > 0.0 else -1
-        if t_body > 0.0 and ttft < 0:
-            ttft = _MAX_THOUSANDTHS  # (a clock read out of order: written by msgspec, as it is)
+        ttft = _thousandths(t_body - t0) if t_body > 0.0 else -1  # -1: none (null)
         backend = backend or None
         attempts = selection.attempts if selection is not None else 0
         size = framer.body_bytes if framer is not None else 0
         line = None
-        if _COMPILED:  # None where a string needs escaping or a number is out of the C writer's range
+        # The C writer: None where a string needs escaping or a number is out of its range; a
+        # negative time (clocks read out of order) is msgspec's to write as it is.
+        if _COMPILED and (ttft >= 0 or t_body <= 0.0):
             line = fleetproxy_access_line(  # noqa: F821 (accesslog.pxd)
                 ms, ex.request_id, obs.tenant, model, backend, attempts, ex.method, ex.target, status,
                 OUTCOMES[outcome], ttft, total, tokens[0], tokens[1], tokens[2], size,
@@ -97,7 +96,7 @@ class AccessLog:
         if line is None:
             line = _encode(Line(
                 ms / 1000.0, _text(ex.request_id), obs.tenant, model, backend, attempts, _text(ex.method),
-                _text(ex.target), status, OUTCOMES[outcome], _ms(t_body - t0) if t_body > 0.0 else None,
+                _text(ex.target), status, OUTCOMES[outcome], ttft / 1000.0 if t_body > 0.0 else None,
                 total / 1000.0, tokens[0], tokens[1], tokens[2], size,
             )) + b"\n"
         self.buf.append(line)
