@@ -208,11 +208,11 @@ def upstream_head_before(
     named = None
     xff = None
     for name, value in headers:
-        if name in heads._REQUEST_DROP:
+        if name in heads.REQUEST_DROP:
             if name == b"connection" and named is None:
                 named = _named_before(headers)
             continue
-        if name in heads._FORWARDING:
+        if name in heads.FORWARDING:
             if not trusted:
                 continue
             if name == b"x-forwarded-for":

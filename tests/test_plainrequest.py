@@ -43,7 +43,10 @@ NAMES = [b"Host", b"host", b"HOST", b"Content-Length", b"content-length", b"X-Re
          b"Endpoint-Load-Metrics-Format", b"TE", b"X-A!#$%&'*+-.^_`|~9", b"Content-Type", b"Bad Name", b""]
 VALUES = [b"p", b"", b" spaced ", b"\tx", b"keep-alive", b"Keep-Alive", b"close", b"upgrade", b"chunked",
           b"100-continue", b"h2c", b"req-1_2.3", b"bad id", b"a" * 250, b"obs\x80\xff", b"ctl\x7f", b"ctl\x01",
-          b"5", b"05", b"+5", b"5 ", b"999", b"99999999999999999999", b"text"]
+          b"5", b"05", b"+5", b"5 ", b"999", b"99999999999999999999", b"text",
+          # past eight bytes, a byte that is no value's (or is, HTAB and obs-text) further in
+          b"x" * 20 + b"\x01" + b"y" * 5, b"z" * 17 + b"\x7f", b"\x80" * 16 + b"\x1f", b"w" * 9 + b"\tq" * 6,
+          b"\xff" * 24, b"v" * 15 + b"\x00"]
 
 
 CLEAN_NAMES = [b"Accept", b"X-Session-Id", b"Content-Type", b"User-Agent", b"X-Request-Id", b"Connection",
@@ -123,3 +126,55 @@ def test_the_compiled_build_takes_it():
 
     assert plainrequest.FAST == (not _speedups.PURE and _speedups.native("framing") is not None
                                  and not plainrequest.__file__.endswith(".py"))
+
+
+FORWARD_NAMES = [b"Accept", b"X-Forwarded-For", b"x-forwarded-for", b"Forwarded", b"X-Real-IP", b"X-Forwarded-Host",
+                 b"X-Forwarded-Port", b"X-Forwarded-Proto", b"Keep-Alive", b"Proxy-Authorization", b"X-Request-Id",
+                 b"Authorization", b"TraceParent", b"X-Stainless-OS", b"X-Custom-Name", b"Endpoint-Load-Metrics-Format",
+                 b"Connection", b"Content-Type", b"A"]
+
+
+def test_fields_go_upstream_as_the_field_by_field_head_writes_them():
+    """A plain request's fields, forwarded in one walk over the client's bytes
+    (``Fields.forwarded``), make the upstream head that ``heads.upstream_head`` writes from
+    the same fields as a list, from a trusted peer and from anyone else; and, iterated, they
+    are what llhttp's path reads."""
+    from proxy.http.heads import upstream_head
+
+    rng = random.Random(7)
+    checked = {True: 0, False: 0}
+    for i in range(2000):
+        fields = [b"Host: p"] + [
+            rng.choice(FORWARD_NAMES) + rng.choice([b": ", b":", b":\t ", b":  "])
+            + rng.choice([b"v", b"", b"Keep-Alive", b"1.2.3.4", b"a b\tc ", b"obs\x80", b"r-1"])
+            for _ in range(rng.randrange(0, 34))  # past 16 (two bits each: 32 of a 64-bit word) and 32
+        ]
+        body = rng.choice([b"", b"{}"])
+        fields.append(b"Content-Length: %d" % len(body))
+        rng.shuffle(fields)
+        data = b"POST /v1/chat/completions HTTP/1.1\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n" + body
+        plain = read_plain(data, 0, Bounds(LIMITS))
+        if plain is None:  # a Connection other than keep-alive, say
+            continue
+        got = plain[3]
+        assert tuple(got) == read(data, False)[0][0][3], (i, data)
+        pairs = list(got)
+        for trusted in (True, False):
+            forwarded = got.forwarded(trusted)
+            if forwarded is None:  # X-Forwarded-For from a trusted peer: extended, field by field
+                assert trusted and any(name == b"x-forwarded-for" for name, _ in pairs)
+                continue
+            checked[trusted] += 1
+            args = (b"10.0.0.9:8000", b"127.0.0.1", b"req-1", len(body), (), False, trusted, body)
+            assert upstream_head(b"POST", b"/v1/chat/completions", forwarded, *args) == upstream_head(
+                b"POST", b"/v1/chat/completions", pairs, *args), (i, data, trusted)
+    assert checked[True] > 200 and checked[False] > 300
+
+
+def test_known_names_are_what_the_compiled_comparison_takes():
+    """fleetproxy_known compares eight bytes at a time with 0x20 ORed in, right only for names
+    of lower-case letters, digits and "-": every known name is one."""
+    import re
+
+    assert all(re.fullmatch(rb"[a-z0-9-]+", name) for name in plainrequest._KNOWN)
+    assert all(len(name) < 32 for name in plainrequest._KNOWN)

@@ -30,7 +30,7 @@ HOP_BY_HOP = frozenset(
     )
 )
 # What the proxy sets itself on the upstream request.
-_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-proto", b"x-request-id"}
+REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-proto", b"x-request-id"}
 # A chunked response goes to an HTTP/1.1 client as it came, chunk framing included.
 _RESPONSE_DROP_CHUNKED = HOP_BY_HOP - {b"transfer-encoding"}
 # A response's framing fields stay whatever its Connection names: the proxy forwards the body
@@ -39,7 +39,7 @@ _RESPONSE_DROP_CHUNKED = HOP_BY_HOP - {b"transfer-encoding"}
 # connection: the client would wait for the close, or read the next response as this body).
 _FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 # What a client says about where the request came from: believed only from a trusted peer.
-_FORWARDING = frozenset((b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-forwarded-host", b"x-forwarded-port"))
+FORWARDING = frozenset((b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-forwarded-host", b"x-forwarded-port"))
 
 # vLLM's in-band load report (routing/load.py): asked for on the request, read and removed
 # from the response, unless the client asked for it itself.
@@ -83,7 +83,8 @@ def upstream_head(
     """The request head sent to an endpoint: our framing, our Host, forwarding headers added.
 
     ``headers`` hold lower-cased names as the client sent them (an endpoint's adapter may have
-    rewritten them); ``host`` is the endpoint's authority; ``forwarded_for`` the client address
+    rewritten them), or are bytes: the client's fields already written as this writes them,
+    what it drops left out (``plainrequest.Fields.forwarded``); ``host`` is the endpoint's authority; ``forwarded_for`` the client address
     (the peer); ``extra`` fields the proxy adds after the client's were filtered (a provider's
     API key: a client's Connection option cannot remove it); ``ask_load``: ask the endpoint
     for its load report (only when the client did not). ``trusted``: the peer is a trusted
@@ -104,6 +105,9 @@ def upstream_head(
     # every field for the options (``_named``) is for any other value, or for a Connection
     # field whose name is not in lower case (an adapter's), whose options count too.
     keep_alive = odd = False
+    if type(headers) is bytes:
+        parts.append(headers)
+        headers = ()
     for name, value in headers:
         field = _request_fields.get(name)
         if field is None:
@@ -160,15 +164,15 @@ def upstream_head(
 
 
 # What upstream_head does with a client's field, by its (lower-cased) name: a kind (_Q_*) for
-# those of _REQUEST_DROP and _FORWARDING (which pass only from a trusted peer), else the
+# those of REQUEST_DROP and FORWARDING (which pass only from a trusted peer), else the
 # field's start as written, CRLF first (learned per name, up to _MAX_CACHED more: a client's
 # names are few).
 _Q_DROP = 1
 _Q_CONNECTION = 2  # dropped, and names more
 _Q_FORWARDING = 3
 _Q_XFF = 4  # extended
-_request_fields = {**dict.fromkeys(_FORWARDING, _Q_FORWARDING), b"x-forwarded-for": _Q_XFF}
-_request_fields.update(dict.fromkeys(_REQUEST_DROP, _Q_DROP))
+_request_fields = {**dict.fromkeys(FORWARDING, _Q_FORWARDING), b"x-forwarded-for": _Q_XFF}
+_request_fields.update(dict.fromkeys(REQUEST_DROP, _Q_DROP))
 _request_fields[b"connection"] = _Q_CONNECTION
 _PRESET = len(_request_fields)
 _PROTO_ID = b"\r\nx-forwarded-proto: http\r\nx-request-id: "

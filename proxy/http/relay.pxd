@@ -8,6 +8,7 @@ cimport cython
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
 from proxy.http.heads cimport client_head, upstream_head
 from proxy.http.pipeline cimport Pipeline
+from proxy.http.plainrequest cimport Fields
 from proxy.http.upstream cimport UpstreamConnection
 from proxy.observe.metrics cimport Timing, clock
 from proxy.observe.streamusage cimport finish_at, quiet, quiet_end, strip, unit_start, usage_body
@@ -37,7 +38,7 @@ cdef class Relay:
 
     # Methods the pump calls on its own object: C calls through the type's table, not lookups
     # by name (the Python-visible method stays). The last five are the exchange's (see relay.py).
-    @cython.locals(endpoint=Endpoint, small=bint)
+    @cython.locals(endpoint=Endpoint, small=bint, fields=Fields)
     cpdef send(self, UpstreamConnection conn)
     @cython.locals(framer=NativeFramer, flags=int, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, strip=int, out=bytes,
                    at=Py_ssize_t, buf="const char *", token_end=bytes, head=bint, joined=bytes)

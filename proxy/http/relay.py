@@ -29,6 +29,7 @@ from ..observe.tracing import upstream_headers
 from . import heads
 from .heads import client_head, upstream_head
 from .chunked import Dechunker
+from .plainrequest import Fields
 from .errors import UpstreamError
 
 MAX_HOLD = 1024 * 1024  # bytes: an SSE event larger than this is passed on before it ends
@@ -87,6 +88,11 @@ class Relay:
             obs.t_sent = clock()
             if obs.span is not None:
                 headers, extra = upstream_headers(headers, extra, obs.span)
+        if type(headers) is Fields:  # a plain request's, as the client wrote them: forwarded in one walk
+            fields = headers
+            forwarded = fields.forwarded(down.trusted)
+            if forwarded is not None:
+                headers = forwarded
         small = len(body) < SMALL_BODY  # joined to the head: one copy, one write
         head = upstream_head(
             self.method, target, headers, endpoint.authority, down.peer, self.request_id, len(body), extra,
