@@ -19,6 +19,8 @@ cdef extern from "string.h":
 
 cdef bint _name_at(const char *buf, Py_ssize_t pos, const char *name, Py_ssize_t n) noexcept
 
+@cython.locals(i=Py_ssize_t)
+cdef bint _lower_at(const char *buf, Py_ssize_t pos, const char *name, Py_ssize_t n) noexcept
 @cython.locals(found="const char *")
 cdef Py_ssize_t _byte_at(const char *buf, Py_ssize_t pos, Py_ssize_t size, int byte) noexcept
 

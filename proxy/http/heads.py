@@ -51,6 +51,7 @@ _LENGTH_STR, _LENGTH_ASK_STR = _LENGTH.decode(), _LENGTH_ASK.decode()
 _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (heads.pxd)
 LOAD_REPORT = b"endpoint-load-metrics"
 _REQUEST_ID = b"x-request-id"
+_RATELIMIT = b"x-ratelimit-"
 
 _MAX_CACHED = 512  # entries in each of the caches below, by the bytes that come in
 
@@ -274,7 +275,14 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
             kind = _R_REPORT
         elif n == 12 and _name_at(buf, at, _REQUEST_ID, 12):
             kind = _R_ID
-        elif (n < _KIND_LENGTHS_END and _KIND_LENGTHS[n]) or buf[at] | 32 == 120:  # or an x-*
+        elif buf[at] | 32 == 120:  # x-*: the request id in another case, x-ratelimit-*, or kept
+            if n == 12 and _lower_at(buf, at, _REQUEST_ID, 12):
+                kind = _R_ID
+            elif n >= 12 and _lower_at(buf, at, _RATELIMIT, 12):
+                kind = _R_RATELIMIT
+            else:
+                kind = _R_KEEP
+        elif n < _KIND_LENGTHS_END and _KIND_LENGTHS[n]:
             kind = _response_kind(buf[at:colon])
         else:
             kind = _R_KEEP
@@ -309,6 +317,18 @@ def _name_at(buf, pos, name, n):
     return buf[pos:pos + n] == name
 
 
+def _lower_at(buf, pos, name, n):
+    """Whether ``buf[pos:pos + n]``, a field name (tchars), is ``name`` (lower-case letters and
+    "-") ignoring case. Compiled: OR 0x20 makes a byte of such a name only from its two cases
+    or itself; no other tchar."""
+    if _COMPILED:
+        for i in range(n):
+            if buf[pos + i] | 32 != name[i]:
+                return False
+        return True
+    return buf[pos:pos + n].lower() == name
+
+
 def _byte_at(buf, pos, size, byte):
     """Where ``byte`` is next in ``buf[pos:size]`` (compiled: memchr through a pointer); the
     caller's head is raw_head, where it always is."""
@@ -334,8 +354,8 @@ def _kind_lengths(names):
     return bytes(i in lengths for i in range(max(lengths) + 1))
 
 
-# Every name of a kind but _R_KEEP is x-* (x-request-id, x-ratelimit-*) or has one of these
-# lengths (1 at its index): a field of any other name is kept without a look-up.
+# Every name of a kind but _R_KEEP is x-* (x-request-id, x-ratelimit-*: told apart in place) or
+# has one of these lengths (1 at its index): a field of any other name is kept without a look-up.
 _KIND_LENGTHS = _kind_lengths(HOP_BY_HOP | {LOAD_REPORT})
 _KIND_LENGTHS_END = len(_KIND_LENGTHS)
 

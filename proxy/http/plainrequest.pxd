@@ -64,6 +64,26 @@ cdef extern from *:
         return -1;
     }
 
+    /* The start of the first eight bytes of s[pos:n] with one that may not be a field value's
+       (below 0x20, HTAB too, or 0x7f), eight bytes a step, or where fewer than eight are left:
+       the caller's byte loop reads on from there (an HTAB is a value's byte, rare enough to
+       leave to it). Bit tricks: a byte below 0x20, or equal to 0x7f, sets its high bit in
+       ``low`` or ``del``; a byte of 0x80 or more sets neither. */
+    static Py_ssize_t fleetproxy_value_run(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
+        const unsigned long long ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        while (pos + 8 <= n) {
+            unsigned long long x, y;
+            memcpy(&x, s + pos, 8);
+            y = x ^ (0x7f * ones);
+            unsigned long long low = (x - 0x20 * ones) & ~x & highs;
+            unsigned long long del = (y - ones) & ~y & highs;
+            if (low | del)
+                break;
+            pos += 8;
+        }
+        return pos;
+    }
+
     /* Fields.forwarded: each field of ``head`` (lines "name:" OWS value CRLF, as read_plain
        checked them) whose kind (two bits of ``kinds`` per line, the first line's lowest) is 0
        (KEEP), or 2 (FORWARDING_FIELD) from a trusted peer, written CRLF, name lower-cased,
@@ -117,6 +137,7 @@ cdef extern from *:
     bytes fleetproxy_lower(const unsigned char *s, Py_ssize_t n)
     bytes fleetproxy_forward(bytes head, Py_ssize_t n, unsigned long long kinds, Py_ssize_t count, bint trusted)
     bint fleetproxy_same_lower(const unsigned char *s, const char *lower, Py_ssize_t n)
+    Py_ssize_t fleetproxy_value_run(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n)
     Py_ssize_t fleetproxy_known(const unsigned char *s, Py_ssize_t n, const char *names, Py_ssize_t size)
 
 
@@ -133,6 +154,13 @@ cdef Py_ssize_t _known(const unsigned char *buf, Py_ssize_t start, Py_ssize_t en
 
 @cython.locals(i=Py_ssize_t)
 cdef bytes _lower(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end)
+
+
+cdef extern from "string.h":
+    int memcmp(const void *a, const void *b, size_t n) nogil
+
+
+cdef bint _at(const unsigned char *buf, Py_ssize_t pos, const char *expected, Py_ssize_t n) noexcept
 
 
 cdef bint _is_keep_alive(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end) noexcept
