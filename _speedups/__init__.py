@@ -164,6 +164,7 @@ _native = [_framing_native, _prefix_native, _compiled_native == len(COMPILED)]
 IMPLEMENTATION = "native" if all(_native) else "pure" if not (_framing_native or _prefix_native or _compiled_native) else "mixed"
 
 ResponseFramer = _framing.ResponseFramer
+new_framer = _framing.new_framer
 HEAD = _framing.HEAD
 DONE = _framing.DONE
 ERROR = _framing.ERROR

@@ -243,6 +243,10 @@ class ResponseFramer:
     """Incremental HTTP/1.1 response framing over raw bytes. One per upstream response."""
 
     def __init__(self, head_request=False):
+        self._setup(head_request)
+
+    def _setup(self, head_request):
+        """The state before a response's first byte (``__init__``'s, and ``new_framer``'s in C)."""
         self.head_request = bool(head_request)
         self.state = S_HEAD
         self._head_buf = None  # bytearray while a head spans reads
@@ -790,3 +794,14 @@ class ResponseFramer:
             self.safe_end = best
             return 1
         return 0
+
+
+def new_framer(head_request):
+    """``ResponseFramer(head_request)``; compiled, allocated and set up in C, with no call
+    through ``__init__`` (one per upstream response)."""
+    if not _NATIVE:
+        return ResponseFramer(head_request)
+    framer = ResponseFramer.__new__(ResponseFramer)
+    framer._setup(head_request)
+    return framer
+

@@ -123,3 +123,9 @@ cdef class ResponseFramer:
     @cython.locals(buf="const unsigned char *", tail="unsigned int", best=Py_ssize_t,
                    i=Py_ssize_t, stop=Py_ssize_t, cut=Py_ssize_t)
     cdef int _sse_plain(self, bytes data, Py_ssize_t start, Py_ssize_t end) except -1
+
+    cdef int _setup(self, bint head_request) except -1
+
+
+@cython.locals(framer=ResponseFramer)
+cpdef ResponseFramer new_framer(bint head_request)

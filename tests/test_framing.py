@@ -402,3 +402,18 @@ def test_limits_hold_the_same_whole_or_split(fr):
     assert "chunk-size line too long" in check(fr, CHUNKED + b"5;" + ext + b"e\r\nhello\r\n")["error"]
     trailer = CHUNKED + b"0\r\n" + b"X-T: " + b"t" * pure.MAX_TRAILER + b"\r\n\r\n"
     assert "trailer section too large" in check(fr, trailer)["error"]
+
+
+@pytest.mark.parametrize("head_request", [False, True])
+def test_new_framer_frames_as_a_constructed_one(fr, head_request):
+    """``new_framer`` (the relay's: compiled, made without a call through ``__init__``) starts
+    where ``ResponseFramer(...)`` does and frames a response the same, read after read."""
+    reads = [b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+             b"6\r\ndata: \r\n", b"4\r\nx\n\n\r\n0\r\n\r\n"]
+    made, built = fr.new_framer(head_request), fr.ResponseFramer(head_request)
+    assert type(made) is type(built)
+    fields = ("head_request", "status", "version", "reason", "kind", "keep_alive", "event_stream", "content_length",
+              "error", "head_end", "safe_end", "msg_end", "body_bytes", "raw_head", "headers")
+    for data in reads:
+        assert made.feed(data) == built.feed(data)
+        assert [getattr(made, f) for f in fields] == [getattr(built, f) for f in fields]

@@ -5,7 +5,7 @@
 # specification: their __slots__ say the same for the pure build.
 cimport cython
 
-from _speedups.framing_c cimport ResponseFramer as NativeFramer
+from _speedups.framing_c cimport ResponseFramer as NativeFramer, new_framer
 from proxy.http.heads cimport client_head, upstream_head
 from proxy.http.pipeline cimport Pipeline
 from proxy.http.plainrequest cimport Fields

@@ -21,7 +21,7 @@ exchange's business: ``Relay`` reports to ``on_status``, ``complete``, ``break_s
 ``upstream_failed``, which ``exchange.Exchange`` implements.
 """
 
-from _speedups import CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE, ResponseFramer
+from _speedups import CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE, new_framer
 
 from ..observe.metrics import USAGE_TAKEN, clock
 from ..observe.streamusage import finish_at, quiet, quiet_end, strip, unit_start, usage_body
@@ -67,7 +67,7 @@ class Relay:
         self.reused = conn.requests > 1
         down = self.down
         ctx = down.ctx
-        self.framer = ResponseFramer(self.method == b"HEAD")
+        self.framer = new_framer(self.method == b"HEAD")
         endpoint = self.selection.endpoint
         body = self.body
         adapter = endpoint.adapter

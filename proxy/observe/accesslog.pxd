@@ -17,6 +17,12 @@ cdef extern from *:
        thousandths n (0 <= n < 10^13) is written as n / 1000 with its trailing zeros dropped
        and at least one decimal, which is the shortest text of the double n / 1000.0 (what
        msgspec writes for it). Anything else: None, and the caller has msgspec write the line. */
+    #include <time.h>
+    static inline double fleetproxy_wall(void) {  /* time.time()'s clock */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    }
     static int fleetproxy_text(PyObject *o, const char **s, Py_ssize_t *n) {
         const unsigned char *b;
         Py_ssize_t i, size;
@@ -130,6 +136,7 @@ cdef extern from *:
         return PyBytes_FromStringAndSize(stack, p - stack);
     }
     '''
+    double fleetproxy_wall()
     object fleetproxy_access_line(long long ts, object rid, object tenant, object model, object backend,
                                   long long attempts, object method, object path, long long status,
                                   object outcome, long long ttft, long long total, long long prompt,
