@@ -82,6 +82,7 @@ _COMPILED = __name__.endswith("_c")
 _NATIVE = not __file__.endswith(".py")
 
 _BARE = "bare CR, bare LF or NUL in the response head from upstream"
+_OK = b"OK"
 _SWITCH = "unexpected 101 Switching Protocols from upstream"
 _UNSUPPORTED_TE = "unsupported Transfer-Encoding from upstream"
 
@@ -120,7 +121,20 @@ def _matches(buf, at, literal, n, fold):
 def _blank_line(buf, start, end):
     """The offset of the first CRLFCRLF in buf[start:end], or -1: ``bytes.find`` for the compiled
     build, without a method call. It reads about one byte in three of a head: a byte that is
-    neither CR nor LF cannot be one of the four, so the next match ends four bytes further."""
+    neither CR nor LF cannot be one of the four, so the next match ends four bytes further.
+    Compiled, a vector search for each line's LF instead: a head is a few lines of dozens of
+    bytes, and the blank line is the one whose LF follows CR LF CR."""
+    if _NATIVE:
+        i = start + 3
+        while i < end:
+            found = memchr(buf + i, 10, end - i)  # noqa: F821 (framing_c.pxd)
+            if not found:
+                return -1
+            i = found - buf
+            if buf[i - 1] == 13 and buf[i - 2] == 10 and buf[i - 3] == 13:
+                return i - 3
+            i += 2  # this LF could be the first one of a match
+        return -1
     i = start + 3  # where the LF that ends a match would be
     while i < end:
         c = buf[i]
@@ -253,7 +267,7 @@ class ResponseFramer:
         self.status = 0
         self.version = b""
         self.reason = b""
-        self._headers = []  # ``headers``
+        self._headers = None  # ``headers``, a list made on first use (``_field_list``)
         self._lazy = False  # ``headers`` are still only in raw_head (the compiled walk's)
         self._walk_from = self._walked = 0  # the walk's fields so far, for a head it refuses
         # The head as received (status line and fields, each with its CRLF), where it is
@@ -291,7 +305,14 @@ class ResponseFramer:
         if self._lazy:
             self._lazy = False
             raw = self.raw_head
-            _fields(raw, len(self.reason) + 15, len(raw), self._headers)
+            _fields(raw, len(self.reason) + 15, len(raw), self._field_list())
+        return self._field_list()
+
+    def _field_list(self):
+        """``_headers``, made the first time one is needed: a head the walk kept whole
+        (``raw_head``) and nobody asks about needs none."""
+        if self._headers is None:
+            self._headers = []
         return self._headers
 
     def forget_head(self):
@@ -631,7 +652,7 @@ class ResponseFramer:
         if err is not None and err is not _BARE and self.status >= 200 and not self._lazy and not self._headers:
             # A head refused after its status line: its fields up to the fault, as _parse_head
             # leaves them (the walk makes no object per field).
-            _fields(data, self._walk_from, self._walked, self._headers)
+            _fields(data, self._walk_from, self._walked, self._field_list())
         # The walk meets a bare CR, a bare LF or a NUL (RFC 9112 2.2) only where it reads. That
         # is every byte of a head it accepts; else the rule is checked over the whole head here,
         # as it comes first in _parse_head, and what the walk set before it stopped is undone
@@ -670,7 +691,10 @@ class ResponseFramer:
             return "invalid status code from upstream"
         self.version = b"HTTP/1.0" if http10 else b"HTTP/1.1"
         self.status = (buf[i] - 48) * 100 + (buf[i + 1] - 48) * 10 + (buf[i + 2] - 48)
-        self.reason = buf[start + 13 : eol] if n > 12 else b""
+        if n == 15 and buf[start + 13] == 79 and buf[start + 14] == 75:
+            self.reason = _OK  # the usual reason: one object, not one per response
+        else:
+            self.reason = buf[start + 13 : eol] if n > 12 else b""
         if self.status < 200:
             return _SWITCH if self.status == 101 else None
         keep_alive = not http10
@@ -735,7 +759,7 @@ class ResponseFramer:
             self._lazy = True
         else:
             self.raw_head = None
-            _fields(data, first, end + 2, self._headers)
+            _fields(data, first, end + 2, self._field_list())
         return self._framing(keep_alive, chunked, length)
 
     def _framing(self, keep_alive, chunked, length):

@@ -15,6 +15,7 @@ cdef Py_ssize_t MAX_HEAD, MAX_SIZE_LINE, MAX_TRAILER, MAX_LENGTH_DIGITS, MAX_INT
 cdef bytes _TCHAR, _TCHARS, _HEXDIG
 cdef bint _COMPILED, _NATIVE
 cdef str _BARE, _SWITCH, _UNSUPPORTED_TE
+cdef bytes _OK
 
 cdef bint _sse_tail_is_boundary(unsigned int tail) noexcept
 
@@ -26,7 +27,7 @@ cdef unsigned int _tail_after(unsigned int tail, const unsigned char *buf,
 cdef bint _matches(const unsigned char *buf, Py_ssize_t at, const char *literal, Py_ssize_t n,
                    bint fold) noexcept
 
-@cython.locals(i=Py_ssize_t, c=int)
+@cython.locals(i=Py_ssize_t, c=int, found="const unsigned char *")
 cdef Py_ssize_t _blank_line(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end) noexcept
 
 cdef extern from "string.h":
@@ -125,6 +126,7 @@ cdef class ResponseFramer:
     cdef int _sse_plain(self, bytes data, Py_ssize_t start, Py_ssize_t end) except -1
 
     cdef int _setup(self, bint head_request) except -1
+    cdef list _field_list(self)
 
 
 @cython.locals(framer=ResponseFramer)
