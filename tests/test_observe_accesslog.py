@@ -91,7 +91,10 @@ def test_each_line_is_what_msgspec_writes_for_it(tmp_path):
     from proxy.routing.router import Selection
 
     rng = random.Random(5)
-    texts = ["default", "tiny", "org/model-7b", "b1", "", 'q"uote', "back\\slash", "tab\t", "é", "日本", "\x7f"]
+    texts = ["default", "tiny", "org/model-7b", "b1", "", 'q"uote', "back\\slash", "tab\t", "é", "日本", "\x7f",
+             # past the C check's first eight bytes: a byte to escape (or not ASCII) further in
+             "org/a-long-model-name", "x" * 9 + '"', "0123456789abcdef\\z", "long-long-namé", "sixteen-bytes-ok\x1f",
+             "eight-ok\x7f", "0123456789\"bcdefgh", "0123456789\\bcdefgh", "0123456789a\x1fcdefg", "0123456789ab\x7fdefg"]
     loop = asyncio.new_event_loop()
     log = accesslog.AccessLog(loop, str(tmp_path / "access.log"))
     plain = 0
@@ -101,7 +104,8 @@ def test_each_line_is_what_msgspec_writes_for_it(tmp_path):
             obs = Timing(t0, rng.choice(texts))
             obs.t_body = rng.choice([0.0, t0 + rng.random() * rng.choice([1e-6, 1e-3, 1, 1e3]), t0 - 1e-3])
             now = t0 + rng.random() * rng.choice([1e-6, 1e-3, 1, 1e4, 1e7])
-            target = rng.choice([b"/v1/chat/completions", b"/v1/completions?x=1", b'/q"x', b"/\\", b"/\xc3\xa9"])
+            target = rng.choice([b"/v1/chat/completions", b"/v1/completions?x=1", b'/q"x', b"/\\", b"/\xc3\xa9",
+                                 b"/v1/completions\xff?x=1"])
             ex = Exchange(None, b"POST", target, [], b"", False, True, rng.choice([b"rid-1", b"req_\xff", b"a\"b"]))
             ex.obs, ex.selection, ex.framer = obs, Selection([], b"", False), rng.choice([ResponseFramer(False), None])
             ex.selection.attempts = rng.randrange(4)
@@ -125,4 +129,4 @@ def test_each_line_is_what_msgspec_writes_for_it(tmp_path):
     finally:
         log.close()
         loop.close()
-    assert plain > 300  # many lines took the plain path (compiled: the C writer)
+    assert plain > 150  # many lines took the plain path (compiled: the C writer)

@@ -35,23 +35,49 @@ cdef extern from *:
         } else {
             return 0;
         }
-        for (i = 0; i < size; i++)
+        /* Eight bytes a step: the high bit of a byte set (0x80 or more), or set by one of the
+           bit tricks for a byte below 0x20, or equal to 0x7F, 0x22 or 0x5C. */
+        const unsigned long long ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        for (i = 0; i + 8 <= size; i += 8) {
+            unsigned long long x, d, q, e;
+            memcpy(&x, b + i, 8);
+            d = x ^ (0x7F * ones);
+            q = x ^ (0x22 * ones);
+            e = x ^ (0x5C * ones);
+            if ((x | ((x - 0x20 * ones) & ~x) | ((d - ones) & ~d) | ((q - ones) & ~q) | ((e - ones) & ~e)) & highs)
+                return 0;
+        }
+        for (; i < size; i++)
             if (b[i] < 0x20 || b[i] >= 0x7F || b[i] == 0x22 || b[i] == 0x5C)
                 return 0;
         *s = (const char *)b;
         *n = size;
         return 1;
     }
+    static const char fleetproxy_pairs[] =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+        "8081828384858687888990919293949596979899";
     static char *fleetproxy_int(char *p, long long v) {
         char digits[24];
-        int k = 0;
+        int k = 24;  /* written from the end, two digits a step */
         unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
         if (v < 0)
             *p++ = '-';
-        do { digits[k++] = (char)('0' + u % 10); u /= 10; } while (u);
-        while (k)
-            *p++ = digits[--k];
-        return p;
+        while (u >= 100) {
+            unsigned int r = (unsigned int)(u % 100);
+            u /= 100;
+            k -= 2;
+            memcpy(digits + k, fleetproxy_pairs + 2 * r, 2);
+        }
+        if (u >= 10) {
+            k -= 2;
+            memcpy(digits + k, fleetproxy_pairs + 2 * u, 2);
+        } else {
+            digits[--k] = (char)('0' + u);
+        }
+        memcpy(p, digits + k, (size_t)(24 - k));
+        return p + 24 - k;
     }
     static char *fleetproxy_thousandths(char *p, long long n) {
         int frac = (int)(n % 1000);
