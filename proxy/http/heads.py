@@ -361,11 +361,11 @@ _KIND_LENGTHS_END = len(_KIND_LENGTHS)
 
 
 def _response_kind(name):
-    """The kind of a response field named ``name`` (_R_*). Remembered by the name as sent: an
-    upstream sends the same few names in the same case, so that a field costs one look-up, not
-    a lower-cased copy (bounded: a backend inventing names gets them lower-cased each time)."""
-    if name == b"endpoint-load-metrics":  # LOAD_REPORT as vLLM sends it: compared, not hashed
-        return _R_REPORT
+    """The kind of a response field named ``name`` (_R_*), a name client_head could not tell in
+    place: not x-*, and of a hop-by-hop name's length or the load report's (in another case than
+    vLLM's). Remembered by the name as sent: an upstream sends the same few names in the same
+    case, so that a field costs one look-up, not a lower-cased copy (bounded: a backend
+    inventing names gets them lower-cased each time)."""
     known = _response_kinds.get(name)
     if known is not None:
         return known
@@ -376,10 +376,6 @@ def _response_kind(name):
         kind = _R_TE
     elif lname in HOP_BY_HOP:
         kind = _R_HOP
-    elif lname.startswith(b"x-ratelimit-"):
-        kind = _R_RATELIMIT
-    elif lname == b"x-request-id":
-        kind = _R_ID
     elif lname == LOAD_REPORT:
         kind = _R_REPORT
     else:
