@@ -7,6 +7,7 @@ import pytest
 
 from conftest import start_sim, wait_for
 from proxy.routing import prober
+from proxy.routing.fetch import Fetcher
 from test_routing import ADMIN_TOKEN, CHAT, admin_post, post, proxy_with
 
 
@@ -168,12 +169,12 @@ def test_a_load_scrape_reads_the_whole_answer(chunked):
     async def run():
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         try:
-            return await prober.Scraper().fetch(_Endpoint(server.sockets[0].getsockname()[1]), "/metrics", 2.0)
+            return await Fetcher().get(_Endpoint(server.sockets[0].getsockname()[1]), "/metrics", 2.0)
         finally:
             server.close()
 
-    got = asyncio.run(run())
-    assert got == body
+    status, got = asyncio.run(run())
+    assert status == 200 and got == body
     assert prober.parse_metrics(got) == (3.0, 7.0, None)
 
 
@@ -187,18 +188,18 @@ def test_load_scrapes_keep_their_connection_and_open_another_when_it_closed():
     async def run():
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         endpoint = _Endpoint(server.sockets[0].getsockname()[1])
-        scraper = prober.Scraper()
+        fetcher = Fetcher()
         try:
             got = []
             for _ in range(5):
-                got.append(await scraper.fetch(endpoint, "/metrics", 2.0))
+                got.append(await fetcher.get(endpoint, "/metrics", 2.0))
                 await asyncio.sleep(0.02)
-            scraper.keep_only([])
-            return got, len(accepted), scraper.conns
+            fetcher.keep_only([])
+            return got, len(accepted), fetcher.conns
         finally:
             server.close()
 
     got, connections, left = asyncio.run(run())
-    assert got == [WAITING] * 5
+    assert got == [(200, WAITING)] * 5
     assert connections == 3  # one kept for two scrapes, one after the close under it, one after "close"
     assert left == {}

@@ -1,6 +1,7 @@
 """Endpoint load as vLLM reports it (proxy/routing/load.py), sans-IO: the ORCA header, the
 Prometheus families, and what the balancing policies make of a report."""
 
+import random
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,53 @@ def test_stale_or_missing_reports_fall_back_to_in_flight():
     assert pressure(report, 2, 12.5, max_age=2.0) == (2, None)
     assert pressure(None, 2, 12.5, max_age=2.0) == (2, None)
     assert report.state(12.5) == {"waiting": 5.0, "running": 5.0, "kv_cache_usage": 0.9, "age_s": 2.5, "source": "scrape"}
+
+
+def _parse_by_lines(text):
+    """parse_metrics as it was, every line split out: the reference for the search."""
+    families = {b"vllm:num_requests_waiting": 0, b"vllm:num_requests_running": 1, b"vllm:kv_cache_usage_perc": 2,
+                b"sglang:num_queue_reqs": 0, b"sglang:num_running_reqs": 1, b"sglang:token_usage": 2}
+    fields = [None, None, None]
+    for line in text.split(b"\n"):
+        cut = line.find(b"{")
+        index = families.get(line[:cut if cut >= 0 else line.find(b" ")])
+        if index is None:
+            continue
+        try:
+            number = float(line.rsplit(b" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        old = fields[index]
+        fields[index] = number if old is None else max(old, number) if index == 2 else old + number
+    if fields[0] is None and fields[1] is None:
+        return None
+    return fields[0] or 0.0, fields[1], fields[2]
+
+
+def test_metrics_found_by_search_equal_every_line_read():
+    """3,000 generated expositions (the text format: a family's samples in one group of
+    lines): the families first, last, among others, beside longer names that begin with
+    theirs, in HELP lines, without labels, with numbers that do not parse, CRLF or LF."""
+    rng = random.Random(7)
+    servers = [[b"vllm:num_requests_waiting", b"vllm:num_requests_running", b"vllm:kv_cache_usage_perc"],
+               [b"sglang:num_queue_reqs", b"sglang:num_running_reqs", b"sglang:token_usage"]]
+    for _ in range(3000):
+        names = rng.choice(servers)  # one server's families
+        groups = []
+        for name in rng.sample(names + [names[0] + b"_by_reason", b"vllm:other_total", b"process_cpu"],
+                               rng.randrange(0, 7)):
+            group = [b"# HELP " + name + b" some help"] * rng.randrange(2)
+            for _ in range(rng.randrange(4)):
+                number = rng.choice([b"1.5", b"0", b"3", b"nan", b"x", b"2e3"])
+                shape = rng.randrange(3)
+                group.append(name + b" " + number if shape == 0 else name if shape == 1
+                             else name + b'{engine="%d",model_name="m"} ' % rng.randrange(3) + number)
+            groups.append(group)
+        lines = [line for group in groups for line in group]
+        text = rng.choice([b"\n", b"\r\n"]).join(lines) + rng.choice([b"", b"\n"])
+        got, expected = parse_metrics(text), _parse_by_lines(text)
+        assert got == expected or _nan_equal(got, expected), text
+
+
+def _nan_equal(a, b):
+    return a is not None and b is not None and all(x == y or (x != x and y != y) for x, y in zip(a, b))

@@ -41,6 +41,8 @@ _FAMILIES = {
     b"sglang:num_running_reqs": 1,
     b"sglang:token_usage": 2,
 }
+_SERVERS = [[(family, b"\n" + family, index) for family, index in _FAMILIES.items() if family.startswith(server)]
+            for server in (b"vllm:", b"sglang:")]
 
 
 def parse_orca(value):
@@ -76,31 +78,57 @@ def parse_orca(value):
 
 
 def parse_metrics(text):
-    """(waiting, running, kv usage) from Prometheus text, or None without the families."""
+    """(waiting, running, kv usage) from Prometheus text, or None without the families.
+
+    vLLM's /metrics is ~50 KiB of which a few lines matter, scraped twice a second. The text
+    format puts a family's samples in one group of lines, so each family is found by a search
+    for its name at a line start (memmem) and read to the end of its group; SGLang's names are
+    looked for only where vLLM's are not: ~6 µs for vLLM's 51 KiB here, where splitting every line
+    took ~120 µs."""
     fields = [None, None, None]
-    for line in text.split(b"\n"):
-        if line[:5] != b"vllm:" and line[:7] != b"sglang:":
-            continue
-        cut = line.find(b"{")
-        if cut < 0:
-            cut = line.find(b" ")
-        index = _FAMILIES.get(line[:cut])
-        if index is None:
-            continue
-        try:
-            number = float(line.rsplit(b" ", 1)[1])
-        except (IndexError, ValueError):
-            continue
-        old = fields[index]
-        if old is None:
-            fields[index] = number
-        elif index == 2:
-            fields[index] = max(old, number)
-        else:
-            fields[index] = old + number
+    for families in _SERVERS:
+        for family, needle, index in families:
+            start = _group(text, family, needle)
+            while start >= 0 and text.startswith(family, start):
+                end = text.find(b"\n", start)
+                line = text[start:] if end < 0 else text[start:end]
+                if line[len(family):len(family) + 1] in (b"{", b" "):  # not a longer name
+                    try:
+                        number = float(line.rsplit(b" ", 1)[1])
+                    except (IndexError, ValueError):
+                        number = None
+                    if number is not None:
+                        old = fields[index]
+                        if old is None:
+                            fields[index] = number
+                        elif index == 2:
+                            fields[index] = max(old, number)
+                        else:
+                            fields[index] = old + number
+                start = -1 if end < 0 else end + 1
+        if fields[0] is not None or fields[1] is not None:
+            break
     if fields[0] is None and fields[1] is None:
         return None
     return fields[0] or 0.0, fields[1], fields[2]
+
+
+def _group(text, family, needle):
+    """Offset of the first sample line of ``family`` (past longer names that begin with it:
+    ``vllm:num_requests_waiting_by_reason``), or -1."""
+    size = len(family)
+    at = 0 if text.startswith(family) else _line_of(text, needle, 0)
+    while at >= 0:
+        if text[at + size:at + size + 1] in (b"{", b" "):
+            return at
+        at = _line_of(text, needle, at)
+    return -1
+
+
+def _line_of(text, needle, at):
+    """The offset of the next line from ``at`` on that begins with ``needle[1:]``, or -1."""
+    found = text.find(needle, at)
+    return -1 if found < 0 else found + 1
 
 
 class Report:
