@@ -13,9 +13,9 @@ the API server's watch cache serves without effort; the workers agree on the rin
 ring depends only on members' labels, and on the shared columns through ``columns``.
 """
 
-import asyncio
 import logging
 
+from ..periodic import tick
 from .columns import TOUCH
 
 log = logging.getLogger("fleetproxy.discovery")
@@ -67,4 +67,4 @@ def start(router, loop, resolve=None, env=None):
 async def _touch_forever(router):
     while True:
         router.columns.touch(router.discovered())
-        await asyncio.sleep(TOUCH)
+        await tick(TOUCH)

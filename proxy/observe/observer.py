@@ -1,8 +1,8 @@
 """The Observer: the one object the data path talks to (see the package's docstring)."""
 
-import asyncio
 import os
 
+from ..periodic import tick
 from .metrics import USAGE_ADDED, Recorder, clock, model_of, new_timing, tokens_of
 from .streamusage import wants_usage
 from .table import MetricsTable
@@ -105,7 +105,7 @@ class Observer:
         while True:
             if self.recorder is not None:
                 self.recorder.sample(ctx)
-            await asyncio.sleep(SAMPLE_EVERY)
+            await tick(SAMPLE_EVERY)
 
     def close(self):
         if self.owned:

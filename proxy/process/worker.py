@@ -20,6 +20,7 @@ from ..discovery.columns import Columns
 from ..http.downstream import Downstream
 from ..observe import Observer
 from ..observe.table import MetricsTable
+from ..periodic import tick
 from ..routing import prober
 from ..routing.router import Router
 from ..tenants.admission import Tenants
@@ -137,7 +138,7 @@ async def _drain(ctx, server, timeout):
 
 async def _sweep(endpoints):
     while True:
-        await asyncio.sleep(1.0)
+        await tick(1.0)
         for endpoint in endpoints:
             endpoint.pool.sweep()
 
