@@ -12,9 +12,12 @@ backend sees their checks at once rather than spread, which for a GET of /health
 """
 
 import asyncio
+import math
 
 
 async def tick(period):
-    """Sleep until the next instant that is a whole multiple of ``period`` seconds."""
+    """Sleep until the next instant that is a whole multiple of ``period`` seconds and at
+    least a tenth of it away: a task woken at a tick (or a millisecond before it: the loop's
+    timers and clock have that grain) sleeps to the following one, not to the same again."""
     now = asyncio.get_running_loop().time()
-    await asyncio.sleep(period - now % period)
+    await asyncio.sleep((math.floor((now + period / 10) / period) + 1) * period - now)

@@ -8,10 +8,10 @@ from proxy.periodic import tick
 
 
 def test_tasks_whose_periods_divide_share_their_wakeups():
-    # uvloop reads its clock once per turn of the loop, so tasks woken in one turn (one
-    # wakeup of the process) read the same time. Started at different moments, the three
-    # must still land on the same turns: every wake of the slower ones is one of the 20 ms
-    # task's. (Each sleeping its period from its own start, none would.)
+    # Started 13 and 29 ms apart, the three must wake on the same instants: every wake of
+    # the slower ones within the loop's timer grain (1 ms; 3 here for a busy machine) of
+    # one of the 20 ms task's, and no task twice at one tick. (Each sleeping its period from
+    # its own start, none would be.)
     async def run():
         loop = asyncio.get_running_loop()
         end = loop.time() + 0.3
@@ -28,6 +28,8 @@ def test_tasks_whose_periods_divide_share_their_wakeups():
 
     woke = uvloop.run(run())
     assert len(woke[0.08]) >= 2
-    fast = set(woke[0.02])
+    fast = woke[0.02]
     last = max(fast)  # the slower ones may tick once more after the fast one stopped
-    assert all(t in fast for t in woke[0.04] + woke[0.08] if t <= last), woke
+    assert all(min(abs(t - f) for f in fast) <= 0.003 for t in woke[0.04] + woke[0.08] if t <= last), woke
+    for times in woke.values():
+        assert all(b - a > 0.01 for a, b in zip(times, times[1:])), woke
