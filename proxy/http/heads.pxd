@@ -3,6 +3,8 @@
 # fields' names and values bytes, and the upstream's head is sliced through a pointer.
 cimport cython
 
+from _speedups.framing_c cimport ResponseFramer as NativeFramer
+
 cdef Py_ssize_t _MAX_CACHED, _KIND_LENGTHS_END
 cdef int _R_KEEP, _R_HOP, _R_CONNECTION, _R_TE, _R_RATELIMIT, _R_ID, _R_REPORT
 cdef int _Q_DROP, _Q_CONNECTION, _Q_FORWARDING, _Q_XFF
@@ -84,7 +86,7 @@ cdef bytes _request_field(bytes name)
 cdef bytes _host_line(bytes host)
 cdef bytes _peer_line(bytes peer)
 
-@cython.locals(raw=bytes, buf="const char *", parts=list, has_id=bint, kept=Py_ssize_t, at=Py_ssize_t,
+@cython.locals(native=NativeFramer, reason=bytes, raw=bytes, buf="const char *", parts=list, has_id=bint, kept=Py_ssize_t, at=Py_ssize_t,
                end=Py_ssize_t, n=Py_ssize_t, kind=int, size=Py_ssize_t, colon=Py_ssize_t)
 cpdef tuple client_head(framer, request_id, bint close, bint dechunk, bint asked_load=*, bint rechunk=*, extra=*,
                         bytes body=*)

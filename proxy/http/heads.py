@@ -14,6 +14,8 @@ backend that logs, rate-limits or authorizes by client address would otherwise b
 import functools
 import ipaddress
 
+from _speedups import ResponseFramer
+
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded. Transfer-Encoding too:
 # the proxy frames the request body it read itself (and de-chunks for HTTP/1.0 clients).
 HOP_BY_HOP = frozenset(
@@ -255,7 +257,13 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     dropped, rather than the head rebuilt field by field (``_rebuilt_head``, which stays the
     rule: a Connection field, rare from a backend, goes there, and tests hold the two equal).
     """
-    raw = framer.raw_head
+    if type(framer) is ResponseFramer:  # the relay's (compiled: its slots read in C)
+        native = framer
+        raw = native.raw_head
+        reason = native.reason
+    else:  # the other build's, in tests
+        raw = framer.raw_head
+        reason = framer.reason
     if raw is None:
         return _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra, body)
     buf = raw  # compiled: its bytes, sliced without a slice object
@@ -264,7 +272,7 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     has_id = False
     report = None
     kept = 0  # raw[kept:at] is still to be copied
-    at = len(framer.reason) + 15  # the status line: "HTTP/1.1 200 " reason CRLF
+    at = len(reason) + 15  # the status line: "HTTP/1.1 200 " reason CRLF
     while at < size:  # each field's line, "name: value" CRLF (raw_head's form), read in place
         colon = _byte_at(buf, at, size, 58)  # ":"
         n = colon - at

@@ -5,6 +5,7 @@ cimport cython
 
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
 from proxy.observe.streamusage cimport after, find, rfind, rfind_open
+from proxy.routing.fields cimport Scanned
 
 cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _ITL_AT, _NCLASS, _BYTES_PER_TOKEN
 cdef double[::1] _E2E_BOUNDS, _RESP_BOUNDS, _REQ_BOUNDS, _TTFT_BOUNDS, _ITL_BOUNDS
@@ -83,4 +84,5 @@ cpdef tuple usage(tail, prev=*)
 @cython.locals(at=Py_ssize_t)
 cdef Py_ssize_t _usage_at(bytes data) except -2
 
+@cython.locals(scanned=Scanned)
 cpdef model_of(body, fields)

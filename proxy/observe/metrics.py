@@ -17,7 +17,7 @@ from array import array
 from bisect import bisect_left
 from time import monotonic
 
-from ..routing.fields import decode
+from ..routing.fields import Scanned, decode
 from .streamusage import after, find, rfind, rfind_open, skips
 from .table import (
     CLASSES, FALLBACK, H_CONNECT, H_E2E, H_ITL, H_OVER_REQ, H_OVER_RESP, H_QUEUE, H_TTFT, HIST_AT, HISTOGRAMS,
@@ -391,6 +391,9 @@ def model_of(body, fields):
             return ""
         # Model only, and not kept on the selection: a retry's cache-aware pick needs all.
         fields = decode(body, True)
+    if type(fields) is Scanned:  # the body scan's answer (compiled: its slot read in C)
+        scanned = fields
+        return scanned.model or ""
     return (fields.model or "") if fields else ""
 
 

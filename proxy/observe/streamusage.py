@@ -21,6 +21,8 @@ fingerprint put back at the end of the finish event. Only requests with ``n`` ab
 rewritten: with several choices a finish event may come long before the others end.
 """
 
+from ..routing.fields import Scanned
+
 FINISH = b'"finish_reason":"'
 _REASON = FINISH[:-1]  # and then null, or the reason's string
 OPTION = b'"stream_options":{"include_usage":true},'
@@ -202,12 +204,17 @@ def wants_usage(method, target, fields):
     decoded them (``routing.fields.decode``: False when the body is not a JSON object): a
     streamed chat/completions POST with no ``stream_options`` (the client chose otherwise; a
     ``continuous_usage_stats`` without ``include_usage`` must stay off) and ``n`` absent or 1."""
-    if not fields or fields.stream is not True or method != b"POST":
-        return False
-    # Present, even null, it stays: a second "stream_options" key would not be read first.
-    n = fields.n
-    if fields.stream_options or not (n is None or n == 1):
-        return False
+    if type(fields) is Scanned:  # the body scan's answer: no stream_options, n 1 or None
+        scanned = fields
+        if scanned.stream is not True or method != b"POST":
+            return False
+    else:
+        if not fields or fields.stream is not True or method != b"POST":
+            return False
+        # Present, even null, it stays: a second "stream_options" key would not be read first.
+        n = fields.n
+        if fields.stream_options or not (n is None or n == 1):
+            return False
     query = find(target, b"?")
     path = target if query < 0 else target[:query]
     return path == _CHAT or path == _COMPLETIONS
