@@ -34,6 +34,7 @@ class _Flaky:
     """An endpoint whose first probe result raises inside the router's code (a bug of ours)."""
 
     host, port, health_path, ssl, server_hostname, provider = "127.0.0.1", 9, "/health", None, None, False
+    authority = b"127.0.0.1:9"
 
     def __init__(self):
         self.calls = 0
@@ -119,6 +120,7 @@ class _Endpoint:
 
     def __init__(self, port):
         self.port = port
+        self.authority = b"127.0.0.1:%d" % port
 
 
 def _metrics_server(answers):

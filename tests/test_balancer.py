@@ -519,6 +519,13 @@ def test_provider_base_path_stands_for_v1():
     assert p.authority == b"h.example:8443"
 
 
+def test_an_ipv6_backend_is_named_in_brackets_in_the_host_field():
+    r = router_for({"backends": ["http://[::1]:8000"],
+                    "providers": [{"name": "p", "url": "https://[fd00::2]/v1", "models": ["m"]}]})
+    assert r.endpoints[0].authority == b"[::1]:8000"
+    assert r.find("p").authority == b"[fd00::2]"
+
+
 def keyed(keys, prefix_chars=16):
     return router_for(
         {

@@ -13,6 +13,7 @@ class _Endpoint:
 
     def __init__(self, port):
         self.port = port
+        self.authority = b"127.0.0.1:%d" % port
 
 
 def _server(answers, accepted):

@@ -55,11 +55,11 @@ class Endpoint:
             self.ssl = client_context(spec.ca_file, spec.verify)
             self.server_hostname = spec.server_name or spec.host
             name = self.server_hostname
-            self.authority = (name if spec.port == 443 else f"{name}:{spec.port}").encode()
+            self.authority = _authority(name, None if spec.port == 443 else spec.port)
         else:
             self.ssl = None
             self.server_hostname = None
-            self.authority = (f"{spec.host}:{spec.port}").encode()
+            self.authority = _authority(spec.host, spec.port)
         self.adapter = adapter_for(spec, provider)
         self.pool = None
         if loop is not None:
@@ -298,3 +298,11 @@ def endpoint_key(spec, cfg, provider):
         cfg.health, cfg.outlier, cfg.load,
     )
     return msgspec.json.encode((provider, spec if not provider else {**msgspec.structs.asdict(spec), "balance": None}, conn))
+
+
+def _authority(host, port):
+    """The Host field's value for ``host`` and ``port`` (None: the scheme's own): an IPv6
+    address in brackets (RFC 9110 7.2, RFC 3986 3.2.2), which the bare ``::1:8000`` is not."""
+    if ":" in host:
+        host = f"[{host}]"
+    return (host if port is None else f"{host}:{port}").encode()

@@ -33,8 +33,7 @@ class Fetcher:
         """(status, body) of ``GET path`` on ``endpoint`` within ``timeout`` seconds, or None
         when none came (refused, reset, timed out, malformed, too large)."""
         conn = self.conns.pop(endpoint, None)
-        request = b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (
-            path.encode(), (endpoint.server_hostname or f"{endpoint.host}:{endpoint.port}").encode())
+        request = b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path.encode(), endpoint.authority)
         try:
             async with asyncio.timeout(timeout):
                 if conn is not None and conn.transport is not None:
