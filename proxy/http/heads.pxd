@@ -78,7 +78,70 @@ cdef extern from *:
     """
     bytes fleetproxy_join(list parts)
 
-@cython.locals(line=bytes, parts=list, name=bytes, value=bytes, field=object, kind=int, keep_alive=bint, odd=bint)
+cdef extern from *:
+    """
+    /* upstream_head for a plain request (its fields already written, Fields.forwarded; nothing
+       the proxy adds but its own fields): the request line, Host, the fields, X-Forwarded-For,
+       -Proto, X-Request-Id, the load report ask and the length written into one bytes object,
+       sized first. The parts and the rules are upstream_head's (a test holds the two paths to
+       one another); None for arguments of another type, which take that path. */
+    static PyObject *fleetproxy_upstream_plain(PyObject *method, PyObject *target, PyObject *host,
+                                               PyObject *fields, PyObject *peer, PyObject *request_id,
+                                               Py_ssize_t body_len, int with_length, int ask_load,
+                                               PyObject *body) {
+        static const char line[] = " HTTP/1.1\\r\\nhost: ", xff[] = "\\r\\nx-forwarded-for: ",
+            proto[] = "\\r\\nx-forwarded-proto: http\\r\\nx-request-id: ",
+            ask[] = "\\r\\nendpoint-load-metrics-format: text", length[] = "\\r\\ncontent-length: ";
+        PyObject *parts[7] = {method, target, host, fields, peer, request_id, body};
+        Py_ssize_t total = 0;
+        for (int i = 0; i < 7; i++) {
+            if (!PyBytes_CheckExact(parts[i]))
+                Py_RETURN_NONE;
+            total += PyBytes_GET_SIZE(parts[i]);
+        }
+        char digits[24];
+        int k = 0;
+        if (with_length) {
+            Py_ssize_t n = body_len;
+            do { digits[k++] = (char)('0' + n % 10); n /= 10; } while (n > 0);
+        }
+        total += 1 + (sizeof line - 1) + (sizeof xff - 1) + (sizeof proto - 1) + (ask_load ? sizeof ask - 1 : 0)
+            + (with_length ? sizeof length - 1 + k : 0) + 4;
+        PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+        if (out == NULL)
+            return NULL;
+        char *d = PyBytes_AS_STRING(out);
+    #define FP_PUT(p, n) do { memcpy(d, (p), (n)); d += (n); } while (0)
+    #define FP_BYTES(o) FP_PUT(PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o))
+        FP_BYTES(method);
+        *d++ = ' ';
+        FP_BYTES(target);
+        FP_PUT(line, sizeof line - 1);
+        FP_BYTES(host);
+        FP_BYTES(fields);
+        FP_PUT(xff, sizeof xff - 1);
+        FP_BYTES(peer);
+        FP_PUT(proto, sizeof proto - 1);
+        FP_BYTES(request_id);
+        if (ask_load)
+            FP_PUT(ask, sizeof ask - 1);
+        if (with_length) {
+            FP_PUT(length, sizeof length - 1);
+            while (k)
+                *d++ = digits[--k];
+        }
+        FP_PUT("\\r\\n\\r\\n", 4);
+        FP_BYTES(body);
+    #undef FP_BYTES
+    #undef FP_PUT
+        return out;
+    }
+    """
+    object fleetproxy_upstream_plain(method, target, host, fields, peer, request_id, Py_ssize_t body_len,
+                                     bint with_length, bint ask_load, body)
+
+@cython.locals(line=bytes, parts=list, name=bytes, value=bytes, field=object, kind=int, keep_alive=bint, odd=bint,
+               written=object)
 cpdef bytes upstream_head(method, target, headers, host, forwarded_for, request_id, Py_ssize_t body_len, extra=*,
                           bint ask_load=*, bint trusted=*, bytes body=*)
 
@@ -86,7 +149,159 @@ cdef bytes _request_field(bytes name)
 cdef bytes _host_line(bytes host)
 cdef bytes _peer_line(bytes peer)
 
-@cython.locals(native=NativeFramer, reason=bytes, raw=bytes, buf="const char *", parts=list, has_id=bint, kept=Py_ssize_t, at=Py_ssize_t,
+cdef extern from *:
+    """
+    /* client_head's copy of raw_head (the upstream's head as "name: value" CRLF lines) in one
+       walk and one allocation: each field's kind told from its name in place (the rules of
+       heads._response_kind and client_head's x-* branch, a test holds the two builds to one
+       another and to _rebuilt_head), the dropped fields' spans noted, then the kept runs, the
+       proxy's fields and the first body bytes copied into the one bytes object the client
+       gets. Returns (head, load report or None); None where the Python walk must run: a
+       Connection field (_rebuilt_head's), more than 16 fields dropped, or arguments of
+       another type. */
+    enum { FP_KEEP, FP_HOP, FP_CONNECTION, FP_TE, FP_RATELIMIT, FP_ID, FP_REPORT };
+
+    static int fleetproxy_lower_is(const char *s, const char *name, Py_ssize_t n) {
+        /* OR 0x20 makes a tchar one of a lower-case letter's two cases, or "-" itself, only
+           from those: exact for field names against names of lower-case letters and "-". */
+        for (Py_ssize_t i = 0; i < n; i++)
+            if ((s[i] | 0x20) != name[i])
+                return 0;
+        return 1;
+    }
+
+    static int fleetproxy_response_kind(const char *s, Py_ssize_t n) {
+        if (n == 21 && memcmp(s, "endpoint-load-metrics", 21) == 0)
+            return FP_REPORT;  /* vLLM's spelling */
+        if (n == 12 && memcmp(s, "x-request-id", 12) == 0)
+            return FP_ID;
+        if ((s[0] | 0x20) == 'x') {
+            if (n == 12 && fleetproxy_lower_is(s, "x-request-id", 12))
+                return FP_ID;
+            if (n >= 12 && fleetproxy_lower_is(s, "x-ratelimit-", 12))
+                return FP_RATELIMIT;
+            return FP_KEEP;
+        }
+        switch (n) {  /* HOP_BY_HOP and the load report, by length */
+        case 2: return fleetproxy_lower_is(s, "te", 2) ? FP_HOP : FP_KEEP;
+        case 7: return fleetproxy_lower_is(s, "trailer", 7) || fleetproxy_lower_is(s, "upgrade", 7) ? FP_HOP : FP_KEEP;
+        case 10:
+            if (fleetproxy_lower_is(s, "connection", 10))
+                return FP_CONNECTION;
+            return fleetproxy_lower_is(s, "keep-alive", 10) ? FP_HOP : FP_KEEP;
+        case 16: return fleetproxy_lower_is(s, "proxy-connection", 16) ? FP_HOP : FP_KEEP;
+        case 17: return fleetproxy_lower_is(s, "transfer-encoding", 17) ? FP_TE : FP_KEEP;
+        case 18: return fleetproxy_lower_is(s, "proxy-authenticate", 18) ? FP_HOP : FP_KEEP;
+        case 19: return fleetproxy_lower_is(s, "proxy-authorization", 19) ? FP_HOP : FP_KEEP;
+        case 21: return fleetproxy_lower_is(s, "endpoint-load-metrics", 21) ? FP_REPORT : FP_KEEP;
+        }
+        return FP_KEEP;
+    }
+
+    static PyObject *fleetproxy_client_copy(PyObject *raw, Py_ssize_t at, PyObject *request_id, int close,
+                                            int dechunk, int asked_load, int rechunk, PyObject *extra,
+                                            PyObject *body) {
+        if (!PyBytes_CheckExact(raw) || !PyBytes_CheckExact(request_id) || !PyBytes_CheckExact(extra)
+                || !PyBytes_CheckExact(body))
+            Py_RETURN_NONE;
+        const char *s = PyBytes_AS_STRING(raw);
+        Py_ssize_t size = PyBytes_GET_SIZE(raw), drops[16][2], ndrops = 0, dropped = 0;
+        Py_ssize_t report_at = -1, report_end = -1;
+        int has_id = 0;
+        while (at < size) {
+            Py_ssize_t colon = at;
+            while (colon < size && s[colon] != ':')
+                colon++;
+            const char *cr = memchr(s + colon, 0x0D, size - colon);
+            if (colon >= size || cr == NULL)
+                Py_RETURN_NONE;  /* not raw_head's form: the Python walk says what it is */
+            Py_ssize_t end = cr - s + 2;
+            int kind = fleetproxy_response_kind(s + at, colon - at);
+            if (kind != FP_KEEP) {
+                if (kind == FP_CONNECTION)
+                    Py_RETURN_NONE;
+                if (kind == FP_ID)
+                    has_id = 1;
+                else if (kind == FP_REPORT) {
+                    report_at = colon + 2;
+                    report_end = end - 2;
+                }
+                if (kind == FP_HOP || (kind == FP_TE && dechunk)
+                        || (kind == FP_RATELIMIT && PyBytes_GET_SIZE(extra))
+                        || (kind == FP_REPORT && !asked_load)) {
+                    if (ndrops == 16)
+                        Py_RETURN_NONE;
+                    drops[ndrops][0] = at;
+                    drops[ndrops][1] = end;
+                    ndrops++;
+                    dropped += end - at;
+                }
+            }
+            at = end;
+        }
+        Py_ssize_t id_size = PyBytes_GET_SIZE(request_id), extra_size = PyBytes_GET_SIZE(extra);
+        Py_ssize_t body_size = PyBytes_GET_SIZE(body);
+        int add_id = id_size > 0 && !has_id;
+        Py_ssize_t total = size - dropped + (add_id ? 14 + id_size + 2 : 0) + (rechunk ? 28 : 0) + extra_size
+            + (close ? 21 : 2) + body_size;
+        PyObject *head = PyBytes_FromStringAndSize(NULL, total);
+        if (head == NULL)
+            return NULL;
+        char *d = PyBytes_AS_STRING(head);
+        Py_ssize_t from = 0;
+        for (Py_ssize_t i = 0; i < ndrops; i++) {
+            memcpy(d, s + from, drops[i][0] - from);
+            d += drops[i][0] - from;
+            from = drops[i][1];
+        }
+        memcpy(d, s + from, size - from);
+        d += size - from;
+        if (add_id) {
+            memcpy(d, "x-request-id: ", 14);
+            memcpy(d + 14, PyBytes_AS_STRING(request_id), id_size);
+            memcpy(d + 14 + id_size, "\\r\\n", 2);
+            d += 14 + id_size + 2;
+        }
+        if (rechunk) {
+            memcpy(d, "transfer-encoding: chunked\\r\\n", 28);
+            d += 28;
+        }
+        memcpy(d, PyBytes_AS_STRING(extra), extra_size);
+        d += extra_size;
+        if (close) {
+            memcpy(d, "connection: close\\r\\n\\r\\n", 21);
+            d += 21;
+        } else {
+            memcpy(d, "\\r\\n", 2);
+            d += 2;
+        }
+        memcpy(d, PyBytes_AS_STRING(body), body_size);
+        PyObject *report;
+        if (report_at >= 0) {
+            report = PyBytes_FromStringAndSize(s + report_at, report_end - report_at);
+            if (report == NULL) {
+                Py_DECREF(head);
+                return NULL;
+            }
+        } else {
+            report = Py_None;
+            Py_INCREF(report);
+        }
+        PyObject *out = PyTuple_New(2);
+        if (out == NULL) {
+            Py_DECREF(head);
+            Py_DECREF(report);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, 0, head);
+        PyTuple_SET_ITEM(out, 1, report);
+        return out;
+    }
+    """
+    object fleetproxy_client_copy(bytes raw, Py_ssize_t at, request_id, bint close, bint dechunk, bint asked_load,
+                                  bint rechunk, extra, bytes body)
+
+@cython.locals(native=NativeFramer, copied=object, reason=bytes, raw=bytes, buf="const char *", parts=list, has_id=bint, kept=Py_ssize_t, at=Py_ssize_t,
                end=Py_ssize_t, n=Py_ssize_t, kind=int, size=Py_ssize_t, colon=Py_ssize_t)
 cpdef tuple client_head(framer, request_id, bint close, bint dechunk, bint asked_load=*, bint rechunk=*, extra=*,
                         bytes body=*)

@@ -96,6 +96,12 @@ def upstream_head(
     X-Forwarded-For is ``forwarded_for`` alone. ``body``: bytes sent right after the head (a
     small request body), joined to it: one copy, one write.
     """
+    if _COMPILED and type(headers) is bytes and not extra:  # a plain request's: one C write (heads.pxd)
+        written = fleetproxy_upstream_plain(  # noqa: F821
+            method, target, host, headers, forwarded_for, request_id, body_len,
+            body_len or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"), ask_load, body)
+        if written is not None:
+            return written
     # From the Host field on, a line's CRLF goes with the line after it, so that a field is two
     # parts and the head's end one: few parts to join.
     line = _host_lines.get(host)
@@ -266,6 +272,11 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
         reason = framer.reason
     if raw is None:
         return _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra, body)
+    if _COMPILED:  # the walk below in C, one pass and one copy (heads.pxd); None: this walk's case
+        copied = fleetproxy_client_copy(raw, len(reason) + 15, request_id, close, dechunk, asked_load,  # noqa: F821
+                                        rechunk, extra, body)
+        if copied is not None:
+            return copied
     buf = raw  # compiled: its bytes, sliced without a slice object
     size = len(raw)
     parts = []
