@@ -152,14 +152,8 @@ def _blank_line(buf, start, end):
 def _line_end(buf, i, end):
     """The offset of the CRLF that ends the line going on at buf[i] (end if none does), or -1
     if a bare CR, a bare LF or a NUL comes first."""
-    if _NATIVE:  # three vector searches where a field's value is dozens of bytes (framing_c.pxd)
-        cr = memchr(buf + i, 13, end - i)  # noqa: F821
-        stop = cr - buf if cr else end
-        if memchr(buf + i, 10, stop - i) or memchr(buf + i, 0, stop - i):  # noqa: F821
-            return -1
-        if not cr:
-            return end
-        return stop if stop + 1 < end and buf[stop + 1] == 10 else -1
+    if _NATIVE:  # eight bytes a step (framing_c.pxd)
+        return fleetproxy_line_end(buf, i, end)  # noqa: F821
     while i < end:
         c = buf[i]
         if c <= 13:
