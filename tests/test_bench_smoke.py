@@ -519,3 +519,16 @@ def test_served_instructions_count_completions_end_to_end():
     assert out.stdout.startswith("fleetproxy chat.lua itl=0: "), out.stdout
     per = int(out.stdout.split(": ")[1].split(" user-space")[0].replace(",", ""))
     assert 10_000 < per < 2_000_000, out.stdout
+
+
+# -- idle (bench/idle.py) ---------------------------------------------------------------------------
+
+def test_idle_reports_cpu_and_wakeups_of_the_idle_tree():
+    """`python -m bench.idle` one short round: a row for this tree with its CPU and wakeups (an
+    idle worker still checks health and scrapes, so neither is zero)."""
+    argv = [sys.executable, "-m", "bench.idle", "--seconds", "2.5", "--rounds", "1"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=90, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [row] = [line for line in out.stdout.splitlines() if line.startswith(f"| {ROOT}")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert float(cells[1]) > 0 and float(cells[3]) > 0, row
