@@ -7,7 +7,6 @@ import pytest
 
 from conftest import start_sim, wait_for
 from proxy.routing import prober
-from proxy.routing.fetch import Fetcher
 from test_routing import ADMIN_TOKEN, CHAT, admin_post, post, proxy_with
 
 
@@ -113,95 +112,3 @@ def test_a_backend_that_answers_in_panic_is_up_at_once(tmp_path, sims):
         assert state["backends"][0]["healthy"] and not state["clusters"][0]["panic"]
     finally:
         proxy.stop()
-
-
-class _Endpoint:
-    host, ssl, server_hostname = "127.0.0.1", None, None
-
-    def __init__(self, port):
-        self.port = port
-        self.authority = b"127.0.0.1:%d" % port
-
-
-def _metrics_server(answers):
-    """A /metrics server: each request on a connection gets the next of ``answers`` (a list
-    of writes to make, None between two: a 50 ms pause); None in place of an answer closes
-    the connection instead. Returns (start coroutine, connections accepted)."""
-    accepted = []
-
-    async def serve(reader, writer):
-        accepted.append(writer)
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                answer = answers.pop(0)
-                if answer is None:
-                    break
-                for part in answer:
-                    if part is None:
-                        await asyncio.sleep(0.05)
-                    else:
-                        writer.write(part)
-                        await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        writer.close()
-
-    return serve, accepted
-
-
-WAITING = b"vllm:num_requests_waiting{model_name=\"tiny\"} 3.0\nvllm:num_requests_running{model_name=\"tiny\"} 7.0\n"
-
-
-@pytest.mark.parametrize("chunked", [False, True])
-def test_a_load_scrape_reads_the_whole_answer(chunked):
-    """vLLM's /metrics is tens of KiB: it may arrive in several reads, and the families the
-    proxy needs can be anywhere in it. Here the answer comes in two writes 50 ms apart, the
-    queue's families only in the second."""
-    filler = b"".join(b"# HELP vllm:filler_%d x\nvllm:filler_%d 1.0\n" % (i, i) for i in range(2000))
-    body = filler + WAITING
-    if chunked:
-        wire = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(filler), filler, len(WAITING), WAITING)
-        head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
-    else:
-        wire = body
-        head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body)
-    serve, _ = _metrics_server([[head + wire[:len(filler) // 2], None, wire[len(filler) // 2:]]])
-
-    async def run():
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        try:
-            return await Fetcher().get(_Endpoint(server.sockets[0].getsockname()[1]), "/metrics", 2.0)
-        finally:
-            server.close()
-
-    status, got = asyncio.run(run())
-    assert status == 200 and got == body
-    assert prober.parse_metrics(got) == (3.0, 7.0, None)
-
-
-def test_load_scrapes_keep_their_connection_and_open_another_when_it_closed():
-    ok = [b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(WAITING), WAITING)]
-    closing = [b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (len(WAITING), WAITING)]
-    # Two answers on the first connection, then it is closed under the scraper (the server's
-    # idle timeout), then one that says close, then one more on a third connection.
-    serve, accepted = _metrics_server([ok, ok, None, ok, closing, ok])
-
-    async def run():
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        endpoint = _Endpoint(server.sockets[0].getsockname()[1])
-        fetcher = Fetcher()
-        try:
-            got = []
-            for _ in range(5):
-                got.append(await fetcher.get(endpoint, "/metrics", 2.0))
-                await asyncio.sleep(0.02)
-            fetcher.keep_only([])
-            return got, len(accepted), fetcher.conns
-        finally:
-            server.close()
-
-    got, connections, left = asyncio.run(run())
-    assert got == [(200, WAITING)] * 5
-    assert connections == 3  # one kept for two scrapes, one after the close under it, one after "close"
-    assert left == {}

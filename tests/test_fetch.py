@@ -3,6 +3,8 @@ connections, against raw servers on loopback that answer exactly as each case ne
 
 import asyncio
 
+import pytest
+
 from conftest import start_sim
 from proxy.routing import prober
 from proxy.routing.fetch import Fetcher
@@ -17,8 +19,10 @@ class _Endpoint:
 
 
 def _server(answers, accepted):
-    """Each request on a connection gets the next of ``answers`` (bytes to write; None: close
-    instead; a float: sleep that long first, then close); ``accepted`` counts connections."""
+    """Each request on a connection gets the next of ``answers``: bytes to write, or a list of
+    writes (None between two: a 50 ms pause); None closes the connection instead, a float
+    sleeps that long and then closes it, and an answer that says "connection: close" is
+    followed by the close. ``accepted`` counts connections."""
 
     async def serve(reader, writer):
         accepted.append(writer)
@@ -31,9 +35,14 @@ def _server(answers, accepted):
                 if isinstance(answer, float):
                     await asyncio.sleep(answer)
                     break
-                writer.write(answer)
-                await writer.drain()
-                if b"connection: close" in answer:
+                parts = answer if isinstance(answer, list) else [answer]
+                for part in parts:
+                    if part is None:
+                        await asyncio.sleep(0.05)
+                    else:
+                        writer.write(part)
+                        await writer.drain()
+                if any(part and b"connection: close" in part for part in parts):
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -42,7 +51,7 @@ def _server(answers, accepted):
     return serve
 
 
-def _run(answers, gets, *, limit=4 << 20, timeout=2.0, between=None):
+def _run(answers, gets, *, limit=4 << 20, timeout=2.0, between=None, path="/health"):
     """Start a server for ``answers``, make ``gets`` GETs on one Fetcher (``between(i)`` is
     awaited after GET i when given); (answers, connections accepted, connections kept)."""
     accepted = []
@@ -54,7 +63,7 @@ def _run(answers, gets, *, limit=4 << 20, timeout=2.0, between=None):
         try:
             got = []
             for i in range(gets):
-                got.append(await fetcher.get(endpoint, "/health", timeout))
+                got.append(await fetcher.get(endpoint, path, timeout))
                 if between is not None:
                     await between(i)
             return got, len(accepted), len(fetcher.conns)
@@ -72,6 +81,27 @@ def test_checks_reuse_one_connection():
     got, connections, kept = _run([OK] * 5, 5)
     assert got == [(200, b"ok")] * 5
     assert (connections, kept) == (1, 1)
+
+
+WAITING = b"vllm:num_requests_waiting{model_name=\"tiny\"} 3.0\nvllm:num_requests_running{model_name=\"tiny\"} 7.0\n"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_load_scrape_reads_the_whole_answer(chunked):
+    """vLLM's /metrics is tens of KiB: it may arrive in several reads, and the families the
+    proxy needs can be anywhere in it. Here the answer comes in two writes 50 ms apart, the
+    queue's families only in the second."""
+    filler = b"".join(b"# HELP vllm:filler_%d x\nvllm:filler_%d 1.0\n" % (i, i) for i in range(2000))
+    body = filler + WAITING
+    if chunked:
+        wire = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(filler), filler, len(WAITING), WAITING)
+        head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    else:
+        wire = body
+        head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body)
+    got, _, kept = _run([[head + wire[:len(filler) // 2], None, wire[len(filler) // 2:]]], 1, path="/metrics")
+    assert got == [(200, body)] and kept == 1
+    assert prober.parse_metrics(body) == (3.0, 7.0, None)
 
 
 def test_a_chunked_answer_and_a_status_that_is_not_2xx():
