@@ -3,13 +3,14 @@ small ``asyncio.Protocol`` over llhttp's response parser.
 
 Why not asyncio streams and a new connection per check. The prober runs all the time, with or
 without traffic: every worker checks every backend every ``health.interval`` and scrapes the
-loads twice a second while only streams flow. Measured on one worker idle in front of one
-simulator, a check on a connection of its own (connect, accept, close, a TIME_WAIT left on the
-proxy's side each time) and a scrape through StreamReader were most of the worker's idle CPU;
-this protocol reads an answer in one callback per read, and a check reuses its connection as
-Envoy's do (``reuse_connection``). A backend that stops accepting new connections still fails
-here the moment the kept one breaks, and at once on the data path, whose connect errors eject
-it (passive checks).
+loads twice a second while only streams flow: on one idle worker in front of one simulator,
+most of its CPU. A check opened a connection of its own each time (connect, accept, close, a
+TIME_WAIT left on the proxy's side) and a scrape read through StreamReader; this protocol reads
+an answer in one callback per read, and a check reuses its connection as Envoy's do
+(``reuse_connection``): warm, a scrape 102 -> 40 us, a check 157 -> 23 us. (Most of what is
+left is the wakeups themselves: ``proxy/periodic.py``.) A backend that stops accepting new
+connections still fails here the moment the kept one breaks, and at once on the data path,
+whose connect errors eject it (passive checks).
 """
 
 import asyncio
