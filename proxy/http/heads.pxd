@@ -28,19 +28,40 @@ cdef Py_ssize_t _byte_at(const char *buf, Py_ssize_t pos, Py_ssize_t size, int b
 
 cdef extern from *:
     """
+    /* The heads' writers: n bytes put at d, the end returned; n >= 0 in decimal, its digits
+       (fleetproxy_digits, backwards: the count returned) put in order. */
+    #ifndef FLEETPROXY_PUT  /* the same in heads.pxd and accesslog.pxd: a module that cimports both gets one */
+    #define FLEETPROXY_PUT
+    static inline char *fleetproxy_put(char *p, const char *s, Py_ssize_t n) {
+        memcpy(p, s, (size_t)n);
+        return p + n;
+    }
+    #endif
+
+    static inline char *fleetproxy_put_bytes(char *d, PyObject *b) {
+        return fleetproxy_put(d, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+    }
+
+    static inline int fleetproxy_digits(char *digits, Py_ssize_t n) {
+        int k = 0;
+        do { digits[k++] = (char)('0' + n % 10); n /= 10; } while (n > 0);
+        return k;
+    }
+
+    static inline char *fleetproxy_put_digits(char *d, const char *digits, int k) {
+        while (k)
+            *d++ = digits[--k];
+        return d;
+    }
+
     /* prefix, then n in decimal, then CRLF CRLF, as one bytes object (upstream_head's end). */
     static PyObject *fleetproxy_length_line(PyObject *prefix, Py_ssize_t n) {
         char digits[24];
-        int k = 0;
-        do { digits[k++] = (char)('0' + n % 10); n /= 10; } while (n > 0);
-        Py_ssize_t size = PyBytes_GET_SIZE(prefix);
-        PyObject *out = PyBytes_FromStringAndSize(NULL, size + k + 4);
+        int k = fleetproxy_digits(digits, n);
+        PyObject *out = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(prefix) + k + 4);
         if (out != NULL) {
-            char *d = PyBytes_AS_STRING(out);
-            memcpy(d, PyBytes_AS_STRING(prefix), size);
-            d += size;
-            while (k) *d++ = digits[--k];
-            memcpy(d, "\\r\\n\\r\\n", 4);
+            char *d = fleetproxy_put_bytes(PyBytes_AS_STRING(out), prefix);
+            fleetproxy_put(fleetproxy_put_digits(d, digits, k), "\\r\\n\\r\\n", 4);
         }
         return out;
     }
@@ -100,40 +121,28 @@ cdef extern from *:
             total += PyBytes_GET_SIZE(parts[i]);
         }
         char digits[24];
-        int k = 0;
-        if (with_length) {
-            Py_ssize_t n = body_len;
-            do { digits[k++] = (char)('0' + n % 10); n /= 10; } while (n > 0);
-        }
+        int k = with_length ? fleetproxy_digits(digits, body_len) : 0;
         total += 1 + (sizeof line - 1) + (sizeof xff - 1) + (sizeof proto - 1) + (ask_load ? sizeof ask - 1 : 0)
             + (with_length ? sizeof length - 1 + k : 0) + 4;
         PyObject *out = PyBytes_FromStringAndSize(NULL, total);
         if (out == NULL)
             return NULL;
-        char *d = PyBytes_AS_STRING(out);
-    #define FP_PUT(p, n) do { memcpy(d, (p), (n)); d += (n); } while (0)
-    #define FP_BYTES(o) FP_PUT(PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o))
-        FP_BYTES(method);
+        char *d = fleetproxy_put_bytes(PyBytes_AS_STRING(out), method);
         *d++ = ' ';
-        FP_BYTES(target);
-        FP_PUT(line, sizeof line - 1);
-        FP_BYTES(host);
-        FP_BYTES(fields);
-        FP_PUT(xff, sizeof xff - 1);
-        FP_BYTES(peer);
-        FP_PUT(proto, sizeof proto - 1);
-        FP_BYTES(request_id);
+        d = fleetproxy_put_bytes(d, target);
+        d = fleetproxy_put(d, line, sizeof line - 1);
+        d = fleetproxy_put_bytes(d, host);
+        d = fleetproxy_put_bytes(d, fields);
+        d = fleetproxy_put(d, xff, sizeof xff - 1);
+        d = fleetproxy_put_bytes(d, peer);
+        d = fleetproxy_put(d, proto, sizeof proto - 1);
+        d = fleetproxy_put_bytes(d, request_id);
         if (ask_load)
-            FP_PUT(ask, sizeof ask - 1);
-        if (with_length) {
-            FP_PUT(length, sizeof length - 1);
-            while (k)
-                *d++ = digits[--k];
-        }
-        FP_PUT("\\r\\n\\r\\n", 4);
-        FP_BYTES(body);
-    #undef FP_BYTES
-    #undef FP_PUT
+            d = fleetproxy_put(d, ask, sizeof ask - 1);
+        if (with_length)
+            d = fleetproxy_put_digits(fleetproxy_put(d, length, sizeof length - 1), digits, k);
+        d = fleetproxy_put(d, "\\r\\n\\r\\n", 4);
+        fleetproxy_put_bytes(d, body);
         return out;
     }
     """
@@ -141,7 +150,7 @@ cdef extern from *:
                                      bint with_length, bint ask_load, body)
 
 @cython.locals(line=bytes, parts=list, name=bytes, value=bytes, field=object, kind=int, keep_alive=bint, odd=bint,
-               written=object)
+               written=object, sized=bint)
 cpdef bytes upstream_head(method, target, headers, host, forwarded_for, request_id, Py_ssize_t body_len, extra=*,
                           bint ask_load=*, bint trusted=*, bytes body=*)
 
@@ -239,43 +248,27 @@ cdef extern from *:
             }
             at = end;
         }
-        Py_ssize_t id_size = PyBytes_GET_SIZE(request_id), extra_size = PyBytes_GET_SIZE(extra);
-        Py_ssize_t body_size = PyBytes_GET_SIZE(body);
+        Py_ssize_t id_size = PyBytes_GET_SIZE(request_id);
         int add_id = id_size > 0 && !has_id;
-        Py_ssize_t total = size - dropped + (add_id ? 14 + id_size + 2 : 0) + (rechunk ? 28 : 0) + extra_size
-            + (close ? 21 : 2) + body_size;
+        Py_ssize_t total = size - dropped + (add_id ? 14 + id_size + 2 : 0) + (rechunk ? 28 : 0)
+            + PyBytes_GET_SIZE(extra) + (close ? 21 : 2) + PyBytes_GET_SIZE(body);
         PyObject *head = PyBytes_FromStringAndSize(NULL, total);
         if (head == NULL)
             return NULL;
         char *d = PyBytes_AS_STRING(head);
         Py_ssize_t from = 0;
         for (Py_ssize_t i = 0; i < ndrops; i++) {
-            memcpy(d, s + from, drops[i][0] - from);
-            d += drops[i][0] - from;
+            d = fleetproxy_put(d, s + from, drops[i][0] - from);
             from = drops[i][1];
         }
-        memcpy(d, s + from, size - from);
-        d += size - from;
-        if (add_id) {
-            memcpy(d, "x-request-id: ", 14);
-            memcpy(d + 14, PyBytes_AS_STRING(request_id), id_size);
-            memcpy(d + 14 + id_size, "\\r\\n", 2);
-            d += 14 + id_size + 2;
-        }
-        if (rechunk) {
-            memcpy(d, "transfer-encoding: chunked\\r\\n", 28);
-            d += 28;
-        }
-        memcpy(d, PyBytes_AS_STRING(extra), extra_size);
-        d += extra_size;
-        if (close) {
-            memcpy(d, "connection: close\\r\\n\\r\\n", 21);
-            d += 21;
-        } else {
-            memcpy(d, "\\r\\n", 2);
-            d += 2;
-        }
-        memcpy(d, PyBytes_AS_STRING(body), body_size);
+        d = fleetproxy_put(d, s + from, size - from);
+        if (add_id)
+            d = fleetproxy_put(fleetproxy_put_bytes(fleetproxy_put(d, "x-request-id: ", 14), request_id), "\\r\\n", 2);
+        if (rechunk)
+            d = fleetproxy_put(d, "transfer-encoding: chunked\\r\\n", 28);
+        d = fleetproxy_put_bytes(d, extra);
+        d = close ? fleetproxy_put(d, "connection: close\\r\\n\\r\\n", 21) : fleetproxy_put(d, "\\r\\n", 2);
+        fleetproxy_put_bytes(d, body);
         PyObject *report;
         if (report_at >= 0) {
             report = PyBytes_FromStringAndSize(s + report_at, report_end - report_at);

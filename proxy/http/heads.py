@@ -96,10 +96,10 @@ def upstream_head(
     X-Forwarded-For is ``forwarded_for`` alone. ``body``: bytes sent right after the head (a
     small request body), joined to it: one copy, one write.
     """
+    sized = body_len or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS")  # a length field goes
     if _COMPILED and type(headers) is bytes and not extra:  # a plain request's: one C write (heads.pxd)
         written = fleetproxy_upstream_plain(  # noqa: F821
-            method, target, host, headers, forwarded_for, request_id, body_len,
-            body_len or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"), ask_load, body)
+            method, target, host, headers, forwarded_for, request_id, body_len, sized, ask_load, body)
         if written is not None:
             return written
     # From the Host field on, a line's CRLF goes with the line after it, so that a field is two
@@ -160,7 +160,7 @@ def upstream_head(
     parts.append(request_id)
     for name, value in extra:
         parts += (b"\r\n", name, b": ", value)
-    if body_len or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+    if sized:
         if _COMPILED:  # the number written into one bytes object in C (heads.pxd)
             parts.append(fleetproxy_length_line(_LENGTH_ASK if ask_load else _LENGTH, body_len))  # noqa: F821
         else:  # a str encoded: cheaper interpreted than bytes %

@@ -91,10 +91,13 @@ cdef extern from *:
         }
         return p;
     }
-    static char *fleetproxy_put(char *p, const char *s, Py_ssize_t n) {
+    #ifndef FLEETPROXY_PUT  /* the same in heads.pxd and accesslog.pxd: a module that cimports both gets one */
+    #define FLEETPROXY_PUT
+    static inline char *fleetproxy_put(char *p, const char *s, Py_ssize_t n) {
         memcpy(p, s, (size_t)n);
         return p + n;
     }
+    #endif
     #define FLEETPROXY_KEY(p, key) fleetproxy_put((p), (key), (Py_ssize_t)sizeof(key) - 1)
     static PyObject *fleetproxy_access_line(
             long long ts, PyObject *rid, PyObject *tenant, PyObject *model, PyObject *backend,
