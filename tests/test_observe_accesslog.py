@@ -1,6 +1,7 @@
 """The access log (observe.access_log_path, on with access_log): one JSON line per request."""
 
 import json
+import time
 
 from conftest import start_proxy, start_sim, wait_for
 
@@ -14,6 +15,7 @@ def test_one_json_line_per_request(tmp_path):
     config.write_text(f"backends: [{{url: '{sim.url}'}}]\naccess_log: true\nobserve: {{access_log_path: '{log}'}}\n")
     proxy = start_proxy([], "--config", str(config))
     try:
+        began = time.time()
         assert post(proxy.port, CHAT)[0] == 200
         assert post(proxy.port, {**CHAT, "stream": True, "stream_options": {"include_usage": True}})[0] == 200
         assert post(proxy.port, {**CHAT, "model": "nope"})[0] == 404
@@ -21,6 +23,8 @@ def test_one_json_line_per_request(tmp_path):
         assert wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 3, timeout=5)
         lines = [json.loads(line) for line in log.read_text().splitlines()]
         first, streamed, missing = lines
+        # Unix time of each request's end (the monotonic end plus the wall clock's offset).
+        assert began - 0.01 <= first["ts"] <= streamed["ts"] <= missing["ts"] <= time.time() + 0.01
         assert first["model"] == "tiny" and first["status"] == 200 and first["outcome"] == "ok"
         assert first["tenant"] == "default" and first["attempts"] == 1 and first["backend"]
         assert first["completion_tokens"] == CHAT["max_tokens"] and first["bytes"] > 0
@@ -115,7 +119,9 @@ def test_each_line_is_what_msgspec_writes_for_it(tmp_path):
             model, backend = rng.choice(texts), rng.choice(texts + [None])
             outcome = rng.randrange(len(accesslog.OUTCOMES))
             log.write(ex, rng.choice([200, 404, 503, 0]), outcome, now, tokens, model, backend)
-            line = log.buf.pop()
+            line = bytes(log.buf)  # this line alone: taken off the buffer, never flushed
+            log.buf.clear()
+            log.lines = 0
             ts = json.loads(line)["ts"]
             t_body = obs.t_body
             expected = msgspec.json.encode(accesslog.Line(

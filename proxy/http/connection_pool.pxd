@@ -4,7 +4,7 @@
 cimport cython
 
 from proxy.http.upstream cimport UpstreamConnection
-from proxy.observe.metrics cimport clock
+from proxy.observe.metrics cimport clock, now
 
 
 cdef class ConnectionPool:
@@ -14,6 +14,6 @@ cdef class ConnectionPool:
     cdef public object queued, wait_timeouts, refused
     cdef public list idle
 
-    @cython.locals(conn=UpstreamConnection, now=double)
+    @cython.locals(conn=UpstreamConnection, t=double)
     cpdef take_idle(self)
     cpdef release(self, UpstreamConnection conn)

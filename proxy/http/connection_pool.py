@@ -32,7 +32,7 @@ import asyncio
 import logging
 from collections import deque
 
-from ..observe.metrics import clock
+from ..observe.metrics import clock, now
 from .errors import NoBackend
 from .upstream import UpstreamConnection
 
@@ -84,12 +84,12 @@ class ConnectionPool:
         idle = self.idle
         if not idle:
             return None
-        now = clock()  # time.monotonic(), read in C where compiled (take_idle, release: per request)
+        t = now()  # this read callback's time (metrics.hold), or a read of the clock
         while idle:
             conn = idle.pop()
             if conn.closed:
                 continue
-            if now - conn.idle_since > self.idle_timeout:
+            if t - conn.idle_since > self.idle_timeout:
                 conn.close()
                 continue
             return conn
@@ -195,7 +195,7 @@ class ConnectionPool:
         if len(self.idle) >= self.max_idle:
             conn.close()
             return
-        conn.idle_since = clock()
+        conn.idle_since = now()
         self.idle.append(conn)
 
     def forget(self, conn):

@@ -4,6 +4,7 @@ cimport cython
 from proxy.http.exchange cimport Exchange, new_exchange
 from proxy.http.pipeline cimport Pipeline
 from proxy.http.request cimport RequestReader
+from proxy.observe.metrics cimport hold, release
 
 cdef int _IDLE
 

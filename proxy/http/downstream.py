@@ -34,6 +34,7 @@ from .errors import ClientError, InternalError, Overloaded
 from .exchange import Exchange, error_response, new_exchange
 from .pipeline import PAUSE_ERROR, PAUSE_PIPELINE, PAUSE_UPSTREAM, Pipeline, held_size
 from .request import IDLE, RequestReader
+from ..observe.metrics import hold, release
 
 _IDLE = IDLE  # (a C int where compiled, as the reader's phase is)
 
@@ -98,6 +99,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
     def data_received(self, data):
         if self.paused & PAUSE_ERROR:
             return  # after a refused request nothing more is read
+        hold()  # one clock read for this read's requests (observe/metrics.py)
         try:
             if self.unparsed is not None:
                 self.unparsed += data  # reading is paused; a read already under way lands here
@@ -108,6 +110,8 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
             self._refuse(err)
         except Exception as exc:
             self.crashed(exc)
+        finally:
+            release()
 
     def eof_received(self):
         # A client that stops sending has left: like nginx without proxy_ignore_client_abort,

@@ -10,7 +10,7 @@ from proxy.http.heads cimport client_head, upstream_head
 from proxy.http.pipeline cimport Pipeline
 from proxy.http.plainrequest cimport Fields
 from proxy.http.upstream cimport UpstreamConnection
-from proxy.observe.metrics cimport Timing, clock
+from proxy.observe.metrics cimport Timing, clock, now as arrived
 from proxy.observe.streamusage cimport finish_at, quiet, quiet_end, strip, unit_start, usage_body
 from proxy.routing.endpoint cimport Endpoint
 from proxy.routing.router cimport Selection

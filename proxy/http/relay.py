@@ -23,7 +23,7 @@ exchange's business: ``Relay`` reports to ``on_status``, ``complete``, ``break_s
 
 from _speedups import CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE, new_framer
 
-from ..observe.metrics import USAGE_TAKEN, clock
+from ..observe.metrics import USAGE_TAKEN, clock, now as arrived
 from ..observe.streamusage import finish_at, quiet, quiet_end, strip, unit_start, usage_body
 from ..observe.tracing import upstream_headers
 from . import heads
@@ -98,13 +98,12 @@ class Relay:
             self.method, target, headers, endpoint.authority, down.peer, self.request_id, len(body), extra,
             endpoint.ask_load and not self.asked_load, down.trusted, body if small else b"",
         )
-        transport = conn.transport
         if down.writing_paused:
-            transport.pause_reading()
+            conn.transport.pause_reading()
         if small:
-            transport.write(head)
+            conn.write(head)
         else:
-            transport.writelines((head, body))
+            conn.transport.writelines((head, body))
         self.ticks = -1  # the worker's next tick may come at once: it does not count
         self.rx_seen = conn.rx
         ctx.watchdog.add(self)
@@ -120,7 +119,7 @@ class Relay:
         head = False  # a head to send, joined to this read's body bytes below
         obs = self.obs
         if obs is not None and (obs.t_body == 0.0 or flags & HEAD):  # no time read per token
-            now = clock()  # one read: a head and its first body bytes often share a read
+            now = arrived()  # when this read arrived (metrics.hold): a head and its first body bytes often share it
             if obs.t_body == 0.0 and framer.body_bytes:
                 obs.t_body = now
             if flags & HEAD:

@@ -3,7 +3,7 @@
 cimport cython
 
 from proxy.http.plainrequest cimport Bounds, read_plain
-from proxy.observe.metrics cimport clock as monotonic
+from proxy.observe.metrics cimport now as monotonic
 
 
 cdef class Sink:

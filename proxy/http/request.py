@@ -46,7 +46,7 @@ import re
 
 import httptools
 
-from ..observe.metrics import clock as monotonic
+from ..observe.metrics import now as monotonic
 from .errors import ClientError
 from .plainrequest import FAST, Bounds, read_plain, sane_request_id
 
@@ -107,8 +107,8 @@ class RequestReader:
         self._reset()
 
     def now(self):
-        """The reader's clock: the ``clock`` it was given (tests), else monotonic seconds, read
-        in C where compiled (twice per request: no call through Python, no float object).
+        """The reader's clock: the ``clock`` it was given (tests), else monotonic seconds as
+        ``metrics.now`` has them (the read callback's time: no second read of the clock).
         uvloop's ``loop.time()``, which the deadlines read, counts the same clock in whole ms."""
         clock = self.clock
         return monotonic() if clock is None else clock()

@@ -2,12 +2,13 @@
 # read of a response is handed to its exchange by a C call (``exchange`` a relay.Relay).
 from proxy.http.connection_pool cimport ConnectionPool
 from proxy.http.relay cimport Relay
+from proxy.observe.metrics cimport hold, release
 
 
 cdef class UpstreamConnection:
     cdef public Relay exchange
     cdef public ConnectionPool pool
-    cdef public object transport, closed
+    cdef public object transport, write, closed
     cdef public double idle_since
     cdef public Py_ssize_t requests
     cdef public Py_ssize_t rx

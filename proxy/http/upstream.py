@@ -12,16 +12,19 @@ connections share: certificate and host-name verification on unless the config s
 
 import ssl
 
+from ..observe.metrics import hold, release
+
 
 class UpstreamConnection:
     """An asyncio protocol by its methods (no asyncio.Protocol base: the native build makes it
     an extension type, upstream.pxd, which cannot derive from a Python class)."""
 
-    __slots__ = ("pool", "transport", "exchange", "closed", "idle_since", "requests", "rx")
+    __slots__ = ("pool", "transport", "write", "exchange", "closed", "idle_since", "requests", "rx")
 
     def __init__(self, pool):
         self.pool = pool
         self.transport = None
+        self.write = None  # transport.write, bound once: a request's head goes by a call, no look-up
         self.exchange = None
         self.closed = False
         self.idle_since = 0.0
@@ -30,6 +33,7 @@ class UpstreamConnection:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.write = transport.write
         high = self.pool.high_water
         transport.set_write_buffer_limits(high, high // 4)
 
@@ -40,10 +44,13 @@ class UpstreamConnection:
             # Bytes on an idle connection: the backend is confused; never reuse it.
             self.close()
             return
+        hold()  # one clock read for this read (observe/metrics.py)
         try:
             exchange.upstream_data(data)
         except Exception as exc:  # a bug of ours must end the request, not hang it
             exchange.down.crashed(exc)
+        finally:
+            release()
 
     def eof_received(self):
         return False  # close our side too; connection_lost decides whether EOF ended the message

@@ -1,28 +1,23 @@
 # Types for Cython's compile of accesslog.py (the native build; see _speedups/__init__.py): the
 # request's fields read as struct members of its exchange (a Relay), the times in C doubles, and
-# the line of a plain request written in C (``fleetproxy_access_line``).
+# the line of a plain request written in C onto the buffer (``fleetproxy_access_append``).
 cimport cython
 
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
 from proxy.http.relay cimport Relay
-from proxy.observe.metrics cimport Timing
+from proxy.observe.metrics cimport Timing, clock
 
 cdef bint _COMPILED
 
 cdef extern from *:
     '''
     #include <string.h>
-    /* accesslog._plain_line in C. Every string must be printable ASCII without a quote or a
+    /* A request's line, appended to the bytearray buf: 1, or 0 where it is msgspec's to write
+       (buf unchanged), -1 on an error set. Every string must be printable ASCII without a quote or a
        backslash (written as it is, as msgspec would: nothing to escape); a number of
        thousandths n (0 <= n < 10^13) is written as n / 1000 with its trailing zeros dropped
        and at least one decimal, which is the shortest text of the double n / 1000.0 (what
        msgspec writes for it). Anything else: None, and the caller has msgspec write the line. */
-    #include <time.h>
-    static inline double fleetproxy_wall(void) {  /* time.time()'s clock */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-    }
     static int fleetproxy_text(PyObject *o, const char **s, Py_ssize_t *n) {
         const unsigned char *b;
         Py_ssize_t i, size;
@@ -99,7 +94,7 @@ cdef extern from *:
     }
     #endif
     #define FLEETPROXY_KEY(p, key) fleetproxy_put((p), (key), (Py_ssize_t)sizeof(key) - 1)
-    static PyObject *fleetproxy_access_line(
+    static int fleetproxy_access_append(PyObject *buf,
             long long ts, PyObject *rid, PyObject *tenant, PyObject *model, PyObject *backend,
             long long attempts, PyObject *method, PyObject *path, long long status, PyObject *outcome,
             long long ttft, long long total, long long prompt, long long completion, long long cached,
@@ -113,12 +108,12 @@ cdef extern from *:
         texts[5] = outcome; texts[6] = backend;
         for (i = 0; i < count; i++) {
             if (!fleetproxy_text(texts[i], &s[i], &n[i]))
-                Py_RETURN_NONE;
+                return 0;
             room += n[i];
         }
         if (room > 1024 || ts < 0 || ts >= 10000000000000LL || total < 0 || total >= 10000000000000LL
                 || ttft >= 10000000000000LL)
-            Py_RETURN_NONE;
+            return 0;
         p = stack;
         p = FLEETPROXY_KEY(p, "{\\"ts\\":");
         p = fleetproxy_thousandths(p, ts);
@@ -162,22 +157,28 @@ cdef extern from *:
         p = fleetproxy_int(p, size);
         *p++ = '}';
         *p++ = 0x0A;
-        return PyBytes_FromStringAndSize(stack, p - stack);
+        Py_ssize_t old = PyByteArray_GET_SIZE(buf);  /* appended in place: no object per line */
+        if (PyByteArray_Resize(buf, old + (p - stack)) < 0)
+            return -1;
+        memcpy(PyByteArray_AS_STRING(buf) + old, stack, (size_t)(p - stack));
+        return 1;
     }
     '''
-    double fleetproxy_wall()
-    object fleetproxy_access_line(long long ts, object rid, object tenant, object model, object backend,
-                                  long long attempts, object method, object path, long long status,
-                                  object outcome, long long ttft, long long total, long long prompt,
-                                  long long completion, long long cached, long long size)
+    int fleetproxy_access_append(bytearray buf, long long ts, object rid, object tenant, object model,
+                                 object backend, long long attempts, object method, object path,
+                                 long long status, object outcome, long long ttft, long long total,
+                                 long long prompt, long long completion, long long cached,
+                                 long long size) except -1
 
 
 cdef class AccessLog:
     cdef public object loop, fd, timer
-    cdef public list buf
+    cdef public bytearray buf
+    cdef public Py_ssize_t lines
+    cdef public double offset
 
     @cython.locals(obs=Timing, framer=NativeFramer, t0=double, t_body=double, ts=double, ms="long long",
-                   ttft="long long", total="long long")
+                   ttft="long long", total="long long", appended=int)
     cpdef write(self, Relay ex, int status, Py_ssize_t outcome, double now, tuple tokens, model, backend)
 
     cpdef flush(self)

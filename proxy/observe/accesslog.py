@@ -1,11 +1,13 @@
 """One JSON line per proxied request (``observe.access_log``; ``--access-log``), off by default.
 
-Per request its line is written at once and appended to a list: compiled, in C where every
-string of it is plain ASCII with nothing to escape (nearly every line: ids, methods, paths,
-model and backend names); otherwise a ``Line`` (a msgspec Struct) encoded by msgspec, which is
-the rule (a test holds the two to one another). The lines are written with one ``os.write``
-when ``FLUSH_LINES`` are waiting or at the latest ``FLUSH_EVERY`` after the first, so a busy
-worker makes one system call per few hundred requests. A worker that is killed loses at most
+Per request its line is written at once onto one buffer (a bytearray, no object per line):
+compiled, in C where every string of it is plain ASCII with nothing to escape (nearly every
+line: ids, methods, paths, model and backend names); otherwise a ``Line`` (a msgspec Struct)
+encoded by msgspec, which is the rule (a test holds the two to one another). The buffer is
+written with one ``os.write`` when ``FLUSH_LINES`` are waiting or at the latest ``FLUSH_EVERY``
+after the first, so a busy worker makes one system call per few hundred requests. ``ts`` is
+the request's end on the monotonic clock the observer read, plus the wall clock's offset from
+it, read again at every flush: no second clock read per request. A worker that is killed loses at most
 that last second; a draining one flushes on its way out (``close``). Fields, in this order: ``ts`` (Unix s), ``id``, ``tenant``,
 ``model``, ``backend``, ``attempts``, ``method``, ``path``, ``status``, ``outcome`` (as the
 ``outcome`` label of ``fleetproxy_requests_total``), ``ttft_ms`` (null without a response
@@ -18,6 +20,7 @@ from time import time as wall
 
 import msgspec
 
+from .metrics import clock
 from .table import OUTCOMES
 
 FLUSH_LINES = 512  # lines (~100 KiB) waiting before a write
@@ -67,8 +70,10 @@ class AccessLog:
         self.loop = loop
         # "-": the worker's stdout, which the supervisor's own stdout is.
         self.fd = 1 if path == "-" else os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.buf = []
+        self.buf = bytearray()
+        self.lines = 0  # in buf
         self.timer = None
+        self.offset = wall() - clock()  # Unix seconds = monotonic seconds + offset
 
     def write(self, ex, status, outcome, now, tokens, model, backend):
         """The line of the request ``ex`` (an http.exchange.Exchange; typed in accesslog.pxd,
@@ -78,29 +83,30 @@ class AccessLog:
         framer = ex.framer
         t0 = obs.t0
         t_body = obs.t_body
-        ts = fleetproxy_wall() if _COMPILED else wall()  # noqa: F821 (accesslog.pxd: time.time()'s clock in C)
+        ts = now + self.offset
         ms = int(ts * 1000.0)  # ms resolution; round() costs ~0.4 us a call
         total = _thousandths(now - t0)
         ttft = _thousandths(t_body - t0) if t_body > 0.0 else -1  # -1: none (null)
         backend = backend or None
         attempts = selection.attempts if selection is not None else 0
         size = framer.body_bytes if framer is not None else 0
-        line = None
-        # The C writer: None where a string needs escaping or a number is out of its range; a
+        appended = 0
+        # The C writer: 0 where a string needs escaping or a number is out of its range; a
         # negative time (clocks read out of order) is msgspec's to write as it is.
         if _COMPILED and (ttft >= 0 or t_body <= 0.0):
-            line = fleetproxy_access_line(  # noqa: F821 (accesslog.pxd)
-                ms, ex.request_id, obs.tenant, model, backend, attempts, ex.method, ex.target, status,
-                OUTCOMES[outcome], ttft, total, tokens[0], tokens[1], tokens[2], size,
+            appended = fleetproxy_access_append(  # noqa: F821 (accesslog.pxd)
+                self.buf, ms, ex.request_id, obs.tenant, model, backend, attempts, ex.method, ex.target,
+                status, OUTCOMES[outcome], ttft, total, tokens[0], tokens[1], tokens[2], size,
             )
-        if line is None:
-            line = _encode(Line(
+        if not appended:
+            self.buf += _encode(Line(
                 ms / 1000.0, _text(ex.request_id), obs.tenant, model, backend, attempts, _text(ex.method),
                 _text(ex.target), status, OUTCOMES[outcome], ttft / 1000.0 if t_body > 0.0 else None,
                 total / 1000.0, tokens[0], tokens[1], tokens[2], size,
-            )) + b"\n"
-        self.buf.append(line)
-        if len(self.buf) >= FLUSH_LINES:
+            ))
+            self.buf += b"\n"
+        self.lines += 1
+        if self.lines >= FLUSH_LINES:
             self.flush()
         elif self.timer is None:
             self.timer = self.loop.call_later(FLUSH_EVERY, self.flush)
@@ -109,10 +115,12 @@ class AccessLog:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.offset = wall() - clock()  # the wall clock may have been set since
         if not self.buf:
             return
-        data = b"".join(self.buf)
-        self.buf.clear()
+        data = memoryview(self.buf)
+        self.buf = bytearray()
+        self.lines = 0
         try:
             while data:  # a pipe or a file: a short write is possible, never a lost line
                 data = data[os.write(self.fd, data):]

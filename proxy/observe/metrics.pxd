@@ -26,7 +26,62 @@ cdef extern from *:
     '''
     double fleetproxy_monotonic() nogil
 
+# _vllm_usage's walk in C: each literal a memcmp of a size the compiler knows, the digits added in
+# place; 1 with the counts in out[], 0 where the walk in metrics.py returns None (a test holds the
+# two, and both to the regex).
+cdef extern from *:
+    '''
+    #include <string.h>
+    #define FLEETPROXY_AT(s, n, pos, lit) \\
+        ((pos) >= 0 && (pos) + (Py_ssize_t)(sizeof(lit) - 1) <= (n) && memcmp((s) + (pos), (lit), sizeof(lit) - 1) == 0 \\
+         ? (pos) + (Py_ssize_t)(sizeof(lit) - 1) : -1)
+    static inline Py_ssize_t fleetproxy_usage_number(const unsigned char *s, Py_ssize_t n, Py_ssize_t pos,
+                                                     long long *value) {
+        /* The decimal number at s[pos] (1 to 18 digits) into *value, and where its digits end
+           (all of them: _skip_digits); -1 for none or too many. */
+        long long v = 0;
+        Py_ssize_t end = pos;
+        while (end < n && s[end] >= 0x30 && s[end] <= 0x39) {
+            if (end - pos == 18)
+                return -1;
+            v = v * 10 + (s[end] - 0x30);
+            end++;
+        }
+        if (end == pos)
+            return -1;
+        *value = v;
+        return end;
+    }
+    static int fleetproxy_vllm_usage(const unsigned char *s, Py_ssize_t n, Py_ssize_t at, long long *out) {
+        long long total;
+        Py_ssize_t pos = FLEETPROXY_AT(s, n, at, "\\"usage\\":{\\"prompt_tokens\\":");
+        if (pos < 0 || (pos = fleetproxy_usage_number(s, n, pos, &out[0])) < 0)
+            return 0;
+        pos = FLEETPROXY_AT(s, n, pos, ",\\"total_tokens\\":");
+        if (pos < 0 || (pos = fleetproxy_usage_number(s, n, pos, &total)) < 0)
+            return 0;
+        pos = FLEETPROXY_AT(s, n, pos, ",\\"completion_tokens\\":");
+        if (pos < 0 || (pos = fleetproxy_usage_number(s, n, pos, &out[1])) < 0)
+            return 0;
+        out[2] = 0;
+        if (pos < n && s[pos] == 0x7D)  /* "}": no details */
+            return 1;
+        pos = FLEETPROXY_AT(s, n, pos, ",\\"prompt_tokens_details\\":");
+        if (pos < 0)
+            return 0;
+        if (FLEETPROXY_AT(s, n, pos, "null") >= 0)
+            return 1;
+        pos = FLEETPROXY_AT(s, n, pos, "{\\"cached_tokens\\":");
+        return pos >= 0 && fleetproxy_usage_number(s, n, pos, &out[2]) >= 0;
+    }
+    '''
+    int fleetproxy_vllm_usage(const unsigned char *s, Py_ssize_t n, Py_ssize_t at, long long *out) nogil
+
 cpdef double clock() noexcept
+cdef double _held
+cpdef double now() noexcept
+cpdef void hold() noexcept
+cpdef void release() noexcept
 
 
 cdef class Timing:
@@ -63,7 +118,7 @@ cdef class Recorder:
 
 
 @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, buf="const unsigned char *", prompt="long long",
-               completion="long long", cached="long long")
+               completion="long long", cached="long long", counts="long long[3]")
 cpdef _vllm_usage(bytes data, Py_ssize_t at)
 
 @cython.locals(value="long long", end=Py_ssize_t)

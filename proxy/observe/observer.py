@@ -3,7 +3,7 @@
 import os
 
 from ..periodic import tick
-from .metrics import USAGE_ADDED, Recorder, clock, model_of, new_timing, tokens_of
+from .metrics import USAGE_ADDED, Recorder, clock, model_of, new_timing, now, tokens_of
 from .streamusage import wants_usage
 from .table import MetricsTable
 from .table import OUTCOMES, REFUSED, TIMEOUT, UPSTREAM_ERROR
@@ -48,7 +48,7 @@ class Observer:
         return cls(loop, recorder, log, tracer, table, owned, getattr(obs, "stream_usage", True))
 
     def begin(self, ex):
-        timing = ex.obs = new_timing(clock())
+        timing = ex.obs = new_timing(now())  # the time the request's last bytes were read
         if self.tracer is not None:
             timing.span = self.tracer.start(ex.headers, ex.method, ex.target)
 

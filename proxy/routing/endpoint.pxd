@@ -5,7 +5,7 @@
 cimport cython
 
 from proxy.http.connection_pool cimport ConnectionPool
-from proxy.observe.metrics cimport clock
+from proxy.observe.metrics cimport clock, now as arrived
 from proxy.routing.health cimport HealthState
 from proxy.routing.load cimport Report, pressure
 

@@ -20,7 +20,7 @@ import time
 import msgspec
 
 from ..http.connection_pool import ConnectionPool
-from ..observe.metrics import clock
+from ..observe.metrics import clock, now as arrived
 from ..process.shm import AT, DRAINED, EJECTED_UNTIL, EJECTIONS, KV, RUNNING, SOURCE, WAITING
 from .health import HealthState, may_eject
 from .load import IN_BAND, Report, parse_orca, pressure
@@ -150,7 +150,7 @@ class Endpoint:
         """The ``endpoint-load-metrics`` header of a response (ignored when unreadable). At
         thousands of responses a second, a report this worker took less than IN_BAND_EVERY
         ago is as good as a new one: skip the parse and the shared-memory writes."""
-        now = clock()  # time.monotonic(), read in C where compiled
+        now = arrived()  # the response's read callback's time (metrics.hold)
         report = self.report
         if report is not None and now - report.at < IN_BAND_EVERY:
             return

@@ -9,7 +9,7 @@ from proxy.routing.cluster cimport Cluster
 from proxy.routing.endpoint cimport Endpoint
 from proxy.routing.fields cimport decode
 from proxy.routing.retry cimport RetryPolicy
-from proxy.observe.metrics cimport clock as monotonic
+from proxy.observe.metrics cimport now as monotonic
 
 cdef object _MONOTONIC
 

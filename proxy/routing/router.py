@@ -27,7 +27,7 @@ from _speedups import PrefixTable
 from ..discovery.columns import Columns, reserve, reset_column
 from ..discovery.members import diff
 from ..http.errors import ClientError, NoBackend
-from ..observe.metrics import clock as monotonic
+from ..observe.metrics import now as monotonic
 from .cluster import Cluster
 from .endpoint import Endpoint
 from .fields import decode
@@ -201,8 +201,8 @@ class Router:
         return selection
 
     def now(self):
-        """``clock()``: compiled, the default one (time.monotonic) is read in C, with no call
-        through Python and no float object (once or twice per request)."""
+        """``clock()``: the default one (time.monotonic) as ``metrics.now`` has it (the read
+        callback's time, read once for all of it), compiled a C call with no float object."""
         clock = self.clock
         return monotonic() if clock is _MONOTONIC else clock()
 
