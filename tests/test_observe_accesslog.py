@@ -119,9 +119,8 @@ def test_each_line_is_what_msgspec_writes_for_it(tmp_path):
             model, backend = rng.choice(texts), rng.choice(texts + [None])
             outcome = rng.randrange(len(accesslog.OUTCOMES))
             log.write(ex, rng.choice([200, 404, 503, 0]), outcome, now, tokens, model, backend)
-            line = bytes(log.buf)  # this line alone: taken off the buffer, never flushed
-            log.buf.clear()
-            log.lines = 0
+            line = bytes(log.buf[:log.used])  # this line alone: taken off the buffer, never flushed
+            log.used = log.lines = 0
             ts = json.loads(line)["ts"]
             t_body = obs.t_body
             expected = msgspec.json.encode(accesslog.Line(
@@ -136,3 +135,34 @@ def test_each_line_is_what_msgspec_writes_for_it(tmp_path):
         log.close()
         loop.close()
     assert plain > 150  # many lines took the plain path (compiled: the C writer)
+
+
+def test_long_lines_flush_the_buffer_first_and_keep_their_order(tmp_path):
+    """Lines msgspec writes (a model name to escape) longer than the buffer has left: what is
+    buffered goes out first; one longer than the whole buffer is written alone, in its place."""
+    import asyncio
+
+    from _speedups import ResponseFramer
+    from proxy.http.exchange import Exchange
+    from proxy.observe import accesslog
+    from proxy.observe.metrics import Timing
+    from proxy.routing.router import Selection
+
+    path = tmp_path / "access.log"
+    loop = asyncio.new_event_loop()
+    log = accesslog.AccessLog(loop, str(path))
+    sizes = [10, accesslog.BUFFER // 3, accesslog.BUFFER // 2, 10, accesslog.BUFFER + 5, 10, 10]
+    try:
+        for i, size in enumerate(sizes):
+            ex = Exchange(None, b"POST", b"/v1/chat/completions", [], b"", False, True, b"rid-%d" % i)
+            ex.obs, ex.selection, ex.framer = Timing(10.0), Selection([], b"", False), ResponseFramer(False)
+            log.write(ex, 200, 0, 10.5, (0, 0, 0), '"' + "m" * size, "b1")
+            assert log.used <= accesslog.BUFFER
+        written = len(path.read_bytes().splitlines()) if path.exists() else 0
+        assert written == 5  # the two long ones pushed out what was before them, and themselves
+    finally:
+        log.close()
+        loop.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["id"] for line in lines] == [f"rid-{i}" for i in range(len(sizes))]
+    assert [len(line["model"]) - 1 for line in lines] == sizes

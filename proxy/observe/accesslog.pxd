@@ -1,6 +1,6 @@
 # Types for Cython's compile of accesslog.py (the native build; see _speedups/__init__.py): the
 # request's fields read as struct members of its exchange (a Relay), the times in C doubles, and
-# the line of a plain request written in C onto the buffer (``fleetproxy_access_append``).
+# the line of a plain request written in C into the buffer (``fleetproxy_access_put``).
 cimport cython
 
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
@@ -8,12 +8,14 @@ from proxy.http.relay cimport Relay
 from proxy.observe.metrics cimport Timing, clock
 
 cdef bint _COMPILED
+cdef Py_ssize_t _FLUSH_LINES, _FULL
 
 cdef extern from *:
     '''
     #include <string.h>
-    /* A request's line, appended to the bytearray buf: 1, or 0 where it is msgspec's to write
-       (buf unchanged), -1 on an error set. Every string must be printable ASCII without a quote or a
+    /* A request's line, written into the bytearray buf at used: its length, or 0 where it is
+       msgspec's to write (buf unchanged; also where fewer than room + 512 bytes are left, more
+       than the rest of a line takes). Every string must be printable ASCII without a quote or a
        backslash (written as it is, as msgspec would: nothing to escape); a number of
        thousandths n (0 <= n < 10^13) is written as n / 1000 with its trailing zeros dropped
        and at least one decimal, which is the shortest text of the double n / 1000.0 (what
@@ -94,7 +96,7 @@ cdef extern from *:
     }
     #endif
     #define FLEETPROXY_KEY(p, key) fleetproxy_put((p), (key), (Py_ssize_t)sizeof(key) - 1)
-    static int fleetproxy_access_append(PyObject *buf,
+    static Py_ssize_t fleetproxy_access_put(PyObject *buf, Py_ssize_t used,
             long long ts, PyObject *rid, PyObject *tenant, PyObject *model, PyObject *backend,
             long long attempts, PyObject *method, PyObject *path, long long status, PyObject *outcome,
             long long ttft, long long total, long long prompt, long long completion, long long cached,
@@ -102,7 +104,7 @@ cdef extern from *:
         const char *s[7];
         Py_ssize_t n[7], room = 0;
         PyObject *texts[7];
-        char stack[2048], *p;
+        char *start, *p;
         int i, count = backend == Py_None ? 6 : 7;
         texts[0] = rid; texts[1] = tenant; texts[2] = model; texts[3] = method; texts[4] = path;
         texts[5] = outcome; texts[6] = backend;
@@ -114,7 +116,9 @@ cdef extern from *:
         if (room > 1024 || ts < 0 || ts >= 10000000000000LL || total < 0 || total >= 10000000000000LL
                 || ttft >= 10000000000000LL)
             return 0;
-        p = stack;
+        if (used < 0 || PyByteArray_GET_SIZE(buf) - used < room + 512)
+            return 0;
+        p = start = PyByteArray_AS_STRING(buf) + used;
         p = FLEETPROXY_KEY(p, "{\\"ts\\":");
         p = fleetproxy_thousandths(p, ts);
         p = FLEETPROXY_KEY(p, ",\\"id\\":\\"");
@@ -157,28 +161,24 @@ cdef extern from *:
         p = fleetproxy_int(p, size);
         *p++ = '}';
         *p++ = 0x0A;
-        Py_ssize_t old = PyByteArray_GET_SIZE(buf);  /* appended in place: no object per line */
-        if (PyByteArray_Resize(buf, old + (p - stack)) < 0)
-            return -1;
-        memcpy(PyByteArray_AS_STRING(buf) + old, stack, (size_t)(p - stack));
-        return 1;
+        return p - start;
     }
     '''
-    int fleetproxy_access_append(bytearray buf, long long ts, object rid, object tenant, object model,
-                                 object backend, long long attempts, object method, object path,
-                                 long long status, object outcome, long long ttft, long long total,
-                                 long long prompt, long long completion, long long cached,
-                                 long long size) except -1
+    Py_ssize_t fleetproxy_access_put(bytearray buf, Py_ssize_t used, long long ts, object rid, object tenant,
+                                     object model, object backend, long long attempts, object method,
+                                     object path, long long status, object outcome, long long ttft,
+                                     long long total, long long prompt, long long completion,
+                                     long long cached, long long size)
 
 
 cdef class AccessLog:
     cdef public object loop, fd, timer
     cdef public bytearray buf
-    cdef public Py_ssize_t lines
+    cdef public Py_ssize_t lines, used
     cdef public double offset
 
     @cython.locals(obs=Timing, framer=NativeFramer, t0=double, t_body=double, ts=double, ms="long long",
-                   ttft="long long", total="long long", appended=int)
+                   ttft="long long", total="long long", n=Py_ssize_t)
     cpdef write(self, Relay ex, int status, Py_ssize_t outcome, double now, tuple tokens, model, backend)
 
     cpdef flush(self)
