@@ -8,9 +8,13 @@ this interpreter, and starts one simulator answering at once (the proxy's own co
 most of the CPU) and, per revision, one ``--single-process`` proxy in front of it, both pinned
 to the last CPU; wrk runs on the others. Each scenario (bench/lua: non-streaming chat, a
 16-token stream written at once and one written an event per write, as vLLM writes) runs
-against each revision in turn, ``--rounds`` times interleaved so drift on a shared machine
-hits both alike. The figure is the proxy's CPU per request (bench.cpu:
-utime + stime from /proc, deltas over the run), beside req/s and p99. Every process it
+against each revision in turn, ``--rounds`` times interleaved (the order flips every round)
+so drift on a shared machine hits both alike. The figure is the proxy's CPU per request
+(bench.cpu: utime + stime from /proc, deltas over the run), beside req/s and p99. The verdict
+is the second run's CPU over the first's, round by round: the median of those paired ratios
+and a 95% bootstrap interval of it (``paired``). A round's two runs share the machine's
+state of the moment, which moves the medians of whole runs by more than the effects asked
+about here (5-10% between runs of the same code on this kind of shared VM). Every process it
 starts is stopped by PID; the worktree is removed at the end. With ``--configs`` no worktree
 is made: the working tree runs twice, once per config file (its ``backends`` are replaced by
 the simulator), to price a feature that a setting turns on.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -65,6 +70,23 @@ def _run(url, lua, seconds, cpus, pid):
     return used / max(1, result["requests"]) * 1e6, result["rps"], result["latency_ms"].get("99", 0.0)
 
 
+def paired(first, second, resamples=2000, seed=0):
+    """(median, low, high) of ``second[i] / first[i]`` over the rounds i: the median ratio and
+    the 2.5th and 97.5th percentiles of the medians of ``resamples`` bootstrap resamples of
+    the rounds (seeded: the same samples give the same interval)."""
+    ratios = sorted(b / a for a, b in zip(first, second))
+    rng = random.Random(seed)
+    n = len(ratios)
+    medians = sorted(_median([ratios[rng.randrange(n)] for _ in range(n)]) for _ in range(resamples))
+    return _median(ratios), medians[int(0.025 * (resamples - 1))], medians[int(0.975 * (resamples - 1))]
+
+
+def _median(xs):
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--rev", default="HEAD~1", help="the revision to compare the working tree with")
@@ -101,19 +123,22 @@ def main(argv=None):
             wait_port(port, proc)
             proxies[name] = (f"http://127.0.0.1:{port}", proc.pid)
         rows = []
+        verdicts = []
         for title, script in SCENARIOS:
             lua = wrk.script(script, tmp)
             for url, _ in proxies.values():  # warm-up
                 subprocess.run(wrk.argv(url, lua, 1, CONNECTIONS), capture_output=True)
             samples = {name: [] for name in proxies}
-            for _ in range(args.rounds):
-                for name, (url, pid) in proxies.items():
+            for i in range(args.rounds):
+                order = list(proxies.items())
+                for name, (url, pid) in order[::-1] if i % 2 else order:  # neither always goes first
                     samples[name].append(_run(url, lua, args.duration, load_cpus, pid))
+            first, second = ([r[0] for r in got] for got in samples.values())
+            verdicts.append((title, paired(first, second), [b / a for a, b in zip(first, second)]))
             for name, got in samples.items():
-                each = sorted(r[0] for r in got)
-                rps = sorted(r[1] for r in got)[len(got) // 2]
-                p99 = sorted(r[2] for r in got)[len(got) // 2]
-                rows.append((title, name, each[len(got) // 2], rps, p99, each))
+                each = [r[0] for r in got]
+                rows.append((title, name, _median(each), _median([r[1] for r in got]),
+                             _median([r[2] for r in got]), each))
         what = " ".join(args.configs) if args.configs else args.rev
         command = f"--configs {what}" if args.configs else f"--rev {args.rev}"
         lines = [
@@ -124,7 +149,17 @@ def main(argv=None):
             f"proxies on CPU {server_cpus or 'any'}, wrk -t1 -c{CONNECTIONS} on {load_cpus or 'any'}; "
             "medians of the rounds.",
             "",
-            "| scenario | run | proxy CPU µs/req (median) | every round | req/s | p99 ms |",
+            f"| scenario | proxy CPU, {runs[1][0]} ÷ {runs[0][0]} (median of the rounds' ratios) "
+            "| 95% interval (bootstrap) | every round's ratio |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {t} | {_percent(m)} | {_percent(lo)} to {_percent(hi)} | {' '.join(_percent(r) for r in each)} |"
+            for t, (m, lo, hi), each in verdicts
+        ]
+        lines += [
+            "",
+            "| scenario | run | proxy CPU µs/req (median) | every round, in order | req/s | p99 ms |",
             "|---|---|---|---|---|---|",
         ]
         lines += [
@@ -147,6 +182,10 @@ def main(argv=None):
         if os.path.isdir(tree):
             subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _percent(ratio):
+    return f"{(ratio - 1) * 100:+.1f}%"
 
 
 if __name__ == "__main__":

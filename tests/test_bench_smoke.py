@@ -62,6 +62,23 @@ def test_wrk_scripts_exist_and_get_the_report_hook(tmp_path):
         assert text.rstrip().endswith("end") and "FPBENCH" in text
 
 
+def test_ab_pairs_each_round_and_bounds_the_median_ratio():
+    from bench import ab
+
+    # A drift that moves both runs of a round alike is not an effect: the ratio holds still.
+    first = [10.0, 20.0, 10.5, 30.0, 11.0]
+    second = [x * 1.05 for x in first]
+    median, low, high = ab.paired(first, second)
+    assert abs(median - 1.05) < 1e-12 and abs(low - 1.05) < 1e-12 and abs(high - 1.05) < 1e-12
+    # Noisy ratios: the interval holds the median, lies within the rounds, and is seeded.
+    second = [11.0, 19.0, 10.0, 33.0, 11.0]
+    ratios = sorted(b / a for a, b in zip(first, second))
+    median, low, high = ab.paired(first, second)
+    assert median == ratios[2] and ratios[0] <= low <= median <= high <= ratios[-1]
+    assert ab.paired(first, second) == (median, low, high)
+    assert ab._median([3.0, 1.0, 2.0, 4.0]) == 2.5
+
+
 # -- the streaming client ------------------------------------------------------------------------
 
 def _event(content):
