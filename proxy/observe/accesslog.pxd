@@ -33,20 +33,23 @@ cdef extern from *:
             return 0;
         }
         /* Eight bytes a step: the high bit of a byte set (0x80 or more), or set by one of the
-           bit tricks for a byte below 0x20, or equal to 0x7F, 0x22 or 0x5C. */
+           bit tricks for a byte below 0x20, or equal to 0x7F, 0x22 or 0x5C. The last step
+           reads the rest padded with "a"s (most of these strings are shorter than eight). */
         const unsigned long long ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-        for (i = 0; i + 8 <= size; i += 8) {
+        for (i = 0; i < size; i += 8) {
             unsigned long long x, d, q, e;
-            memcpy(&x, b + i, 8);
+            if (size - i >= 8) {
+                memcpy(&x, b + i, 8);
+            } else {
+                x = 0x61 * ones;
+                memcpy(&x, b + i, (size_t)(size - i));
+            }
             d = x ^ (0x7F * ones);
             q = x ^ (0x22 * ones);
             e = x ^ (0x5C * ones);
             if ((x | ((x - 0x20 * ones) & ~x) | ((d - ones) & ~d) | ((q - ones) & ~q) | ((e - ones) & ~e)) & highs)
                 return 0;
         }
-        for (; i < size; i++)
-            if (b[i] < 0x20 || b[i] >= 0x7F || b[i] == 0x22 || b[i] == 0x5C)
-                return 0;
         *s = (const char *)b;
         *n = size;
         return 1;
@@ -56,25 +59,32 @@ cdef extern from *:
         "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
         "8081828384858687888990919293949596979899";
     static char *fleetproxy_int(char *p, long long v) {
-        char digits[24];
-        int k = 24;  /* written from the end, two digits a step */
-        unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+        /* Counted first, then written in place from its last digit, two digits a step. */
+        unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v, t = u;
+        int size = 1;
+        char *end;
         if (v < 0)
             *p++ = '-';
+        while (t >= 10) {
+            t /= 10;
+            size++;
+        }
+        end = p + size;
+        p = end;
         while (u >= 100) {
             unsigned int r = (unsigned int)(u % 100);
             u /= 100;
-            k -= 2;
-            memcpy(digits + k, fleetproxy_pairs + 2 * r, 2);
+            p -= 2;
+            p[0] = fleetproxy_pairs[2 * r];
+            p[1] = fleetproxy_pairs[2 * r + 1];
         }
         if (u >= 10) {
-            k -= 2;
-            memcpy(digits + k, fleetproxy_pairs + 2 * u, 2);
+            p[-2] = fleetproxy_pairs[2 * u];
+            p[-1] = fleetproxy_pairs[2 * u + 1];
         } else {
-            digits[--k] = (char)('0' + u);
+            p[-1] = (char)('0' + u);
         }
-        memcpy(p, digits + k, (size_t)(24 - k));
-        return p + 24 - k;
+        return end;
     }
     static char *fleetproxy_thousandths(char *p, long long n) {
         int frac = (int)(n % 1000);
