@@ -12,9 +12,7 @@ against each revision in turn, ``--rounds`` times interleaved (the order flips e
 so drift on a shared machine hits both alike. The figure is the proxy's CPU per request
 (bench.cpu: utime + stime from /proc, deltas over the run), beside req/s and p99. The verdict
 is the second run's CPU over the first's, round by round: the median of those paired ratios
-and a 95% bootstrap interval of it (``paired``). A round's two runs share the machine's
-state of the moment, which moves the medians of whole runs by more than the effects asked
-about here (5-10% between runs of the same code on this kind of shared VM). Every process it
+and a 95% bootstrap interval of it (``stats.paired``). Every process it
 starts is stopped by PID; the worktree is removed at the end. With ``--configs`` no worktree
 is made: the working tree runs twice, once per config file (its ``backends`` are replaced by
 the simulator), to price a feature that a setting turns on.
@@ -25,13 +23,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import shutil
 import subprocess
 import sys
 import tempfile
 
 from . import cpu, wrk
+from .stats import median as _median
+from .stats import paired
 from .procs import free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,23 +67,6 @@ def _run(url, lua, seconds, cpus, pid):
     if result["errors"]:
         raise SystemExit(f"wrk saw errors against {url}: {result['error_kinds']}")
     return used / max(1, result["requests"]) * 1e6, result["rps"], result["latency_ms"].get("99", 0.0)
-
-
-def paired(first, second, resamples=2000, seed=0):
-    """(median, low, high) of ``second[i] / first[i]`` over the rounds i: the median ratio and
-    the 2.5th and 97.5th percentiles of the medians of ``resamples`` bootstrap resamples of
-    the rounds (seeded: the same samples give the same interval)."""
-    ratios = sorted(b / a for a, b in zip(first, second))
-    rng = random.Random(seed)
-    n = len(ratios)
-    medians = sorted(_median([ratios[rng.randrange(n)] for _ in range(n)]) for _ in range(resamples))
-    return _median(ratios), medians[int(0.025 * (resamples - 1))], medians[int(0.975 * (resamples - 1))]
-
-
-def _median(xs):
-    xs = sorted(xs)
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 
 def main(argv=None):

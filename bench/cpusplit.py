@@ -1,6 +1,7 @@
 """`python -m bench.cpusplit`: scenario c's CPU per request split into user and kernel time.
 
     python -m bench.cpusplit [--rate 50] [--duration 10] [--repeat 2]
+    python -m bench.cpusplit --wrk chat.lua [--duration 10]     (scenario a's closed loop)
 
 Why. In scenario c (realistic streams at a fixed rate) fleetproxy spends more CPU per request
 than nginx, and strace shows the same system calls per token event for both. This says which
@@ -9,7 +10,9 @@ simulator (proxies and simulator pinned to CPU 1, the open-loop client to CPU 0,
 `python -m bench --pin`), each proxy's user and system time per request (utime and stime of its
 process tree from /proc, 10 ms ticks: a run needs a few hundred requests to say anything) and
 its voluntary and involuntary context switches per request. Targets run in turn, ``--repeat``
-times after a 2 s warm-up each. Output: a Markdown table on stdout.
+times after a 2 s warm-up each. ``--wrk SCRIPT`` loads them as scenario a does instead (wrk,
+one thread, 32 connections, a bench/lua script): at saturation, where the proxies' CPU per
+request is compared. Output: a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 
+from . import wrk
 from .cpu import TICK, tree_pids
 from .procs import Fleet
 
@@ -48,7 +52,13 @@ def main(argv=None) -> int:
     p.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
     p.add_argument("--repeat", type=int, default=2, help="runs per target (default 2)")
+    p.add_argument("--wrk", metavar="SCRIPT", help="closed loop: wrk -t1 -c32 with this bench/lua script")
     args = p.parse_args(argv)
+    if args.wrk and wrk.binary() is None:
+        raise SystemExit("--wrk needs wrk (apt-get install wrk)")
+    scripts = tempfile.TemporaryDirectory(prefix="cpusplit-")
+    load = (lambda url, seconds: _closed(url, wrk.script(args.wrk, scripts.name), seconds)) if args.wrk else (
+        lambda url, seconds: _load(url, args.rate, seconds))
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("bench.cpusplit pins the client and the proxies apart: it needs 2 CPUs")
     rows = []
@@ -58,26 +68,42 @@ def main(argv=None) -> int:
         if fleet_nginx := _nginx(fleet, sim):
             targets.insert(1, fleet_nginx)
         for target in targets:  # warm-up: pooled connections, first-call paths, allocator
-            _load(target.url, args.rate, 2.0)
+            load(target.url, 2.0)
         for repeat in range(args.repeat):
             for target in targets:
                 pids = tree_pids(target.procs[0].popen.pid)
                 before = _sample(pids)
-                done = _load(target.url, args.rate, args.duration)
+                done = load(target.url, args.duration)
                 after = _sample(pids)
                 d = [b - a for a, b in zip(before, after)]
                 n = max(done, 1)
                 rows.append((repeat + 1, target.name, done, d[0] / n * 1e6, d[1] / n * 1e6, d[2] / n, d[3] / n))
                 print(f"[{repeat + 1}/{args.repeat}] {target.name}: {done} requests", file=sys.stderr, flush=True)
-    print(f"# Scenario c at {args.rate:g} req/s: user and kernel CPU per request\n")
-    print(f"`python -m bench.cpusplit --rate {args.rate:g} --duration {args.duration:g} --repeat {args.repeat}`; "
-          "simulator and proxies on CPU 1, the open-loop client on CPU 0; ttft 50 ms, itl 10 ms, 16-64 tokens; "
-          "utime/stime in 10 ms ticks.\n")
+    scripts.cleanup()
+    if args.wrk:
+        print(f"# Scenario a's load ({args.wrk}, closed loop): user and kernel CPU per request\n")
+        print(f"`python -m bench.cpusplit --wrk {args.wrk} --duration {args.duration:g} --repeat {args.repeat}`; "
+              "simulator and proxies on CPU 1, wrk -t1 -c32 on CPU 0; utime/stime in 10 ms ticks.\n")
+    else:
+        print(f"# Scenario c at {args.rate:g} req/s: user and kernel CPU per request\n")
+        print(f"`python -m bench.cpusplit --rate {args.rate:g} --duration {args.duration:g} --repeat {args.repeat}`; "
+              "simulator and proxies on CPU 1, the open-loop client on CPU 0; ttft 50 ms, itl 10 ms, 16-64 tokens; "
+              "utime/stime in 10 ms ticks.\n")
     print("| run | target | requests | user µs/req | system µs/req | voluntary cs/req | involuntary cs/req |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.0f} | {r[4]:.0f} | {r[5]:.1f} | {r[6]:.2f} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.2f} | {r[6]:.3f} |")
     return 0
+
+
+def _closed(url: str, script: str, duration: float) -> int:
+    """wrk against ``url`` for ``duration`` s (scenario a's load, on CPU 0); the requests it completed."""
+    out = subprocess.run(["taskset", "-c", "0", *wrk.argv(url, script, max(1, round(duration)), 32)],
+                         capture_output=True, text=True, check=True).stdout
+    result = wrk.parse(out)
+    if result["errors"]:
+        raise SystemExit(f"wrk saw errors against {url}: {result['error_kinds']}")
+    return result["requests"]
 
 
 def _load(url: str, rate: float, duration: float) -> int:

@@ -21,7 +21,7 @@ import sys
 import time
 
 from .scenarios import Scenario
-from .stats import GRID, TABLE
+from .stats import GRID, TABLE, paired
 
 FLAG = "**FLAGGED**"
 
@@ -159,6 +159,8 @@ def scenario_markdown(s: Scenario, result: dict, heading: str = "##") -> str:
             rl.append("| " + " | ".join(cells) + " |")
         if rl and len(rh) > 1:
             lines += ["| " + " | ".join(rh) + " |", "|" + "---|" * len(rh)] + rl + [""]
+        if nginx and not nginx["flagged"]:
+            lines += repeat_ratios(result["runs"], step, rows)
         if m == "ttft_ms" and direct and not direct["flagged"]:
             added = []
             for name, row in rows.items():
@@ -208,6 +210,32 @@ def _signed(v) -> str:
 
 def _x(v) -> str:
     return f"{v:.2f}×" if v is not None else "—"
+
+
+def repeat_ratios(runs: list[dict], step: str, rows: dict) -> list[str]:
+    """Each proxy's CPU per request over nginx's repeat by repeat (a repeat runs every target
+    back to back, so its two runs share the machine's state of the moment), with the median
+    and a 95% bootstrap interval where there are five repeats or more (``stats.paired``)."""
+    cpu = {}
+    for r in runs:
+        if r["step"] == step and r.get("cpu_us_per_req"):
+            cpu.setdefault(r["target"], {})[r["repeat"]] = r["cpu_us_per_req"]
+    ref = cpu.get("nginx", {})
+    out = []
+    for name, row in rows.items():
+        if name in ("direct", "nginx") or row["flagged"] or name not in cpu:
+            continue
+        both = sorted(set(ref) & set(cpu[name]))
+        if not both:
+            continue
+        first, second = [ref[i] for i in both], [cpu[name][i] for i in both]
+        each = ", ".join(_x(b / a) for a, b in zip(first, second))
+        text = f"{name} {each}"
+        if len(both) >= 5:
+            m, lo, hi = paired(first, second)
+            text += f" (median {_x(m)}, 95% interval {_x(lo)} to {_x(hi)})"
+        out.append(text)
+    return ["CPU per request ÷ nginx's, repeat by repeat: " + "; ".join(out) + ".", ""] if out else []
 
 
 def _sub(a: dict, b: dict, p: str):

@@ -8,6 +8,7 @@ bucketing, so p99.9 of a run is one of its real requests.
 from __future__ import annotations
 
 import math
+import random
 import statistics
 
 GRID = ("50", "75", "90", "95", "99", "99.5", "99.9", "99.99", "100")  # percent
@@ -38,3 +39,22 @@ def merge_percentiles(runs: list[dict[str, float]]) -> dict[str, float]:
     if not runs:
         return {}
     return {p: median_of([r.get(p) for r in runs]) for p in GRID if any(p in r for r in runs)}
+
+
+def median(xs):
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def paired(first, second, resamples=2000, seed=0):
+    """(median, low, high) of ``second[i] / first[i]`` over rounds i whose two runs went back to
+    back: the median ratio and the 2.5th and 97.5th percentiles of the medians of
+    ``resamples`` bootstrap resamples of the rounds (seeded: the same samples give the same
+    interval). A round's two runs share the machine's state of the moment, which moves the
+    medians of whole runs by more than the effects asked about (5-10% on a shared VM)."""
+    ratios = sorted(b / a for a, b in zip(first, second))
+    rng = random.Random(seed)
+    n = len(ratios)
+    medians = sorted(median([ratios[rng.randrange(n)] for _ in range(n)]) for _ in range(resamples))
+    return median(ratios), medians[int(0.025 * (resamples - 1))], medians[int(0.975 * (resamples - 1))]

@@ -62,21 +62,20 @@ def test_wrk_scripts_exist_and_get_the_report_hook(tmp_path):
         assert text.rstrip().endswith("end") and "FPBENCH" in text
 
 
-def test_ab_pairs_each_round_and_bounds_the_median_ratio():
-    from bench import ab
-
+def test_paired_rounds_bound_the_median_ratio():
+    # bench.ab's verdict, and the report's CPU ÷ nginx repeat by repeat.
     # A drift that moves both runs of a round alike is not an effect: the ratio holds still.
     first = [10.0, 20.0, 10.5, 30.0, 11.0]
     second = [x * 1.05 for x in first]
-    median, low, high = ab.paired(first, second)
+    median, low, high = stats.paired(first, second)
     assert abs(median - 1.05) < 1e-12 and abs(low - 1.05) < 1e-12 and abs(high - 1.05) < 1e-12
     # Noisy ratios: the interval holds the median, lies within the rounds, and is seeded.
     second = [11.0, 19.0, 10.0, 33.0, 11.0]
     ratios = sorted(b / a for a, b in zip(first, second))
-    median, low, high = ab.paired(first, second)
+    median, low, high = stats.paired(first, second)
     assert median == ratios[2] and ratios[0] <= low <= median <= high <= ratios[-1]
-    assert ab.paired(first, second) == (median, low, high)
-    assert ab._median([3.0, 1.0, 2.0, 4.0]) == 2.5
+    assert stats.paired(first, second) == (median, low, high)
+    assert stats.median([3.0, 1.0, 2.0, 4.0]) == 2.5
 
 
 # -- the streaming client ------------------------------------------------------------------------
@@ -191,6 +190,27 @@ def test_a_target_with_errors_is_flagged_and_never_quoted():
                                                       "python": "3", "fleetproxy": "f", "nginx": None,
                                                       "loadavg_start": (0, 0, 0)}, "today")
     assert report.FLAG in summary
+
+
+def test_cpu_over_nginx_is_also_given_repeat_by_repeat():
+    # nginx's CPU drifts over the repeats and fleetproxy's with it: each repeat's own ratio says
+    # 1.10x, which the medians of whole targets (28 / 24 = 1.17x here) do not.
+    nginx = [20.0, 24.0, 30.0, 22.0, 26.0]
+    runs = [_run("direct", i + 1, rps=200.0, p99=1.0) for i in range(5)]
+    runs += [_run("nginx", i + 1, cpu_us=c) for i, c in enumerate(nginx)]
+    runs += [_run("fleetproxy", i + 1, cpu_us=c * 1.1) for i, c in enumerate(nginx)]
+    agg = runner.aggregate(runs, [""], ["direct", "fleetproxy", "nginx"], "latency_ms")
+    s = scenarios.by_key("a")[0]
+    md = report.scenario_markdown(s, {"runs": runs, "aggregate": agg, "config": {"repeat": 5, "duration_s": 10,
+                                                                                  "workers": 1, "layout": "x"}})
+    line = next(ln for ln in md.splitlines() if ln.startswith("CPU per request ÷ nginx's, repeat by repeat"))
+    assert "fleetproxy 1.10×, 1.10×, 1.10×, 1.10×, 1.10× (median 1.10×, 95% interval 1.10× to 1.10×)" in line
+    # Two repeats: the ratios alone, no interval.
+    two = [r for r in runs if r["repeat"] <= 2]
+    agg = runner.aggregate(two, [""], ["direct", "fleetproxy", "nginx"], "latency_ms")
+    md = report.scenario_markdown(s, {"runs": two, "aggregate": agg, "config": {"repeat": 2, "duration_s": 10,
+                                                                                 "workers": 1, "layout": "x"}})
+    assert "repeat by repeat: fleetproxy 1.10×, 1.10×." in md
 
 
 def test_scenario_selection_by_letter_or_name():

@@ -227,3 +227,24 @@ def test_a_new_timing_is_one_made_by_its_constructor():
     assert type(made) is Timing
     assert {k: getattr(made, k) for k in Timing.__slots__} == {k: getattr(built, k) for k in Timing.__slots__}
     assert made.t0 == 12.5 and made.tenant == "default"
+
+
+def test_now_is_the_read_callbacks_time_while_held_and_the_clock_outside():
+    """metrics.hold/now/release: one clock read serves a read callback's stamps (the reader's,
+    the router's, the pool's, a Timing's start); outside one, ``now`` reads the clock."""
+    import time
+
+    from proxy.observe import metrics
+
+    before = metrics.now()
+    time.sleep(0.002)
+    metrics.hold()
+    try:
+        held = metrics.now()
+        time.sleep(0.002)
+        assert metrics.now() == held > before  # the same reading for the whole callback
+        assert metrics.clock() > held  # the work's own times still read the clock
+    finally:
+        metrics.release()
+    time.sleep(0.002)
+    assert metrics.now() > held + 0.001
