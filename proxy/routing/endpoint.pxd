@@ -9,6 +9,8 @@ from proxy.observe.metrics cimport clock, now as arrived
 from proxy.routing.health cimport HealthState
 from proxy.routing.load cimport Report, pressure
 
+cdef double _IN_BAND_EVERY
+
 
 cdef class Endpoint:
     cdef public ConnectionPool pool  # None for an endpoint without a loop (tests, tools)
@@ -24,7 +26,7 @@ cdef class Endpoint:
     cpdef load(self)
     cpdef current_report(self)
     cpdef pressure(self, now)
-    @cython.locals(report=Report)
+    @cython.locals(report=Report, now=double)
     cpdef observe_in_band(self, value)
     @cython.locals(health=HealthState)
     cpdef answered(self, status, loop)

@@ -29,6 +29,7 @@ from .provider import adapter_for
 log = logging.getLogger("fleetproxy.routing")
 
 IN_BAND_EVERY = 0.05  # s: the least age of a load report before an in-band one replaces it
+_IN_BAND_EVERY = IN_BAND_EVERY  # a C double where compiled (endpoint.pxd): compared per response unboxed
 
 
 class Endpoint:
@@ -152,7 +153,7 @@ class Endpoint:
         ago is as good as a new one: skip the parse and the shared-memory writes."""
         now = arrived()  # the response's read callback's time (metrics.hold)
         report = self.report
-        if report is not None and now - report.at < IN_BAND_EVERY:
+        if report is not None and now - report.at < _IN_BAND_EVERY:
             return
         fields = parse_orca(value)
         if fields is not None:

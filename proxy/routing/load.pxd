@@ -5,7 +5,8 @@ cimport cython
 
 
 cdef class Report:
-    cdef public object waiting, running, kv, at, source
+    cdef public object waiting, running, kv, source
+    cdef public double at
 
 
 @cython.locals(report=Report)
