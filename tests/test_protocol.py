@@ -182,3 +182,45 @@ def test_a_new_exchange_is_one_made_by_its_constructor():
         for name in Relay.__slots__ + Exchange.__slots__:
             assert getattr(new, name) == getattr(made, name), name
             assert type(getattr(new, name)) is type(getattr(made, name)), name
+
+
+class ClosedTransport(MockTransport):
+    """uvloop's transport after a reset was read: closed, its connection_lost still to come."""
+
+    def write(self, data):
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+
+def test_a_pooled_connection_closed_in_the_same_turn_is_lost_not_a_crash(caplog):
+    """The backend reset an idle pooled connection and a request took it before its
+    connection_lost ran (both in one turn of the loop): the write raises, the request waits
+    for that connection_lost and is retried (here: nowhere to go, a 502), never a 500."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ctx, down, transport = connect(Router, loop)
+        pool = ctx.router.endpoints[0].pool
+        upstream = UpstreamConnection(pool)
+        upstream.connection_made(ClosedTransport())
+        pool.conns.add(upstream)
+        pool.release(upstream)
+        with caplog.at_level(logging.ERROR, "fleetproxy"):
+            down.data_received(REQUEST)
+            assert transport.data == b"" and upstream.closed  # no answer yet, and the pool's is gone
+            upstream.connection_lost(ConnectionResetError())
+            for _ in range(200):
+                if transport.data:
+                    break
+                await asyncio.sleep(0.01)
+        head = transport.data.partition(b"\r\n")[0]
+        assert head.startswith(b"HTTP/1.1 50") and not head.startswith(b"HTTP/1.1 500"), transport.data
+
+    asyncio.run(main())
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+
+
+def test_an_upstream_eof_takes_the_connection_out_of_the_pool_at_once():
+    pool = StubPool()
+    upstream = UpstreamConnection(pool)
+    upstream.connection_made(MockTransport())
+    assert upstream.eof_received() is False and upstream.closed

@@ -100,10 +100,16 @@ class Relay:
         )
         if down.writing_paused:
             conn.transport.pause_reading()
-        if small:
-            conn.write(head)
-        else:
-            conn.transport.writelines((head, body))
+        try:
+            if small:
+                conn.write(head)
+            else:
+                conn.transport.writelines((head, body))
+        except RuntimeError:
+            # uvloop's transport was closed earlier in this turn of the loop (a reset read by
+            # then) and its connection_lost has not run yet; it runs next and retries or ends
+            # this request as one whose connection was lost before any response byte.
+            conn.closed = True
         self.ticks = -1  # the worker's next tick may come at once: it does not count
         self.rx_seen = conn.rx
         ctx.watchdog.add(self)

@@ -53,7 +53,11 @@ class UpstreamConnection:
             release()
 
     def eof_received(self):
-        return False  # close our side too; connection_lost decides whether EOF ended the message
+        # Closed from here on: until connection_lost runs (next turn of the loop) the pool must
+        # not hand this connection to a request. Close our side too; connection_lost decides
+        # whether EOF ended the message.
+        self.closed = True
+        return False
 
     def connection_lost(self, exc):
         self.closed = True
