@@ -166,3 +166,31 @@ def test_long_lines_flush_the_buffer_first_and_keep_their_order(tmp_path):
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["id"] for line in lines] == [f"rid-{i}" for i in range(len(sizes))]
     assert [len(line["model"]) - 1 for line in lines] == sizes
+
+
+def test_integers_of_every_length_are_written_as_msgspec_writes_them(tmp_path):
+    import asyncio
+
+    import msgspec
+
+    from _speedups import ResponseFramer
+    from proxy.http.exchange import Exchange
+    from proxy.observe import accesslog
+    from proxy.observe.metrics import Timing
+    from proxy.routing.router import Selection
+
+    loop = asyncio.new_event_loop()
+    log = accesslog.AccessLog(loop, str(tmp_path / "access.log"))
+    try:
+        for v in [0, 1, 9] + [10**k + d for k in range(1, 19) for d in (-1, 0, 1)] + [2**63 - 1]:
+            ex = Exchange(None, b"POST", b"/x", [], b"", False, True, b"r")
+            ex.obs, ex.selection, ex.framer = Timing(10.0), Selection([], b"", False), ResponseFramer(False)
+            ex.framer.body_bytes = v
+            log.write(ex, 200, 0, 10.5, (v, -v // 2, 7), "m", "b")
+            line = bytes(log.buf[:log.used])
+            log.used = log.lines = 0
+            for key, want in (("bytes", v), ("prompt_tokens", v), ("completion_tokens", -v // 2)):
+                assert b'"%s":%s' % (key.encode(), msgspec.json.encode(want)) in line, (v, line)
+    finally:
+        log.close()
+        loop.close()

@@ -19,7 +19,7 @@ cdef extern from *:
        backslash (written as it is, as msgspec would: nothing to escape); a number of
        thousandths n (0 <= n < 10^13) is written as n / 1000 with its trailing zeros dropped
        and at least one decimal, which is the shortest text of the double n / 1000.0 (what
-       msgspec writes for it). Anything else: None, and the caller has msgspec write the line. */
+       msgspec writes for it). Anything else: 0, and the caller has msgspec write the line. */
     static int fleetproxy_text(PyObject *o, const char **s, Py_ssize_t *n) {
         const unsigned char *b;
         Py_ssize_t i, size;
@@ -58,17 +58,21 @@ cdef extern from *:
         "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
         "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
         "8081828384858687888990919293949596979899";
+    static const unsigned long long fleetproxy_tens[19] = {
+        1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL, 10000000ULL, 100000000ULL,
+        1000000000ULL, 10000000000ULL, 100000000000ULL, 1000000000000ULL, 10000000000000ULL,
+        100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL, 100000000000000000ULL,
+        1000000000000000000ULL};
     static char *fleetproxy_int(char *p, long long v) {
-        /* Counted first, then written in place from its last digit, two digits a step. */
-        unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v, t = u;
+        /* Its digits counted by comparisons (no division), then written in place from the last,
+           two a step. */
+        unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
         int size = 1;
         char *end;
         if (v < 0)
             *p++ = '-';
-        while (t >= 10) {
-            t /= 10;
+        while (size < 19 && u >= fleetproxy_tens[size])  /* |v| <= 2^63: at most 19 digits */
             size++;
-        }
         end = p + size;
         p = end;
         while (u >= 100) {

@@ -1,16 +1,16 @@
 """One JSON line per proxied request (``observe.access_log``; ``--access-log``), off by default.
 
-Per request its line is written at once into one buffer (a bytearray of ``BUFFER`` bytes,
-made once: no object per line, no copy but the line's own):
-compiled, in C where every string of it is plain ASCII with nothing to escape (nearly every
-line: ids, methods, paths, model and backend names); otherwise a ``Line`` (a msgspec Struct)
-encoded by msgspec, which is the rule (a test holds the two to one another). The buffer is
-written with one ``os.write`` when ``FLUSH_LINES`` are waiting (or it is nearly full) or at the
-latest ``FLUSH_EVERY`` after the first, so a busy worker makes one system call per few hundred requests. ``ts`` is
-the request's end on the monotonic clock the observer read, plus the wall clock's offset from
-it, read again at every flush: no second clock read per request. A worker that is killed loses at most
-that last second; a draining one flushes on its way out (``close``). Fields, in this order: ``ts`` (Unix s), ``id``, ``tenant``,
-``model``, ``backend``, ``attempts``, ``method``, ``path``, ``status``, ``outcome`` (as the
+Per request its line is written at once into one buffer (a bytearray of ``BUFFER`` bytes, made
+once: no object per line, no copy but the line's own): compiled, in C where every string of it
+is plain ASCII with nothing to escape (nearly every line: ids, methods, paths, model and backend
+names); otherwise a ``Line`` (a msgspec Struct) encoded by msgspec, which is the rule (a test
+holds the two to one another). The buffer is written with one ``os.write`` when ``FLUSH_LINES``
+are waiting (or it is nearly full) or at the latest ``FLUSH_EVERY`` after the first, so a busy
+worker makes one system call per few hundred requests. ``ts`` is the request's end on the
+monotonic clock the observer read, plus the wall clock's offset from it, read again at every
+flush: no second clock read per request. A worker that is killed loses at most that last
+second; a draining one flushes on its way out (``close``). Fields, in this order: ``ts`` (Unix
+s), ``id``, ``tenant``, ``model``, ``backend``, ``attempts``, ``method``, ``path``, ``status``, ``outcome`` (as the
 ``outcome`` label of ``fleetproxy_requests_total``), ``ttft_ms`` (null without a response
 body), ``total_ms``, ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``, ``bytes``
 (response body bytes from upstream).
