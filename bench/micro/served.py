@@ -64,11 +64,14 @@ def count(args, seconds, where):
         time.sleep(2.0)  # let it settle: imports and first-request paths are the start's, not the runs'
         run = subprocess.run(wrk.argv(f"http://127.0.0.1:{port}", wrk.script(args.lua, where), seconds,
                                       args.connections), capture_output=True, text=True, timeout=seconds + 60)
-        result = wrk.parse(run.stdout)
         # Stopped here, and waited for: callgrind writes its counts as the process exits, and
         # the fleet's own stop would kill it after a few seconds' grace.
         target.send_signal(stop)
         target.wait(timeout=120)
+    if "FPBENCH " not in run.stdout:  # wrk died or its script did not finish: say how, not just that
+        sys.exit(f"{args.target}: wrk printed no FPBENCH line (exit status {run.returncode}, target's "
+                 f"{target.returncode}); wrk's stdout:\n{run.stdout[-1000:]}\nits stderr:\n{run.stderr[-2000:]}")
+    result = wrk.parse(run.stdout)
     if result["errors"]:
         sys.exit(f"{args.target}: wrk saw errors {result['error_kinds']}: not a count of served requests")
     with open(log) as f:

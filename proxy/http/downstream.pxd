@@ -6,7 +6,7 @@ from proxy.http.pipeline cimport Pipeline
 from proxy.http.request cimport RequestReader
 from proxy.observe.metrics cimport hold, release
 
-cdef int _IDLE
+cdef int _IDLE, _ERROR, _PIPELINE
 
 
 cdef class Downstream(Pipeline):
@@ -17,5 +17,5 @@ cdef class Downstream(Pipeline):
     @cython.locals(exchange=Exchange)
     cpdef _advance(self)
     @cython.locals(exchange=Exchange)
-    cpdef on_request(self, method, target, headers, body, http10, keep_alive, request_id)
+    cpdef on_request(self, method, target, headers, body, http10, keep_alive, bytes request_id)
     cpdef answer(self, exchange, response, close=*)

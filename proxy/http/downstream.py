@@ -37,6 +37,7 @@ from .request import IDLE, RequestReader
 from ..observe.metrics import hold, release
 
 _IDLE = IDLE  # (a C int where compiled, as the reader's phase is)
+_ERROR, _PIPELINE = PAUSE_ERROR, PAUSE_PIPELINE  # C ints where compiled (downstream.pxd)
 
 log = logging.getLogger("fleetproxy.downstream")
 
@@ -97,7 +98,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
         self.timer = self.loop.call_later(ctx.timer_cap, self._on_timer)
 
     def data_received(self, data):
-        if self.paused & PAUSE_ERROR:
+        if self.paused & _ERROR:
             return  # after a refused request nothing more is read
         hold()  # one clock read for this read's requests (observe/metrics.py)
         try:
@@ -242,7 +243,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
                         self._refuse(err)
                 else:
                     break
-            if self.paused & PAUSE_PIPELINE and self.unparsed is None and not self.closed and self._room() > 0:
+            if self.paused & _PIPELINE and self.unparsed is None and not self.closed and self._room() > 0:
                 self.resume_reading(PAUSE_PIPELINE)
         finally:
             self.advancing = False

@@ -12,7 +12,7 @@ cdef extern from "string.h":
     const unsigned char *memchr(const void *s, int c, size_t n) nogil
 
 cdef bint _COMPILED
-cdef int _IDLE
+cdef int _IDLE, _ERROR
 
 
 @cython.locals(n=Py_ssize_t, seen=Py_ssize_t, i=Py_ssize_t, buf="const unsigned char *", lf="const unsigned char *")
@@ -22,8 +22,12 @@ cpdef bint few_blank_lines(bytes data, Py_ssize_t room)
 cdef class Pipeline(Sink):
     cdef public Context ctx
     cdef public RequestReader reader  # fed every read: C calls and struct reads
-    cdef public object loop, transport, write, peer, trusted, queue, active, writing_paused
-    cdef public object timer, unparsed, advancing, stall_since, stall_size
+    cdef public object loop, transport, write, peer, trusted, active
+    cdef public object timer, stall_since, stall_size
+    # Tested on every request: typed, so a test is a C comparison, not a call of PyObject_IsTrue.
+    cdef public list queue  # exchanges parsed, waiting for their turn
+    cdef public bytes unparsed  # or None
+    cdef public bint writing_paused, advancing
     # Read and counted on every read and request: C ints (the pure build's are Python ints).
     cdef public int paused  # PAUSE_* bits
     cdef public bint closed, feeding, completed

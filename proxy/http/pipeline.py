@@ -26,6 +26,7 @@ log = logging.getLogger("fleetproxy.downstream")
 PAUSE_PIPELINE = 1  # the queue is full (requests or bytes); the rest waits in ``unparsed``
 PAUSE_UPSTREAM = 2
 PAUSE_ERROR = 4
+_ERROR = PAUSE_ERROR  # a C int where compiled (pipeline.pxd): tested on every read
 OURS = PAUSE_PIPELINE | PAUSE_UPSTREAM  # we stopped reading, not the client: no read deadline
 
 # Where a request head may end: its blank line. llhttp wants CRLF CRLF; this also matches bare
@@ -60,7 +61,7 @@ class Pipeline(Sink):
         pos = 0
         self.feeding = True
         try:
-            while pos < n and not self.closed and not self.paused & PAUSE_ERROR:
+            while pos < n and not self.closed and not self.paused & _ERROR:
                 room = self._room()
                 if room <= 0:
                     self.unparsed = data[pos:] if pos else data

@@ -31,14 +31,15 @@ cdef class Relay:
     cdef public int strip  # read on every read of a stream while observing
     # exchange.py's
     cdef public Pipeline down  # a downstream.Downstream
-    cdef public object method, target, headers, body, http10, keep_alive, request_id, error
+    cdef public object method, target, headers, http10, keep_alive, request_id, error
+    cdef public bytes body  # its size and truth read as C
     cdef public Selection selection
     cdef public object close_after, task, finished, retried, asked_load, size, tenant, queued
     cdef public Timing obs
 
     # Methods the pump calls on its own object: C calls through the type's table, not lookups
     # by name (the Python-visible method stays). The last five are the exchange's (see relay.py).
-    @cython.locals(endpoint=Endpoint, small=bint, fields=Fields)
+    @cython.locals(endpoint=Endpoint, small=bint, fields=Fields, body=bytes)
     cpdef send(self, UpstreamConnection conn)
     @cython.locals(framer=NativeFramer, flags=int, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, strip=int, out=bytes,
                    at=Py_ssize_t, buf="const char *", token_end=bytes, head=bint, joined=bytes)

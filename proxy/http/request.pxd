@@ -6,8 +6,11 @@ from proxy.http.plainrequest cimport Bounds, read_plain
 from proxy.observe.metrics cimport now as monotonic
 
 
+cdef int _IDLE, _HEAD, _BODY
+
+
 cdef class Sink:
-    cpdef on_request(self, method, target, headers, body, http10, keep_alive, request_id)
+    cpdef on_request(self, method, target, headers, body, http10, keep_alive, bytes request_id)
 
 
 cdef class RequestReader:
@@ -23,6 +26,7 @@ cdef class RequestReader:
 
     cpdef double now(self) except? -1.0
     cpdef _reset(self)
+    @cython.locals(rest=bytes, phase=int, now=int, size=Py_ssize_t)
     cpdef feed(self, data)
 
     @cython.locals(headers=list)

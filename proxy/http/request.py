@@ -54,6 +54,7 @@ from .plainrequest import FAST, Bounds, read_plain, sane_request_id
 IDLE = 0  # between requests
 READING_HEAD = 1
 READING_BODY = 2
+_IDLE, _HEAD, _BODY = IDLE, READING_HEAD, READING_BODY  # C ints where compiled (request.pxd): read every feed
 
 _SPECIAL = frozenset(
     (
@@ -131,10 +132,11 @@ class RequestReader:
         self._http10 = False  # the head said HTTP/1.0 (httptools formats its version per call)
 
     def feed(self, data):
-        if self.fast and self.phase == IDLE and self._resume is None:
-            data = self._plain(data)
-            if not data:
+        if self.fast and self.phase == _IDLE and self._resume is None:
+            rest = self._plain(data)
+            if not rest:
                 return
+            data = rest
         phase = self.phase
         headers = self._headers  # a new list when a message begins
         size = self._body_size
@@ -150,9 +152,9 @@ class RequestReader:
             raise ClientError(f"malformed HTTP request: {exc}") from None
         else:
             now = self.phase
-            if now == READING_HEAD:
-                self._unfinished_head(data, phase == READING_HEAD and self._headers is headers)
-            elif now == READING_BODY and phase == READING_BODY and self._headers is headers:
+            if now == _HEAD:
+                self._unfinished_head(data, phase == _HEAD and self._headers is headers)
+            elif now == _BODY and phase == _BODY and self._headers is headers:
                 if self._body_size != size:
                     self._gap = 0
                 else:

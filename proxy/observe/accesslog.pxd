@@ -8,6 +8,7 @@ from proxy.http.relay cimport Relay
 from proxy.observe.metrics cimport Timing, clock
 
 cdef bint _COMPILED
+cdef tuple _OUTCOMES
 cdef Py_ssize_t _FLUSH_LINES, _FULL
 
 cdef extern from *:
@@ -193,7 +194,7 @@ cdef class AccessLog:
 
     @cython.locals(obs=Timing, framer=NativeFramer, t0=double, t_body=double, ts=double, ms="long long",
                    ttft="long long", total="long long", n=Py_ssize_t)
-    cpdef write(self, Relay ex, int status, Py_ssize_t outcome, double now, tuple tokens, model, backend)
+    cpdef write(self, Relay ex, int status, Py_ssize_t outcome, double now, tuple tokens, model, str backend)
 
     cpdef flush(self)
 

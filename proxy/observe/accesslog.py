@@ -30,6 +30,7 @@ BUFFER = 256 * 1024  # bytes of lines between writes
 LINE_ROOM = 4096  # kept free after a line: the C writer's longest is under 1.6 KiB
 # The same as this module's own C integers (accesslog.pxd), compared per line without a box.
 _FLUSH_LINES, _FULL = FLUSH_LINES, BUFFER - LINE_ROOM
+_OUTCOMES = OUTCOMES  # a typed tuple where compiled: its item read without a module look-up
 
 
 class Line(msgspec.Struct, gc=False):
@@ -102,7 +103,7 @@ class AccessLog:
         if _COMPILED and (ttft >= 0 or t_body <= 0.0):
             n = fleetproxy_access_put(  # noqa: F821 (accesslog.pxd)
                 self.buf, self.used, ms, ex.request_id, obs.tenant, model, backend, attempts, ex.method,
-                ex.target, status, OUTCOMES[outcome], ttft, total, tokens[0], tokens[1], tokens[2], size,
+                ex.target, status, _OUTCOMES[outcome], ttft, total, tokens[0], tokens[1], tokens[2], size,
             )
         if n:
             self.used += n

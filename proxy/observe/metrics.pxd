@@ -112,7 +112,7 @@ cdef class Recorder:
                  Py_ssize_t outcome, double now, tuple tokens, model, backend)
 
     @cython.locals(tokens=cython.longlong, base=Py_ssize_t)
-    cpdef admitted(self, Timing obs, body, label, model)
+    cpdef admitted(self, Timing obs, bytes body, label, str model)
 
     cpdef Py_ssize_t series(self, model, backend, tenant, Py_ssize_t dropped=*) except -1
 
@@ -140,4 +140,4 @@ cpdef tuple usage(tail, prev=*)
 cdef Py_ssize_t _usage_at(bytes data) except -2
 
 @cython.locals(scanned=Scanned)
-cpdef model_of(body, fields)
+cpdef model_of(bytes body, fields)

@@ -15,13 +15,19 @@ cdef double _IN_BAND_EVERY
 cdef class Endpoint:
     cdef public ConnectionPool pool  # None for an endpoint without a loop (tests, tools)
     cdef public object spec, key, label, host, port, authority, weight, ssl, server_hostname
-    cdef public object health_path, health_cfg, outlier, eligible, clusters, in_flight, peak, requests, owner
-    cdef public object adapter, provider, counters, index, cells, cell, req_cell, report_at
+    cdef public object health_path, health_cfg, outlier, eligible, clusters, owner
+    cdef public object adapter, provider, counters, index, report_at
+    # Counted on every request: C integers, and the shared row's cells through a typed view
+    # (an add in place, no int object read out, made and stored back).
+    cdef public Py_ssize_t in_flight, peak, requests, cell, req_cell
+    cdef public long long[::1] cells
     cdef public object report_cell, max_age, ask_load, health_cell
     cdef public HealthState health
     cdef public Report report
 
+    @cython.locals(n=Py_ssize_t, cells="long long[::1]")
     cpdef acquire(self)
+    @cython.locals(cells="long long[::1]")
     cpdef release(self)
     cpdef load(self)
     cpdef current_report(self)

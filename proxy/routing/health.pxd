@@ -4,4 +4,5 @@
 
 
 cdef class HealthState:
-    cdef public object up, passes, fails, ejected_until, ejections, returned_at, drained, failures
+    cdef public object up, passes, fails, ejected_until, ejections, returned_at, drained
+    cdef public Py_ssize_t failures  # tested on every response: a C int, not an object's truth

@@ -42,7 +42,7 @@ cdef class Router:
     cpdef double now(self) except? -1.0
     cpdef select(self, headers, body)
     @cython.locals(selection=Selection, route=Route)
-    cpdef prepare(self, headers, body)
+    cpdef prepare(self, headers, bytes body)
     @cython.locals(route=Route, endpoint=Endpoint)
     cpdef place(self, Selection selection)
     @cython.locals(cluster=Cluster, endpoint=Endpoint)
