@@ -193,7 +193,7 @@ cdef class AccessLog:
     cdef public double offset
 
     @cython.locals(obs=Timing, framer=NativeFramer, t0=double, t_body=double, ts=double, ms="long long",
-                   ttft="long long", total="long long", n=Py_ssize_t)
+                   ttft="long long", total="long long", n=Py_ssize_t, size="long long")
     cpdef write(self, Relay ex, int status, Py_ssize_t outcome, double now, tuple tokens, model, str backend)
 
     cpdef flush(self)

@@ -94,7 +94,8 @@ class AccessLog:
         ms = int(ts * 1000.0)  # ms resolution; round() costs ~0.4 us a call
         total = _thousandths(now - t0)
         ttft = _thousandths(t_body - t0) if t_body > 0.0 else -1  # -1: none (null)
-        backend = backend or None
+        if backend is not None and len(backend) == 0:
+            backend = None  # routed nowhere: null
         attempts = selection.attempts if selection is not None else 0
         size = framer.body_bytes if framer is not None else 0
         n = 0

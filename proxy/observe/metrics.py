@@ -425,7 +425,8 @@ def model_of(body, fields):
         fields = decode(body, True)
     if type(fields) is Scanned:  # the body scan's answer (compiled: its slot read in C)
         scanned = fields
-        return scanned.model or ""
+        model = scanned.model
+        return model if model is not None else ""
     return (fields.model or "") if fields else ""
 
 

@@ -77,17 +77,18 @@ cdef extern from *:
                size=Py_ssize_t, first=int, model_at=Py_ssize_t, model_end=Py_ssize_t, fields=Scanned)
 cpdef scan(bytes body)
 
-cdef Py_ssize_t _space(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
+# The walk's helpers inline: called a dozen times per body, each a few instructions of work.
+cdef inline Py_ssize_t _space(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
 
 @cython.locals(c=int)
-cdef Py_ssize_t _string_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
+cdef inline Py_ssize_t _string_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
 
-cdef bint _escaped(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end) noexcept
+cdef inline bint _escaped(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end) noexcept
 
-cdef bint _printable(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end) noexcept
+cdef inline bint _printable(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end) noexcept
 
 @cython.locals(i=Py_ssize_t)
-cdef bint _same(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, const unsigned char *word,
+cdef inline bint _same(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, const unsigned char *word,
                 Py_ssize_t size) noexcept
 
 @cython.locals(c=int, close=int)
