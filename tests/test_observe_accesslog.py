@@ -61,7 +61,8 @@ def test_lines_are_json_in_order_and_escaped(tmp_path):
             ex.obs, ex.selection, ex.framer = obs, Selection([], b"", False), ResponseFramer(False)
             ex.selection.attempts = 1 + i % 3
             ex.framer.body_bytes = i
-            log.write(ex, 200, 0, 10.5, (i, 2 * i, 0), 'model "quoted"\n', "" if i == 0 else "b1")
+            obs.prompt_tokens, obs.completion_tokens = i, 2 * i
+            log.write(ex, 200, 0, 10.5, 'model "quoted"\n', "" if i == 0 else "b1")
         assert len(path.read_bytes().splitlines()) == 2 * accesslog.FLUSH_LINES  # full batches went at once
     finally:
         log.close()
@@ -116,9 +117,10 @@ def test_each_line_is_what_msgspec_writes_for_it(tmp_path):
             if ex.framer is not None:
                 ex.framer.body_bytes = rng.randrange(10**7)
             tokens = (rng.randrange(10**5), rng.randrange(10**5), rng.randrange(10**3))
+            obs.prompt_tokens, obs.completion_tokens, obs.cached_tokens = tokens
             model, backend = rng.choice(texts), rng.choice(texts + [None])
             outcome = rng.randrange(len(accesslog.OUTCOMES))
-            log.write(ex, rng.choice([200, 404, 503, 0]), outcome, now, tokens, model, backend)
+            log.write(ex, rng.choice([200, 404, 503, 0]), outcome, now, model, backend)
             line = bytes(log.buf[:log.used])  # this line alone: taken off the buffer, never flushed
             log.used = log.lines = 0
             ts = json.loads(line)["ts"]
@@ -156,7 +158,7 @@ def test_long_lines_flush_the_buffer_first_and_keep_their_order(tmp_path):
         for i, size in enumerate(sizes):
             ex = Exchange(None, b"POST", b"/v1/chat/completions", [], b"", False, True, b"rid-%d" % i)
             ex.obs, ex.selection, ex.framer = Timing(10.0), Selection([], b"", False), ResponseFramer(False)
-            log.write(ex, 200, 0, 10.5, (0, 0, 0), '"' + "m" * size, "b1")
+            log.write(ex, 200, 0, 10.5, '"' + "m" * size, "b1")
             assert log.used <= accesslog.BUFFER
         written = len(path.read_bytes().splitlines()) if path.exists() else 0
         assert written == 5  # the two long ones pushed out what was before them, and themselves
@@ -186,7 +188,8 @@ def test_integers_of_every_length_are_written_as_msgspec_writes_them(tmp_path):
             ex = Exchange(None, b"POST", b"/x", [], b"", False, True, b"r")
             ex.obs, ex.selection, ex.framer = Timing(10.0), Selection([], b"", False), ResponseFramer(False)
             ex.framer.body_bytes = v
-            log.write(ex, 200, 0, 10.5, (v, -v // 2, 7), "m", "b")
+            ex.obs.prompt_tokens, ex.obs.completion_tokens, ex.obs.cached_tokens = v, -v // 2, 7
+            log.write(ex, 200, 0, 10.5, "m", "b")
             line = bytes(log.buf[:log.used])
             log.used = log.lines = 0
             for key, want in (("bytes", v), ("prompt_tokens", v), ("completion_tokens", -v // 2)):

@@ -370,8 +370,8 @@ def _regex_usage(data, at):
 
 
 def test_the_compiled_usage_walk_reads_what_the_regex_does():
-    # usage() runs _vllm_usage where compiled and the regex where not: one answer for every
-    # layout, every truncation and every single-byte change of vLLM's usage objects.
+    # usage() runs the walk (_vllm_walk) where compiled and the regex where not: one answer
+    # for every layout, every truncation and every single-byte change of vLLM's usage objects.
     layouts = [
         b'"usage":{"prompt_tokens":16,"total_tokens":20,"completion_tokens":4,"prompt_tokens_details":'
         b'{"cached_tokens":640,"created_cache_tokens":0}}',

@@ -224,3 +224,44 @@ def test_an_upstream_eof_takes_the_connection_out_of_the_pool_at_once():
     upstream = UpstreamConnection(pool)
     upstream.connection_made(MockTransport())
     assert upstream.eof_received() is False and upstream.closed
+
+
+def test_the_watchdog_checks_exactly_the_relays_still_watched():
+    """Relays join the watchdog's list in any order and leave from anywhere in it (the last
+    one takes the place left): each tick checks every relay still watched, once, and none
+    that left; one that leaves during a tick is not checked after it left."""
+    from proxy.http.relay import Relay
+    from proxy.http.watchdog import Watchdog
+
+    class Timers:
+        def call_later(self, delay, callback):
+            return object()  # a timer handle: only its presence counts here
+
+    checked = []
+
+    class Watched(Relay):
+        def _watch(self):
+            checked.append(self)
+            if self is relays[3]:
+                dog.discard(relays[4])  # a check may end other exchanges
+
+    dog = Watchdog(Timers(), 1.0)
+    relays = [Watched() for _ in range(8)]
+    for relay in relays:
+        dog.add(relay)
+    dog.add(relays[0])  # a second add: still once
+    for i in (0, 5, 7):
+        dog.discard(relays[i])
+    dog.discard(relays[5])  # a second discard: nothing
+    assert sorted(r.watch_at for r in dog.relays()) == list(range(5)) and dog.watched[5:] == [None] * 3
+    assert all(dog.watched[r.watch_at] is r for r in dog.relays())
+    dog._run()
+    # The list is r6 r1 r2 r3 r4 by then; r3's check ends r4, which the tick then skips.
+    assert checked == [relays[6], relays[1], relays[2], relays[3]]
+    assert relays[4].watch_at == -1 and relays[4] not in dog.relays()
+    assert set(dog.relays()) == {relays[i] for i in (1, 2, 3, 6)}
+    for relay in dog.relays():
+        dog.discard(relay)
+    assert dog.count == 0 and dog.watched == [None] * 8 and all(r.watch_at == -1 for r in relays)
+    dog.add(relays[2])  # slots are reused, not appended
+    assert dog.watched[0] is relays[2] and len(dog.watched) == 8 and relays[2].watch_at == 0

@@ -27,7 +27,7 @@ cdef class Relay:
     cdef public NativeFramer framer  # what _speedups.ResponseFramer is in the native build
     cdef public object head_sent, held, dechunker, rechunk, reused, tail
     cdef public bytes token_end
-    cdef public Py_ssize_t ticks, rx_seen  # the watchdog's, set per request
+    cdef public Py_ssize_t ticks, rx_seen, watch_at  # the watchdog's, set per request
     cdef public int strip  # read on every read of a stream while observing
     # exchange.py's
     cdef public Pipeline down  # a downstream.Downstream

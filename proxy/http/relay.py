@@ -39,7 +39,7 @@ SMALL_BODY = 64 * 1024  # bytes: a body below this is joined to its head for one
 class Relay:
     __slots__ = (
         "conn", "framer", "head_sent", "held", "dechunker", "rechunk", "ticks", "rx_seen", "reused",
-        "strip", "tail", "token_end",
+        "strip", "tail", "token_end", "watch_at",
     )
 
     def __init__(self):
@@ -55,6 +55,7 @@ class Relay:
         self.rechunk = False  # an HTTP/1.1 client: a close-delimited body goes chunked
         self.ticks = 0
         self.rx_seen = 0
+        self.watch_at = -1  # its place in the watchdog's list, -1 while not watched
         self.reused = False  # the connection carried a request before this one
         self.strip = 0  # include_usage added upstream: 1 watching for the finish event, 2 holding the end
         self.tail = None  # the stream's end, held from the read with the finish event (strip 2)

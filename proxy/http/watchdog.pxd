@@ -3,9 +3,17 @@
 # typed). Its __slots__ say the same for the pure build.
 
 
+cimport cython
+
+from proxy.http.relay cimport Relay
+
+
 cdef class Watchdog:
     cdef public object loop, tick, timer
-    cdef public set watched
+    cdef public list watched
+    cdef public Py_ssize_t count
 
-    cpdef add(self, relay)
-    cpdef discard(self, relay)
+    @cython.locals(at=Py_ssize_t)
+    cpdef add(self, Relay relay)
+    @cython.locals(at=Py_ssize_t, last=Relay)
+    cpdef discard(self, Relay relay)

@@ -82,9 +82,10 @@ class AccessLog:
         self.timer = None
         self.offset = wall() - clock()  # Unix seconds = monotonic seconds + offset
 
-    def write(self, ex, status, outcome, now, tokens, model, backend):
+    def write(self, ex, status, outcome, now, model, backend):
         """The line of the request ``ex`` (an http.exchange.Exchange; typed in accesslog.pxd,
-        so its fields are struct reads), as Observer.done saw it end."""
+        so its fields are struct reads), as Observer.done saw it end, its tokens counted into
+        its Timing (metrics.count_tokens)."""
         obs = ex.obs
         selection = ex.selection
         framer = ex.framer
@@ -104,7 +105,8 @@ class AccessLog:
         if _COMPILED and (ttft >= 0 or t_body <= 0.0):
             n = fleetproxy_access_put(  # noqa: F821 (accesslog.pxd)
                 self.buf, self.used, ms, ex.request_id, obs.tenant, model, backend, attempts, ex.method,
-                ex.target, status, _OUTCOMES[outcome], ttft, total, tokens[0], tokens[1], tokens[2], size,
+                ex.target, status, _OUTCOMES[outcome], ttft, total, obs.prompt_tokens, obs.completion_tokens,
+                obs.cached_tokens, size,
             )
         if n:
             self.used += n
@@ -112,7 +114,7 @@ class AccessLog:
             self._add(_encode(Line(
                 ms / 1000.0, _text(ex.request_id), obs.tenant, model, backend, attempts, _text(ex.method),
                 _text(ex.target), status, OUTCOMES[outcome], ttft / 1000.0 if t_body > 0.0 else None,
-                total / 1000.0, tokens[0], tokens[1], tokens[2], size,
+                total / 1000.0, obs.prompt_tokens, obs.completion_tokens, obs.cached_tokens, size,
             )) + b"\n")
         self.lines += 1
         if self.lines >= _FLUSH_LINES or self.used > _FULL:

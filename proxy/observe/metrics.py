@@ -111,7 +111,8 @@ class Timing:
 
     __slots__ = (
         "t0", "t_sent", "t_head", "t_resp", "t_body", "t_wait", "tail", "prev", "tenant", "span", "tokens", "usage",
-        "model", "flight", "flight_tokens", "flight_label",
+        "model", "flight", "flight_tokens", "flight_label", "counted", "prompt_tokens", "completion_tokens",
+        "cached_tokens",
     )
 
     def __init__(self, t0, tenant=DEFAULT_TENANT):
@@ -125,7 +126,9 @@ class Timing:
         self.prev = None  # the one before it (the usage is in one of the two)
         self.tenant = tenant
         self.span = None  # tracing.Span when tracing is on
-        self.tokens = None  # usage(tail), read once by tokens_of (metrics and tenants both need it)
+        self.tokens = None  # the counts below as a tuple, made by tokens_of (tenants, tracing)
+        self.counted = False  # the usage in tail / prev read into the counts (count_tokens)
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
         self.usage = 0  # the proxy adds include_usage upstream (USAGE_ADDED), and took it back out (USAGE_TAKEN)
         self.model = None  # the request's model, once looked up
         self.flight = 0  # the series whose tokens-in-flight gauge holds ...
@@ -190,13 +193,14 @@ class Recorder:
         """One observation of ``seconds`` into histogram ``hist`` of the series at ``base``."""
         _observe(self.cells, base + HIST_AT[hist], _BOUNDS[hist], seconds)
 
-    def record(self, obs, attempts, fallback, framer, status, outcome, now, tokens, model, backend):
+    def record(self, obs, attempts, fallback, framer, status, outcome, now, model, backend):
         """A request ended with ``outcome`` (an index into table.OUTCOMES) and ``status`` (0:
-        no response): its Timing and response framer (None where it got none), the endpoints it
-        was sent to (``attempts``, 0 where it was routed nowhere) and whether the one that
-        served it is outside its route's first cluster (``fallback``; the observer reads both
-        off the routing.Selection). Once per request, so written flat: locals, the histogram
-        adds inline (a call costs as much as the add)."""
+        no response): its Timing (its tokens counted: ``count_tokens``) and response framer
+        (None where it got none), the endpoints it was sent to (``attempts``, 0 where it was
+        routed nowhere) and whether the one that served it is outside its route's first
+        cluster (``fallback``; the observer reads both off the routing.Selection). Once per
+        request, so written flat. The cells are read off ``self`` at each add: compiled, a
+        local copy of the view costs a reference count taken and given back."""
         if outcome == 0 and fallback:
             outcome = FALLBACK
         if obs.flight_label is backend and obs.flight != self.overflow:
@@ -206,38 +210,36 @@ class Recorder:
             base = self.index.get(key, -1)
             if base < 0:
                 base = self.series(model, backend, obs.tenant)
-        cells = self.cells
         cls = status // 100 if 0 <= status < 600 else 0
-        cells[base + _S_REQ + cls * _NCLASS + outcome] += 1
+        self.cells[base + _S_REQ + cls * _NCLASS + outcome] += 1
         if obs.flight_tokens:
-            cells[obs.flight + _S_FLIGHT] -= obs.flight_tokens
+            self.cells[obs.flight + _S_FLIGHT] -= obs.flight_tokens
             obs.flight_tokens = 0
         if framer is None:
             return None
-        cells[base + _S_BYTES] += framer.body_bytes
+        self.cells[base + _S_BYTES] += framer.body_bytes
         t0 = obs.t0
         t_head = obs.t_head
         if t_head:
-            _observe(cells, base + _E2E_AT, _E2E_BOUNDS, now - t0)
-            _observe(cells, base + _RESP_AT, _RESP_BOUNDS, obs.t_resp - t_head)
+            _observe(self.cells, base + _E2E_AT, _E2E_BOUNDS, now - t0)
+            _observe(self.cells, base + _RESP_AT, _RESP_BOUNDS, obs.t_resp - t_head)
         if obs.t_sent and attempts == 1:
             seconds = obs.t_sent - t0 - obs.t_wait
-            _observe(cells, base + _REQ_AT, _REQ_BOUNDS, seconds if seconds > 0.0 else 0.0)
+            _observe(self.cells, base + _REQ_AT, _REQ_BOUNDS, seconds if seconds > 0.0 else 0.0)
         t_body = obs.t_body
         if t_body > 0.0:
-            _observe(cells, base + _TTFT_AT, _TTFT_BOUNDS, t_body - t0)
-        if tokens is not NO_TOKENS:
-            at = base + _S_TOK
-            completion = tokens[1]
-            cells[at] += tokens[0]
-            cells[at + 1] += completion
-            cells[at + 2] += tokens[2]
-            if framer.event_stream and completion > 1 and t_body > 0.0:
-                _observe(cells, base + _ITL_AT, _ITL_BOUNDS, (now - t_body) / (completion - 1))
+            _observe(self.cells, base + _TTFT_AT, _TTFT_BOUNDS, t_body - t0)
+        at = base + _S_TOK  # the usage's counts (count_tokens: 0 where there was none)
+        completion = obs.completion_tokens
+        self.cells[at] += obs.prompt_tokens
+        self.cells[at + 1] += completion
+        self.cells[at + 2] += obs.cached_tokens
+        if framer.event_stream and completion > 1 and t_body > 0.0:
+            _observe(self.cells, base + _ITL_AT, _ITL_BOUNDS, (now - t_body) / (completion - 1))
         if framer.event_stream and obs.usage != _TAKEN:
             tail, prev = obs.tail, obs.prev
             if (tail is not None and find(tail, _ERROR_EVENT) >= 0) or (prev is not None and find(prev, _ERROR_EVENT) >= 0):
-                cells[base + _S_ERR] += 1
+                self.cells[base + _S_ERR] += 1
         return None
 
     def admitted(self, obs, body, label, model):
@@ -312,39 +314,63 @@ USAGE_ADDED, USAGE_TAKEN = 1, 2
 _TAKEN = USAGE_TAKEN  # (a C int where compiled: metrics.pxd)
 
 
+def count_tokens(timing):
+    """The usage in ``timing.tail`` / ``timing.prev`` read into the timing's own counts, once
+    per request however many readers ask (compiled: C integers, no tuple and no int object)."""
+    if not timing.counted:
+        timing.counted = True
+        _count(timing, timing.tail, timing.prev)
+
+
 def tokens_of(timing):
-    """``usage(timing.tail, timing.prev)``, decoded once per request however many readers ask."""
+    """The request's (prompt, completion, cached) tokens as a tuple: for the readers off the
+    per-request path (tenants' token limits, a span's attributes)."""
     tokens = timing.tokens
     if tokens is None:
-        tokens = timing.tokens = usage(timing.tail, timing.prev)
+        count_tokens(timing)
+        tokens = timing.tokens = (timing.prompt_tokens, timing.completion_tokens, timing.cached_tokens)
     return tokens
 
 
 def usage(tail, prev=None):
     """(prompt, completion, cached) tokens from the last ``usage`` object in ``prev`` + ``tail``,
     the last two reads of a response (see the module docstring); NO_TOKENS when none is there."""
-    if tail is None:
+    counts = Timing(0.0)
+    if not _count(counts, tail, prev):
         return NO_TOKENS
+    return counts.prompt_tokens, counts.completion_tokens, counts.cached_tokens
+
+
+def _count(out, tail, prev):
+    """``usage``'s counts into ``out`` (a Timing): True where a usage object was found, else
+    False with every count 0."""
+    out.prompt_tokens = out.completion_tokens = out.cached_tokens = 0
+    if tail is None:
+        return False
     at = _usage_at(tail)
     if at < 0:
         if prev is None:
-            return NO_TOKENS
+            return False
         # Not in the last read: in the one before, or cut between the two (a body's last read
         # is then short). Once per request, a few KiB at most.
         tail = prev[-USAGE_SPAN:] + tail[:USAGE_SPAN]
         at = _usage_at(tail)
         if at < 0:
-            return NO_TOKENS
+            return False
     if _COMPILED:
-        tokens = _vllm_usage(tail, at)
-        if tokens is not None:
-            return tokens
+        if _vllm_walk(tail, at, out):
+            return True
     else:
         match = _VLLM.match(tail, at)
         if match is not None:
             cached = match.group(3)
-            return int(match.group(1)), int(match.group(2)), int(cached) if cached is not None else 0
-    return _number(_PROMPT, tail, at), _number(_COMPLETION, tail, at), _number(_CACHED, tail, at)
+            out.prompt_tokens, out.completion_tokens = int(match.group(1)), int(match.group(2))
+            out.cached_tokens = int(cached) if cached is not None else 0
+            return True
+    out.prompt_tokens = _number(_PROMPT, tail, at)
+    out.completion_tokens = _number(_COMPLETION, tail, at)
+    out.cached_tokens = _number(_CACHED, tail, at)
+    return True
 
 
 def _usage_at(data):
@@ -355,46 +381,58 @@ def _usage_at(data):
 
 
 def _vllm_usage(data, at):
-    """``_VLLM.match(data, at)``'s counts as one walk over the bytes, or None where it would not
-    match. Compiled, this walk runs as its C twin (``fleetproxy_vllm_usage``, metrics.pxd):
-    a literal a memcmp of known size, the digits added in place: ~50 ns against ~560 for the
-    regex and its three ``int()`` on vLLM's usage object; interpreted it would cost more than
-    both, so ``usage`` runs it only compiled, and a test holds this walk, its twin and the
-    regex to one another."""
+    """``_VLLM.match(data, at)``'s counts, as ``_vllm_walk`` reads them, or None where it would
+    not match (the walk's answer as a tuple, for the test that holds it to the regex)."""
+    counts = Timing(0.0)
+    if not _vllm_walk(data, at, counts):
+        return None
+    return counts.prompt_tokens, counts.completion_tokens, counts.cached_tokens
+
+
+def _vllm_walk(data, at, out):
+    """``_VLLM.match(data, at)``'s counts as one walk over the bytes, into ``out`` (a Timing):
+    False where the regex would not match. Compiled, this walk runs as its C twin
+    (``fleetproxy_vllm_usage``, metrics.pxd): a literal a memcmp of known size, the digits
+    added in place: ~50 ns against ~560 for the regex and its three ``int()`` on vLLM's usage
+    object; interpreted it would cost more than both, so ``usage`` runs it only compiled, and
+    a test holds this walk, its twin and the regex to one another."""
     n = len(data)
     buf = data
     if _COMPILED:  # the walk below, in C (metrics.pxd)
         if not fleetproxy_vllm_usage(buf, n, at, counts):  # noqa: F821 (metrics.pxd)
-            return None
-        return counts[0], counts[1], counts[2]  # noqa: F821
+            return False
+        out.prompt_tokens, out.completion_tokens, out.cached_tokens = counts[0], counts[1], counts[2]  # noqa: F821
+        return True
+    cached = 0
     pos = after(data, at, _USAGE_AT)
     if pos < 0:
-        return None
+        return False
     prompt = _digits(buf, n, pos)
     if prompt < 0:
-        return None
+        return False
     pos = after(data, _skip_digits(buf, n, pos), _TOTAL_AT)
     if pos < 0 or _digits(buf, n, pos) < 0:
-        return None
+        return False
     pos = after(data, _skip_digits(buf, n, pos), _COMPLETION_AT)
     if pos < 0:
-        return None
+        return False
     completion = _digits(buf, n, pos)
     if completion < 0:
-        return None
+        return False
     pos = _skip_digits(buf, n, pos)
-    if pos < n and buf[pos] == 125:  # "}": no details
-        return prompt, completion, 0
-    pos = after(data, pos, _DETAILS_AT)
-    if pos < 0:
-        return None
-    if after(data, pos, b"null") >= 0:
-        return prompt, completion, 0
-    pos = after(data, pos, _CACHED_AT)
-    if pos < 0:
-        return None
-    cached = _digits(buf, n, pos)
-    return (prompt, completion, cached) if cached >= 0 else None
+    if not (pos < n and buf[pos] == 125):  # "}": no details
+        pos = after(data, pos, _DETAILS_AT)
+        if pos < 0:
+            return False
+        if after(data, pos, b"null") < 0:
+            pos = after(data, pos, _CACHED_AT)
+            if pos < 0:
+                return False
+            cached = _digits(buf, n, pos)
+            if cached < 0:
+                return False
+    out.prompt_tokens, out.completion_tokens, out.cached_tokens = prompt, completion, cached
+    return True
 
 
 def _digits(buf, n, pos):

@@ -5,7 +5,7 @@ cimport cython
 
 from proxy.http.relay cimport Relay
 from proxy.observe.accesslog cimport AccessLog
-from proxy.observe.metrics cimport Recorder, Timing, clock, model_of, new_timing, now, tokens_of
+from proxy.observe.metrics cimport Recorder, Timing, clock, count_tokens, model_of, new_timing, now, tokens_of
 from proxy.observe.streamusage cimport wants_usage
 from proxy.routing.endpoint cimport Endpoint
 from proxy.routing.router cimport Selection

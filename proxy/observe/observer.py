@@ -3,7 +3,7 @@
 import os
 
 from ..periodic import tick
-from .metrics import USAGE_ADDED, Recorder, clock, model_of, new_timing, now, tokens_of
+from .metrics import USAGE_ADDED, Recorder, clock, count_tokens, model_of, new_timing, now, tokens_of
 from .streamusage import wants_usage
 from .table import MetricsTable
 from .table import OUTCOMES, REFUSED, TIMEOUT, UPSTREAM_ERROR
@@ -57,7 +57,7 @@ class Observer:
         if timing is None or timing.t0 < 0.0:
             return
         now = clock()
-        tokens = tokens_of(timing)
+        count_tokens(timing)  # the usage's counts, read once into the timing
         selection = ex.selection
         attempts = 0
         fallback = False
@@ -72,11 +72,11 @@ class Observer:
         if model is None:
             model = model_of(ex.body, selection.decoded if selection is not None else None)
         if self.recorder is not None:
-            self.recorder.record(timing, attempts, fallback, ex.framer, status, outcome, now, tokens, model, backend)
+            self.recorder.record(timing, attempts, fallback, ex.framer, status, outcome, now, model, backend)
         if self.log is not None:
-            self.log.write(ex, status, outcome, now, tokens, model, backend)
+            self.log.write(ex, status, outcome, now, model, backend)
         if timing.span is not None:
-            self.tracer.end(timing.span, status, OUTCOMES[outcome], model, backend, attempts, tokens)
+            self.tracer.end(timing.span, status, OUTCOMES[outcome], model, backend, attempts, tokens_of(timing))
         timing.t0 = -1.0  # once
 
     def retried(self, ex, endpoint, status):
@@ -86,6 +86,7 @@ class Observer:
         timing.t_head = timing.t_resp = timing.t_body = 0.0  # the next attempt's, not this one's
         timing.tail = timing.prev = None
         timing.tokens = None
+        timing.counted = False
 
     def admitted(self, ex):
         """The router gave ``ex`` an endpoint (``ex.selection``)."""

@@ -25,9 +25,8 @@ cdef class Endpoint:
     cdef public HealthState health
     cdef public Report report
 
-    @cython.locals(n=Py_ssize_t, cells="long long[::1]")
+    @cython.locals(n=Py_ssize_t)
     cpdef acquire(self)
-    @cython.locals(cells="long long[::1]")
     cpdef release(self)
     cpdef load(self)
     cpdef current_report(self)

@@ -97,17 +97,17 @@ class Endpoint:
         self.requests += 1
         if n > self.peak:
             self.peak = n
-        cells = self.cells
-        if cells is not None:
+        if self.cells is not None:
             # This worker's own row: single writer, so a plain add is safe (see process/shm.py).
-            cells[self.cell] += 1
-            cells[self.req_cell] += 1
+            # The view read off self each time: compiled, a local copy of it costs a reference
+            # count taken and given back.
+            self.cells[self.cell] += 1
+            self.cells[self.req_cell] += 1
 
     def release(self):
         self.in_flight -= 1
-        cells = self.cells
-        if cells is not None:
-            cells[self.cell] -= 1
+        if self.cells is not None:
+            self.cells[self.cell] -= 1
 
     def load(self):
         """Requests in flight on this endpoint across every worker of the group."""
