@@ -21,7 +21,13 @@ cdef extern from *:
        thousandths n (0 <= n < 10^13) is written as n / 1000 with its trailing zeros dropped
        and at least one decimal, which is the shortest text of the double n / 1000.0 (what
        msgspec writes for it). Anything else: 0, and the caller has msgspec write the line. */
-    static int fleetproxy_text(PyObject *o, const char **s, Py_ssize_t *n) {
+    /* The object each of the line's string slots last passed the check with, held: the
+       tenant, model, backend, method and outcome of most lines are the same objects line after
+       line (the router's labels, the body scan's model), so they are checked once, not per
+       line. Strings and bytes are immutable, and the reference keeps the address from being
+       reused by another object. */
+    static PyObject *fleetproxy_text_seen[7];
+    static int fleetproxy_text(PyObject *o, const char **s, Py_ssize_t *n, int slot) {
         const unsigned char *b;
         Py_ssize_t i, size;
         if (PyBytes_CheckExact(o)) {
@@ -33,6 +39,10 @@ cdef extern from *:
         } else {
             return 0;
         }
+        *s = (const char *)b;
+        *n = size;
+        if (o == fleetproxy_text_seen[slot])
+            return 1;
         /* Eight bytes a step: the high bit of a byte set (0x80 or more), or set by one of the
            bit tricks for a byte below 0x20, or equal to 0x7F, 0x22 or 0x5C. The last step
            reads the rest padded with "a"s (most of these strings are shorter than eight). */
@@ -51,8 +61,8 @@ cdef extern from *:
             if ((x | ((x - 0x20 * ones) & ~x) | ((d - ones) & ~d) | ((q - ones) & ~q) | ((e - ones) & ~e)) & highs)
                 return 0;
         }
-        *s = (const char *)b;
-        *n = size;
+        Py_INCREF(o);
+        Py_XSETREF(fleetproxy_text_seen[slot], o);
         return 1;
     }
     static const char fleetproxy_pairs[] =
@@ -124,7 +134,7 @@ cdef extern from *:
         texts[0] = rid; texts[1] = tenant; texts[2] = model; texts[3] = method; texts[4] = path;
         texts[5] = outcome; texts[6] = backend;
         for (i = 0; i < count; i++) {
-            if (!fleetproxy_text(texts[i], &s[i], &n[i]))
+            if (!fleetproxy_text(texts[i], &s[i], &n[i], i))
                 return 0;
             room += n[i];
         }
@@ -194,7 +204,7 @@ cdef class AccessLog:
 
     @cython.locals(obs=Timing, framer=NativeFramer, t0=double, t_body=double, ts=double, ms="long long",
                    ttft="long long", total="long long", n=Py_ssize_t, size="long long")
-    cpdef write(self, Relay ex, int status, Py_ssize_t outcome, double now, tuple tokens, model, str backend)
+    cpdef write(self, Relay ex, int status, Py_ssize_t outcome, double now, model, str backend)
 
     cpdef flush(self)
 
