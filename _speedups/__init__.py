@@ -32,14 +32,15 @@ from importlib.machinery import EXTENSION_SUFFIXES
 # The data path's modules that setup.py compiles as they are (see above). Leaf modules only: a
 # package's __init__ stays Python, so the import of ``proxy`` (and this seam) comes first.
 COMPILED = (
-    "proxy.http.request", "proxy.http.plainrequest", "proxy.http.pipeline", "proxy.http.deadlines", "proxy.http.downstream",
-    "proxy.http.admission", "proxy.http.exchange", "proxy.http.relay", "proxy.http.watchdog", "proxy.http.heads",
-    "proxy.http.chunked", "proxy.http.upstream", "proxy.http.connection_pool", "proxy.http.responses",
-    "proxy.http.errors", "proxy.routing.router", "proxy.routing.cluster", "proxy.routing.endpoint",
-    "proxy.routing.policies", "proxy.routing.cache_aware", "proxy.routing.fields", "proxy.routing.health",
-    "proxy.routing.load", "proxy.routing.retry", "proxy.process.context", "proxy.observe.observer",
-    "proxy.observe.metrics", "proxy.observe.streamusage", "proxy.observe.accesslog", "proxy.tenants.gate",
-    "proxy.tenants.buckets", "proxy.tenants.identify",
+    "proxy.http.request", "proxy.http.plainrequest", "proxy.http.direct", "proxy.http.pipeline",
+    "proxy.http.deadlines", "proxy.http.downstream", "proxy.http.admission", "proxy.http.exchange",
+    "proxy.http.relay", "proxy.http.watchdog", "proxy.http.heads", "proxy.http.chunked",
+    "proxy.http.upstream", "proxy.http.connection_pool", "proxy.http.responses", "proxy.http.errors",
+    "proxy.routing.router", "proxy.routing.cluster", "proxy.routing.endpoint", "proxy.routing.policies",
+    "proxy.routing.cache_aware", "proxy.routing.fields", "proxy.routing.health", "proxy.routing.load",
+    "proxy.routing.retry", "proxy.process.context", "proxy.observe.observer", "proxy.observe.metrics",
+    "proxy.observe.streamusage", "proxy.observe.accesslog", "proxy.tenants.gate", "proxy.tenants.buckets",
+    "proxy.tenants.identify",
 )
 MANIFEST = "compiled.json"  # {module: sha256 of the source it was compiled from}, by setup.py
 

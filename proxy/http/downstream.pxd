@@ -19,3 +19,4 @@ cdef class Downstream(Pipeline):
     @cython.locals(exchange=Exchange)
     cpdef on_request(self, method, target, headers, body, http10, keep_alive, bytes request_id)
     cpdef answer(self, exchange, response, close=*)
+    cpdef write(self, data)

@@ -30,6 +30,7 @@ import logging
 
 from . import heads, responses
 from .deadlines import Deadlines, reset, unsent
+from .direct import Sender
 from .errors import ClientError, InternalError, Overloaded
 from .exchange import Exchange, error_response, new_exchange
 from .pipeline import PAUSE_ERROR, PAUSE_PIPELINE, PAUSE_UPSTREAM, Pipeline, held_size
@@ -46,19 +47,16 @@ TURN_AWAY_GRACE = 1.0  # s a turned-away client has to read its 503 and close, t
 
 class Downstream(Pipeline, Deadlines, asyncio.Protocol):
     __slots__ = (
-        "ctx", "loop", "transport", "write", "reader", "peer", "trusted", "queue", "active", "closed", "writing_paused",
+        "ctx", "loop", "transport", "reader", "peer", "trusted", "queue", "active", "closed", "writing_paused",
         "paused", "timer", "unparsed", "advancing", "feeding", "completed", "requests", "queued_size",
-        "partial", "queued_bytes", "stall_since", "stall_size",
+        "partial", "queued_bytes", "stall_since", "stall_size", "sender",
     )
 
     def __init__(self, ctx):
         self.ctx = ctx
         self.loop = ctx.loop
         self.transport = None
-        # transport.write, bound once, how everything writes to the client: a stream writes
-        # each event, and a method looked up by name per write costs more than holding it
-        # (~90 bytes a connection).
-        self.write = None
+        self.sender = None  # direct.Sender: how ``write`` reaches the socket
         self.reader = None
         self.peer = b""
         self.trusted = False  # the peer is one of trusted_proxies: its forwarding headers count
@@ -83,7 +81,7 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
-        self.write = transport.write
+        self.sender = Sender(transport)
         ctx = self.ctx
         if len(ctx.connections) >= ctx.cfg.limits.max_connections:
             self._turn_away()
@@ -113,6 +111,11 @@ class Downstream(Pipeline, Deadlines, asyncio.Protocol):
             self.crashed(exc)
         finally:
             release()
+
+    def write(self, data):
+        """Every byte to the client: sent on the socket directly where http/direct.py says it is
+        safe, else by the transport."""
+        self.sender.write(data, self.closed)
 
     def eof_received(self):
         # A client that stops sending has left: like nginx without proxy_ignore_client_abort,

@@ -5,6 +5,7 @@
 # same for the pure build.
 cimport cython
 
+from proxy.http.direct cimport Sender
 from proxy.http.request cimport RequestReader, Sink
 from proxy.process.context cimport Context
 
@@ -22,12 +23,13 @@ cpdef bint few_blank_lines(bytes data, Py_ssize_t room)
 cdef class Pipeline(Sink):
     cdef public Context ctx
     cdef public RequestReader reader  # fed every read: C calls and struct reads
-    cdef public object loop, transport, write, peer, trusted, active
+    cdef public object loop, transport, peer, trusted, active
     cdef public object timer, stall_since, stall_size
     # Tested on every request: typed, so a test is a C comparison, not a call of PyObject_IsTrue.
     cdef public list queue  # exchanges parsed, waiting for their turn
     cdef public bytes unparsed  # or None
     cdef public bint writing_paused, advancing
+    cdef public Sender sender  # how write reaches the socket (http/direct.py)
     # Read and counted on every read and request: C ints (the pure build's are Python ints).
     cdef public int paused  # PAUSE_* bits
     cdef public bint closed, feeding, completed
@@ -41,3 +43,4 @@ cdef class Pipeline(Sink):
     cpdef _account(self)
     # Downstream's, called by the exchange at its end: through the type's table, not by name.
     cpdef exchange_done(self, exchange)
+    cpdef write(self, data)  # Downstream's: every byte to the client

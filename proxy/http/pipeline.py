@@ -107,6 +107,9 @@ class Pipeline(Sink):
     def exchange_done(self, exchange):
         raise NotImplementedError  # Downstream's
 
+    def write(self, data):
+        raise NotImplementedError  # Downstream's
+
     def _drop_waiting(self):
         """Forget every request that has not started, parsed or not."""
         self.queue.clear()

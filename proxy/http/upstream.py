@@ -13,18 +13,19 @@ connections share: certificate and host-name verification on unless the config s
 import ssl
 
 from ..observe.metrics import hold, release
+from .direct import Sender
 
 
 class UpstreamConnection:
     """An asyncio protocol by its methods (no asyncio.Protocol base: the native build makes it
     an extension type, upstream.pxd, which cannot derive from a Python class)."""
 
-    __slots__ = ("pool", "transport", "write", "exchange", "closed", "idle_since", "requests", "rx")
+    __slots__ = ("pool", "transport", "sender", "exchange", "closed", "idle_since", "requests", "rx")
 
     def __init__(self, pool):
         self.pool = pool
         self.transport = None
-        self.write = None  # transport.write, bound once: a request's head goes by a call, no look-up
+        self.sender = None  # direct.Sender: how ``write`` reaches the socket
         self.exchange = None
         self.closed = False
         self.idle_since = 0.0
@@ -33,9 +34,14 @@ class UpstreamConnection:
 
     def connection_made(self, transport):
         self.transport = transport
-        self.write = transport.write
+        self.sender = Sender(transport)
         high = self.pool.high_water
         transport.set_write_buffer_limits(high, high // 4)
+
+    def write(self, data):
+        """Every byte of a request upstream: sent on the socket directly where http/direct.py says it is
+        safe, else by the transport."""
+        self.sender.write(data, self.closed)
 
     def data_received(self, data):
         self.rx += 1

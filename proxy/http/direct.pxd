@@ -1,0 +1,33 @@
+# Types for Cython's compile of direct.py (the native build; see _speedups/__init__.py): send(2)
+# called from C on a bytes object's buffer, the GIL held (a non-blocking socket never waits).
+cimport cython
+
+cdef bint _COMPILED
+
+cdef extern from *:
+    '''
+    #include <errno.h>
+    #include <sys/socket.h>
+    /* Bytes send(2) took of data (0 where the socket would block or the call failed: the
+       caller hands all of it to the transport, which meets the same error and reports it as
+       it always has). MSG_NOSIGNAL: a peer gone is EPIPE, never SIGPIPE. */
+    static Py_ssize_t fleetproxy_send(int fd, PyObject *data, Py_ssize_t n) {
+        ssize_t sent;
+        do {
+            sent = send(fd, PyBytes_AS_STRING(data), (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } while (sent < 0 && errno == EINTR);
+        return sent > 0 ? (Py_ssize_t)sent : 0;
+    }
+    '''
+    Py_ssize_t fleetproxy_send(int fd, bytes data, Py_ssize_t n)
+
+cpdef int socket_fd(transport) except? -2
+
+
+cdef class Sender:
+    cdef public object transport
+    cdef public int fd
+    cdef public bint queued
+
+    @cython.locals(n=Py_ssize_t, sent=Py_ssize_t)
+    cpdef write(self, data, bint closed)
