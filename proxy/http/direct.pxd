@@ -31,3 +31,4 @@ cdef class Sender:
 
     @cython.locals(n=Py_ssize_t, sent=Py_ssize_t)
     cpdef write(self, data, bint closed)
+    cpdef writelines(self, parts)

@@ -56,16 +56,10 @@ class Sender:
         if self.fd < 0:
             transport.write(data)
             return
-        if self.queued:
-            if transport.get_write_buffer_size():
-                transport.write(data)
-                return
+        if self.queued and not transport.get_write_buffer_size():
             self.queued = False
-        if closed or type(data) is not bytes or transport.is_closing():
-            transport.write(data)  # as before: after a close uvloop drops or raises, as it always has
-            self.queued = True
-            return
-        if _COMPILED:
+        # After a close the transport drops or raises, as it always has.
+        if _COMPILED and not (self.queued or closed or type(data) is not bytes or transport.is_closing()):
             n = len(data)
             sent = fleetproxy_send(self.fd, data, n)  # noqa: F821 (direct.pxd)
             if sent == n:
@@ -74,3 +68,9 @@ class Sender:
                 data = data[sent:]
         transport.write(data)  # what the socket did not take: buffered, flow-controlled, or its error
         self.queued = True
+
+    def writelines(self, parts):
+        """``parts`` to the connection in one writev, by the transport; later writes queue
+        behind them there."""
+        self.transport.writelines(parts)
+        self.queued = self.fd >= 0

@@ -105,8 +105,7 @@ class Relay:
             if small:
                 conn.write(head)
             else:
-                conn.transport.writelines((head, body))
-                conn.sender.queued = True  # the next write waits behind these
+                conn.sender.writelines((head, body))
         except RuntimeError:
             # uvloop's transport was closed earlier in this turn of the loop (a reset read by
             # then) and its connection_lost has not run yet; it runs next and retries or ends

@@ -39,8 +39,8 @@ class UpstreamConnection:
         transport.set_write_buffer_limits(high, high // 4)
 
     def write(self, data):
-        """Every byte of a request upstream: sent on the socket directly where http/direct.py says it is
-        safe, else by the transport."""
+        """Every byte of a request upstream: sent on the socket directly where http/direct.py
+        says it is safe, else by the transport."""
         self.sender.write(data, self.closed)
 
     def data_received(self, data):

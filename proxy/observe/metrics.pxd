@@ -132,9 +132,7 @@ cdef long long _digits(const unsigned char *buf, Py_ssize_t n, Py_ssize_t pos) n
 cdef Py_ssize_t _skip_digits(const unsigned char *buf, Py_ssize_t n, Py_ssize_t pos) noexcept
 
 @cython.locals(n=Py_ssize_t, lo=Py_ssize_t, hi=Py_ssize_t, mid=Py_ssize_t)
-# Inline: its two views are passed by value (two structs of ~200 bytes a call), which the C
-# compiler drops only when it sees the body at the call.
-cpdef inline void _observe(long long[::1] cells, Py_ssize_t at, double[::1] bounds, double seconds) noexcept
+cpdef void _observe(long long[::1] cells, Py_ssize_t at, double[::1] bounds, double seconds) noexcept
 
 # What the observer calls per request, as C calls (observer.pxd cimports them).
 cpdef count_tokens(Timing timing)
