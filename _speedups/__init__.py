@@ -43,6 +43,8 @@ COMPILED = (
     "proxy.tenants.identify",
 )
 MANIFEST = "compiled.json"  # {module: sha256 of the source it was compiled from}, by setup.py
+# Cython's utility code, one copy that every extension imports (setup.py): without it none loads.
+SHARED_UTILITY = "_cyutility"
 
 
 def _env_flag(name):
@@ -122,14 +124,19 @@ def _compiled_state():
         built = {}
     sources = {}
     native = []
+    here = os.path.dirname(__file__)
+    shared = any(os.path.exists(os.path.join(here, SHARED_UTILITY + suffix)) for suffix in EXTENSION_SUFFIXES)
     for name in COMPILED:
         base = os.path.join(root, *name.split("."))
         source = base + ".py"
         if not PURE and any(os.path.exists(base + suffix) for suffix in EXTENSION_SUFFIXES):
-            if built.get(name) == source_hash(source):
+            if not shared:
+                _why_not_native[name] = f"{name}: {__name__}.{SHARED_UTILITY}, which it imports, is not built"
+            elif built.get(name) == source_hash(source):
                 native.append((name, source))
                 continue
-            _why_not_native[name] = f"{name}: its extension was built from another version of {source}"
+            else:
+                _why_not_native[name] = f"{name}: its extension was built from another version of {source}"
         else:
             _why_not_native.setdefault(name, f"{name} is not compiled")
         sources[name] = source

@@ -32,7 +32,11 @@ token within FIRST_TOKEN_WAIT seconds, and a probe that fails, are errors: exit 
 
 The idle footprint: the RSS and PSS of every process of fleetproxy under its supervisor (one
 worker) and of nginx (master and one worker), read a second after they are ready and before any
-request, and of `fleetproxy --single-process` started for it alone.
+request, and of `fleetproxy --single-process` started for it alone. ``--installed PYTHON`` adds
+fleetproxy as a `pip install .` put it in PYTHON's environment (supervisor and one worker,
+PYTHONSAFEPATH so neither imports this source tree): what an operator runs. The source tree's
+venv holds the test extras too, and msgspec imports typing_extensions wherever it is installed
+(about 2 MiB a process), so the two figures differ by that.
 
 The client is this process: uvloop, the bench's streaming protocol (bench/client.py), one
 connection per stream; its CPU share is reported beside the target's and the simulator's, to
@@ -49,6 +53,7 @@ import gc
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +65,8 @@ from . import cpu, report
 from .client import Result, _Conn
 from .procs import Fleet, StartError, Target, _get, _wait, nginx_conf, nginx_path
 from .stats import percentiles
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the source tree
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TARGETS = ("direct", "fleetproxy", "nginx")
@@ -294,6 +301,26 @@ def start_nginx(fleet: Fleet, sim: str, streams: int) -> Target:
     return fleet._start(start)
 
 
+def installed_footprint(fleet: Fleet, sim: str, python: str, pauses: float) -> dict:
+    """fleetproxy as installed for ``python`` (supervisor and one worker): its idle memory."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FLEETPROXY_PURE", "PYTHONPATH")}
+    env["PYTHONSAFEPATH"] = "1"  # not the current directory (this tree) first on sys.path; inherited by the worker
+    where = subprocess.run([python, "-c", "import _speedups as s; print(s.IMPLEMENTATION, s.__file__)"],
+                           env=env, capture_output=True, text=True, check=True).stdout.split()
+    if where[0] != "native" or where[1].startswith(HERE + os.sep):
+        raise StartError(f"--installed {python}: its fleetproxy is {where[0]}, from {where[1]}: not a native install")
+    port, admin = fleet.port(), fleet.port()
+    proc = fleet.spawn("fleetproxy-installed", [python, "-m", "proxy", "--log-level", "warning", "--listen",
+                                                f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
+                                                "--backend", sim], env=env)
+    try:
+        _wait(proc, lambda: _get(admin, "/readyz") == 200 and _get(port, "/health") == 200)
+        time.sleep(IDLE_SETTLE * pauses)
+        return memory([proc.pid])
+    finally:
+        fleet.stop(proc)
+
+
 def single_process_footprint(fleet: Fleet, sim: str, pauses: float) -> dict:
     """`fleetproxy --single-process`: its idle memory, then stopped."""
     port, admin = fleet.port(), fleet.port()
@@ -467,6 +494,9 @@ def run(args, fleet: Fleet) -> dict:
             if name == "fleetproxy":
                 single = single_process_footprint(fleet, sim, args.pauses)
                 results["footprint"]["fleetproxy --single-process"] = single
+                if args.installed:
+                    results["footprint"]["fleetproxy, pip-installed"] = installed_footprint(
+                        fleet, sim, args.installed, args.pauses)
         finally:
             for p in target.procs:
                 fleet.stop(p)
@@ -638,6 +668,9 @@ def parse(argv=None):
                    "stream open (default 5; 2 with --smoke)")
     p.add_argument("--out", metavar="DIR",
                    help="where results go (default bench/results; a temp dir with --smoke)")
+    p.add_argument("--installed", metavar="PYTHON",
+                   help="also the idle footprint of fleetproxy as installed in this interpreter's environment "
+                        "(python -m venv V; V/bin/pip install .; --installed V/bin/python)")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.pauses = SMOKE_PAUSES if args.smoke else 1.0

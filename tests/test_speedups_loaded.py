@@ -8,6 +8,7 @@ import concurrent.futures
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
@@ -94,3 +95,33 @@ def test_every_compiled_module_imports_first():
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         failed = [r for r in pool.map(first, _speedups.COMPILED) if r[1]]
     assert not failed, failed
+
+
+def test_the_native_build_shares_one_copy_of_cythons_utility_code():
+    if _speedups.PURE or not _speedups.EXPECT_NATIVE:
+        pytest.skip("needs the native build")
+    shared = sys.modules.get(f"_speedups.{_speedups.SHARED_UTILITY}")
+    assert shared is not None and shared.__file__.endswith(tuple(EXTENSION_SUFFIXES))
+
+
+def test_without_the_shared_utility_module_nothing_claims_native(tmp_path):
+    # Every extension imports _speedups._cyutility: a tree that lost it must run pure and say why,
+    # not fail at import.
+    if _speedups.PURE or not _speedups.EXPECT_NATIVE:
+        pytest.skip("needs the native build")
+    for package in ("_speedups", "proxy"):
+        shutil.copytree(os.path.join(ROOT, package), tmp_path / package,
+                        ignore=shutil.ignore_patterns("*.c", "__pycache__", f"{_speedups.SHARED_UTILITY}.*"))
+    # An editable install's finder would find the source tree's _speedups._cyutility for the copy.
+    code = ("import sys\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, '__module__', '').startswith('__editable__')]\n"
+            "import json, _speedups as s, proxy.http.relay as r\n"
+            "print(json.dumps([s.IMPLEMENTATION, r.__file__, s.why_not_native('proxy.http.relay'), "
+            "s.why_not_native('framing')]))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("FLEETPROXY_PURE", "FLEETPROXY_MANIFEST")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    implementation, relay, why, why_framer = json.loads(out.stdout)
+    assert implementation == "pure" and relay == str(tmp_path / "proxy" / "http" / "relay.py")
+    assert why == f"proxy.http.relay: _speedups.{_speedups.SHARED_UTILITY}, which it imports, is not built"
+    assert f"_speedups.{_speedups.SHARED_UTILITY}" in why_framer  # the twins' import failed on it

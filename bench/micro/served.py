@@ -42,7 +42,7 @@ def count(args, seconds, where):
         port = fleet.port()
         log = os.path.join(where, f"valgrind-{seconds}.log")
         valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={where}/callgrind.{seconds}",
-                    f"--log-file={log}"]
+                    f"--log-file={log}"] + ["--cache-sim=yes"] * args.cache_sim
         if args.target == "nginx":
             prefix = tempfile.mkdtemp(dir=where)
             conf = nginx_conf(prefix, port, [sim], 1).replace(
@@ -75,10 +75,10 @@ def count(args, seconds, where):
     if result["errors"]:
         sys.exit(f"{args.target}: wrk saw errors {result['error_kinds']}: not a count of served requests")
     with open(log) as f:
-        found = re.search(r"Collected : (\d+)", f.read())
+        found = re.search(r"Collected : ([\d ]+)", f.read())
     if found is None:
         sys.exit(f"{args.target}: callgrind wrote no total (see {log})")
-    return result["requests"], int(found.group(1))
+    return result["requests"], [int(n) for n in found.group(1).split()]
 
 
 def main(argv=None):
@@ -90,6 +90,8 @@ def main(argv=None):
                    help="the simulator writes one event per write without delays too (as vLLM does)")
     p.add_argument("--config", help="fleetproxy's config file (default: its defaults, metrics on)")
     p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--cache-sim", action="store_true",
+                   help="simulate the caches too (callgrind --cache-sim=yes): misses per request, a model, not the CPU")
     p.add_argument("--short", type=int, default=4, help="seconds of the first run")
     p.add_argument("--long", type=int, default=12, help="seconds of the second run")
     p.add_argument("--top", type=int, default=0, help="list the N functions with the most instructions per request")
@@ -103,12 +105,16 @@ def main(argv=None):
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
     with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as where:
-        (r1, i1), (r2, i2) = count(args, args.short, where), count(args, args.long, where)
+        (r1, e1), (r2, e2) = count(args, args.short, where), count(args, args.long, where)
         if r2 <= r1:
             sys.exit(f"the longer run completed no more requests ({r1}, then {r2}): the machine is too busy to count")
-        per = (i2 - i1) / (r2 - r1)
+        per = (e2[0] - e1[0]) / (r2 - r1)
         print(f"{args.target} {args.lua} itl={args.itl:g}: {per:,.0f} user-space instructions/request "
               f"(callgrind, {r2} - {r1} requests in {args.long} s - {args.short} s)")
+        if args.cache_sim:  # callgrind's events with --cache-sim=yes: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+            names = ("Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
+            print("  simulated caches, per request: " + ", ".join(
+                f"{name} {(b - a) / (r2 - r1):,.0f}" for name, a, b in zip(names, e1, e2)))
         if args.top:
             short = self_costs(os.path.join(where, f"callgrind.{args.short}"))
             long = self_costs(os.path.join(where, f"callgrind.{args.long}"))

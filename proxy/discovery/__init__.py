@@ -23,19 +23,20 @@ log = logging.getLogger("fleetproxy.discovery")
 
 def sources(router, resolve=None, env=None):
     """One loop object per cluster with ``discovery:``, publishing into ``router``."""
-    # Imported here: the supervisor imports this package for ``columns`` alone, and the
-    # Kubernetes client brings ssl with it.
-    from .dns import DnsWatch
-    from .kubernetes import SliceWatch
-
+    # Imported where a cluster uses them: the supervisor imports this package for ``columns``
+    # alone, and a worker without discovery should not hold the Kubernetes client in memory.
     out = []
     for spec in router.cfg.all_clusters():
         discovery = getattr(spec, "discovery", None)
         if discovery is None:
             continue
         if discovery.dns is not None:
+            from .dns import DnsWatch
+
             watch = DnsWatch(discovery.dns, spec.name, None, resolve)
         else:
+            from .kubernetes import SliceWatch
+
             watch = SliceWatch(discovery.kubernetes, spec.name, None, env)
         watch.publish = _publisher(router, spec.name, watch.source)
         out.append(watch)
