@@ -309,26 +309,22 @@ def installed_footprint(fleet: Fleet, sim: str, python: str, pauses: float) -> d
                            env=env, capture_output=True, text=True, check=True).stdout.split()
     if where[0] != "native" or where[1].startswith(HERE + os.sep):
         raise StartError(f"--installed {python}: its fleetproxy is {where[0]}, from {where[1]}: not a native install")
-    port, admin = fleet.port(), fleet.port()
-    proc = fleet.spawn("fleetproxy-installed", [python, "-m", "proxy", "--log-level", "warning", "--listen",
-                                                f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
-                                                "--backend", sim], env=env)
-    try:
-        _wait(proc, lambda: _get(admin, "/readyz") == 200 and _get(port, "/health") == 200)
-        time.sleep(IDLE_SETTLE * pauses)
-        return memory([proc.pid])
-    finally:
-        fleet.stop(proc)
+    return _idle_footprint(fleet, "fleetproxy-installed", [python, "-m", "proxy"], sim, env, pauses)
 
 
 def single_process_footprint(fleet: Fleet, sim: str, pauses: float) -> dict:
     """`fleetproxy --single-process`: its idle memory, then stopped."""
-    port, admin = fleet.port(), fleet.port()
     env = dict(os.environ)
     env.pop("FLEETPROXY_PURE", None)
-    proc = fleet.spawn("fleetproxy-single", [sys.executable, "-m", "proxy", "--single-process", "--log-level",
-                                             "warning", "--listen", f"127.0.0.1:{port}", "--admin-listen",
-                                             f"127.0.0.1:{admin}", "--backend", sim], env=env)
+    return _idle_footprint(fleet, "fleetproxy-single", [sys.executable, "-m", "proxy", "--single-process"], sim,
+                           env, pauses)
+
+
+def _idle_footprint(fleet: Fleet, name: str, command: list[str], sim: str, env: dict, pauses: float) -> dict:
+    """Start ``command`` (fleetproxy) in front of ``sim``, read its idle memory once ready, stop it."""
+    port, admin = fleet.port(), fleet.port()
+    proc = fleet.spawn(name, [*command, "--log-level", "warning", "--listen", f"127.0.0.1:{port}", "--admin-listen",
+                              f"127.0.0.1:{admin}", "--backend", sim], env=env)
     try:
         _wait(proc, lambda: _get(admin, "/readyz") == 200 and _get(port, "/health") == 200)
         time.sleep(IDLE_SETTLE * pauses)
