@@ -33,7 +33,8 @@ def _has_content(event: bytes) -> bool:
 
 
 class Result:
-    __slots__ = ("start", "first", "last", "tokens", "gaps", "status", "error", "backend", "content")
+    __slots__ = ("start", "first", "last", "tokens", "gaps", "status", "error", "backend", "content", "sent",
+                 "sim_received", "sim_sent")
 
     def __init__(self, start: float):
         self.start = start  # when the request was due (open loop) or sent (closed loop)
@@ -45,6 +46,11 @@ class Result:
         self.error: str | None = None
         self.backend = b""  # x-sim-backend, for the routing scenario
         self.content = 0  # completion characters seen (bytes of the event payloads)
+        self.sent = 0.0  # the request written to the socket
+        # The simulator's stamps (x-sim-stamp), on this host's perf_counter: the request's
+        # arrival there and the first token's departure; 0.0 where it sent none.
+        self.sim_received = 0.0
+        self.sim_sent = 0.0
 
     @property
     def ok(self) -> bool:
@@ -87,8 +93,13 @@ class _Conn(asyncio.Protocol):
     # -- parser callbacks
 
     def on_header(self, name, value):
-        if name.lower() == b"x-sim-backend":
+        name = name.lower()
+        if name == b"x-sim-backend":
             self.result.backend = bytes(value)
+        elif name == b"x-sim-received-ns":
+            self.result.sim_received = int(value) / 1e9
+        elif name == b"x-sim-sent-ns":
+            self.result.sim_sent = int(value) / 1e9
 
     def on_headers_complete(self):
         self.result.status = self.parser.get_status_code()
@@ -145,6 +156,7 @@ class _Conn(asyncio.Protocol):
         self.buf = b""
         self.saw_done = False
         self.done = self.loop.create_future()
+        result.sent = perf_counter()
         self.transport.write(head + body)
         return self.done
 

@@ -171,6 +171,8 @@ def scenario_markdown(s: Scenario, result: dict, heading: str = "##") -> str:
                              f"{_signed(_sub(a, b, '99'))} ms at p99")
             if added:
                 lines += ["TTFT the proxy adds over direct: " + "; ".join(added) + ".", ""]
+        if m == "ttft_ms" and any(row.get("transit_ms") and not row["flagged"] for row in rows.values()):
+            lines += [transit_line(rows), ""]
         if any("affinity" in row for row in rows.values()):
             lines += ["Affinity: share of a session's follow-up turns served by the backend that served its "
                       "previous turn (1 = perfect; 1/N = random over N backends). Spread: the busiest "
@@ -236,6 +238,24 @@ def repeat_ratios(runs: list[dict], step: str, rows: dict) -> list[str]:
             text += f" (median {_x(m)}, 95% interval {_x(lo)} to {_x(hi)})"
         out.append(text)
     return ["CPU per request ÷ nginx's, repeat by repeat: " + "; ".join(out) + ".", ""] if out else []
+
+
+def transit_line(rows: dict) -> str:
+    """The first token's time outside the simulator per target, and what each proxy adds to it."""
+    base = rows.get("direct")
+    base = base.get("transit_ms") if base and not base["flagged"] else None
+    parts = []
+    for name, row in rows.items():
+        t = row.get("transit_ms")
+        if not t or row["flagged"]:
+            continue
+        part = f"{name} {_f(t.get('50'))} / {_f(t.get('99'))}"
+        if base and name != "direct":
+            part += f" ({_signed(_sub(t, base, '50'))} / {_signed(_sub(t, base, '99'))})"
+        parts.append(part)
+    return ("First token's time outside the simulator, p50 / p99 ms (request leg plus first-token leg, from "
+            "the simulator's CLOCK_MONOTONIC stamps: its own wait, whose timer jitter swamps TTFT's tail, "
+            "taken out; in brackets what the proxy adds over direct): " + "; ".join(parts) + ".")
 
 
 def _sub(a: dict, b: dict, p: str):

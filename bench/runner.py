@@ -265,7 +265,7 @@ def aggregate(runs: list[dict], steps: list[str], targets: list[str], metric: st
                 "cpu_us_per_req": median_of([r.get("cpu_us_per_req") for r in rs]),
                 "sim_cpu_us_per_req": median_of([r.get("sim_cpu_us_per_req") for r in rs]),
             }
-            for key in ("latency_ms", "ttft_ms", "itl_ms", "lag_ms"):
+            for key in ("latency_ms", "ttft_ms", "itl_ms", "lag_ms", "transit_ms", "to_backend_ms", "first_back_ms"):
                 if any(r.get(key) for r in rs):
                     row[key] = merge_percentiles([r.get(key) for r in rs])
             if any("affinity" in r for r in rs):

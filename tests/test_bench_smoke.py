@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 
 from bench import cpu, report, runner, scenarios, stats, wrk  # noqa: E402
 from bench.client import Result, _Conn  # noqa: E402
-from bench.openloop import schedule  # noqa: E402
+from bench.openloop import schedule, transit  # noqa: E402
 from bench.procs import _toml, nginx_conf  # noqa: E402
 
 # -- wrk -----------------------------------------------------------------------------------------
@@ -156,6 +156,25 @@ def test_client_counts_broken_streams_as_errors():
     assert result.error == "status 503" and not conn.reusable
 
 
+def test_client_keeps_the_simulators_stamps_and_its_own_send_time():
+    stamped = HEAD.replace(b"\r\n\r\n", b"\r\nx-sim-received-ns: 1500000000\r\nx-sim-sent-ns: 2000000000\r\n\r\n", 1)
+    result, _ = _replay(stamped + _chunked(_event(" one"), b"data: [DONE]\n\n"), [])
+    assert result.error is None and result.sim_received == 1.5 and result.sim_sent == 2.0
+
+
+def test_transit_takes_the_simulators_wait_out_of_the_first_token():
+    def stamped(sent, received, left, first):
+        r = Result(sent)
+        r.sent, r.sim_received, r.sim_sent, r.first, r.tokens = sent, received, left, first, 1
+        return r
+
+    # 1 ms to the simulator, a 50 ms wait there, 2 ms back: 3 ms outside it.
+    out = transit([stamped(10.0, 10.001, 10.051, 10.053), stamped(20.0, 20.002, 20.052, 20.055)])
+    assert out["to_backend_ms"]["100"] == 2.0 and out["first_back_ms"]["100"] == 3.0
+    assert out["transit_ms"]["50"] == 3.0 and out["transit_ms"]["100"] == 5.0
+    assert transit([Result(1.0)]) == {}  # no stamps (another backend): nothing said
+
+
 # -- numbers, flags and the report ---------------------------------------------------------------
 
 def test_percentiles_are_nearest_rank_in_ms():
@@ -190,6 +209,22 @@ def test_a_target_with_errors_is_flagged_and_never_quoted():
                                                       "python": "3", "fleetproxy": "f", "nginx": None,
                                                       "loadavg_start": (0, 0, 0)}, "today")
     assert report.FLAG in summary
+
+
+def test_report_gives_the_first_tokens_transit_and_what_each_proxy_adds():
+    def run(target, t50, t99):
+        r = _run(target, 1)
+        r["ttft_ms"], r["transit_ms"] = {"50": 50.5, "99": 52.0}, {"50": t50, "99": t99}
+        return r
+
+    runs = [run("direct", 0.2, 0.5), run("fleetproxy", 0.35, 0.9), run("nginx", 0.3, 0.7)]
+    agg = runner.aggregate(runs, [""], ["direct", "fleetproxy", "nginx"], "ttft_ms")
+    result = {"runs": runs, "aggregate": agg,
+              "config": {"repeat": 1, "duration_s": 10, "workers": 1, "layout": "not pinned"}}
+    md = report.scenario_markdown(scenarios.by_key("c")[0], result)
+    line = next(ln for ln in md.splitlines() if ln.startswith("First token's time outside the simulator"))
+    assert "direct 0.20 / 0.50;" in line
+    assert "fleetproxy 0.35 / 0.90 (+0.15 / +0.40)" in line and "nginx 0.30 / 0.70 (+0.10 / +0.20)" in line
 
 
 def test_cpu_over_nginx_is_also_given_repeat_by_repeat():

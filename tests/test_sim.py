@@ -567,6 +567,20 @@ def test_completed_request_is_not_an_abort(sim):
     assert metric(sim.port, "sim:requests_aborted_total") == aborted
 
 
+def test_stamps_say_when_the_request_came_and_the_first_token_left(sim):
+    # CLOCK_MONOTONIC (perf_counter_ns) is one clock for every process of a host: the stamps
+    # fall between this process's own readings, the simulated wait between them.
+    before = time.perf_counter_ns()
+    status, headers, events, complete = exchange_stream(
+        sim.port, chat_body(max_tokens=3, stream=True), {"x-sim-ttft": "0.05", "x-sim-stamp": "1"})
+    after = time.perf_counter_ns()
+    assert status == 200 and complete
+    received, sent = int(headers["x-sim-received-ns"]), int(headers["x-sim-sent-ns"])
+    assert before < received and received + 50_000_000 <= sent < after
+    _, headers, _, _ = exchange_stream(sim.port, chat_body(max_tokens=3, stream=True))
+    assert "x-sim-received-ns" not in headers and "x-sim-sent-ns" not in headers  # only when asked
+
+
 # -- queueing ----------------------------------------------------------------------------
 
 

@@ -15,7 +15,12 @@ request for each one's compute time.
 Knobs, most specific first: body `max_tokens` (or `max_completion_tokens`),
 then header `x-sim-tokens`, then `--tokens`; headers `x-sim-fault`,
 `x-sim-fault-after`, `x-sim-ttft`, `x-sim-itl`, `x-sim-prefill-per-token`,
-`x-sim-event-writes` (1 or 0) override the matching flags.
+`x-sim-event-writes` (1 or 0) override the matching flags. `x-sim-stamp` (any value) asks for
+two response fields of CLOCK_MONOTONIC nanoseconds (time.perf_counter_ns, one clock for every
+process of a host): `x-sim-received-ns`, when the request reached the simulator, and, on a
+stream, `x-sim-sent-ns`, when the head left with the first token. A client on the same host
+takes from them how long the request and the first token spent in between (a proxy), free of
+the simulator's own wait (bench/openloop.py).
 Like the recorded tiny model every reply runs to its token count and ends with
 finish_reason "length", unless a `stop` string turns up ("stop"). The context is
 vLLM's: a prompt of max_model_len tokens or more is refused, and max_tokens is
@@ -33,6 +38,7 @@ takes a slot and says nothing until the client leaves, which counts as abort.
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter_ns
 from typing import Any, Coroutine
 
 from .config import FAULTS, SimConfig
@@ -131,6 +137,8 @@ class Generator:
         stats = self.stats
         stats.requests += 1
         cfg = self.cfg
+        if b"x-sim-stamp" in req.headers:
+            req.extra += b"x-sim-received-ns: %d\r\n" % perf_counter_ns()
         try:
             if cfg.strict_content_type:
                 check_content_type(req.headers)
@@ -225,7 +233,8 @@ class Generator:
         """Tokens start..stop-1 as chunks, with the head first and the end last."""
         parts = []
         if start == 0:
-            parts.append(conn.head(200, req, SSE))
+            sent = b"x-sim-sent-ns: %d\r\n" % perf_counter_ns() if b"x-sim-stamp" in req.headers else b""
+            parts.append(conn.head(200, req, SSE, before=sent))
             if reply.chat:  # completions streams start with text at once
                 parts.append(chunk(reply.role_event()))
         for i in range(start, stop):
