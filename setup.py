@@ -63,9 +63,15 @@ def extensions():
         _say("FLEETPROXY_PURE is set, installing the pure-Python speedups")
         return []
     try:
+        from Cython import __version__ as cython_version
         from Cython.Build import cythonize
     except ImportError:
         _say("Cython not available, installing the pure-Python speedups")
+        return []
+    if tuple(int(p) for p in cython_version.split(".")[:2] if p.isdigit()) < (3, 1):
+        # A build without isolation (--no-build-isolation) uses whatever Cython is installed.
+        _say(f"Cython {cython_version} is older than 3.1 (no shared utility module): installing the pure-Python "
+             "speedups; pip install 'Cython>=3.1,<4' and install again to build them")
         return []
     sources = []
     copies = []
