@@ -35,8 +35,7 @@ worker) and of nginx (master and one worker), read a second after they are ready
 request, and of `fleetproxy --single-process` started for it alone. ``--installed PYTHON`` adds
 fleetproxy as a `pip install .` put it in PYTHON's environment (supervisor and one worker,
 PYTHONSAFEPATH so neither imports this source tree): what an operator runs. The source tree's
-venv holds the test extras too, and msgspec imports typing_extensions wherever it is installed
-(about 2 MiB a process), so the two figures differ by that.
+venv (test extras, an editable install) reads a few MiB more.
 
 The client is this process: uvloop, the bench's streaming protocol (bench/client.py), one
 connection per stream; its CPU share is reported beside the target's and the simulator's, to
