@@ -86,7 +86,7 @@ cpdef void release() noexcept
 
 cdef class Timing:
     cdef public double t0, t_sent, t_head, t_resp, t_body, t_wait
-    cdef public object tail, prev, tenant, span, tokens, model, flight_label
+    cdef public object tail, prev, tenant, span, model, flight_label
     cdef public int usage
     cdef public Py_ssize_t flight
     cdef public long long flight_tokens
@@ -137,7 +137,6 @@ cpdef void _observe(long long[::1] cells, Py_ssize_t at, double[::1] bounds, dou
 # What the observer calls per request, as C calls (observer.pxd cimports them).
 cpdef count_tokens(Timing timing)
 
-@cython.locals(tokens=tuple)
 cpdef tuple tokens_of(Timing timing)
 
 @cython.locals(counts=Timing)

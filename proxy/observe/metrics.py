@@ -110,7 +110,7 @@ class Timing:
     """What one request's metrics, log line and span need; made only while observing."""
 
     __slots__ = (
-        "t0", "t_sent", "t_head", "t_resp", "t_body", "t_wait", "tail", "prev", "tenant", "span", "tokens", "usage",
+        "t0", "t_sent", "t_head", "t_resp", "t_body", "t_wait", "tail", "prev", "tenant", "span", "usage",
         "model", "flight", "flight_tokens", "flight_label", "counted", "prompt_tokens", "completion_tokens",
         "cached_tokens",
     )
@@ -126,7 +126,6 @@ class Timing:
         self.prev = None  # the one before it (the usage is in one of the two)
         self.tenant = tenant
         self.span = None  # tracing.Span when tracing is on
-        self.tokens = None  # the counts below as a tuple, made by tokens_of (tenants, tracing)
         self.counted = False  # the usage in tail / prev read into the counts (count_tokens)
         self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
         self.usage = 0  # the proxy adds include_usage upstream (USAGE_ADDED), and took it back out (USAGE_TAKEN)
@@ -325,11 +324,8 @@ def count_tokens(timing):
 def tokens_of(timing):
     """The request's (prompt, completion, cached) tokens as a tuple: for the readers off the
     per-request path (tenants' token limits, a span's attributes)."""
-    tokens = timing.tokens
-    if tokens is None:
-        count_tokens(timing)
-        tokens = timing.tokens = (timing.prompt_tokens, timing.completion_tokens, timing.cached_tokens)
-    return tokens
+    count_tokens(timing)
+    return timing.prompt_tokens, timing.completion_tokens, timing.cached_tokens
 
 
 def usage(tail, prev=None):
