@@ -296,7 +296,9 @@ http {{
 {servers}
         keepalive 256;
         keepalive_requests 1000000;
-        keepalive_timeout 60s;
+        # Below the backend's own idle close (uvicorn's 5 s, which the simulator keeps too),
+        # as in front of vLLM it must be, and the same as fleetproxy's pool_idle.
+        keepalive_timeout 4s;
     }}
 
     server {{

@@ -53,6 +53,9 @@ def _parser():
     lim.add_argument("--max-headers", type=int, dest="l_max_headers")
     lim.add_argument("--max-connections-per-backend", type=int, dest="p_max_connections")
     lim.add_argument("--max-pool-waiters", type=int, dest="p_max_waiters", help="per backend, then 503")
+    lim.add_argument(
+        "--pool-spare", type=int, dest="p_spare", help="idle upstream connections opened ahead of demand (0: none)"
+    )
     lim.add_argument("--max-connections", type=int, dest="l_max_connections", help="client connections per worker")
     lim.add_argument(
         "--max-queued-bytes", type=int, dest="l_max_queued_bytes", help="pipelined request bytes per connection"

@@ -529,12 +529,13 @@ def test_the_new_limits_have_flags():
     args = _parser().parse_args(
         [
             "--backend", "http://127.0.0.1:9", "--write-stall-timeout", "5", "--pool-wait-timeout", "2",
-            "--max-pool-waiters", "7", "--max-connections", "300", "--max-queued-bytes", "65536",
+            "--max-pool-waiters", "7", "--pool-spare", "2", "--max-connections", "300", "--max-queued-bytes", "65536",
             "--max-worker-queued-bytes", "1048576", "--max-body-bytes", "1000",
         ]
     )
     cfg = config_from_args(args)
     assert (cfg.timeouts.write_stall, cfg.timeouts.pool_wait, cfg.connection_pool.max_waiters) == (5.0, 2.0, 7)
+    assert cfg.connection_pool.spare == 2
     assert (cfg.limits.max_connections, cfg.limits.max_queued_bytes, cfg.limits.max_worker_queued_bytes) == (
         300, 65536, 1048576,
     )
@@ -584,3 +585,56 @@ def test_the_whole_read_is_fed_only_below_room_blank_lines():
             assert not fits or blanks < room, (data, room)
             if exact:
                 assert fits == (blanks < room), (data, room)
+
+
+def test_the_pool_keeps_a_spare_connection_ready_within_its_bound():
+    """``connection_pool.spare``: a request that takes the last idle connection (or opens one)
+    has the pool open another in the background, so a burst above the last peak finds one
+    connected; never beyond max_connections, and none with spare 0."""
+    from proxy.http.connection_pool import ConnectionPool
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        accepted = []
+        server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        def pool_of(spare, most=8):
+            cfg = build({"backends": [f"http://127.0.0.1:{port}"],
+                         "connection_pool": {"spare": spare, "max_connections": most}})
+            return ConnectionPool(loop, "127.0.0.1", port, cfg)
+
+        async def settle():
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+
+        try:
+            pool = pool_of(1)
+            first = await pool.acquire()  # opened on demand: the spare follows it
+            await settle()
+            assert (pool.stats()["open"], pool.stats()["idle"], len(accepted)) == (2, 1, 2)
+            pool.release(first)
+            # A burst of two: both connected already, no handshake on either's path...
+            a, b = pool.take_idle(), pool.take_idle()
+            assert a is not None and b is not None and a is not b and pool.opening == 1
+            await settle()  # ...and the spare is topped up behind them
+            assert (pool.stats()["open"], pool.stats()["idle"], pool.opened) == (3, 1, 3)
+            pool.abort()
+
+            bounded = pool_of(1, most=1)
+            await bounded.acquire()
+            await settle()
+            assert bounded.stats()["open"] == 1 and bounded.opening == 0
+            bounded.abort()
+
+            none = pool_of(0)
+            await none.acquire()
+            await settle()
+            assert none.stats()["open"] == 1
+            none.abort()
+        finally:
+            server.close()
+            for w in accepted:
+                w.close()
+
+    uvloop.run(main())

@@ -499,6 +499,31 @@ def test_keep_alive_and_connection_close(sim):
     assert status == 200 and headers["connection"] == "close"
 
 
+def test_idle_keep_alive_connection_closes_after_the_timeout(make_sim):
+    # uvicorn's --timeout-keep-alive: idle this long between requests, the server closes; a
+    # request in progress, however long, is not idle.
+    sim = make_sim(keep_alive_timeout=0.3)
+    with connect(sim.port) as s:
+        started = time.monotonic()
+        s.sendall(raw_request("/v1/chat/completions", chat_body(max_tokens=8, stream=True),
+                              {"x-sim-itl": "0.06"}))  # ~0.5 s of stream: busy, not idle
+        first = read_until(s, is_complete_stream)
+        assert time.monotonic() - started > 0.4
+        time.sleep(0.15)  # idle, but within the timeout: the next request is served
+        s.sendall(raw_request("/v1/chat/completions", chat_body(max_tokens=2)))
+        second = read_until(s, lambda b: b.count(b"\r\n\r\n") and b.endswith(b"}"))
+        idle_since = time.monotonic()
+        assert read_to_eof(s) == b""  # then closed by the server, without a byte
+        waited = time.monotonic() - idle_since
+    assert split_response(first)[0] == 200 and split_response(second)[0] == 200
+    assert 0.25 < waited < 2.0
+    never = make_sim(keep_alive_timeout=0)
+    with connect(never.port) as s:
+        s.settimeout(0.6)
+        with pytest.raises(socket.timeout):
+            s.recv(1)  # still open after twice the other's timeout
+
+
 def test_pipelined_requests_are_answered_in_order(sim):
     slow = raw_request("/v1/chat/completions", chat_body(max_tokens=3, stream=True),
                        {"x-sim-itl": "0.05"})

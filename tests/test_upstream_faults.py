@@ -190,7 +190,7 @@ def _closing_second_request():
 @pytest.mark.parametrize("request_bytes, resent", [(GET, True), (POST, True), (STATEFUL, False)])
 def test_a_reused_connection_that_fails_resends_only_what_a_second_copy_cannot_harm(scripted, proxy_of, request_bytes, resent):
     backend = scripted(_closing_second_request())
-    proxy = proxy_of(backend)
+    proxy = proxy_of(backend, extra=("--pool-spare", "0"))  # the second request reuses the first's connection
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
         s.sendall(request_bytes)
         head, _ = read_response(s)

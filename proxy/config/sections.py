@@ -44,6 +44,10 @@ class ConnectionPoolConfig(_Base):
     max_connections: Count = 1024  # per endpoint, in use + idle; beyond it requests wait
     max_idle: Count = 256  # per endpoint
     max_waiters: Count = 1024  # requests queued for a connection per endpoint; beyond them, 503
+    # Idle connections opened ahead of demand (Envoy's preconnect): a request that finds none
+    # idle pays a connect (a TLS handshake too, for https) before its first byte; with a spare
+    # ready, only the request after it might. 0: connect on demand only.
+    spare: Annotated[int, Meta(ge=0)] = 1
 
 
 class Health(_Base):

@@ -11,7 +11,8 @@ cdef class ConnectionPool:
     cdef public object loop, host, port, max_connections, max_idle, connect_timeout, high_water
     cdef public double idle_timeout
     cdef public object conns, waiters, opened, ssl, server_hostname, closing, max_waiters, wait_timeout
-    cdef public object queued, wait_timeouts, refused
+    cdef public object queued, wait_timeouts, refused, spares
+    cdef public Py_ssize_t spare, opening
     cdef public list idle
 
     @cython.locals(conn=UpstreamConnection, t=double)

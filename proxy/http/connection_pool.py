@@ -17,6 +17,14 @@ that it then cannot open keeps its place and its deadline); beyond either, ``Poo
 with ``Retry-After``: the client, or the exchange on another endpoint, may try again soon).
 ``stats`` counts the waits, their time-outs and the refusals, and the first wait of a pool is
 logged once, so a pool bound that is too small shows itself instead of silently adding latency.
+
+A spare is ready before it is needed. When a request takes the last idle connection (or opens
+one), the pool opens ``spare`` more in the background, within ``max_connections``: on a pool
+that has to grow (a burst above the last peak, or connections the idle timer closed) the next
+request then finds one connected instead of spending a handshake and a few loop turns on its
+first byte. Only a request's take tops the spare up, so a quiet or failing backend is not
+reconnected to on a timer; a spare that fails to open is dropped silently (the next request
+that needs it will connect, and fail, for itself).
 A waiter is a future resolved by ``release`` (a connection), ``_wake`` (``None``: a slot is
 free, open one) or its own timer (``_EXPIRED``); whichever comes first wins, synchronously, so
 a connection is never handed to a waiter that already gave up, and a waiter cancelled after
@@ -54,7 +62,7 @@ class ConnectionPool:
         "loop", "host", "port", "max_connections", "max_idle", "idle_timeout",
         "connect_timeout", "high_water", "conns", "idle", "waiters", "opened", "ssl",
         "server_hostname", "closing", "max_waiters", "wait_timeout", "queued", "wait_timeouts",
-        "refused",
+        "refused", "spare", "opening", "spares",
     )
 
     def __init__(self, loop, host, port, cfg, ssl=None, server_hostname=None):
@@ -78,6 +86,9 @@ class ConnectionPool:
         self.queued = 0  # requests that had to wait for a connection
         self.wait_timeouts = 0  # of those, the ones that waited pool_wait in vain
         self.refused = 0  # requests refused at once: max_waiters were waiting already
+        self.spare = cfg.connection_pool.spare
+        self.opening = 0  # spares being opened
+        self.spares = set()  # their tasks (held: the loop keeps only weak references)
 
     def take_idle(self):
         """An idle connection ready for a request, or None. Never awaits."""
@@ -92,8 +103,32 @@ class ConnectionPool:
             if t - conn.idle_since > self.idle_timeout:
                 conn.close()
                 continue
+            if len(idle) + self.opening < self.spare:
+                self._top_up()
             return conn
         return None
+
+    def _top_up(self):
+        """Open connections in the background until ``spare`` are idle or opening."""
+        while (
+            len(self.idle) + self.opening < self.spare and len(self.conns) + self.opening < self.max_connections
+            and not self.closing
+        ):
+            self.opening += 1
+            task = self.loop.create_task(self._open_spare())
+            self.spares.add(task)
+            task.add_done_callback(self.spares.discard)
+
+    async def _open_spare(self):
+        try:
+            if len(self.conns) >= self.max_connections or self.closing:
+                return  # requests opened what the bound allows since this was asked for
+            conn = await self._open()
+        except Exception:
+            return  # a request that needs it connects, and fails, for itself
+        finally:
+            self.opening -= 1
+        self.release(conn)
 
     async def acquire(self):
         """A connection: idle, new, or the next one released. Raises OSError/TimeoutError
@@ -104,7 +139,10 @@ class ConnectionPool:
             if conn is not None:
                 return conn
             if len(self.conns) < self.max_connections:
-                return await self._open()
+                conn = await self._open()
+                if len(self.idle) + self.opening < self.spare:
+                    self._top_up()
+                return conn
             loop = self.loop
             now = loop.time()
             if deadline is None:
@@ -171,7 +209,8 @@ class ConnectionPool:
                 connect = self.loop.create_connection(
                     lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=self.server_hostname
                 )
-            await asyncio.wait_for(connect, self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                await connect
         except BaseException:
             self.conns.discard(conn)
             self._wake()
@@ -232,6 +271,8 @@ class ConnectionPool:
     def abort(self):
         """Close every connection now, busy ones included."""
         self.closing = True
+        for task in list(self.spares):
+            task.cancel()
         for conn in list(self.conns):
             conn.close()
         self.idle.clear()
@@ -246,6 +287,7 @@ class ConnectionPool:
             "wait_timeouts": self.wait_timeouts,
             "refused": self.refused,
             "opened": self.opened,
+            "spare": self.spare,
             "tls": self.ssl is not None,
             "closing": self.closing,
         }

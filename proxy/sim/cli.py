@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> SimConfig:
     p.add_argument("--event-writes", action="store_true",
                    help="write each event of a stream on its own even with --itl 0, as vLLM "
                         "does (default: a stream without delays leaves in one write)")
+    p.add_argument("--keep-alive-timeout", type=float, default=d.keep_alive_timeout, metavar="S",
+                   help="close a keep-alive connection idle this long, as uvicorn does "
+                        "(vLLM's --timeout-keep-alive; 0: never)")
     a = p.parse_args(argv)
     try:
         return SimConfig(host=a.host, port=a.port, model=a.model, tokens=a.tokens,
@@ -73,7 +76,8 @@ def parse_args(argv: list[str] | None) -> SimConfig:
                          max_model_len=a.max_model_len,
                          request_id_headers=a.enable_request_id_headers,
                          id_from_request_id=a.id_from_request_id,
-                         strict_content_type=a.strict_content_type, event_writes=a.event_writes)
+                         strict_content_type=a.strict_content_type, event_writes=a.event_writes,
+                         keep_alive_timeout=a.keep_alive_timeout)
     except ValueError as e:
         p.error(str(e))
 

@@ -53,10 +53,16 @@ class SimConfig(msgspec.Struct, frozen=True):
     # delays (itl 0, no batching) the simulator writes a whole stream at once unless this is
     # on: the bench turns it on, so that a proxy reads what it would read from vLLM.
     event_writes: bool = False
+    # uvicorn (vLLM's server) closes a keep-alive connection idle this long (its
+    # --timeout-keep-alive, 5 s): a proxy's pool must drop its idle connections sooner, and a
+    # bench sees what a pool that does pays in new connections. 0: never.
+    keep_alive_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
             raise ValueError(f"fault must be one of {sorted(FAULTS)}, not {self.fault!r}")
+        if self.keep_alive_timeout < 0:
+            raise ValueError("keep_alive_timeout must be >= 0")
         if self.tokens < 1 or self.max_concurrency < 1 or self.fault_after < 0:
             raise ValueError("tokens and max_concurrency must be >= 1, fault_after >= 0")
         if self.max_model_len < 2:

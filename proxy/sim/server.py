@@ -68,7 +68,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "api", "echo_request_id", "stats", "conns", "backend_line", "transport", "parser", "loop",
         "_url", "_headers", "_body", "_body_size", "_task", "_current",
-        "_pending", "_broken", "_paused", "_drain", "_reading",
+        "_pending", "_broken", "_paused", "_drain", "_reading", "_keep_alive", "_idle_timer",
     )
 
     def __init__(self, api: Api, conns: set[Connection], backend_line: bytes) -> None:
@@ -91,6 +91,8 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
         self._reading = True
+        self._keep_alive = api.cfg.keep_alive_timeout
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- transport events ------------------------------------------------------
 
@@ -99,11 +101,14 @@ class Connection(asyncio.Protocol):
         self.stats.connections += 1
         self.stats.connections_open += 1
         self.conns.add(self)
+        self._await_next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.connections_open -= 1
         self.conns.discard(self)
         self._pending.clear()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         if self._task is not None:
             self._task.cancel()  # the client left: abort the generation
         if self._drain is not None and not self._drain.done():
@@ -134,6 +139,9 @@ class Connection(asyncio.Protocol):
     # -- parser callbacks --------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self._url = b""
         self._headers = {}
         self._body = []
@@ -197,7 +205,10 @@ class Connection(asyncio.Protocol):
                 self._task = self.loop.create_task(coro)
                 self._task.add_done_callback(self._on_task_done)
                 return
-            if not self._after_response(req) or not self._pending:
+            if not self._after_response(req):
+                return
+            if not self._pending:
+                self._await_next()
                 return
             req = self._pending.popleft()
 
@@ -210,8 +221,22 @@ class Connection(asyncio.Protocol):
             log.error("sim request failed", exc_info=exc)
             self.transport.abort()
             return
-        if self._after_response(self._current) and self._pending:
-            self._run(self._pending.popleft())
+        if self._after_response(self._current):
+            if self._pending:
+                self._run(self._pending.popleft())
+            else:
+                self._await_next()
+
+    def _await_next(self) -> None:
+        """Idle, the connection waits keep_alive_timeout for its next request (uvicorn's
+        keep-alive timer), then closes."""
+        if self._keep_alive > 0 and self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self._keep_alive, self._idle_close)
+
+    def _idle_close(self) -> None:
+        self._idle_timer = None
+        if self._idle() and self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
     def _after_response(self, req: Request) -> bool:
         """Close if the request or the reply ended the connection; say if it goes on."""
