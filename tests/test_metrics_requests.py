@@ -200,22 +200,30 @@ def test_grafana_dashboard_names_only_exposed_families(group):
 def test_an_observation_lands_in_the_bucket_prometheus_means():
     # The compiled recorder finds the bucket by its own C search: a bound is its bucket's
     # inclusive upper end (le), as bisect_left puts it, for every bound and its neighbours.
-    from array import array
+    import os
     from bisect import bisect_left
 
-    from proxy.observe import metrics
-    from proxy.observe.table import HISTOGRAMS
+    from proxy.observe.metrics import Recorder
+    from proxy.observe.table import HIST_AT, HISTOGRAMS, MetricsTable
 
-    for _, _, bounds in HISTOGRAMS:
-        doubles = array("d", bounds)
-        for bound in bounds:
-            for seconds in (0.0, bound * 0.999999, bound, bound * 1.000001, bound * 10, 1e9):
-                cells = memoryview(bytearray(8 * (len(bounds) + 2))).cast("q")
-                metrics._observe(cells, 0, doubles, seconds)
-                want = [0] * (len(bounds) + 1)
-                want[bisect_left(bounds, seconds)] = 1
-                assert list(cells[:len(bounds) + 1]) == want, (bounds, seconds)
-                assert cells[len(bounds) + 1] == int(seconds * 1e6)
+    table = MetricsTable(1, 4)
+    try:
+        recorder = Recorder(table, table.claim_row(os.getpid()))
+        base = recorder.series("tiny", "b", "t")
+        cells = table.cells
+        for hist, (_, _, bounds) in enumerate(HISTOGRAMS):
+            at = base + HIST_AT[hist]
+            for bound in bounds:
+                for seconds in (0.0, bound * 0.999999, bound, bound * 1.000001, bound * 10, 1e9):
+                    before = list(cells[at:at + len(bounds) + 2])
+                    recorder.observe(base, hist, seconds)
+                    after = list(cells[at:at + len(bounds) + 2])
+                    want = [0] * (len(bounds) + 1)
+                    want[bisect_left(bounds, seconds)] = 1
+                    assert [b - a for a, b in zip(before, after)][:-1] == want, (bounds, seconds)
+                    assert after[-1] - before[-1] == int(seconds * 1e6)
+    finally:
+        table.close()
 
 
 def test_a_new_timing_is_one_made_by_its_constructor():

@@ -218,9 +218,8 @@ cdef extern from *:
         Py_ssize_t report_at = -1, report_end = -1;
         int has_id = 0;
         while (at < size) {
-            Py_ssize_t colon = at;
-            while (colon < size && s[colon] != ':')
-                colon++;
+            const char *sep = memchr(s + at, ':', size - at);  /* libc's vector search, not a byte loop */
+            Py_ssize_t colon = sep != NULL ? sep - s : size;
             const char *cr = memchr(s + colon, 0x0D, size - colon);
             if (colon >= size || cr == NULL)
                 Py_RETURN_NONE;  /* not raw_head's form: the Python walk says what it is */

@@ -32,11 +32,13 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
     /* fields._string_end: where the JSON string whose first byte is at pos ends (its closing
-       quote), or -1 (no end, a control byte, a \\u or malformed escape). Eight bytes a step,
-       each tested for a quote, a backslash or a byte below 0x20 at once (the "has a zero
-       byte" and "has a byte less than" word tricks); a borrow only runs upwards from a byte
-       that is one of them, so on a little-endian machine the first is the lowest flag's. */
-    static inline Py_ssize_t fleetproxy_string_end(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
+       quote), or -1 (no end, a control byte, a \\u or malformed escape); plain (_key_end): -1
+       at any backslash. Eight bytes a step, each tested for a quote, a backslash or a byte
+       below 0x20 at once (the "has a zero byte" and "has a byte less than" word tricks); a
+       borrow only runs upwards from a byte that is one of them, so on a little-endian machine
+       the first is the lowest flag's. */
+    static inline Py_ssize_t fleetproxy_string_end(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n,
+                                                   int plain) {
         const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
         for (;;) {
             while (pos + 8 <= n) {
@@ -59,8 +61,8 @@ cdef extern from *:
                 return -1;
             if (s[pos] == 0x22)
                 return pos;
-            if (s[pos] != 0x5C || pos + 1 >= n)
-                return -1;
+            if (plain || s[pos] != 0x5C || pos + 1 >= n)
+                return -1;  /* plain: a key, where any escape is msgspec's */
             switch (s[pos + 1]) {
             case 0x22: case 0x5C: case 0x2F: case 0x62: case 0x66: case 0x6E: case 0x72: case 0x74:  /* "\\/bfnrt */
                 pos += 2;
@@ -71,7 +73,7 @@ cdef extern from *:
         }
     }
     '''
-    Py_ssize_t fleetproxy_string_end(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) nogil
+    Py_ssize_t fleetproxy_string_end(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n, int plain) nogil
 
 @cython.locals(n=Py_ssize_t, buf="const unsigned char *", seen=int, pos=Py_ssize_t, at=Py_ssize_t,
                size=Py_ssize_t, first=int, model_at=Py_ssize_t, model_end=Py_ssize_t, fields=Scanned)
@@ -83,7 +85,7 @@ cdef inline Py_ssize_t _space(const unsigned char *buf, Py_ssize_t pos, Py_ssize
 @cython.locals(c=int)
 cdef inline Py_ssize_t _string_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
 
-cdef inline bint _escaped(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end) noexcept
+cdef inline Py_ssize_t _key_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
 
 cdef inline bint _printable(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end) noexcept
 

@@ -115,8 +115,8 @@ def scan(body):
             if pos >= n or buf[pos] != 34:  # a key's '"'
                 return None
             at = pos + 1
-            pos = _string_end(buf, at, n)
-            if pos < 0 or _escaped(buf, at, pos):
+            pos = _key_end(buf, at, n)
+            if pos < 0:
                 return None
             size = pos - at
             pos = _space(buf, pos + 1, n)
@@ -218,7 +218,7 @@ def _string_end(buf, pos, n):
     """Where the string whose first byte is at ``pos`` ends (its closing quote), or -1: no
     end, a control byte, a ``\\u`` or a malformed escape. Compiled: this, in C (fields.pxd)."""
     if _COMPILED:
-        return fleetproxy_string_end(buf, pos, n)  # noqa: F821 (fields.pxd)
+        return fleetproxy_string_end(buf, pos, n, 0)  # noqa: F821 (fields.pxd)
     while True:
         while pos < n and (buf[pos] >= 35 and buf[pos] != 92 or buf[pos] == 32 or buf[pos] == 33):
             pos += 1
@@ -235,13 +235,15 @@ def _string_end(buf, pos, n):
         pos += 2
 
 
-def _escaped(buf, pos, end):
-    """Whether ``buf[pos:end]`` holds a backslash."""
-    while pos < end:
-        if buf[pos] == 92:
-            return True
+def _key_end(buf, pos, n):
+    """Where the key whose first byte is at ``pos`` ends (its closing quote), or -1: no end, a
+    control byte or any backslash (a key with an escape is msgspec's to read). One walk: the
+    string's end and the absence of an escape found together."""
+    if _COMPILED:
+        return fleetproxy_string_end(buf, pos, n, 1)  # noqa: F821 (fields.pxd)
+    while pos < n and (buf[pos] >= 35 and buf[pos] != 92 or buf[pos] == 32 or buf[pos] == 33):
         pos += 1
-    return False
+    return pos if pos < n and buf[pos] == 34 else -1
 
 
 def _printable(buf, pos, end):
