@@ -8,7 +8,9 @@ from proxy.observe.streamusage cimport after, find, rfind, rfind_open
 from proxy.routing.fields cimport Scanned
 
 cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _ITL_AT, _NCLASS, _BYTES_PER_TOKEN
-cdef double[::1] _E2E_BOUNDS, _RESP_BOUNDS, _REQ_BOUNDS, _TTFT_BOUNDS, _ITL_BOUNDS
+cdef double[::1] _ALL_BOUNDS
+cdef Py_ssize_t _E2E_FIRST, _RESP_FIRST, _REQ_FIRST, _TTFT_FIRST, _ITL_FIRST
+cdef Py_ssize_t _E2E_N, _RESP_N, _REQ_N, _TTFT_N, _ITL_N
 cdef bint _COMPILED
 cdef int _TAKEN
 cdef str DEFAULT_TENANT
@@ -108,6 +110,9 @@ cdef class Recorder:
 
     cpdef observe(self, Py_ssize_t base, Py_ssize_t hist, double seconds)
 
+    @cython.locals(lo=Py_ssize_t, hi=Py_ssize_t, mid=Py_ssize_t)
+    cdef void _add(self, Py_ssize_t at, Py_ssize_t first, Py_ssize_t n, double seconds)
+
     @cython.locals(base=Py_ssize_t, at=Py_ssize_t, seconds=double, t0=double, t_head=double, t_body=double,
                    cls=Py_ssize_t, completion=cython.longlong)
     cpdef record(self, Timing obs, Py_ssize_t attempts, bint fallback, NativeFramer framer, int status,
@@ -131,9 +136,6 @@ cdef long long _digits(const unsigned char *buf, Py_ssize_t n, Py_ssize_t pos) n
 
 cdef Py_ssize_t _skip_digits(const unsigned char *buf, Py_ssize_t n, Py_ssize_t pos) noexcept
 
-@cython.locals(n=Py_ssize_t, lo=Py_ssize_t, hi=Py_ssize_t, mid=Py_ssize_t)
-# Inline: a call would copy both views' structs (about 200 bytes each) per observation.
-cdef inline void _observe(long long[::1] cells, Py_ssize_t at, double[::1] bounds, double seconds) noexcept
 
 # What the observer calls per request, as C calls (observer.pxd cimports them).
 cpdef count_tokens(Timing timing)

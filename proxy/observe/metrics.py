@@ -34,15 +34,17 @@ DEFAULT_TENANT = "default"  # until tenants exist (issue 15): Exchange.tenant fi
 # few beside a real prompt). Exact counts arrive with the usage, after the fact.
 BYTES_PER_TOKEN = 4
 USAGE_SPAN = 4096  # bytes: at most what a usage object spans, searched across two reads
-# Each histogram's bounds as C doubles (typed views in metrics.pxd: the bucket is found by a C
-# search, no float boxed per observation), and the ones every request records, unpacked once
-# for ``Recorder.record``: where each starts in a series.
-_BOUNDS = [array("d", b) for _, _, b in HISTOGRAMS]
-_E2E_AT, _E2E_BOUNDS = HIST_AT[H_E2E], _BOUNDS[H_E2E]
-_RESP_AT, _RESP_BOUNDS = HIST_AT[H_OVER_RESP], _BOUNDS[H_OVER_RESP]
-_REQ_AT, _REQ_BOUNDS = HIST_AT[H_OVER_REQ], _BOUNDS[H_OVER_REQ]
-_TTFT_AT, _TTFT_BOUNDS = HIST_AT[H_TTFT], _BOUNDS[H_TTFT]
-_ITL_AT, _ITL_BOUNDS = HIST_AT[H_ITL], _BOUNDS[H_ITL]
+# Every histogram's bounds in one array of C doubles (a typed view in metrics.pxd: the bucket
+# is found by a C search, no float boxed per observation), each histogram's from ``_FIRST[h]``,
+# and the ones every request records unpacked once for ``Recorder.record``: where each starts
+# in a series, where its bounds start, how many.
+_ALL_BOUNDS = array("d", [bound for _, _, bounds in HISTOGRAMS for bound in bounds])
+_FIRST = [sum(len(b) for _, _, b in HISTOGRAMS[:h]) for h in range(len(HISTOGRAMS))]
+_E2E_AT, _E2E_FIRST, _E2E_N = HIST_AT[H_E2E], _FIRST[H_E2E], len(HISTOGRAMS[H_E2E][2])
+_RESP_AT, _RESP_FIRST, _RESP_N = HIST_AT[H_OVER_RESP], _FIRST[H_OVER_RESP], len(HISTOGRAMS[H_OVER_RESP][2])
+_REQ_AT, _REQ_FIRST, _REQ_N = HIST_AT[H_OVER_REQ], _FIRST[H_OVER_REQ], len(HISTOGRAMS[H_OVER_REQ][2])
+_TTFT_AT, _TTFT_FIRST, _TTFT_N = HIST_AT[H_TTFT], _FIRST[H_TTFT], len(HISTOGRAMS[H_TTFT][2])
+_ITL_AT, _ITL_FIRST, _ITL_N = HIST_AT[H_ITL], _FIRST[H_ITL], len(HISTOGRAMS[H_ITL][2])
 # A usage object's counts: one C search each, from where "usage" starts.
 _PROMPT = re.compile(rb'"prompt_tokens": ?(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens": ?(\d+)')
@@ -190,7 +192,27 @@ class Recorder:
 
     def observe(self, base, hist, seconds):
         """One observation of ``seconds`` into histogram ``hist`` of the series at ``base``."""
-        _observe(self.cells, base + HIST_AT[hist], _BOUNDS[hist], seconds)
+        self._add(base + HIST_AT[hist], _FIRST[hist], len(HISTOGRAMS[hist][2]), seconds)
+
+    def _add(self, at, first, n, seconds):
+        """One observation of ``seconds`` into the histogram whose buckets start at ``cells[at]``
+        and whose bounds are ``_ALL_BOUNDS[first:first + n]``: its bucket (``bisect_left``: a
+        bound is the bucket's inclusive upper end) and, after the buckets and +Inf, its sum in
+        microseconds. A method on scalars: compiled, a call that passed the views would copy
+        their structs (some 200 bytes each) per observation."""
+        if _COMPILED:  # a C search over C doubles; interpreted, the C bisect beats a Python loop
+            lo = first
+            hi = first + n
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if _ALL_BOUNDS[mid] < seconds:
+                    lo = mid + 1
+                else:
+                    hi = mid
+        else:
+            lo = bisect_left(_ALL_BOUNDS, seconds, first, first + n)
+        self.cells[at + lo - first] += 1
+        self.cells[at + n + 1] += int(seconds * 1e6)
 
     def record(self, obs, attempts, fallback, framer, status, outcome, now, model, backend):
         """A request ended with ``outcome`` (an index into table.OUTCOMES) and ``status`` (0:
@@ -220,21 +242,21 @@ class Recorder:
         t0 = obs.t0
         t_head = obs.t_head
         if t_head:
-            _observe(self.cells, base + _E2E_AT, _E2E_BOUNDS, now - t0)
-            _observe(self.cells, base + _RESP_AT, _RESP_BOUNDS, obs.t_resp - t_head)
+            self._add(base + _E2E_AT, _E2E_FIRST, _E2E_N, now - t0)
+            self._add(base + _RESP_AT, _RESP_FIRST, _RESP_N, obs.t_resp - t_head)
         if obs.t_sent and attempts == 1:
             seconds = obs.t_sent - t0 - obs.t_wait
-            _observe(self.cells, base + _REQ_AT, _REQ_BOUNDS, seconds if seconds > 0.0 else 0.0)
+            self._add(base + _REQ_AT, _REQ_FIRST, _REQ_N, seconds if seconds > 0.0 else 0.0)
         t_body = obs.t_body
         if t_body > 0.0:
-            _observe(self.cells, base + _TTFT_AT, _TTFT_BOUNDS, t_body - t0)
+            self._add(base + _TTFT_AT, _TTFT_FIRST, _TTFT_N, t_body - t0)
         at = base + _S_TOK  # the usage's counts (count_tokens: 0 where there was none)
         completion = obs.completion_tokens
         self.cells[at] += obs.prompt_tokens
         self.cells[at + 1] += completion
         self.cells[at + 2] += obs.cached_tokens
         if framer.event_stream and completion > 1 and t_body > 0.0:
-            _observe(self.cells, base + _ITL_AT, _ITL_BOUNDS, (now - t_body) / (completion - 1))
+            self._add(base + _ITL_AT, _ITL_FIRST, _ITL_N, (now - t_body) / (completion - 1))
         if framer.event_stream and obs.usage != _TAKEN:
             tail, prev = obs.tail, obs.prev
             if (tail is not None and find(tail, _ERROR_EVENT) >= 0) or (prev is not None and find(prev, _ERROR_EVENT) >= 0):
@@ -284,26 +306,6 @@ class Recorder:
         if gate is not None:  # the tenants' fair queue, per route: a series (cluster, "", "")
             for cluster, waiting in gate.queued().items():
                 cells[self.series(cluster, "", "", 0) + S_POOL_WAITING] = waiting
-
-
-def _observe(cells, at, bounds, seconds):
-    """One observation of ``seconds`` into the histogram whose buckets start at ``cells[at]``:
-    its bucket (``bisect_left``: a bound is the bucket's inclusive upper end) and, after the
-    buckets and +Inf, its sum in microseconds."""
-    n = len(bounds)
-    if _COMPILED:  # a C search over C doubles; interpreted, the C bisect beats a Python loop
-        lo = 0
-        hi = n
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if bounds[mid] < seconds:
-                lo = mid + 1
-            else:
-                hi = mid
-    else:
-        lo = bisect_left(bounds, seconds)
-    cells[at + lo] += 1
-    cells[at + n + 1] += int(seconds * 1e6)
 
 
 NO_TOKENS = (0, 0, 0)
