@@ -216,7 +216,7 @@ def main(argv=None) -> int:
             layout_text += f"; {n_sims} simulators, wrk with {threads} threads (direct: the first simulator)"
             m["layout"] = layout_text
         runner = Runner(fleet, [p.pid for p in fleet.procs[:n_sims]], load_cpus, None, args.smoke, args.repeat,
-                        args.duration, threads)
+                        args.duration, threads, sim_urls=sims)
         plan = [runner.planned(s, len(targets) if s.key != "e" else
                                len(routing_configs() or []) + ("nginx" in args.targets)) for s in todo]
         runner.progress = Progress(sum(r for r, _ in plan), sum(t for _, t in plan))

@@ -173,6 +173,8 @@ def scenario_markdown(s: Scenario, result: dict, heading: str = "##") -> str:
                 lines += ["TTFT the proxy adds over direct: " + "; ".join(added) + ".", ""]
         if m == "ttft_ms" and any(row.get("transit_ms") and not row["flagged"] for row in rows.values()):
             lines += [transit_line(rows), ""]
+        if any(row.get("backend_connections") is not None for row in rows.values()):
+            lines += [connections_line(rows), ""]
         if any("affinity" in row for row in rows.values()):
             lines += ["Affinity: share of a session's follow-up turns served by the backend that served its "
                       "previous turn (1 = perfect; 1/N = random over N backends). Spread: the busiest "
@@ -256,6 +258,16 @@ def transit_line(rows: dict) -> str:
     return ("First token's time outside the simulator, p50 / p99 ms (request leg plus first-token leg, from "
             "the simulator's CLOCK_MONOTONIC stamps: its own wait, whose timer jitter swamps TTFT's tail, "
             "taken out; in brackets what the proxy adds over direct): " + "; ".join(parts) + ".")
+
+
+def connections_line(rows: dict) -> str:
+    """How many connections the simulators accepted per run: a proxy's upstream connects."""
+    parts = [f"{name} {row['backend_connections']:g}" for name, row in rows.items()
+             if row.get("backend_connections") is not None]
+    return ("Connections the simulators accepted per run, median of the repeats (a proxy's upstream "
+            "connections, its health checks and load scrapes included; direct: the load generator's own): "
+            + "; ".join(parts) + ". Each is a handshake on some request's path, unless the proxy opened it "
+            "ahead of demand.")
 
 
 def _sub(a: dict, b: dict, p: str):

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 from . import cpu, wrk
 from .procs import Fleet, Target
@@ -71,8 +72,10 @@ def _mmss(s: float) -> str:
 
 class Runner:
     def __init__(self, fleet: Fleet, sims: list[int], load_cpus: set[int] | None, progress: Progress,
-                 smoke: bool, repeat: int, duration: float | None, threads: int = 1):
+                 smoke: bool, repeat: int, duration: float | None, threads: int = 1,
+                 sim_urls: list[str] = ()):
         self.fleet = fleet
+        self.sim_urls = list(sim_urls)  # the simulators, asked how many connections they accepted
         self.threads = threads  # wrk's: more than one only where the load generators have cores (--proxy-cpus)
         self.sims = sims  # simulator pids, for their CPU per request
         self.load_cpus = load_cpus
@@ -149,7 +152,8 @@ class Runner:
             os.remove(out)  # a driver that writes nothing must not pass off the last run's numbers
         if s.driver == "wrk":
             lua = wrk.script(params["lua"], self.fleet.dir)
-            text, cpu_s = self._drive(wrk.argv(t.url, lua, d, params["connections"], self.threads), None, d, t)
+            text, cpu_s, accepted = self._drive(wrk.argv(t.url, lua, d, params["connections"], self.threads),
+                                                None, d, t)
             result = wrk.parse(text)
         else:
             module = "bench.openloop" if s.driver == "openloop" else "bench.chat_users"
@@ -158,7 +162,7 @@ class Runner:
             for k, v in params.items():
                 if k != "backends":
                     argv += [f"--{k}", str(v)]
-            _, cpu_s = self._drive(argv, out, d + self.warmup_seconds(s), t)
+            _, cpu_s, accepted = self._drive(argv, out, d + self.warmup_seconds(s), t)
             with open(out) as f:
                 result = json.load(f)
         answered = result.get("ok") or 0
@@ -166,14 +170,16 @@ class Runner:
         result["cpu_us_per_req"] = round(proxy_s / answered * 1e6, 2) if t.procs and answered else None
         result["sim_cpu_us_per_req"] = round(sim_s / answered * 1e6, 2) if answered else None
         result["cpu_s"] = round(proxy_s, 3)
+        result["backend_connections"] = accepted
         return result
 
     def _drive(self, argv: list[str], out: str | None, planned: float, t: Target):
-        """Run one driver; return (its stdout, (proxy CPU s, simulator CPU s) over the window)."""
+        """Run one driver; return its stdout, (proxy CPU s, simulator CPU s) over the window,
+        and the connections the simulators accepted in it (None where they could not say)."""
         proxies = t.pids
 
         def sample():
-            return cpu.tree_seconds(proxies), cpu.tree_seconds(self.sims)
+            return cpu.tree_seconds(proxies), cpu.tree_seconds(self.sims), self.accepted()
 
         cpus = self.load_cpus
         before = sample() if out is None else None  # wrk: the window is the process's life
@@ -223,7 +229,30 @@ class Runner:
                                + b"".join(errs).decode(errors="replace")[-2000:])
         if before is None:
             raise RuntimeError(f"driver never opened its measured window: {' '.join(argv)}")
-        return text, (after[0] - before[0], after[1] - before[1])
+        accepted = None
+        if after[2] is not None and before[2] is not None:
+            accepted = after[2] - before[2] - len(self.sim_urls)  # the last reading's own connections
+        return text, (after[0] - before[0], after[1] - before[1]), accepted
+
+    def accepted(self) -> int | None:
+        """Connections the simulators have accepted so far (``sim:connections_total``), this
+        reading's own included; None without simulators to ask or where one does not answer.
+        Over a run, the upstream connections a proxy opened (with its health checks and load
+        scrapes): a tail of first tokens made of new connections shows here."""
+        if not self.sim_urls:
+            return None
+        total = 0
+        for url in self.sim_urls:
+            try:
+                with urllib.request.urlopen(url + "/metrics", timeout=2.0) as r:
+                    text = r.read().decode()
+            except OSError:
+                return None
+            value = next((ln.split()[-1] for ln in text.splitlines() if ln.startswith("sim:connections_total")), None)
+            if value is None:
+                return None
+            total += int(float(value))
+        return total
 
     def stop_driver(self) -> None:
         p, self.current = self.current, None
@@ -264,6 +293,7 @@ def aggregate(runs: list[dict], steps: list[str], targets: list[str], metric: st
                 "errors": sum(r.get("errors") or 0 for r in rs),
                 "cpu_us_per_req": median_of([r.get("cpu_us_per_req") for r in rs]),
                 "sim_cpu_us_per_req": median_of([r.get("sim_cpu_us_per_req") for r in rs]),
+                "backend_connections": median_of([r.get("backend_connections") for r in rs]),
             }
             for key in ("latency_ms", "ttft_ms", "itl_ms", "lag_ms", "transit_ms", "to_backend_ms", "first_back_ms"):
                 if any(r.get(key) for r in rs):

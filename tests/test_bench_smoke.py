@@ -15,6 +15,7 @@ import random
 import subprocess
 import sys
 import tomllib
+import urllib.request
 
 import pytest
 
@@ -225,6 +226,37 @@ def test_report_gives_the_first_tokens_transit_and_what_each_proxy_adds():
     line = next(ln for ln in md.splitlines() if ln.startswith("First token's time outside the simulator"))
     assert "direct 0.20 / 0.50;" in line
     assert "fleetproxy 0.35 / 0.90 (+0.15 / +0.40)" in line and "nginx 0.30 / 0.70 (+0.10 / +0.20)" in line
+
+
+def test_the_report_says_how_many_connections_the_simulators_accepted():
+    def run(target, repeat, accepted):
+        r = _run(target, repeat)
+        r["ttft_ms"], r["backend_connections"] = {"50": 50.5, "99": 52.0}, accepted
+        return r
+
+    runs = [run("direct", 1, 64), run("direct", 2, 64), run("fleetproxy", 1, 3), run("fleetproxy", 2, 5),
+            run("nginx", 1, 9), run("nginx", 2, 11)]
+    agg = runner.aggregate(runs, [""], ["direct", "fleetproxy", "nginx"], "ttft_ms")
+    md = report.scenario_markdown(scenarios.by_key("c")[0], {"runs": runs, "aggregate": agg, "config": {
+        "repeat": 2, "duration_s": 10, "workers": 1, "layout": "x"}})
+    line = next(ln for ln in md.splitlines() if ln.startswith("Connections the simulators accepted"))
+    assert "direct 64; fleetproxy 4; nginx 10." in line
+
+
+def test_the_runner_counts_the_connections_a_simulator_accepted():
+    from bench.procs import Fleet
+
+    with Fleet() as fleet:
+        url = fleet.start_sim("sim-count")
+        r = runner.Runner(None, [], None, None, True, 1, None, sim_urls=[url])
+        before = r.accepted()
+        for _ in range(3):  # three connections of our own, one request each
+            with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+                assert resp.status == 200
+        after = r.accepted()
+    # Each reading opens a connection of its own and counts it: the later one's is not the run's.
+    assert after - before - 1 == 3
+    assert runner.Runner(None, [], None, None, True, 1, None).accepted() is None
 
 
 def test_cpu_over_nginx_is_also_given_repeat_by_repeat():
