@@ -18,6 +18,11 @@ with ``Retry-After``: the client, or the exchange on another endpoint, may try a
 ``stats`` counts the waits, their time-outs and the refusals, and the first wait of a pool is
 logged once, so a pool bound that is too small shows itself instead of silently adding latency.
 
+A waiter is a future resolved by ``release`` (a connection), ``_wake`` (``None``: a slot is
+free, open one) or its own timer (``_EXPIRED``); whichever comes first wins, synchronously, so
+a connection is never handed to a waiter that already gave up, and a waiter cancelled after
+being handed one (its client left) passes it on.
+
 A spare is ready before it is needed. When a request takes the last idle connection (or opens
 one), the pool opens ``spare`` more in the background, within ``max_connections``: on a pool
 that has to grow (a burst above the last peak, or connections the idle timer closed) the next
@@ -25,10 +30,6 @@ request then finds one connected instead of spending a handshake and a few loop 
 first byte. Only a request's take tops the spare up, so a quiet or failing backend is not
 reconnected to on a timer; a spare that fails to open is dropped silently (the next request
 that needs it will connect, and fail, for itself).
-A waiter is a future resolved by ``release`` (a connection), ``_wake`` (``None``: a slot is
-free, open one) or its own timer (``_EXPIRED``); whichever comes first wins, synchronously, so
-a connection is never handed to a waiter that already gave up, and a waiter cancelled after
-being handed one (its client left) passes it on.
 
 TLS (https endpoints) is the transport's business: the pool opens its connections with the
 endpoint's ``ssl`` context and ``server_hostname`` (SNI and the name verified); nothing else
