@@ -181,12 +181,13 @@ def once(runner, t, params: dict, d: float) -> dict:
     argv = [sys.executable, "-m", "bench.locust_run", "--url", t.url, "--users", str(params["users"]),
             "--rate", str(params["rate"]), "--duration", str(d), "--ttft", str(params["ttft"]),
             "--itl", str(params["itl"]), "--csv", prefix]
-    _, (proxy_s, sim_s) = runner._drive(argv, f"{prefix}_stats.csv", d + STARTUP, t)
+    _, (proxy_s, sim_s), accepted = runner._drive(argv, f"{prefix}_stats.csv", d + STARTUP, t)
     result = parse(prefix, d)
     answered = result["ok"]
     result["cpu_us_per_req"] = round(proxy_s / answered * 1e6, 2) if t.procs and answered else None
     result["sim_cpu_us_per_req"] = round(sim_s / answered * 1e6, 2) if answered else None
     result["cpu_s"] = round(proxy_s, 3)
+    result["backend_connections"] = accepted
     return result
 
 

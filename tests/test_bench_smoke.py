@@ -259,6 +259,25 @@ def test_the_runner_counts_the_connections_a_simulator_accepted():
     assert runner.Runner(None, [], None, None, True, 1, None).accepted() is None
 
 
+def test_every_driver_reports_the_connections_the_simulator_accepted():
+    """Each driver's run through the runner (wrk, the open loop, the chat users, locust), briefly,
+    against the simulator itself: every run carries its count of accepted connections."""
+    from bench import locust_run
+    from bench.procs import Fleet, Target
+
+    keys = ["c", "d"] + (["a"] if wrk.binary() else []) + ([] if locust_run.missing() else ["f"])
+    with Fleet() as fleet:
+        url = fleet.start_sim("sim-drivers", ["--ttft", "0.005", "--itl", "0.001"])
+        r = runner.Runner(fleet, [], None, runner.Progress(len(keys), 10.0), True, 1, None, sim_urls=[url])
+        for key in keys:
+            s = scenarios.by_key(key)[0]
+            target = Target("direct", url)
+            result = locust_run.scenario(r, s, [target]) if s.driver == "locust" else r.scenario(s, [target])
+            counts = [run["backend_connections"] for run in result["runs"]]
+            # 0 is a count too: the chat users open theirs in the warm-up, before the window.
+            assert counts and all(c is not None and c >= 0 for c in counts), (key, counts)
+
+
 def test_cpu_over_nginx_is_also_given_repeat_by_repeat():
     # nginx's CPU drifts over the repeats and fleetproxy's with it: each repeat's own ratio says
     # 1.10x, which the medians of whole targets (28 / 24 = 1.17x here) do not.
