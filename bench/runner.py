@@ -20,10 +20,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 from . import cpu, wrk
 from .procs import Fleet, Target
+from .routing_fleet import scrape
 from .scenarios import Scenario, Step
 from .stats import median_of, merge_percentiles
 
@@ -241,18 +241,11 @@ class Runner:
         scrapes): a tail of first tokens made of new connections shows here."""
         if not self.sim_urls:
             return None
-        total = 0
-        for url in self.sim_urls:
-            try:
-                with urllib.request.urlopen(url + "/metrics", timeout=2.0) as r:
-                    text = r.read().decode()
-            except OSError:
-                return None
-            value = next((ln.split()[-1] for ln in text.splitlines() if ln.startswith("sim:connections_total")), None)
-            if value is None:
-                return None
-            total += int(float(value))
-        return total
+        try:
+            counts = [scrape(url).get("sim:connections_total") for url in self.sim_urls]
+        except (OSError, RuntimeError):
+            return None
+        return None if None in counts else int(sum(counts))
 
     def stop_driver(self) -> None:
         p, self.current = self.current, None

@@ -141,8 +141,7 @@ class ConnectionPool:
                 return conn
             if len(self.conns) < self.max_connections:
                 conn = await self._open()
-                if len(self.idle) + self.opening < self.spare:
-                    self._top_up()
+                self._top_up()
                 return conn
             loop = self.loop
             now = loop.time()

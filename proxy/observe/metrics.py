@@ -39,12 +39,13 @@ USAGE_SPAN = 4096  # bytes: at most what a usage object spans, searched across t
 # and the ones every request records unpacked once for ``Recorder.record``: where each starts
 # in a series, where its bounds start, how many.
 _ALL_BOUNDS = array("d", [bound for _, _, bounds in HISTOGRAMS for bound in bounds])
-_FIRST = [sum(len(b) for _, _, b in HISTOGRAMS[:h]) for h in range(len(HISTOGRAMS))]
-_E2E_AT, _E2E_FIRST, _E2E_N = HIST_AT[H_E2E], _FIRST[H_E2E], len(HISTOGRAMS[H_E2E][2])
-_RESP_AT, _RESP_FIRST, _RESP_N = HIST_AT[H_OVER_RESP], _FIRST[H_OVER_RESP], len(HISTOGRAMS[H_OVER_RESP][2])
-_REQ_AT, _REQ_FIRST, _REQ_N = HIST_AT[H_OVER_REQ], _FIRST[H_OVER_REQ], len(HISTOGRAMS[H_OVER_REQ][2])
-_TTFT_AT, _TTFT_FIRST, _TTFT_N = HIST_AT[H_TTFT], _FIRST[H_TTFT], len(HISTOGRAMS[H_TTFT][2])
-_ITL_AT, _ITL_FIRST, _ITL_N = HIST_AT[H_ITL], _FIRST[H_ITL], len(HISTOGRAMS[H_ITL][2])
+_COUNT = [len(bounds) for _, _, bounds in HISTOGRAMS]
+_FIRST = [sum(_COUNT[:h]) for h in range(len(HISTOGRAMS))]
+_E2E_AT, _E2E_FIRST, _E2E_N = HIST_AT[H_E2E], _FIRST[H_E2E], _COUNT[H_E2E]
+_RESP_AT, _RESP_FIRST, _RESP_N = HIST_AT[H_OVER_RESP], _FIRST[H_OVER_RESP], _COUNT[H_OVER_RESP]
+_REQ_AT, _REQ_FIRST, _REQ_N = HIST_AT[H_OVER_REQ], _FIRST[H_OVER_REQ], _COUNT[H_OVER_REQ]
+_TTFT_AT, _TTFT_FIRST, _TTFT_N = HIST_AT[H_TTFT], _FIRST[H_TTFT], _COUNT[H_TTFT]
+_ITL_AT, _ITL_FIRST, _ITL_N = HIST_AT[H_ITL], _FIRST[H_ITL], _COUNT[H_ITL]
 # A usage object's counts: one C search each, from where "usage" starts.
 _PROMPT = re.compile(rb'"prompt_tokens": ?(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens": ?(\d+)')
@@ -192,7 +193,7 @@ class Recorder:
 
     def observe(self, base, hist, seconds):
         """One observation of ``seconds`` into histogram ``hist`` of the series at ``base``."""
-        self._add(base + HIST_AT[hist], _FIRST[hist], len(HISTOGRAMS[hist][2]), seconds)
+        self._add(base + HIST_AT[hist], _FIRST[hist], _COUNT[hist], seconds)
 
     def _add(self, at, first, n, seconds):
         """One observation of ``seconds`` into the histogram whose buckets start at ``cells[at]``
