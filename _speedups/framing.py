@@ -118,6 +118,17 @@ def _matches(buf, at, literal, n, fold):
     return True
 
 
+def _name_is(buf, at, literal, n):
+    """Whether the field name ``buf[at:at + n]`` is ``literal`` (lower-case letters and "-",
+    ``n`` >= 8) ignoring case. The walk has checked that the name's bytes are tchars. Compiled,
+    eight bytes a step with 0x20 OR-ed into each: of the bytes that land on a letter or "-"
+    that way only the capitals are tchars (the other, CR, lands on "-"), so on a name it
+    folds case exactly as ``_matches`` does."""
+    if _NATIVE:
+        return fleetproxy_name_is(buf + at, literal, n)  # noqa: F821 (framing_c.pxd)
+    return _matches(buf, at, literal, n, True)
+
+
 def _blank_line(buf, start, end):
     """The offset of the first CRLFCRLF in buf[start:end], or -1: ``bytes.find`` for the compiled
     build, without a method call. It reads about one byte in three of a head: a byte that is
@@ -699,8 +710,9 @@ class ResponseFramer:
         pos = first = self._walk_from = self._walked = eol + 2
         while pos < end:
             # field-name = token, then ":" right after it (RFC 9112 5.1: no space before it).
+            # buf[end] is the blank line's CR, not a tchar: the name's walk stops by then.
             colon = pos
-            while colon < end and tchar[buf[colon]]:
+            while tchar[buf[colon]]:
                 colon += 1
             if colon == end or buf[colon] != 58:
                 # A byte that is not a tchar: a bad name if a colon follows on this line.
@@ -720,7 +732,7 @@ class ResponseFramer:
             self._walked = eol + 2  # this field is one of ``headers`` even if its value is refused
             verbatim = verbatim and i == colon + 2 and j == eol and buf[colon + 1] == 32  # "name: value"
             n = colon - pos
-            if n == 14 and _matches(buf, pos, b"content-length", 14, True):
+            if n == 14 and _name_is(buf, pos, b"content-length", 14):
                 if i == j:
                     return "invalid Content-Length from upstream"
                 while i < j and buf[i] == 48:
@@ -737,15 +749,15 @@ class ResponseFramer:
                 if length != -1 and size != length:
                     return "conflicting Content-Length from upstream"
                 length = size
-            elif n == 17 and _matches(buf, pos, b"transfer-encoding", 17, True):
+            elif n == 17 and _name_is(buf, pos, b"transfer-encoding", 17):
                 # "chunked" alone, the usual value, needs no list of codings.
                 plain = j - i == 7 and _matches(buf, i, b"chunked", 7, True)
                 if chunked or not (plain or _one_final_chunked(data[i:j])):
                     return _UNSUPPORTED_TE
                 chunked = True
-            elif n == 10 and _matches(buf, pos, b"connection", 10, True):
+            elif n == 10 and _name_is(buf, pos, b"connection", 10):
                 keep_alive = _keep_alive_after(data[i:j], keep_alive, http10)
-            elif n == 12 and _matches(buf, pos, b"content-type", 12, True):
+            elif n == 12 and _name_is(buf, pos, b"content-type", 12):
                 self.event_stream = j - i >= 17 and _matches(buf, i, b"text/event-stream", 17, True)
             pos = eol + 2
         if verbatim:  # the fields are cut from it when asked for (``headers``)

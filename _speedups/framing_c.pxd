@@ -71,6 +71,33 @@ cdef extern from *:
     """
     Py_ssize_t fleetproxy_line_end(const unsigned char *s, Py_ssize_t i, Py_ssize_t end) nogil
 
+cdef extern from *:
+    """
+    /* framing._name_is: eight bytes a step (n >= 8; the last step overlaps the one before),
+       0x20 OR-ed into the name's bytes, the literal already lower case. */
+    static inline int fleetproxy_name_is(const unsigned char *s, const char *lit, Py_ssize_t n) {
+        const uint64_t fold = 0x2020202020202020ULL;
+        uint64_t a, b;
+        Py_ssize_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            memcpy(&a, s + i, 8);
+            memcpy(&b, lit + i, 8);
+            if ((a | fold) != b)
+                return 0;
+        }
+        if (i < n) {
+            memcpy(&a, s + n - 8, 8);
+            memcpy(&b, lit + n - 8, 8);
+            if ((a | fold) != b)
+                return 0;
+        }
+        return 1;
+    }
+    """
+    bint fleetproxy_name_is(const unsigned char *s, const char *lit, Py_ssize_t n) nogil
+
+cdef bint _name_is(const unsigned char *buf, Py_ssize_t at, const char *literal, Py_ssize_t n) noexcept
+
 @cython.locals(c=int)
 cdef Py_ssize_t _line_end(const unsigned char *buf, Py_ssize_t i, Py_ssize_t end) noexcept
 

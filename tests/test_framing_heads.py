@@ -52,6 +52,10 @@ VALID = [
     H + b"Transfer-Encoding: ,chunked\r\n\r\n0\r\n\r\n",
     H + b"Transfer-Encoding: chunked\x0b\r\n\r\n0\r\n\r\n",  # bytes.strip() takes VT too
     H + b"!#$%&'*+-.^_`|~09AZaz: v\r\nContent-Length: 0\r\n\r\n",  # every kind of tchar
+    # The four names compared eight bytes at a time (compiled): near misses in each word.
+    H + b"Content_Length: 5\r\ncontent-lengtg: 5\r\nCONTENT-LENGTh: 0\r\n\r\n",
+    H + b"Transfer-EncodinG: chunked\r\nconnectioN: close\r\ncontent-typE: text/event-stream\r\n\r\n0\r\n\r\n",
+    H + b"transfer~encoding: chunked\r\nConnectiom: close\r\ncontentitype: text/event-stream\r\n\r\n",
     b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
     b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
     b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n",
