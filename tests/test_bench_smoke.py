@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import tomllib
@@ -25,7 +26,7 @@ sys.path.insert(0, ROOT)
 from bench import cpu, report, runner, scenarios, stats, wrk  # noqa: E402
 from bench.client import Result, _Conn  # noqa: E402
 from bench.openloop import schedule, transit  # noqa: E402
-from bench.procs import _toml, nginx_conf  # noqa: E402
+from bench.procs import _toml, free_port, nginx_conf, wait_port  # noqa: E402
 
 # -- wrk -----------------------------------------------------------------------------------------
 
@@ -642,6 +643,50 @@ def test_served_instructions_count_completions_end_to_end():
     assert out.stdout.startswith("fleetproxy chat.lua itl=0: "), out.stdout
     per = int(out.stdout.split(": ")[1].split(" user-space")[0].replace(",", ""))
     assert 10_000 < per < 2_000_000, out.stdout
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("Cython") is None, reason="Cython is not installed")
+@pytest.mark.skipif(bool(os.environ.get("FLEETPROXY_PURE")), reason="a tool of the bench: checked once, on the native run")
+@pytest.mark.parametrize("read", ["protocol", "reader"])
+def test_readfloor_forwards_a_completion_and_a_stream_either_way(sim, read):
+    """bench/micro/readfloor.py, built and serving: the floor it measures forwards a chat
+    completion and a whole stream, on one keep-alive connection, whichever way its upstream
+    side reads (its counts mean nothing if it does not)."""
+    subprocess.run([sys.executable, "-m", "bench.micro.readfloor", "--build"], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.micro.readfloor", "--read", read, "--listen",
+                             f"127.0.0.1:{port}", "--backend", sim.url], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            for stream in (False, True):
+                body = json.dumps({"model": "tiny", "max_tokens": 8, "stream": stream,
+                                   "messages": [{"role": "user", "content": "hi"}]}).encode()
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                got = b""
+                end = b"0\r\n\r\n" if stream else None
+                while not (got.endswith(end) if end else b"\r\n\r\n" in got and _complete(got)):
+                    chunk = s.recv(65536)
+                    assert chunk, got
+                    got += chunk
+                assert got.startswith(b"HTTP/1.1 200"), got[:200]
+                if stream:
+                    assert got.count(b"data: ") >= 9 and b"data: [DONE]" in got, got[-300:]
+                else:
+                    assert json.loads(got.split(b"\r\n\r\n", 1)[1])["usage"]["completion_tokens"] == 8
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _complete(response):
+    """Whether ``response`` (a head and a Content-Length body) has all its body."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    return len(body) >= length
 
 
 # -- idle (bench/idle.py) ---------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def count(args, seconds, where):
             argv = [*valgrind, nginx_path(), "-p", prefix, "-c", os.path.join(prefix, "nginx.conf")]
             stop = signal.SIGQUIT  # nginx's graceful stop
         elif args.target == "floor":  # bench/floor.py: uvloop's callbacks alone, no proxy in them
-            argv = [*valgrind, sys.executable, "-m", "bench.floor", "--listen", f"127.0.0.1:{port}", "--backend", sim]
+            module = ["bench.micro.readfloor", "--read", args.floor_read] if args.floor_read else ["bench.floor"]
+            argv = [*valgrind, sys.executable, "-m", *module, "--listen", f"127.0.0.1:{port}", "--backend", sim]
             stop = signal.SIGTERM
         else:
             argv = [*valgrind, sys.executable, "-m", "proxy", "--single-process", "--listen", f"127.0.0.1:{port}",
@@ -85,6 +86,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", choices=["fleetproxy", "nginx", "floor"], default="fleetproxy")
     p.add_argument("--lua", default="chat.lua", help="a script of bench/lua (chat.lua, stream16.lua, chat_sdk.lua)")
+    p.add_argument("--floor-read", choices=["protocol", "reader"],
+                   help="with --target floor: bench/micro/readfloor.py's compiled floor, its upstream read this way")
     p.add_argument("--itl", type=float, default=0.0, help="the simulator's seconds between tokens (0: at once)")
     p.add_argument("--event-writes", action="store_true",
                    help="the simulator writes one event per write without delays too (as vLLM does)")
@@ -100,6 +103,10 @@ def main(argv=None):
     for tool in ("valgrind", "wrk") + (("nginx",) if args.target == "nginx" else ()):
         if (nginx_path() if tool == "nginx" else shutil.which(tool)) is None:
             sys.exit(f"{tool} is not installed (Debian/Ubuntu: apt-get install {'nginx-light' if tool == 'nginx' else tool})")
+    if args.floor_read:
+        if args.target != "floor":
+            sys.exit("--floor-read is for --target floor")
+        subprocess.run([sys.executable, "-m", "bench.micro.readfloor", "--build"], cwd=ROOT, check=True)
     if args.long <= args.short:
         sys.exit("--long must be more seconds than --short")
     if args.keep:
