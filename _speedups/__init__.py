@@ -32,7 +32,7 @@ from importlib.machinery import EXTENSION_SUFFIXES
 # The data path's modules that setup.py compiles as they are (see above). Leaf modules only: a
 # package's __init__ stays Python, so the import of ``proxy`` (and this seam) comes first.
 COMPILED = (
-    "proxy.http.request", "proxy.http.plainrequest", "proxy.http.direct", "proxy.http.tcp", "proxy.http.pipeline",
+    "proxy.http.request", "proxy.http.plainrequest", "proxy.http.direct", "proxy.http.pipeline",
     "proxy.http.deadlines", "proxy.http.downstream", "proxy.http.admission", "proxy.http.exchange",
     "proxy.http.relay", "proxy.http.watchdog", "proxy.http.heads", "proxy.http.chunked",
     "proxy.http.upstream", "proxy.http.connection_pool", "proxy.http.responses", "proxy.http.errors",

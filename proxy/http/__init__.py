@@ -10,7 +10,5 @@
   clients;
 - ``heads``: sans-IO head rewriting both ways (hop-by-hop fields, forwarding headers);
 - ``upstream`` and ``connection_pool``: connections to endpoints, kept alive and reused;
-  ``tcp``: the transport of a plain-TCP one (reads by add_reader and recv(2)); ``direct``: a
-  connection's writes by send(2) from C;
 - ``responses`` and ``errors``: every response the proxy makes itself, from typed errors.
 """

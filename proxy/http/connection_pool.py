@@ -43,7 +43,6 @@ from collections import deque
 
 from ..observe.metrics import clock, now
 from .errors import NoBackend
-from .tcp import open_connection
 from .upstream import UpstreamConnection
 
 log = logging.getLogger("fleetproxy.pool")
@@ -204,8 +203,8 @@ class ConnectionPool:
         conn = UpstreamConnection(self)
         self.conns.add(conn)  # reserve the slot while connecting
         try:
-            if self.ssl is None:  # plain TCP: the proxy's own transport, one GIL cycle per read (tcp.py)
-                connect = open_connection(self.loop, conn, self.host, self.port)
+            if self.ssl is None:
+                connect = self.loop.create_connection(lambda: conn, self.host, self.port)
             else:
                 connect = self.loop.create_connection(
                     lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=self.server_hostname

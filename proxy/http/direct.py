@@ -21,19 +21,13 @@ Whatever send(2) does not take (the socket's buffer is full, a partial send, an 
 error handling (a reset, a broken pipe: ``connection_lost``) are what they were.
 """
 
-from .tcp import SocketTransport
-
 _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (direct.pxd)
 
 
 def socket_fd(transport):
     """The descriptor a ``Sender`` may send on for ``transport``, or -1 (every write goes to the
     transport): the pure build, a TLS or test transport, a socket already gone."""
-    if not _COMPILED:
-        return -1
-    if type(transport) is SocketTransport:  # the proxy's own (tcp.py): its socket stays open until it is lost
-        return -1 if transport.lost else transport.fd
-    if type(transport).__name__ != "TCPTransport" or type(transport).__module__ != "uvloop.loop":
+    if not _COMPILED or type(transport).__name__ != "TCPTransport" or type(transport).__module__ != "uvloop.loop":
         return -1
     sock = transport.get_extra_info("socket")
     if sock is None:
