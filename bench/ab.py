@@ -11,8 +11,9 @@ to the last CPU; wrk runs on the others. Each scenario (bench/lua: non-streaming
 against each revision in turn, ``--rounds`` times interleaved (the order flips every round)
 so drift on a shared machine hits both alike. The figure is the proxy's CPU per request
 (bench.cpu: utime + stime from /proc, deltas over the run), beside req/s and p99. The verdict
-is the second run's CPU over the first's, round by round: the median of those paired ratios
-and a 95% bootstrap interval of it (``stats.paired``). Every process it
+is the second run's CPU over the first's, round by round: the working tree's over ``--rev``'s
+(+ means the working tree costs more), or the second config's over the first's; the median of
+those paired ratios and a 95% bootstrap interval of it (``stats.paired``). Every process it
 starts is stopped by PID; the worktree is removed at the end. With ``--configs`` no worktree
 is made: the working tree runs twice, once per config file (its ``backends`` are replaced by
 the simulator), to price a feature that a setting turns on.
@@ -90,7 +91,7 @@ def main(argv=None):
             runs = [(os.path.basename(c), ROOT, ["--config", os.path.abspath(c)]) for c in args.configs]
         else:
             _worktree(args.rev, tree)
-            runs = [("working tree", ROOT, []), (args.rev, tree, [])]
+            runs = [(args.rev, tree, []), ("working tree", ROOT, [])]  # the verdict: the tree's ÷ the rev's
         sim_port = free_port()
         sim = _start(["-m", "proxy.sim", "--port", str(sim_port)], ROOT, server_cpus)
         procs.append(sim)
