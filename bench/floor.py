@@ -72,11 +72,23 @@ class Client(asyncio.Protocol):
             self.upstream.close()
 
 
-async def serve(listen: tuple[str, int], backend: tuple[str, int]) -> None:
+async def serve(listen: tuple[str, int], backend: tuple[str, int], client=Client) -> None:
+    """Forward each connection to ``listen`` to ``backend``: ``client(backend)`` is its protocol
+    (bench/micro/readfloor.py passes its compiled floor's)."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Client(backend), *listen, backlog=4096)
+    server = await loop.create_server(lambda: client(backend), *listen, backlog=4096)
     print(f"uvloop-floor: listening on {listen[0]}:{listen[1]} -> {backend[0]}:{backend[1]}", flush=True)
     await server.serve_forever()
+
+
+def run(listen: str, backend: str, client=Client) -> None:
+    """``serve`` on uvloop, from ``HOST:PORT`` and a backend URL, until interrupted."""
+    host, _, port = listen.rpartition(":")
+    url = urlsplit(backend)
+    try:
+        uvloop.run(serve((host, int(port)), (url.hostname, url.port), client))
+    except KeyboardInterrupt:
+        pass
 
 
 def main(argv=None) -> None:
@@ -84,12 +96,7 @@ def main(argv=None) -> None:
     p.add_argument("--listen", required=True, metavar="HOST:PORT")
     p.add_argument("--backend", required=True, metavar="URL")
     args = p.parse_args(argv)
-    host, _, port = args.listen.rpartition(":")
-    url = urlsplit(args.backend)
-    try:
-        uvloop.run(serve((host, int(port)), (url.hostname, url.port)))
-    except KeyboardInterrupt:
-        pass
+    run(args.listen, args.backend)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from bench import cpu, report, runner, scenarios, stats, wrk  # noqa: E402
 from bench.client import Result, _Conn  # noqa: E402
 from bench.openloop import schedule, transit  # noqa: E402
 from bench.procs import _toml, free_port, nginx_conf, wait_port  # noqa: E402
+from test_upstream_faults import read_response  # noqa: E402
 
 # -- wrk -----------------------------------------------------------------------------------------
 
@@ -666,27 +667,15 @@ def test_readfloor_forwards_a_completion_and_a_stream_either_way(sim, read):
                                    "messages": [{"role": "user", "content": "hi"}]}).encode()
                 s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-                got = b""
-                end = b"0\r\n\r\n" if stream else None
-                while not (got.endswith(end) if end else b"\r\n\r\n" in got and _complete(got)):
-                    chunk = s.recv(65536)
-                    assert chunk, got
-                    got += chunk
-                assert got.startswith(b"HTTP/1.1 200"), got[:200]
+                head, got = read_response(s)  # the body by its framing (chunked: de-chunked)
+                assert head.startswith(b"HTTP/1.1 200"), head
                 if stream:
                     assert got.count(b"data: ") >= 9 and b"data: [DONE]" in got, got[-300:]
                 else:
-                    assert json.loads(got.split(b"\r\n\r\n", 1)[1])["usage"]["completion_tokens"] == 8
+                    assert json.loads(got)["usage"]["completion_tokens"] == 8
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _complete(response):
-    """Whether ``response`` (a head and a Content-Length body) has all its body."""
-    head, _, body = response.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-    return len(body) >= length
 
 
 # -- idle (bench/idle.py) ---------------------------------------------------------------------------

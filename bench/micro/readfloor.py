@@ -28,9 +28,8 @@ import asyncio
 import os
 import socket
 import sys
-from urllib.parse import urlsplit
 
-import uvloop
+from bench import floor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -49,9 +48,11 @@ def build():
 
 
 class Client(asyncio.Protocol):
-    def __init__(self, backend, read):
+    def __init__(self, backend, read, compiled):
         self.backend = backend
         self.read = read
+        self.compiled = compiled  # readfloor_c, as built
+        self.send = compiled.send_all
         self.transport = None
         self.fd = -1
         self.sock = None  # reader: the upstream socket, owned here
@@ -68,22 +69,22 @@ class Client(asyncio.Protocol):
             sock.setblocking(False)
             self.sock = sock
             self.fd = sock.fileno()
-            loop.add_reader(self.fd, Reader(self.fd, transport, self._lost))
+            loop.add_reader(self.fd, self.compiled.Reader(self.fd, transport, self._lost))
         else:
-            loop.create_task(self._wrap(loop, sock, Upstream(transport)))
+            loop.create_task(self._wrap(loop, sock, self.compiled.Upstream(transport)))
 
     async def _wrap(self, loop, sock, protocol):
         self.upstream, _ = await loop.create_connection(lambda: protocol, sock=sock)
         self.fd = self.upstream.get_extra_info("socket").fileno()
         for data in self.early:
-            send_all(self.fd, data)
+            self.send(self.fd, data)
         self.early = []
 
     def data_received(self, data):
         if self.fd < 0:
             self.early.append(data)
         else:
-            send_all(self.fd, data)
+            self.send(self.fd, data)
 
     def _lost(self):
         self.transport.close()
@@ -94,16 +95,6 @@ class Client(asyncio.Protocol):
             self.sock.close()
         elif self.upstream is not None:
             self.upstream.close()
-
-
-async def serve(listen, backend, read):
-    global Reader, Upstream, send_all  # built by --build: imported once it is there
-    from bench.micro.readfloor_c import Reader, Upstream, send_all
-
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Client(backend, read), *listen, backlog=4096)
-    print(f"readfloor ({read}): listening on {listen[0]}:{listen[1]}", flush=True)
-    await server.serve_forever()
 
 
 def main(argv=None):
@@ -118,12 +109,9 @@ def main(argv=None):
         return
     if not args.listen or not args.backend:
         sys.exit("--listen and --backend are needed to serve")
-    host, _, port = args.listen.rpartition(":")
-    url = urlsplit(args.backend)
-    try:
-        uvloop.run(serve((host, int(port)), (url.hostname, url.port), args.read))
-    except KeyboardInterrupt:
-        pass
+    from bench.micro import readfloor_c  # built by --build
+
+    floor.run(args.listen, args.backend, lambda backend: Client(backend, args.read, readfloor_c))
 
 
 if __name__ == "__main__":
