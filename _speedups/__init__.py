@@ -184,4 +184,5 @@ UNTIL_CLOSE = _framing.UNTIL_CLOSE
 
 # Cache-aware routing: prompt prefix block hashes and the shared table of who holds which.
 block_hashes = _prefix.block_hashes
+prompt_hashes = _prefix.prompt_hashes
 PrefixTable = _prefix.PrefixTable

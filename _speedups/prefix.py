@@ -94,6 +94,20 @@ def block_hashes(text, block, limit):
     return out
 
 
+def prompt_hashes(text, block, limit, opening):
+    """(``block_hashes(text, block, limit)``, the conversation key): the hash that
+    ``block_hashes`` gives ``text[:opening] + b"\\x00"`` as its one block, or 0 where ``opening``
+    (at most the text's length) is under MIN_BLOCK. Computed from the checksums, not from a
+    copy of the opening."""
+    hashes = block_hashes(text, block, limit)
+    view = memoryview(text).cast("B")[:opening]
+    if len(view) < MIN_BLOCK:
+        return hashes, 0
+    crc = crc32(b"\x00", crc32(view))
+    adler = adler32(b"\x00", adler32(view))
+    return hashes, ((adler << 31) ^ crc) & MASK or 1
+
+
 def cells_needed(endpoints, slots):
     """How many int64 cells a table of ``endpoints`` x ``slots`` entries needs."""
     return endpoints * slots * 2

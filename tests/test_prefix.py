@@ -10,6 +10,7 @@ shared segment could leave), compared cell for cell after every step.
 """
 
 import os
+import random
 import subprocess
 import sys
 import zlib
@@ -126,6 +127,72 @@ def test_blocks_longer_than_adler_reduction_run(px):
     text = b"\xff" * 40000
     for block in (5551, 5552, 5553, 11104, 20000):
         assert px.block_hashes(text, block, 10) == reference(text, block, 10)
+
+
+@pytest.fixture(params=["table loops", "vector"])
+def checksums(request):
+    """The native build's checksums one way, then the other (the vector one where the CPU has
+    the instructions, else skipped); both must give zlib's values."""
+    native = native_or_skip("prefix")
+    if request.param == "vector" and not native.simd():
+        pytest.skip("this CPU lacks PCLMULQDQ or AVX2")
+    before = native.simd(request.param == "vector")
+    yield native
+    native.simd(before)
+
+
+def test_checksums_give_zlibs_values_either_way(checksums):
+    # Lengths about the vector steps (16 and 64 bytes for the CRC, 32 for Adler-32) and the
+    # Adler reduction run (5552), of random bytes and of the byte that grows the sums fastest.
+    rnd = random.Random(7)
+    lengths = sorted({n + d for n in (16, 32, 48, 64, 128, 256, 5552, 11104) for d in (-1, 0, 1, 15, 17) if n + d >= 16})
+    for fill in ("random", "ff"):
+        text = rnd.randbytes(40000) if fill == "random" else b"\xff" * 40000
+        for block in lengths:
+            assert checksums.block_hashes(text, block, 3) == reference(text, block, 3), (fill, block)
+    assert checksums.block_hashes(CHAT, 256, 64) == reference(CHAT, 256, 64)
+
+
+def test_checksums_vector_off_and_on_again():
+    native = native_or_skip("prefix")
+    before = native.simd()
+    try:
+        assert native.simd(False) == before
+        assert native.simd() is False
+        native.simd(True)
+        assert native.simd() == before  # on again only where the CPU has the instructions
+    finally:
+        native.simd(before)
+
+
+def reference_key(text, opening):
+    """The conversation key, literally: the opening (no longer than the text) and a NUL as one
+    block, as cache_aware made it before prompt_hashes."""
+    opening = min(opening, len(text))
+    return reference(text[:opening] + b"\x00", opening + 1, 1)[0] if opening >= 16 else 0
+
+
+@SETTINGS
+@given(
+    text=st.binary(max_size=3000),
+    block=st.sampled_from([16, 17, 64, 100, 256]),
+    limit=st.integers(0, 40),
+    opening=st.integers(0, 3100),
+)
+def test_prompt_hashes_are_block_hashes_and_the_opening_key(text, block, limit, opening):
+    for px in (pure, _speedups.native("prefix") or pure):
+        hashes, key = px.prompt_hashes(text, block, limit, opening)
+        assert hashes == reference(text, block, limit)
+        assert key == reference_key(text, opening)
+
+
+def test_prompt_hashes_key_past_the_hashed_blocks(px):
+    # The opening may end beyond the blocks the depth hashes, or before the first one ends.
+    for limit, opening in ((2, 1000), (0, 300), (10, 40), (10, 64), (10, 640), (10, len(CHAT))):
+        hashes, key = px.prompt_hashes(CHAT, 64, limit, opening)
+        assert hashes == reference(CHAT, 64, limit)
+        assert key == reference_key(CHAT, opening)
+    assert px.prompt_hashes(CHAT, 64, 5, 15) == (reference(CHAT, 64, 5), 0)
 
 
 def test_same_in_another_process_with_another_hash_seed(px):

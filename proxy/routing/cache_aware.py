@@ -36,7 +36,7 @@ longest cached prefix as that replica knows it, falling back to the ring home of
 
 from math import exp
 
-from _speedups import block_hashes
+from _speedups import prompt_hashes
 
 from .fields import prompt_of
 from .policies import Bound, _ceil, least_request, ring_order
@@ -86,13 +86,9 @@ class CacheAware:
         prompt = prompt_of(fields, self.block * self.depth, self.block)
         if prompt is None:
             return None
-        hashes = block_hashes(prompt.text, self.block, self.depth)
+        hashes, key = prompt_hashes(prompt.text, self.block, self.depth, prompt.opening)
         if not hashes:
             return None
-        key = 0
-        opening = prompt.opening
-        if opening >= 16:
-            key = block_hashes(prompt.text[:opening] + b"\x00", opening + 1, 1)[0]
         return hashes, key, prompt.later
 
     def pick(self, snap, blocks, exclude=None, limit=0, now=0.0):
