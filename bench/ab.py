@@ -2,6 +2,7 @@
 
     python -m bench.ab [--rev HEAD~1] [--duration 5] [--rounds 3] [--out bench/results/X.md]
     python -m bench.ab --configs A.yaml B.yaml [...]   (two configs of the working tree)
+    python -m bench.ab --lua chat_long.lua [...]        (other bench/lua scripts than the four)
 
 Checks ``--rev`` out into a temporary git worktree, builds its Cython speedups in place with
 this interpreter, and starts one simulator answering at once (the proxy's own cost is then
@@ -77,7 +78,11 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", help="also write the markdown table here")
     p.add_argument("--configs", nargs=2, metavar=("A", "B"), help="compare two config files of the working tree")
+    p.add_argument("--lua", help="comma-separated bench/lua scripts to run instead of the four scenarios "
+                                 "(e.g. chat_long.lua: a 32 KiB prompt)")
     args = p.parse_args(argv)
+    titles = {script: title for title, script in SCENARIOS}
+    scenarios = ([(titles.get(n, n), n) for n in args.lua.split(",") if n] if args.lua else SCENARIOS)
     if wrk.binary() is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     ncpu = os.cpu_count() or 1
@@ -107,7 +112,7 @@ def main(argv=None):
             proxies[name] = (f"http://127.0.0.1:{port}", proc.pid)
         rows = []
         verdicts = []
-        for title, script in SCENARIOS:
+        for title, script in scenarios:
             lua = wrk.script(script, tmp)
             for url, _ in proxies.values():  # warm-up
                 subprocess.run(wrk.argv(url, lua, 1, CONNECTIONS), capture_output=True)
@@ -123,7 +128,7 @@ def main(argv=None):
                 rows.append((title, name, _median(each), _median([r[1] for r in got]),
                              _median([r[2] for r in got]), each))
         what = " ".join(args.configs) if args.configs else args.rev
-        command = f"--configs {what}" if args.configs else f"--rev {args.rev}"
+        command = (f"--configs {what}" if args.configs else f"--rev {args.rev}") + (f" --lua {args.lua}" if args.lua else "")
         lines = [
             f"# fleetproxy: {' vs '.join(n for n, _, _ in runs)}",
             "",

@@ -11,6 +11,7 @@ three targets and two repeats:
     d  3 targets x 2 x (20 s + 2 s + drain)           ~ 145 s
     e  (policies + nginx) x 2 x (15 s + 2 s + drain)  ~ 150 s with three policies
     f  3 targets x 2 x (8 s + locust's start-up)      ~  60 s
+    g  3 targets x 2 x (10 s + warm-up)              ~  70 s
 
 Scenario f runs scenario d's user under locust (bench/locustfile.py, bench/locust_run.py); without
 locust installed it is skipped with a note, the way a missing nginx is (`pip install -e '.[bench]'`).
@@ -112,6 +113,13 @@ SCENARIOS = (
         generator="locust, headless (bench/locust_run.py), bench/locustfile.py's chat user: 2-6 turns a "
                   "session, 16-64 tokens, 0.5-1.5 s think time; every figure in this report is locust's, "
                   "read from the CSV files it wrote (CPU µs/req: the proxy's, over the locust run)",
+    ),
+    Scenario(
+        key="g", name="longprompt", title="Max throughput, non-streaming chat completions with a 32 KiB prompt",
+        driver="wrk", duration=10, smoke_duration=1, warmup=1.0,
+        params={"lua": "chat_long.lua", "connections": 32}, smoke_params={},
+        generator="wrk, closed loop, 1 thread, 32 connections, bench/lua/chat_long.lua (a system "
+                  "prompt and 32 KiB of user text: what each byte of a RAG-sized request costs)",
     ),
 )
 

@@ -322,8 +322,8 @@ def test_planned_durations_fit_the_budgets():
             total += r.planned(s, 4 if s.key == "e" else 3)[1]
         return total
 
-    assert plan(smoke=True) < 50
-    assert plan(smoke=False) < 12 * 60
+    assert plan(smoke=True) < 55  # and start-up: under a minute
+    assert plan(smoke=False) < 13 * 60
 
 
 def test_open_loop_schedule_is_seeded_poisson():
