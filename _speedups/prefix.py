@@ -68,6 +68,7 @@ module leaves to zlib, and its table reads the cells through a typed int64 view 
 object per probe. Both builds must give identical results (tests/test_prefix.py).
 """
 
+from array import array
 from operator import index
 from zlib import adler32, crc32
 
@@ -95,11 +96,11 @@ def block_hashes(text, block, limit):
 
 
 def prompt_hashes(text, block, limit, opening):
-    """(``block_hashes(text, block, limit)``, the conversation key): the hash that
-    ``block_hashes`` gives ``text[:opening] + b"\\x00"`` as its one block, or 0 where ``opening``
-    (at most the text's length) is under MIN_BLOCK. Computed from the checksums, not from a
-    copy of the opening."""
-    hashes = block_hashes(text, block, limit)
+    """(``block_hashes(text, block, limit)`` as an ``array('q')``, the conversation key): the
+    hash that ``block_hashes`` gives ``text[:opening] + b"\\x00"`` as its one block, or 0 where
+    ``opening`` (at most the text's length) is under MIN_BLOCK. Computed from the checksums, not
+    from a copy of the opening. An array, because the compiled table reads one as it is."""
+    hashes = array("q", block_hashes(text, block, limit))
     view = memoryview(text).cast("B")[:opening]
     if len(view) < MIN_BLOCK:
         return hashes, 0

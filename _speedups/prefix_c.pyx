@@ -15,8 +15,11 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython cimport array
+from libc.string cimport memcpy
 from libc.stdint cimport uint32_t, uint64_t
 from operator import index
+import array as _array
 
 cdef extern from *:
     """
@@ -282,15 +285,19 @@ def simd(enabled=None):
 fp_simd_detect()
 
 
+cdef array.array _INT64 = _array.array("q")  # the template of the hashes' arrays
+
+
 def block_hashes(text, block, limit):
     """The chained hashes of the first ``limit`` full blocks of ``block`` bytes of ``text``."""
-    return _hashes(text, block, limit, -1)[0]
+    return _hashes(text, block, limit, -1)[0].tolist()
 
 
 def prompt_hashes(text, block, limit, opening):
-    """(``block_hashes(text, block, limit)``, the hash of ``text[:opening]`` and a NUL byte as one
-    block, or 0 where ``opening`` (at most the text's length) is under MIN_BLOCK): one pass,
-    where a slice and a second hash would read the opening twice."""
+    """(``block_hashes(text, block, limit)`` as an ``array('q')``, the hash of ``text[:opening]``
+    and a NUL byte as one block, or 0 where ``opening`` (at most the text's length) is under
+    MIN_BLOCK): one pass, where a slice and a second hash would read the opening twice, and one
+    array, which the table reads as it is, where a list holds an int object per block."""
     return _hashes(text, block, limit, opening if opening >= MIN_BLOCK else -1)
 
 
@@ -324,13 +331,13 @@ cdef tuple _hashes(text, block, limit, Py_ssize_t opening):
     mark = opening // step if opening >= 0 else -1  # the key's pass starts after this many blocks
     if mark > count:
         mark = count
-    out = []
+    cdef array.array out = array.clone(_INT64, count, False)
     for i in range(count):
         if i == mark:
             key_crc, key_adler = crc, adler
         _checksums(&crc, &adler, buf + i * step, step)
         h = ((<uint64_t>adler << 31) ^ crc) & C_MASK
-        out.append(<long long>(h if h else 1))
+        out.data.as_longlongs[i] = <long long>(h if h else 1)
     if opening < 0:
         return out, 0
     if mark == count:
@@ -357,12 +364,26 @@ cdef long long _time(t) except? -1:
     return v
 
 
-cdef Py_ssize_t _load(list hashes, long long *out) except -1:
-    """Convert ``hashes`` into ``out``, checking them all as prefix.py's _checked does."""
-    cdef Py_ssize_t i, n = PyList_GET_SIZE(hashes)
+cdef object _sized(hashes):
+    """``hashes`` as a list or an int64 array, which ``_load`` reads."""
+    if type(hashes) is list or (type(hashes) is array.array and (<array.array>hashes).ob_descr.typecode == b"q"):
+        return hashes
+    return list(hashes)
+
+
+cdef Py_ssize_t _load(hashes, long long *out) except -1:
+    """Convert ``hashes`` (``_sized``) into ``out``, checking them all as prefix.py's _checked
+    does: an int64 array copied as it is, a list int by int."""
+    cdef Py_ssize_t i, n = len(hashes)
     cdef int overflow
     cdef bint bad = False
     cdef long long v
+    if type(hashes) is array.array:
+        memcpy(out, (<array.array>hashes).data.as_longlongs, n * sizeof(long long))
+        for i in range(n):
+            if out[i] < 1:
+                raise ValueError(f"a prefix hash must be in [1, 2**63), not {min(hashes)}")
+        return n
     for i in range(n):
         overflow = 0
         v = PyLong_AsLongLongAndOverflow(<object>PyList_GET_ITEM(hashes, i), &overflow)
@@ -438,10 +459,9 @@ cdef class PrefixTable:
         cdef long long *hs = stack
         cdef Py_ssize_t n
         cdef long long t
-        if type(hashes) is not list:
-            hashes = list(hashes)
-        if PyList_GET_SIZE(hashes) > STACK_HASHES:
-            hs = <long long *>PyMem_Malloc(PyList_GET_SIZE(hashes) * sizeof(long long))
+        hashes = _sized(hashes)
+        if len(hashes) > STACK_HASHES:
+            hs = <long long *>PyMem_Malloc(len(hashes) * sizeof(long long))
             if hs is NULL:
                 raise MemoryError()
         try:
@@ -501,9 +521,8 @@ cdef class PrefixTable:
         cdef Py_ssize_t n, e, size
         cdef Py_ssize_t known = 0
         cdef long long t
-        if type(hashes) is not list:
-            hashes = list(hashes)
-        size = PyList_GET_SIZE(hashes)
+        hashes = _sized(hashes)
+        size = len(hashes)
         if size > STACK_HASHES:
             hs = <long long *>PyMem_Malloc(2 * size * sizeof(long long))
             if hs is NULL:

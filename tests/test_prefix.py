@@ -11,6 +11,7 @@ shared segment could leave), compared cell for cell after every step.
 
 import os
 import random
+from array import array
 import subprocess
 import sys
 import zlib
@@ -182,7 +183,7 @@ def reference_key(text, opening):
 def test_prompt_hashes_are_block_hashes_and_the_opening_key(text, block, limit, opening):
     for px in (pure, _speedups.native("prefix") or pure):
         hashes, key = px.prompt_hashes(text, block, limit, opening)
-        assert hashes == reference(text, block, limit)
+        assert hashes.typecode == "q" and hashes.tolist() == reference(text, block, limit)
         assert key == reference_key(text, opening)
 
 
@@ -190,9 +191,10 @@ def test_prompt_hashes_key_past_the_hashed_blocks(px):
     # The opening may end beyond the blocks the depth hashes, or before the first one ends.
     for limit, opening in ((2, 1000), (0, 300), (10, 40), (10, 64), (10, 640), (10, len(CHAT))):
         hashes, key = px.prompt_hashes(CHAT, 64, limit, opening)
-        assert hashes == reference(CHAT, 64, limit)
+        assert hashes.tolist() == reference(CHAT, 64, limit)
         assert key == reference_key(CHAT, opening)
-    assert px.prompt_hashes(CHAT, 64, 5, 15) == (reference(CHAT, 64, 5), 0)
+    hashes, key = px.prompt_hashes(CHAT, 64, 5, 15)
+    assert (hashes.tolist(), key) == (reference(CHAT, 64, 5), 0)
 
 
 def test_same_in_another_process_with_another_hash_seed(px):
@@ -347,6 +349,16 @@ def test_any_iterable_of_hashes(px):
     assert table.match(1, iter([5]), 0) == 1
 
 
+def test_int64_arrays_of_hashes_read_as_lists(px):
+    table = px.PrefixTable.local(2, 4096, 4)
+    hashes, _ = px.prompt_hashes(CHAT, 16, 300, 0)
+    assert len(hashes) == 300  # past the compiled twin's stack
+    table.record(1, hashes, 10)
+    assert table.matches(hashes, 0) == table.matches(hashes.tolist(), 0) == [0, 300]
+    assert table.match(1, array("q", hashes[:7].tolist() + [999]), 0) == 7
+    assert table.matches(array("Q", hashes[:3]), 0) == [0, 3]  # other arrays: int by int
+
+
 def test_long_hash_lists(px):
     # More hashes than the compiled twin keeps on its stack.
     table = px.PrefixTable.local(2, 4096, 4)
@@ -367,6 +379,9 @@ def test_long_hash_lists(px):
         (lambda t: t.record(0, [-5], 0), ValueError),
         (lambda t: t.record(0, [1 << 63], 0), ValueError),
         (lambda t: t.matches([1.5], 0), TypeError),
+        (lambda t: t.record(0, array("q", [1, 0]), 0), ValueError),  # int64 arrays, read as they are
+        (lambda t: t.matches(array("q", [-5, 2]), 0), ValueError),
+        (lambda t: t.record(0, array("d", [1.5]), 0), TypeError),
         (lambda t: t.record(0, [1], 1 << 63), OverflowError),
         (lambda t: t.match(0, [1], -(1 << 63) - 1), OverflowError),
     ],
