@@ -62,6 +62,15 @@ async def _pair(hold=False):
     return server, sink, writer
 
 
+async def _received(sink, size, within=10.0):
+    """Wait until ``sink`` holds ``size`` bytes; a write that lost bytes fails, never hangs."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while len(sink.data) < size:
+        assert loop.time() < deadline, f"{len(sink.data)} of {size} bytes arrived"
+        await asyncio.sleep(0.005)
+
+
 def _run(coro):
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
@@ -102,6 +111,66 @@ def test_writes_arrive_whole_and_in_order_whether_sent_or_buffered():
         while len(sink.data) < len(expected):
             await asyncio.sleep(0.005)
         assert bytes(sink.data) == bytes(expected)
+        writer.transport.close()
+        server.close()
+
+    _run(main())
+
+
+def test_a_head_and_body_pair_arrives_whole_and_in_order():
+    """write2 sends a head and a body by one sendmsg(2) where write would send; what the socket
+    does not take (part of the head, part of the body) goes to the transport, and the writes
+    after it queue behind it there, as write's rest does."""
+
+    async def main():
+        server, sink, writer = await _pair(hold=True)
+        sender = direct.Sender(writer.transport)
+        compiled = _speedups.IMPLEMENTATION == "native"
+        writer.transport.set_write_buffer_limits(64 * 1024)
+        expected = bytearray()
+        for i in range(20):  # small pairs: the socket takes each whole
+            head, body = b"head-%03d:" % i, b"body-%03d;" % i * 100
+            sender.write2(head, body, False)
+            expected += head + body
+        assert not sender.queued
+        big = bytes(range(256)) * 40000  # more than loopback takes unread: the rest buffered
+        sender.write2(b"big-head:", big, False)
+        expected += b"big-head:" + big
+        assert writer.transport.get_write_buffer_size() > 0 and sender.queued is compiled
+        sender.write2(b"queued-head:", b"queued-body;", False)  # all of it behind, in the transport
+        sender.write(b"then-a-write;", False)
+        expected += b"queued-head:queued-body;then-a-write;"
+        sink.transport.resume_reading()
+        await _received(sink, len(expected))
+        sender.write2(b"last-head:", b"last-body", False)  # the transport is empty: one sendmsg
+        expected += b"last-head:last-body"
+        assert not sender.queued
+        await _received(sink, len(expected))
+        assert bytes(sink.data) == bytes(expected)
+        writer.transport.close()
+        server.close()
+
+    _run(main())
+
+
+def test_a_head_cut_by_the_socket_keeps_the_rest_of_both():
+    """A socket that takes only part of the head (its buffers are far smaller than the head,
+    the reader reads nothing yet): the rest of the head, then the whole body, from the
+    transport."""
+
+    async def main():
+        server, sink, writer = await _pair(hold=True)
+        writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sender = direct.Sender(writer.transport)
+        head, body = bytes(range(256)) * 4096, b"B" * 100000  # a 1 MiB head
+        sender.write2(head, body, False)
+        assert 0 < writer.transport.get_write_buffer_size() <= len(head) + len(body)
+        assert sender.queued is (_speedups.IMPLEMENTATION == "native")
+        if sender.queued:  # sendmsg took part of the head: the transport holds all of the body
+            assert writer.transport.get_write_buffer_size() > len(body)
+        sink.transport.resume_reading()
+        await _received(sink, len(head) + len(body))
+        assert bytes(sink.data) == head + body
         writer.transport.close()
         server.close()
 
@@ -159,3 +228,6 @@ def test_other_transports_get_no_descriptor():
     assert sender.fd == -1
     sender.write(b"abc", False)
     assert fake.data == b"abc"
+    fake.writelines = lambda parts: setattr(fake, "data", b"".join(parts))
+    sender.write2(b"head", b"body", False)
+    assert fake.data == b"headbody"

@@ -126,7 +126,7 @@ def test_cache_aware_blocks_are_what_they_were():
             assert blocks is None
             continue
         key = block_hashes(old[0][: old[1]] + b"\x00", old[1] + 1, 1)[0] if old[1] >= 16 else 0
-        assert blocks == (hashes, key, old[2])
+        assert (list(blocks[0]), blocks[1], blocks[2]) == (hashes, key, old[2])
 
 
 @pytest.mark.parametrize("ensure_ascii", [False, True])  # raw UTF-8, or every non-ASCII character escaped

@@ -21,6 +21,30 @@ cdef extern from *:
     '''
     Py_ssize_t fleetproxy_send(int fd, bytes data, Py_ssize_t n)
 
+cdef extern from *:
+    '''
+    #include <sys/uio.h>
+    /* fleetproxy_send of two buffers, one after the other, by one sendmsg(2): bytes taken of
+       both together (0 as above). */
+    static Py_ssize_t fleetproxy_send2(int fd, PyObject *a, Py_ssize_t na, PyObject *b, Py_ssize_t nb) {
+        struct iovec parts[2];
+        struct msghdr msg;
+        ssize_t sent;
+        memset(&msg, 0, sizeof(msg));
+        parts[0].iov_base = PyBytes_AS_STRING(a);
+        parts[0].iov_len = (size_t)na;
+        parts[1].iov_base = PyBytes_AS_STRING(b);
+        parts[1].iov_len = (size_t)nb;
+        msg.msg_iov = parts;
+        msg.msg_iovlen = 2;
+        do {
+            sent = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } while (sent < 0 && errno == EINTR);
+        return sent > 0 ? (Py_ssize_t)sent : 0;
+    }
+    '''
+    Py_ssize_t fleetproxy_send2(int fd, bytes a, Py_ssize_t na, bytes b, Py_ssize_t nb)
+
 cpdef int socket_fd(transport) except? -2
 
 
@@ -31,4 +55,5 @@ cdef class Sender:
 
     @cython.locals(n=Py_ssize_t, sent=Py_ssize_t)
     cpdef write(self, data, bint closed)
-    cpdef writelines(self, parts)
+    @cython.locals(n=Py_ssize_t, sent=Py_ssize_t)
+    cpdef write2(self, bytes head, bytes body, bint closed)

@@ -69,8 +69,27 @@ class Sender:
         transport.write(data)  # what the socket did not take: buffered, flow-controlled, or its error
         self.queued = True
 
-    def writelines(self, parts):
-        """``parts`` to the connection in one writev, by the transport; later writes queue
-        behind them there."""
-        self.transport.writelines(parts)
-        self.queued = self.fd >= 0
+    def write2(self, head, body, closed):
+        """``head`` then ``body`` (bytes both) to the connection, in order after every earlier
+        write: one sendmsg(2) of the two where ``write`` would send, so a large request body
+        leaves with its head without being copied next to it first. What the socket does not
+        take goes to the transport, as ``write``'s does."""
+        transport = self.transport
+        if self.fd < 0:
+            transport.writelines((head, body))
+            return
+        if self.queued and not transport.get_write_buffer_size():
+            self.queued = False
+        if _COMPILED and not (self.queued or closed or transport.is_closing()):
+            n = len(head)
+            sent = fleetproxy_send2(self.fd, head, n, body, len(body))  # noqa: F821 (direct.pxd)
+            if sent == n + len(body):
+                return
+            if sent >= n:
+                transport.write(body[sent - n:])
+                self.queued = True
+                return
+            if sent > 0:
+                head = head[sent:]
+        transport.writelines((head, body))
+        self.queued = True
