@@ -56,24 +56,23 @@ class Scenario:
         return f"{self.key}-{self.name}"
 
 
+def _closed_loop(key: str, name: str, title: str, lua: str, about: str, warmup: float = 2.0) -> Scenario:
+    """A scenario wrk drives: one thread, 32 connections, a bench/lua script."""
+    return Scenario(
+        key=key, name=name, title=title, driver="wrk", duration=10, smoke_duration=1, warmup=warmup,
+        params={"lua": lua, "connections": 32}, smoke_params={},
+        generator=f"wrk, closed loop, 1 thread, 32 connections, bench/lua/{lua} {about}",
+    )
+
+
 SIM_TIMING = {"ttft": 0.05, "itl": 0.01, "tokens": "16-64"}
 SMOKE_TIMING = {"tokens": "8-16"}  # short answers: the smoke waits less for the last streams
 
 SCENARIOS = (
-    Scenario(
-        key="a", name="throughput", title="Max throughput, non-streaming chat completions",
-        driver="wrk", duration=10, smoke_duration=1, warmup=2.0,
-        params={"lua": "chat.lua", "connections": 32}, smoke_params={},
-        smoke_steps=None,
-        generator="wrk, closed loop, 1 thread, 32 connections, bench/lua/chat.lua (16 tokens, JSON)",
-    ),
-    Scenario(
-        key="b", name="stream", title="Streaming SSE, 16-64 tokens, one event per write, no delays (framing throughput)",
-        driver="wrk", duration=10, smoke_duration=1, warmup=2.0,
-        params={"lua": "stream.lua", "connections": 32}, smoke_params={},
-        generator="wrk, closed loop, 1 thread, 32 connections, bench/lua/stream.lua "
-                  "(stream: true, 16-64 tokens); latency is to the end of the stream",
-    ),
+    _closed_loop("a", "throughput", "Max throughput, non-streaming chat completions", "chat.lua",
+                 "(16 tokens, JSON)"),
+    _closed_loop("b", "stream", "Streaming SSE, 16-64 tokens, one event per write, no delays (framing throughput)",
+                 "stream.lua", "(stream: true, 16-64 tokens); latency is to the end of the stream"),
     Scenario(
         key="c", name="openloop", title="Realistic streaming at fixed request rates (open loop)",
         driver="openloop", duration=15, smoke_duration=1.5, warmup=1.0,
@@ -114,13 +113,9 @@ SCENARIOS = (
                   "session, 16-64 tokens, 0.5-1.5 s think time; every figure in this report is locust's, "
                   "read from the CSV files it wrote (CPU µs/req: the proxy's, over the locust run)",
     ),
-    Scenario(
-        key="g", name="longprompt", title="Max throughput, non-streaming chat completions with a 32 KiB prompt",
-        driver="wrk", duration=10, smoke_duration=1, warmup=1.0,
-        params={"lua": "chat_long.lua", "connections": 32}, smoke_params={},
-        generator="wrk, closed loop, 1 thread, 32 connections, bench/lua/chat_long.lua (a system "
-                  "prompt and 32 KiB of user text: what each byte of a RAG-sized request costs)",
-    ),
+    _closed_loop("g", "longprompt", "Max throughput, non-streaming chat completions with a 32 KiB prompt",
+                 "chat_long.lua", "(a system prompt and 32 KiB of user text: what each byte of a RAG-sized "
+                 "request costs)", warmup=1.0),
 )
 
 
