@@ -101,7 +101,7 @@ def prompt_hashes(text, block, limit, opening):
     ``opening`` (at most the text's length) is under MIN_BLOCK. Computed from the checksums, not
     from a copy of the opening. An array, because the compiled table reads one as it is."""
     hashes = array("q", block_hashes(text, block, limit))
-    view = memoryview(text).cast("B")[:opening]
+    view = memoryview(text).cast("B")[:max(opening, 0)]
     if len(view) < MIN_BLOCK:
         return hashes, 0
     crc = crc32(b"\x00", crc32(view))

@@ -298,7 +298,7 @@ def prompt_hashes(text, block, limit, opening):
     and a NUL byte as one block, or 0 where ``opening`` (at most the text's length) is under
     MIN_BLOCK): one pass, where a slice and a second hash would read the opening twice, and one
     array, which the table reads as it is, where a list holds an int object per block."""
-    return _hashes(text, block, limit, opening if opening >= MIN_BLOCK else -1)
+    return _hashes(text, block, limit, opening)
 
 
 cdef tuple _hashes(text, block, limit, Py_ssize_t opening):
@@ -323,7 +323,9 @@ cdef tuple _hashes(text, block, limit, Py_ssize_t opening):
         size = view.shape[0]
         buf = &view[0] if size else NULL
     if opening > size:
-        opening = size if size >= MIN_BLOCK else -1
+        opening = size
+    if opening < MIN_BLOCK:
+        opening = -1  # no key (block_hashes asks for none)
     step = block
     count = size // step if block <= size else 0
     if limit < count:

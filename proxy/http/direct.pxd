@@ -53,6 +53,8 @@ cdef class Sender:
     cdef public int fd
     cdef public bint queued
 
+    cdef inline bint _may_send(self, bint closed) except -1
+
     @cython.locals(n=Py_ssize_t, sent=Py_ssize_t)
     cpdef write(self, data, bint closed)
     @cython.locals(n=Py_ssize_t, sent=Py_ssize_t)

@@ -50,16 +50,22 @@ class Sender:
         self.fd = socket_fd(transport)
         self.queued = False  # a write went to the transport: the next go there until it is empty
 
+    def _may_send(self, closed):
+        """Whether a write may go to the socket now (this module's docstring says when): the
+        compiled build, an open connection, nothing waiting in the transport. After a close the
+        transport drops or raises, as it always has."""
+        transport = self.transport
+        if self.queued and not transport.get_write_buffer_size():
+            self.queued = False
+        return _COMPILED and not (self.queued or closed or transport.is_closing())
+
     def write(self, data, closed):
         """``data`` to the connection, in order after every earlier write."""
         transport = self.transport
         if self.fd < 0:
             transport.write(data)
             return
-        if self.queued and not transport.get_write_buffer_size():
-            self.queued = False
-        # After a close the transport drops or raises, as it always has.
-        if _COMPILED and not (self.queued or closed or type(data) is not bytes or transport.is_closing()):
+        if type(data) is bytes and self._may_send(closed):
             n = len(data)
             sent = fleetproxy_send(self.fd, data, n)  # noqa: F821 (direct.pxd)
             if sent == n:
@@ -78,9 +84,7 @@ class Sender:
         if self.fd < 0:
             transport.writelines((head, body))
             return
-        if self.queued and not transport.get_write_buffer_size():
-            self.queued = False
-        if _COMPILED and not (self.queued or closed or transport.is_closing()):
+        if self._may_send(closed):
             n = len(head)
             sent = fleetproxy_send2(self.fd, head, n, body, len(body))  # noqa: F821 (direct.pxd)
             if sent == n + len(body):
