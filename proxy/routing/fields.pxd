@@ -10,7 +10,7 @@ cdef class Prompt:
     cdef public bint later
 
 
-@cython.locals(size=Py_ssize_t, opening=Py_ssize_t, later=bint, parts=list, joined=str)
+@cython.locals(size=Py_ssize_t, opening=Py_ssize_t, later=bint, parts=list, joined=str, walked=Walked)
 cpdef prompt_of(fields, Py_ssize_t limit, Py_ssize_t least=*)
 
 cpdef decode(body, model_only=*)
@@ -94,7 +94,281 @@ cdef inline bint _same(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, c
                 Py_ssize_t size) noexcept
 
 @cython.locals(c=int, close=int)
-cdef Py_ssize_t _skip(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, int depth) noexcept
+cdef Py_ssize_t _skip(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, int depth, bint texts=*) noexcept
+
+cdef inline Py_ssize_t _after_string(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, bint texts) noexcept
 
 @cython.locals(at=Py_ssize_t)
 cdef Py_ssize_t _number_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
+
+
+# walk: all of decode's fields in one walk, the messages' strings kept as spans of the body.
+cdef class Walked:
+    cdef public object model, user, stream, n, _messages
+    cdef public bytes body
+    cdef public list spans
+    cdef public Py_ssize_t prompt_at, prompt_end
+
+cdef int _ROLE, _PLAIN, _ESCAPED, _END
+
+cdef extern from *:
+    '''
+    /* The four hex digits at pos as a number, or -1. */
+    static inline int fleetproxy_hex4(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
+        int v = 0, i;
+        if (pos + 4 > n)
+            return -1;
+        for (i = 0; i < 4; i++) {
+            unsigned char c = s[pos + i];
+            if (c >= '0' && c <= '9') v = v * 16 + (c - '0');
+            else if (c >= 'a' && c <= 'f') v = v * 16 + (c - 'a' + 10);
+            else if (c >= 'A' && c <= 'F') v = v * 16 + (c - 'A' + 10);
+            else return -1;
+        }
+        return v;
+    }
+    /* The length of the well-formed UTF-8 character at pos (Unicode's table 3-7), or 0. */
+    static inline int fleetproxy_utf8(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
+        unsigned char c = s[pos], lo = 0x80, hi = 0xBF;
+        int size, i;
+        if (c >= 0xC2 && c <= 0xDF) size = 2;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            size = 3;
+            if (c == 0xE0) lo = 0xA0;
+            else if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            size = 4;
+            if (c == 0xF0) lo = 0x90;
+            else if (c == 0xF4) hi = 0x8F;
+        } else return 0;
+        if (pos + size > n || s[pos + 1] < lo || s[pos + 1] > hi)
+            return 0;
+        for (i = 2; i < size; i++)
+            if (s[pos + i] < 0x80 || s[pos + i] > 0xBF)
+                return 0;
+        return size;
+    }
+    /* The first of the 16 bytes at s that is a quote, a backslash, a control byte or non-ASCII
+       (a signed compare below 0x20 takes the last two at once), or 16. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    static inline int fleetproxy_stop16(const unsigned char *s) {
+        __m128i v = _mm_loadu_si128((const __m128i *)s);
+        int mask = _mm_movemask_epi8(_mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(0x22)), _mm_cmpeq_epi8(v, _mm_set1_epi8(0x5C))),
+            _mm_cmplt_epi8(v, _mm_set1_epi8(0x20))));
+        return mask ? __builtin_ctz((unsigned)mask) : 16;
+    }
+    #else
+    static inline int fleetproxy_stop16(const unsigned char *s) {
+        int i;
+        for (i = 0; i < 16; i++)
+            if (s[i] == 0x22 || s[i] == 0x5C || s[i] < 0x20 || s[i] >= 0x80)
+                return i;
+        return 16;
+    }
+    #endif
+    static inline int fleetproxy_utf8_size(unsigned int unit) {
+        return unit < 0x80 ? 1 : unit < 0x800 ? 2 : unit < 0x10000 ? 3 : 4;
+    }
+    /* fields._text_end: where the JSON string whose first byte is at pos ends (its closing
+       quote), or -1 where msgspec might not read it as a str (no end, a control byte, a
+       malformed escape, half a surrogate pair, bytes that are not well-formed UTF-8); and in
+       *size (where not NULL) how many bytes of UTF-8 it holds, its escapes decoded. 16 bytes a
+       step between escapes and non-ASCII characters. */
+    static Py_ssize_t fleetproxy_text_end(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n, Py_ssize_t *size) {
+        Py_ssize_t start = pos, shrink = 0;
+        int unit, step;
+        for (;;) {
+            while (pos + 16 <= n) {
+                step = fleetproxy_stop16(s + pos);
+                pos += step;
+                if (step < 16)
+                    break;
+            }
+            while (pos < n && s[pos] != 0x22 && s[pos] != 0x5C && s[pos] >= 0x20 && s[pos] < 0x80)
+                pos++;
+            if (pos >= n || s[pos] < 0x20)
+                return -1;
+            if (s[pos] == 0x22) {
+                if (size != NULL)
+                    *size = pos - start - shrink;
+                return pos;
+            }
+            if (s[pos] >= 0x80) {
+                step = fleetproxy_utf8(s, pos, n);
+                if (!step)
+                    return -1;
+                pos += step;
+                continue;
+            }
+            if (pos + 1 >= n)
+                return -1;
+            switch (s[pos + 1]) {
+            case 0x22: case 0x5C: case 0x2F: case 0x62: case 0x66: case 0x6E: case 0x72: case 0x74:  /* "\\/bfnrt */
+                pos += 2;
+                shrink += 1;
+                break;
+            case 0x75:  /* u */
+                unit = fleetproxy_hex4(s, pos + 2, n);
+                pos += 6;
+                if (unit < 0 || (unit >= 0xDC00 && unit <= 0xDFFF))
+                    return -1;
+                if (unit >= 0xD800 && unit <= 0xDBFF) {  /* the first half: the second must follow */
+                    if (pos + 1 >= n || s[pos] != 0x5C || s[pos + 1] != 0x75)
+                        return -1;
+                    unit = fleetproxy_hex4(s, pos + 2, n);
+                    if (unit < 0xDC00 || unit > 0xDFFF)
+                        return -1;
+                    pos += 6;
+                    shrink += 12 - 4;
+                } else {
+                    shrink += 6 - fleetproxy_utf8_size((unsigned int)unit);
+                }
+                break;
+            default:
+                return -1;
+            }
+        }
+    }
+    static inline Py_ssize_t fleetproxy_text_close(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
+        return fleetproxy_text_end(s, pos, n, NULL);
+    }
+    /* fields._text: the offset after the text string at pos (its opening quote), its span
+       appended to the list spans (kind, start, end, size; none for an empty string), or -1
+       (not one walk is sure of), or -2 with an exception set. */
+    static Py_ssize_t fleetproxy_walk_text(PyObject *spans, const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
+        Py_ssize_t at = pos + 1, size = 0, end = fleetproxy_text_end(s, at, n, &size), values[4];
+        int i;
+        if (end < 0)
+            return -1;
+        if (end == at)
+            return end + 1;
+        values[0] = size == end - at ? 1 : 2;  /* _PLAIN, _ESCAPED */
+        values[1] = at;
+        values[2] = end;
+        values[3] = size;
+        for (i = 0; i < 4; i++) {
+            PyObject *v = PyLong_FromSsize_t(values[i]);
+            if (v == NULL || PyList_Append(spans, v) < 0) {
+                Py_XDECREF(v);
+                return -2;
+            }
+            Py_DECREF(v);
+        }
+        return end + 1;
+    }
+    /* The string s[at:end] (inside its quotes, one fleetproxy_text_end accepted) as UTF-8, its
+       escapes decoded, written to dst up to room bytes (a character cut at room is cut there,
+       as a slice of the encoded text would be): how many were written. */
+    static Py_ssize_t fleetproxy_unescape(const unsigned char *s, Py_ssize_t at, Py_ssize_t end,
+                                          unsigned char *dst, Py_ssize_t room) {
+        Py_ssize_t out = 0, run, stop;
+        unsigned char one[4];
+        int size;
+        unsigned int unit;
+        while (at < end && out < room) {
+            const unsigned char *slash = (const unsigned char *)memchr(s + at, 0x5C, (size_t)(end - at));
+            stop = slash ? slash - s : end;
+            run = stop - at;
+            if (run > room - out)
+                run = room - out;
+            memcpy(dst + out, s + at, (size_t)run);
+            out += run;
+            at += run;
+            if (slash == NULL || out >= room)
+                break;
+            size = 1;
+            switch (s[at + 1]) {
+            case 0x62: one[0] = 0x08; break;
+            case 0x66: one[0] = 0x0C; break;
+            case 0x6E: one[0] = 0x0A; break;
+            case 0x72: one[0] = 0x0D; break;
+            case 0x74: one[0] = 0x09; break;
+            case 0x75:
+                unit = (unsigned int)fleetproxy_hex4(s, at + 2, end);
+                if (unit >= 0xD800 && unit <= 0xDBFF) {
+                    unit = 0x10000 + ((unit - 0xD800) << 10) + ((unsigned int)fleetproxy_hex4(s, at + 8, end) - 0xDC00);
+                    at += 6;
+                }
+                at += 4;
+                size = fleetproxy_utf8_size(unit);
+                if (size == 1) {
+                    one[0] = (unsigned char)unit;
+                } else if (size == 2) {
+                    one[0] = (unsigned char)(0xC0 | (unit >> 6));
+                    one[1] = (unsigned char)(0x80 | (unit & 0x3F));
+                } else if (size == 3) {
+                    one[0] = (unsigned char)(0xE0 | (unit >> 12));
+                    one[1] = (unsigned char)(0x80 | ((unit >> 6) & 0x3F));
+                    one[2] = (unsigned char)(0x80 | (unit & 0x3F));
+                } else {
+                    one[0] = (unsigned char)(0xF0 | (unit >> 18));
+                    one[1] = (unsigned char)(0x80 | ((unit >> 12) & 0x3F));
+                    one[2] = (unsigned char)(0x80 | ((unit >> 6) & 0x3F));
+                    one[3] = (unsigned char)(0x80 | (unit & 0x3F));
+                }
+                break;
+            default: one[0] = s[at + 1]; break;  /* " \ / */
+            }
+            at += 2;
+            if (size > room - out)
+                size = (int)(room - out);
+            memcpy(dst + out, one, (size_t)size);
+            out += size;
+        }
+        return out;
+    }
+    static inline PyObject *fleetproxy_new_bytes(Py_ssize_t size) {
+        return PyBytes_FromStringAndSize(NULL, size);
+    }
+    /* size bytes of src at dst[written:], no further than dst[total]: where the writing ends. */
+    static inline Py_ssize_t fleetproxy_put_upto(unsigned char *dst, Py_ssize_t written, Py_ssize_t total,
+                                                 const unsigned char *src, Py_ssize_t size) {
+        if (size > total - written)
+            size = total - written;
+        memcpy(dst + written, src, (size_t)size);
+        return written + size;
+    }
+    '''
+    Py_ssize_t fleetproxy_text_close(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) nogil
+    Py_ssize_t fleetproxy_walk_text(list spans, const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) except -2
+    Py_ssize_t fleetproxy_unescape(const unsigned char *s, Py_ssize_t at, Py_ssize_t end, unsigned char *dst,
+                                   Py_ssize_t room) nogil
+    bytes fleetproxy_new_bytes(Py_ssize_t size)
+    Py_ssize_t fleetproxy_put_upto(unsigned char *dst, Py_ssize_t written, Py_ssize_t total,
+                                   const unsigned char *src, Py_ssize_t size) nogil
+
+@cython.locals(n=Py_ssize_t, buf="const unsigned char *", seen=int, pos=Py_ssize_t, at=Py_ssize_t,
+               size=Py_ssize_t, first=int, bit=int, model_at=Py_ssize_t, model_end=Py_ssize_t,
+               user_at=Py_ssize_t, user_end=Py_ssize_t, prompt_at=Py_ssize_t, prompt_end=Py_ssize_t,
+               spans=list, fields=Walked)
+cpdef walk(bytes body)
+
+cdef Py_ssize_t _messages(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
+
+@cython.locals(mark=Py_ssize_t, seen=int, user=int, at=Py_ssize_t, size=Py_ssize_t, first=int)
+cdef Py_ssize_t _message(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
+
+@cython.locals(seen=bint, at=Py_ssize_t, size=Py_ssize_t)
+cdef Py_ssize_t _parts(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
+
+@cython.locals(at=Py_ssize_t, end=Py_ssize_t, raw=bytes)
+cdef Py_ssize_t _text(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
+
+@cython.locals(escaped=bint, c=int, unit=Py_ssize_t, size=Py_ssize_t)
+cdef Py_ssize_t _text_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
+
+@cython.locals(digits=bytes)
+cdef Py_ssize_t _hex4(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) except? -2
+
+@cython.locals(size=Py_ssize_t)
+cdef Py_ssize_t _utf8(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) except? -1
+
+@cython.locals(spans=list, m=Py_ssize_t, size=Py_ssize_t, opening=Py_ssize_t, later=bint, i=Py_ssize_t,
+               kind=Py_ssize_t, total=Py_ssize_t)
+cdef _walked_prompt(Walked fields, Py_ssize_t limit, Py_ssize_t least)
+
+@cython.locals(text=bytes, out="unsigned char *", written=Py_ssize_t, i=Py_ssize_t, kind=Py_ssize_t,
+               at=Py_ssize_t, end=Py_ssize_t)
+cdef bytes _write(const unsigned char *buf, list spans, Py_ssize_t total)

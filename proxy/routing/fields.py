@@ -52,12 +52,12 @@ _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build
 def decode(body, model_only=False):
     """The RoutingFields of a request body; False when it has none (empty, not JSON).
     ``model_only`` (no cluster keys on user or prefix) skips building the messages: a 20 KB
-    chat body then costs about 4 us instead of 6; compiled, a body ``scan`` reads whole costs
-    one walk over its bytes and no decoder."""
+    chat body then costs about 4 us instead of 6. Compiled, a body ``scan`` (model only) or
+    ``walk`` reads costs one walk over its bytes and no decoder."""
     if not body:
         return False
-    if model_only and _COMPILED and type(body) is bytes:
-        fields = scan(body)
+    if _COMPILED and type(body) is bytes:
+        fields = scan(body) if model_only else walk(body)
         if fields is not None:
             return fields
     try:
@@ -265,14 +265,14 @@ def _same(buf, pos, n, word, size):
     return True
 
 
-def _skip(buf, pos, n, depth):
-    """The offset after the JSON value at ``pos`` (strict, within ``scan``'s subset), or -1."""
+def _skip(buf, pos, n, depth, texts=False):
+    """The offset after the JSON value at ``pos`` (strict, within ``scan``'s subset; with
+    ``texts``, its strings any ``walk`` reads), or -1."""
     if pos >= n:
         return -1
     c = buf[pos]
     if c == 34:
-        pos = _string_end(buf, pos + 1, n)
-        return pos + 1 if pos >= 0 else -1
+        return _after_string(buf, pos + 1, n, texts)
     if c == 45 or 48 <= c <= 57:
         return _number_end(buf, pos, n)
     if c == 116:
@@ -291,14 +291,14 @@ def _skip(buf, pos, n, depth):
         if c == 123:  # an object's member: a key, ":", the value
             if pos >= n or buf[pos] != 34:
                 return -1
-            pos = _string_end(buf, pos + 1, n)
+            pos = _after_string(buf, pos + 1, n, texts)
             if pos < 0:
                 return -1
-            pos = _space(buf, pos + 1, n)
+            pos = _space(buf, pos, n)
             if pos >= n or buf[pos] != 58:
                 return -1
             pos = _space(buf, pos + 1, n)
-        pos = _skip(buf, pos, n, depth + 1)
+        pos = _skip(buf, pos, n, depth + 1, texts)
         if pos < 0:
             return -1
         pos = _space(buf, pos, n)
@@ -309,6 +309,16 @@ def _skip(buf, pos, n, depth):
         if buf[pos] != 44:
             return -1
         pos = _space(buf, pos + 1, n)
+
+
+def _after_string(buf, pos, n, texts):
+    """The offset after the string whose first byte is at ``pos`` (after its opening quote):
+    one ``scan`` is sure of, or with ``texts`` one ``_text_end`` is (any escape); or -1."""
+    if texts:
+        pos = _text_end(buf, pos, n)
+    else:
+        pos = _string_end(buf, pos, n)
+    return pos + 1 if pos >= 0 else -1
 
 
 def _number_end(buf, pos, n):
@@ -333,6 +343,483 @@ def _number_end(buf, pos, n):
     if pos < n and (buf[pos] == 101 or buf[pos] == 69) or pos - at > 32:
         return -1
     return pos
+
+
+class Walked:
+    """``decode(body)`` of a body ``walk`` read: what msgspec's RoutingFields holds for it, field
+    for field (a test holds the two to one another on generated bodies), except that the
+    messages are not built. Their strings stay where they are in the body (``spans``), and
+    ``prompt_of`` writes the prompt's bytes from there in one pass. msgspec would make a str of
+    every message, then the prompt a join and an encode: three copies of a long prompt, and
+    its decode the largest part of a long request's cost. ``messages`` and ``prompt``, read
+    anywhere else (``prompt_prefix``), are msgspec's, made when first asked for."""
+
+    __slots__ = ("model", "user", "stream", "n", "body", "spans", "prompt_at", "prompt_end", "_messages")
+    stream_options = b""  # a body with stream_options is msgspec's to read
+
+    @property
+    def messages(self):
+        if not self.spans:
+            return None if self.spans is None else []
+        if self._messages is None:
+            self._messages = _decode_fields(self.body).messages
+        return self._messages
+
+    @property
+    def prompt(self):
+        if self.prompt_at < 0:
+            return msgspec.Raw()
+        return msgspec.Raw(self.body[self.prompt_at:self.prompt_end])
+
+
+# spans: four integers per item, in the order of the messages: its kind, where its bytes start
+# and end in the body, how many bytes it writes into the prompt. A message opens with its role
+# (_ROLE; -1: none), then its texts (_PLAIN: bytes as they are; _ESCAPED: a JSON string's
+# inside, its escapes to decode), and closes with _END (its start 1 where the role is "user").
+_ROLE, _PLAIN, _ESCAPED, _END = 0, 1, 2, 3
+
+
+def walk(body):
+    """All of ``decode(body)``'s fields in one walk over the body's bytes (compiled: C, no
+    object but the model's and user's strings and the spans' integers), or None where the walk
+    is not sure of the body: then msgspec decodes it. Sure means what ``scan`` is sure of, and
+    of ``messages`` a list of objects whose ``role`` is printable ASCII without escapes (or
+    null) and whose ``content`` is a string, null or a list of objects whose ``text`` is a
+    string or null, none of those keys twice in one object. Those texts may hold any escape and
+    any UTF-8, both checked as msgspec checks them (``_text_end``). ``prompt`` is kept as its
+    JSON, as msgspec's Raw keeps it."""
+    n = len(body)
+    buf = body  # compiled: its bytes through a pointer (fields.pxd)
+    seen = 0  # bits: model 1, stream 2, n 4, user 8, messages 16, prompt 32
+    model_at = model_end = user_at = user_end = prompt_at = prompt_end = -1
+    stream = None
+    count = None
+    spans = None  # where the messages are: None, or a list (empty: no message)
+    pos = _space(buf, 0, n)
+    if pos >= n or buf[pos] != 123:  # "{"
+        return None
+    pos = _space(buf, pos + 1, n)
+    if pos < n and buf[pos] == 125:  # "}"
+        pos += 1
+    else:
+        while True:
+            if pos >= n or buf[pos] != 34:  # a key's '"'
+                return None
+            at = pos + 1
+            pos = _key_end(buf, at, n)
+            if pos < 0:
+                return None
+            size = pos - at
+            pos = _space(buf, pos + 1, n)
+            if pos >= n or buf[pos] != 58:  # ":"
+                return None
+            pos = _space(buf, pos + 1, n)
+            if pos >= n:
+                return None
+            first = buf[pos]
+            if size == 8 and _same(buf, at, n, b"messages", 8):
+                if seen & 16:
+                    return None
+                seen |= 16
+                if first == 91:  # "["
+                    spans = []
+                    pos = _messages(buf, pos, n, spans)
+                    if pos < 0:
+                        return None
+                elif _same(buf, pos, n, b"null", 4):
+                    pos += 4
+                else:
+                    return None
+            elif (size == 5 and _same(buf, at, n, b"model", 5)) or (size == 4 and _same(buf, at, n, b"user", 4)):
+                bit = 1 if size == 5 else 8
+                if seen & bit:
+                    return None
+                seen |= bit
+                if first == 34:
+                    at = pos + 1
+                    pos = _string_end(buf, at, n)
+                    if pos < 0 or not _printable(buf, at, pos):
+                        return None
+                    if bit == 1:
+                        model_at, model_end = at, pos
+                    else:
+                        user_at, user_end = at, pos
+                    pos += 1
+                elif _same(buf, pos, n, b"null", 4):
+                    pos += 4
+                else:
+                    return None
+            elif size == 6 and _same(buf, at, n, b"stream", 6):
+                if seen & 2:
+                    return None
+                seen |= 2
+                if _same(buf, pos, n, b"true", 4):
+                    stream = True
+                    pos += 4
+                elif _same(buf, pos, n, b"false", 5):
+                    stream = False
+                    pos += 5
+                elif _same(buf, pos, n, b"null", 4):
+                    pos += 4
+                else:
+                    return None
+            elif size == 6 and _same(buf, at, n, b"prompt", 6):
+                if seen & 32:
+                    return None
+                seen |= 32
+                prompt_at = pos
+                pos = _skip(buf, pos, n, 1, True)
+                if pos < 0:
+                    return None
+                prompt_end = pos
+            elif size == 1 and buf[at] == 110:  # "n"
+                if seen & 4:
+                    return None
+                seen |= 4
+                if first == 49 and pos + 1 < n and not 48 <= buf[pos + 1] <= 57 and buf[pos + 1] != 46:  # 1
+                    count = 1
+                    pos += 1
+                elif _same(buf, pos, n, b"null", 4):
+                    pos += 4
+                else:
+                    return None
+            elif size == 14 and _same(buf, at, n, b"stream_options", 14):
+                return None
+            else:
+                pos = _skip(buf, pos, n, 1, True)
+                if pos < 0:
+                    return None
+            pos = _space(buf, pos, n)
+            if pos >= n:
+                return None
+            if buf[pos] == 44:  # ","
+                pos = _space(buf, pos + 1, n)
+            elif buf[pos] == 125:  # "}"
+                pos += 1
+                break
+            else:
+                return None
+    if _space(buf, pos, n) != n:
+        return None
+    fields = Walked.__new__(Walked)
+    fields.model = buf[model_at:model_end].decode("ascii") if model_at >= 0 else None
+    fields.user = buf[user_at:user_end].decode("ascii") if user_at >= 0 else None
+    fields.stream = stream
+    fields.n = count
+    fields.body = body
+    fields.spans = spans
+    fields.prompt_at = prompt_at
+    fields.prompt_end = prompt_end
+    fields._messages = None
+    return fields
+
+
+def _messages(buf, pos, n, spans):
+    """The offset after the list of messages at ``pos`` (its "["), their spans appended, or -1
+    (not one ``walk`` is sure of)."""
+    pos = _space(buf, pos + 1, n)
+    if pos < n and buf[pos] == 93:  # "]"
+        return pos + 1
+    while True:
+        if pos >= n or buf[pos] != 123:
+            return -1
+        pos = _message(buf, pos, n, spans)
+        if pos < 0:
+            return -1
+        pos = _space(buf, pos, n)
+        if pos >= n:
+            return -1
+        if buf[pos] == 93:
+            return pos + 1
+        if buf[pos] != 44:
+            return -1
+        pos = _space(buf, pos + 1, n)
+
+
+def _message(buf, pos, n, spans):
+    """The offset after the message object at ``pos``, its spans appended (its role's first,
+    whichever of its keys comes first), or -1."""
+    mark = len(spans)
+    spans += [_ROLE, -1, -1, 0]
+    seen = 0  # role 1, content 2
+    user = 0
+    pos = _space(buf, pos + 1, n)
+    if pos < n and buf[pos] == 125:
+        spans += [_END, 0, 0, 0]
+        return pos + 1
+    while True:
+        if pos >= n or buf[pos] != 34:
+            return -1
+        at = pos + 1
+        pos = _key_end(buf, at, n)
+        if pos < 0:
+            return -1
+        size = pos - at
+        pos = _space(buf, pos + 1, n)
+        if pos >= n or buf[pos] != 58:
+            return -1
+        pos = _space(buf, pos + 1, n)
+        if pos >= n:
+            return -1
+        first = buf[pos]
+        if size == 4 and _same(buf, at, n, b"role", 4):
+            if seen & 1:
+                return -1
+            seen |= 1
+            if first == 34:
+                at = pos + 1
+                pos = _string_end(buf, at, n)
+                if pos < 0 or not _printable(buf, at, pos):
+                    return -1
+                spans[mark + 1] = at
+                spans[mark + 2] = pos
+                spans[mark + 3] = pos - at
+                user = 1 if pos - at == 4 and _same(buf, at, n, b"user", 4) else 0
+                pos += 1
+            elif _same(buf, pos, n, b"null", 4):
+                pos += 4
+            else:
+                return -1
+        elif size == 7 and _same(buf, at, n, b"content", 7):
+            if seen & 2:
+                return -1
+            seen |= 2
+            if first == 34:
+                pos = _text(buf, pos, n, spans)
+            elif first == 91:
+                pos = _parts(buf, pos, n, spans)
+            elif _same(buf, pos, n, b"null", 4):
+                pos += 4
+            else:
+                return -1
+            if pos < 0:
+                return -1
+        else:
+            pos = _skip(buf, pos, n, 3, True)
+            if pos < 0:
+                return -1
+        pos = _space(buf, pos, n)
+        if pos >= n:
+            return -1
+        if buf[pos] == 44:
+            pos = _space(buf, pos + 1, n)
+        elif buf[pos] == 125:
+            spans += [_END, user, 0, 0]
+            return pos + 1
+        else:
+            return -1
+
+
+def _parts(buf, pos, n, spans):
+    """The offset after a content's list of parts at ``pos``, the spans of their texts
+    appended, or -1."""
+    pos = _space(buf, pos + 1, n)
+    if pos < n and buf[pos] == 93:
+        return pos + 1
+    while True:
+        if pos >= n or buf[pos] != 123:
+            return -1
+        pos = _space(buf, pos + 1, n)
+        if pos < n and buf[pos] == 125:
+            pos += 1
+        else:
+            seen = False
+            while True:
+                if pos >= n or buf[pos] != 34:
+                    return -1
+                at = pos + 1
+                pos = _key_end(buf, at, n)
+                if pos < 0:
+                    return -1
+                size = pos - at
+                pos = _space(buf, pos + 1, n)
+                if pos >= n or buf[pos] != 58:
+                    return -1
+                pos = _space(buf, pos + 1, n)
+                if pos >= n:
+                    return -1
+                if size == 4 and _same(buf, at, n, b"text", 4):
+                    if seen:
+                        return -1
+                    seen = True
+                    if buf[pos] == 34:
+                        pos = _text(buf, pos, n, spans)
+                    elif _same(buf, pos, n, b"null", 4):
+                        pos += 4
+                    else:
+                        return -1
+                else:
+                    pos = _skip(buf, pos, n, 5, True)
+                if pos < 0:
+                    return -1
+                pos = _space(buf, pos, n)
+                if pos >= n:
+                    return -1
+                if buf[pos] == 44:
+                    pos = _space(buf, pos + 1, n)
+                elif buf[pos] == 125:
+                    pos += 1
+                    break
+                else:
+                    return -1
+        pos = _space(buf, pos, n)
+        if pos >= n:
+            return -1
+        if buf[pos] == 93:
+            return pos + 1
+        if buf[pos] != 44:
+            return -1
+        pos = _space(buf, pos + 1, n)
+
+
+def _text(buf, pos, n, spans):
+    """The offset after the text string at ``pos`` (its opening quote), its span appended
+    (none for an empty one), or -1. Compiled: this, in C (fields.pxd)."""
+    if _COMPILED:
+        return fleetproxy_walk_text(spans, buf, pos, n)  # noqa: F821 (fields.pxd)
+    at = pos + 1
+    end = _text_end(buf, at, n)
+    if end < 0:
+        return -1
+    raw = bytes(buf[at:end])
+    if b"\\" in raw:
+        spans += [_ESCAPED, at, end, len(_decode_str(b'"' + raw + b'"').encode())]
+    elif raw:
+        spans += [_PLAIN, at, end, end - at]
+    return end + 1
+
+
+def _text_end(buf, pos, n):
+    """Where the string whose first byte is at ``pos`` ends (its closing quote), or -1 where
+    msgspec might not read it as a str: no end, a control byte, a malformed escape, a \\u
+    escape of half a surrogate pair, or bytes that are not UTF-8 (overlong forms and surrogates
+    included). Compiled: this, in C (fields.pxd), 16 bytes a step between escapes and
+    non-ASCII."""
+    if _COMPILED:
+        return fleetproxy_text_close(buf, pos, n)  # noqa: F821 (fields.pxd)
+    while pos < n:
+        c = buf[pos]
+        if c == 34:
+            return pos
+        if c < 32:
+            return -1
+        if c == 92:
+            if pos + 1 >= n:
+                return -1
+            c = buf[pos + 1]
+            if c == 117:  # "u"
+                unit = _hex4(buf, pos + 2, n)
+                pos += 6
+                if 0xDC00 <= unit <= 0xDFFF or unit < 0:
+                    return -1
+                if 0xD800 <= unit <= 0xDBFF:
+                    if not _same(buf, pos, n, b"\\u", 2) or not 0xDC00 <= _hex4(buf, pos + 2, n) <= 0xDFFF:
+                        return -1
+                    pos += 6
+            elif c in b'"\\/bfnrt':
+                pos += 2
+            else:
+                return -1
+        elif c >= 128:
+            size = _utf8(buf, pos, n)
+            if not size:
+                return -1
+            pos += size
+        else:
+            pos += 1
+    return -1
+
+
+def _hex4(buf, pos, n):
+    """The four hex digits at ``pos`` as a number, or -1."""
+    digits = bytes(buf[pos:pos + 4])
+    if len(digits) != 4 or digits.strip(b"0123456789abcdefABCDEF"):
+        return -1
+    return int(digits, 16)
+
+
+def _utf8(buf, pos, n):
+    """How many bytes the UTF-8 character at ``pos`` takes (well formed: no overlong form, no
+    surrogate, none past U+10FFFF), or 0."""
+    for size in (2, 3, 4):
+        if pos + size <= n:
+            try:
+                bytes(buf[pos:pos + size]).decode("utf-8")
+                return size
+            except UnicodeDecodeError:
+                pass
+    return 0
+
+
+def _walked_prompt(fields, limit, least):
+    """``prompt_of`` of a Walked: the same Prompt, its text written from the body's bytes. The
+    sizes first (the spans hold them), then one bytes object of the prompt's size, written
+    once."""
+    spans = fields.spans
+    m = len(spans)
+    size = 0  # bytes so far
+    opening = -1
+    later = False
+    i = 0
+    while i < m:
+        kind = spans[i]
+        if kind == _ROLE:
+            if opening >= 0:
+                later = True
+                if size >= limit:
+                    break
+            size += 1  # and "\n"
+        elif kind == _END:
+            size += 1  # "\x1e"
+            if opening < 0 and spans[i + 1]:
+                opening = size
+        size += spans[i + 3]
+        i += 4
+    total = size if size < limit else limit
+    if total <= 0 or total < least:
+        return None
+    return Prompt(_write(fields.body, spans, total), (opening if opening < total else total) if opening > 0 else 0, later)
+
+
+def _write(buf, spans, total):
+    """The first ``total`` bytes of the messages' prompt, as ``prompt_of`` writes it: each
+    message's role, a newline, its texts and a record separator."""
+    if not _COMPILED:
+        parts = []
+        for i in range(0, len(spans), 4):
+            kind, at, end = spans[i], spans[i + 1], spans[i + 2]
+            if kind == _ROLE:
+                parts.append((bytes(buf[at:end]) if at >= 0 else b"") + b"\n")
+            elif kind == _END:
+                parts.append(b"\x1e")
+            elif kind == _PLAIN:
+                parts.append(bytes(buf[at:end]))
+            else:
+                parts.append(_decode_str(bytes(buf[at - 1:end + 1])).encode())
+        return b"".join(parts)[:total]
+    text = fleetproxy_new_bytes(total)  # noqa: F821 (fields.pxd)
+    out = text
+    written = 0
+    i = 0
+    while written < total:
+        kind = spans[i]
+        at = spans[i + 1]
+        end = spans[i + 2]
+        i += 4
+        if kind == _ROLE:
+            if at >= 0:
+                written = fleetproxy_put_upto(out, written, total, buf + at, end - at)  # noqa: F821 (fields.pxd)
+            if written < total:
+                out[written] = 10
+                written += 1
+        elif kind == _END:
+            out[written] = 30
+            written += 1
+        elif kind == _PLAIN:
+            written = fleetproxy_put_upto(out, written, total, buf + at, end - at)  # noqa: F821 (fields.pxd)
+        else:
+            written += fleetproxy_unescape(buf, at, end, out + written, total - written)  # noqa: F821 (fields.pxd)
+    return text
 
 
 def prompt_prefix(fields, size):
@@ -400,6 +887,10 @@ def prompt_of(fields, limit, least=0):
     a token-id list as its raw JSON."""
     if not fields:
         return None
+    if type(fields) is Walked:
+        walked = fields
+        if walked.spans:
+            return _walked_prompt(walked, limit, least)
     messages = fields.messages
     if messages:
         parts = []
