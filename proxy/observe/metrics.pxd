@@ -5,7 +5,7 @@ cimport cython
 
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
 from proxy.observe.streamusage cimport after, find, rfind, rfind_open
-from proxy.routing.fields cimport Scanned
+from proxy.routing.fields cimport Walked
 
 cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _ITL_AT, _NCLASS, _BYTES_PER_TOKEN
 cdef double[::1] _ALL_BOUNDS
@@ -151,5 +151,5 @@ cdef bint _count(Timing out, tail, prev) except -1
 @cython.locals(at=Py_ssize_t)
 cdef Py_ssize_t _usage_at(bytes data) except -2
 
-@cython.locals(scanned=Scanned)
+@cython.locals(walked=Walked)
 cpdef model_of(bytes body, fields)

@@ -17,7 +17,7 @@ from array import array
 from bisect import bisect_left
 from time import monotonic
 
-from ..routing.fields import Scanned, decode
+from ..routing.fields import Walked, decode
 from .streamusage import after, find, rfind, rfind_open, skips
 from .table import (
     CLASSES, FALLBACK, H_CONNECT, H_E2E, H_ITL, H_OVER_REQ, H_OVER_RESP, H_QUEUE, H_TTFT, HIST_AT, HISTOGRAMS,
@@ -460,9 +460,9 @@ def model_of(body, fields):
             return ""
         # Model only, and not kept on the selection: a retry's cache-aware pick needs all.
         fields = decode(body, True)
-    if type(fields) is Scanned:  # the body scan's answer (compiled: its slot read in C)
-        scanned = fields
-        model = scanned.model
+    if type(fields) is Walked:  # the body walk's answer (compiled: its slot read in C)
+        walked = fields
+        model = walked.model
         return model if model is not None else ""
     return (fields.model or "") if fields else ""
 

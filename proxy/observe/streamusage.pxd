@@ -2,7 +2,7 @@
 # byte walks (a JSON string, the chunks of vLLM's end of a stream) in C.
 cimport cython
 from libc.string cimport memcmp
-from proxy.routing.fields cimport Scanned
+from proxy.routing.fields cimport Walked
 
 cdef extern from "string.h":  # GNU extensions; Python.h's pyconfig.h defines _GNU_SOURCE
     const unsigned char *memmem(const void *haystack, size_t n, const void *needle, size_t size) nogil
@@ -107,5 +107,5 @@ cdef Py_ssize_t _payload(const unsigned char *buf, Py_ssize_t chunk) noexcept
 @cython.locals(at=Py_ssize_t)
 cpdef bytes usage_body(bytes body)
 
-@cython.locals(query=Py_ssize_t, path=bytes, scanned=Scanned)
+@cython.locals(query=Py_ssize_t, path=bytes, walked=Walked)
 cpdef bint wants_usage(method, bytes target, fields)  # per request, from the observer (a C call there)

@@ -21,7 +21,7 @@ fingerprint put back at the end of the finish event. Only requests with ``n`` ab
 rewritten: with several choices a finish event may come long before the others end.
 """
 
-from ..routing.fields import Scanned
+from ..routing.fields import Walked
 
 FINISH = b'"finish_reason":"'
 _REASON = FINISH[:-1]  # and then null, or the reason's string
@@ -204,9 +204,9 @@ def wants_usage(method, target, fields):
     decoded them (``routing.fields.decode``: False when the body is not a JSON object): a
     streamed chat/completions POST with no ``stream_options`` (the client chose otherwise; a
     ``continuous_usage_stats`` without ``include_usage`` must stay off) and ``n`` absent or 1."""
-    if type(fields) is Scanned:  # the body scan's answer: no stream_options, n 1 or None
-        scanned = fields
-        if scanned.stream is not True or method != b"POST":
+    if type(fields) is Walked:  # the body walk's answer: no stream_options, n 1 or None
+        walked = fields
+        if walked.stream is not True or method != b"POST":
             return False
     else:
         if not fields or fields.stream is not True or method != b"POST":

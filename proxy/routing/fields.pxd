@@ -18,13 +18,17 @@ cpdef decode(body, model_only=*)
 cpdef prompt_prefix(fields, size)
 
 
-# scan: a body's model-only fields in one walk over its bytes through a pointer.
-cdef class Scanned:
-    cdef public object model, stream, n
+# walk and scan: a body's fields in one walk over its bytes through a pointer, the messages'
+# strings kept as spans of the body.
+cdef class Walked:
+    cdef public object model, user, stream, n, _messages
+    cdef public bytes body
+    cdef public list spans
+    cdef public Py_ssize_t prompt_at, prompt_end
 
 cdef bint _COMPILED
 cdef int _DEEPEST
-cdef Scanned _last
+cdef Walked _last
 cdef bytes _last_model
 
 cdef extern from *:
@@ -75,8 +79,6 @@ cdef extern from *:
     '''
     Py_ssize_t fleetproxy_string_end(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n, int plain) nogil
 
-@cython.locals(n=Py_ssize_t, buf="const unsigned char *", seen=int, pos=Py_ssize_t, at=Py_ssize_t,
-               size=Py_ssize_t, first=int, model_at=Py_ssize_t, model_end=Py_ssize_t, fields=Scanned)
 cpdef scan(bytes body)
 
 # The walk's helpers inline: called a dozen times per body, each a few instructions of work.
@@ -102,12 +104,6 @@ cdef inline Py_ssize_t _after_string(const unsigned char *buf, Py_ssize_t pos, P
 cdef Py_ssize_t _number_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
 
 
-# walk: all of decode's fields in one walk, the messages' strings kept as spans of the body.
-cdef class Walked:
-    cdef public object model, user, stream, n, _messages
-    cdef public bytes body
-    cdef public list spans
-    cdef public Py_ssize_t prompt_at, prompt_end
 
 cdef int _ROLE, _PLAIN, _ESCAPED, _END
 
@@ -339,11 +335,13 @@ cdef extern from *:
     Py_ssize_t fleetproxy_put_upto(unsigned char *dst, Py_ssize_t written, Py_ssize_t total,
                                    const unsigned char *src, Py_ssize_t size) nogil
 
+cpdef walk(bytes body)
+
 @cython.locals(n=Py_ssize_t, buf="const unsigned char *", seen=int, pos=Py_ssize_t, at=Py_ssize_t,
                size=Py_ssize_t, first=int, bit=int, model_at=Py_ssize_t, model_end=Py_ssize_t,
                user_at=Py_ssize_t, user_end=Py_ssize_t, prompt_at=Py_ssize_t, prompt_end=Py_ssize_t,
                spans=list, fields=Walked)
-cpdef walk(bytes body)
+cdef _walk(bytes body, bint full)
 
 cdef Py_ssize_t _messages(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
 

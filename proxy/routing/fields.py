@@ -69,141 +69,18 @@ def decode(body, model_only=False):
             return False
 
 
-class Scanned:
-    """``decode(body, True)`` of a body ``scan`` read: what msgspec's ``_ModelOnly`` holds for
-    it, field for field (a test holds the two to one another on generated bodies, valid and
-    broken), without a decoder's call and its struct."""
-
-    __slots__ = ("model", "stream", "n")
-    # A body with stream_options (or user, messages and prompt read for routing) is msgspec's.
-    stream_options = b""
-    user = None
-    messages = None
-    prompt = b""
-
-
-_DEEPEST = 32  # nesting ``scan`` follows; deeper bodies are msgspec's
+_DEEPEST = 32  # nesting the walk follows; deeper bodies are msgspec's
 
 
 def scan(body):
-    """The model-only fields of a JSON object body in one walk over its bytes (compiled: C, no
-    object but the model's string), or None where the body is not one this walk is sure of
-    — then msgspec decodes it, and says whether it is JSON at all.
-
-    Sure means: strict JSON (RFC 8259), so msgspec reads it too; ``model`` a string of
-    printable ASCII without escapes, or null; ``stream`` true, false or null; ``n`` 1 or null;
-    no ``stream_options``; none of the four twice (msgspec keeps the last); no key with an
-    escape (``"mod\\u0065l"`` is ``model``); no ``\\u`` escape anywhere (msgspec's skip and
-    surrogates); numbers without exponents, at most 32 bytes; nesting at most 32 deep. What
-    falls outside is rarer than a mistake in a bigger walk would be costly: the body is
-    forwarded either way, and a body's fields decide its model's metrics and the usage ask."""
-    global _last, _last_model
-    n = len(body)
-    buf = body  # compiled: its bytes through a pointer (fields.pxd)
-    seen = 0  # bits: model 1, stream 2, n 4
-    model_at = model_end = -1  # the model string's bytes, unquoted
-    stream = None
-    count = None
-    pos = _space(buf, 0, n)
-    if pos >= n or buf[pos] != 123:  # "{"
-        return None
-    pos = _space(buf, pos + 1, n)
-    if pos < n and buf[pos] == 125:  # "}"
-        pos += 1
-    else:
-        while True:
-            if pos >= n or buf[pos] != 34:  # a key's '"'
-                return None
-            at = pos + 1
-            pos = _key_end(buf, at, n)
-            if pos < 0:
-                return None
-            size = pos - at
-            pos = _space(buf, pos + 1, n)
-            if pos >= n or buf[pos] != 58:  # ":"
-                return None
-            pos = _space(buf, pos + 1, n)
-            if pos >= n:
-                return None
-            first = buf[pos]
-            if size == 5 and _same(buf, at, n, b"model", 5):
-                if seen & 1:
-                    return None
-                seen |= 1
-                if first == 34:
-                    at = pos + 1
-                    pos = _string_end(buf, at, n)
-                    if pos < 0 or not _printable(buf, at, pos):
-                        return None
-                    model_at, model_end = at, pos
-                    pos += 1
-                elif _same(buf, pos, n, b"null", 4):
-                    pos += 4
-                else:
-                    return None  # a number, list or object: msgspec refuses it
-            elif size == 6 and _same(buf, at, n, b"stream", 6):
-                if seen & 2:
-                    return None
-                seen |= 2
-                if _same(buf, pos, n, b"true", 4):
-                    stream = True
-                    pos += 4
-                elif _same(buf, pos, n, b"false", 5):
-                    stream = False
-                    pos += 5
-                elif _same(buf, pos, n, b"null", 4):
-                    pos += 4
-                else:
-                    return None
-            elif size == 1 and buf[at] == 110:  # "n"
-                if seen & 4:
-                    return None
-                seen |= 4
-                if first == 49 and pos + 1 < n and not 48 <= buf[pos + 1] <= 57 and buf[pos + 1] != 46:  # 1
-                    count = 1
-                    pos += 1
-                elif _same(buf, pos, n, b"null", 4):
-                    pos += 4
-                else:
-                    return None
-            elif size == 14 and _same(buf, at, n, b"stream_options", 14):
-                return None
-            else:
-                pos = _skip(buf, pos, n, 1)
-                if pos < 0:
-                    return None
-            pos = _space(buf, pos, n)
-            if pos >= n:
-                return None
-            if buf[pos] == 44:  # ","
-                pos = _space(buf, pos + 1, n)
-            elif buf[pos] == 125:  # "}"
-                pos += 1
-                break
-            else:
-                return None
-    if _space(buf, pos, n) != n:
-        return None
-    # Read-only once made, so the last one serves again for the same fields (a fleet's bodies
-    # name a few models): no string made, no object either.
-    fields = _last
-    size = model_end - model_at
-    if (
-        fields is not None and fields.stream is stream and fields.n is count
-        and (_last_model is None if model_at < 0 else
-             _last_model is not None and len(_last_model) == size and _same(buf, model_at, n, _last_model, size))
-    ):
-        return fields
-    fields = Scanned.__new__(Scanned)
-    fields.model = buf[model_at:model_end].decode("ascii") if model_at >= 0 else None
-    fields.stream = stream
-    fields.n = count
-    _last = fields
-    _last_model = buf[model_at:model_end] if model_at >= 0 else None
-    return fields
+    """The model-only fields of a JSON object body (``decode(body, True)``: the model, stream
+    and n) as ``walk`` reads them, or None where it is not sure of the body. The last answer
+    serves again for the same fields: it is read-only once made, and a fleet's bodies name a
+    few models, so most bodies cost no string and no object."""
+    return _walk(body, False)
 
 
-_last = None  # scan's last Scanned, and its model's bytes
+_last = None  # scan's last answer, and its model's bytes
 _last_model = None
 
 
@@ -346,13 +223,14 @@ def _number_end(buf, pos, n):
 
 
 class Walked:
-    """``decode(body)`` of a body ``walk`` read: what msgspec's RoutingFields holds for it, field
-    for field (a test holds the two to one another on generated bodies), except that the
-    messages are not built. Their strings stay where they are in the body (``spans``), and
-    ``prompt_of`` writes the prompt's bytes from there in one pass. msgspec would make a str of
-    every message, then the prompt a join and an encode: three copies of a long prompt, and
-    its decode the largest part of a long request's cost. ``messages`` and ``prompt``, read
-    anywhere else (``prompt_prefix``), are msgspec's, made when first asked for."""
+    """``decode(body)`` of a body ``walk`` read (``decode(body, True)``: ``scan``): what
+    msgspec's RoutingFields (``_ModelOnly``) holds for it, field for field (tests hold the two
+    to one another on generated bodies), without a decoder's call, and without the messages
+    built. Their strings stay where they are in the body (``spans``), and ``prompt_of`` writes
+    the prompt's bytes from there in one pass. msgspec would make a str of every message, then
+    the prompt a join and an encode: three copies of a long prompt, and its decode the largest
+    part of a long request's cost. ``messages`` and ``prompt``, read anywhere else
+    (``prompt_prefix``), are msgspec's, made when first asked for."""
 
     __slots__ = ("model", "user", "stream", "n", "body", "spans", "prompt_at", "prompt_end", "_messages")
     stream_options = b""  # a body with stream_options is msgspec's to read
@@ -382,12 +260,26 @@ _ROLE, _PLAIN, _ESCAPED, _END = 0, 1, 2, 3
 def walk(body):
     """All of ``decode(body)``'s fields in one walk over the body's bytes (compiled: C, no
     object but the model's and user's strings and the spans' integers), or None where the walk
-    is not sure of the body: then msgspec decodes it. Sure means what ``scan`` is sure of, and
-    of ``messages`` a list of objects whose ``role`` is printable ASCII without escapes (or
-    null) and whose ``content`` is a string, null or a list of objects whose ``text`` is a
-    string or null, none of those keys twice in one object. Those texts may hold any escape and
-    any UTF-8, both checked as msgspec checks them (``_text_end``). ``prompt`` is kept as its
-    JSON, as msgspec's Raw keeps it."""
+    is not sure of the body: then msgspec decodes it, and says whether it is JSON at all.
+
+    Sure means: strict JSON (RFC 8259), so msgspec reads it too; ``model`` and ``user`` strings
+    of printable ASCII without escapes, or null; ``stream`` true, false or null; ``n`` 1 or
+    null; no ``stream_options``; none of the top level's keys twice (msgspec keeps the last);
+    no key with an escape (``"mod\\u0065l"`` is ``model``); numbers without exponents, at most
+    32 bytes; nesting at most 32 deep. ``messages``: a list of objects whose ``role`` is
+    printable ASCII without escapes (or null) and whose ``content`` is a string, null or a
+    list of objects whose ``text`` is a string or null, none of those keys twice in one object.
+    Strings may hold any escape and any UTF-8, both checked as msgspec checks them
+    (``_text_end``). ``prompt`` is kept as its JSON, as msgspec's Raw keeps it. What falls
+    outside is rarer than a mistake in a bigger walk would be costly: the body is forwarded
+    either way, and its fields decide its route, its model's metrics and the usage ask."""
+    return _walk(body, True)
+
+
+def _walk(body, full):
+    """``walk`` (``full``), or ``scan``: the model, stream and n only, every other key skipped
+    as msgspec's ``_ModelOnly`` skips it."""
+    global _last, _last_model
     n = len(body)
     buf = body  # compiled: its bytes through a pointer (fields.pxd)
     seen = 0  # bits: model 1, stream 2, n 4, user 8, messages 16, prompt 32
@@ -417,7 +309,7 @@ def walk(body):
             if pos >= n:
                 return None
             first = buf[pos]
-            if size == 8 and _same(buf, at, n, b"messages", 8):
+            if full and size == 8 and _same(buf, at, n, b"messages", 8):
                 if seen & 16:
                     return None
                 seen |= 16
@@ -430,7 +322,7 @@ def walk(body):
                     pos += 4
                 else:
                     return None
-            elif (size == 5 and _same(buf, at, n, b"model", 5)) or (size == 4 and _same(buf, at, n, b"user", 4)):
+            elif (size == 5 and _same(buf, at, n, b"model", 5)) or (full and size == 4 and _same(buf, at, n, b"user", 4)):
                 bit = 1 if size == 5 else 8
                 if seen & bit:
                     return None
@@ -463,7 +355,7 @@ def walk(body):
                     pos += 4
                 else:
                     return None
-            elif size == 6 and _same(buf, at, n, b"prompt", 6):
+            elif full and size == 6 and _same(buf, at, n, b"prompt", 6):
                 if seen & 32:
                     return None
                 seen |= 32
@@ -501,16 +393,30 @@ def walk(body):
                 return None
     if _space(buf, pos, n) != n:
         return None
+    size = model_end - model_at
+    if not full:
+        # Read-only once made, so the last one serves again for the same fields: no string
+        # made, no object either.
+        fields = _last
+        if (
+            fields is not None and fields.stream is stream and fields.n is count
+            and (_last_model is None if model_at < 0 else
+                 _last_model is not None and len(_last_model) == size and _same(buf, model_at, n, _last_model, size))
+        ):
+            return fields
     fields = Walked.__new__(Walked)
     fields.model = buf[model_at:model_end].decode("ascii") if model_at >= 0 else None
     fields.user = buf[user_at:user_end].decode("ascii") if user_at >= 0 else None
     fields.stream = stream
     fields.n = count
-    fields.body = body
+    fields.body = body if full else None  # the last scan's answer holds no body alive
     fields.spans = spans
     fields.prompt_at = prompt_at
     fields.prompt_end = prompt_end
     fields._messages = None
+    if not full:
+        _last = fields
+        _last_model = buf[model_at:model_end] if model_at >= 0 else None
     return fields
 
 
