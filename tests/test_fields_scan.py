@@ -99,7 +99,6 @@ def test_what_scan_answers_msgspec_reads_the_same():
     (b'{}', None, None, None),
     ('{"model":"m","messages":[{"role":"user","content":"h\u00e9 日本 \\n \\" \\\\ \\/"}]}'.encode(), "m", None, None),
     (b'{"model":"m","a":[[1,-0.5,0,true,false,null,{}],[]],"b":{"c":{"d":"e"}}}', "m", None, None),
-    (b'{"model":"m","x":"\\u00e9\\ud83d\\ude42","y":{"\\u0079":1}}', "m", None, None),  # escapes where skipped
 ])
 def test_scan_reads_plain_bodies(data, model, stream, n):
     fields = scan(data)
@@ -114,7 +113,7 @@ def test_scan_reads_plain_bodies(data, model, stream, n):
     b'{"model":"a","model":"b"}',  # twice: msgspec keeps the last
     b'{"model":"m","stream_options":{"include_usage":true}}',
     b'{"model":"m","n":2}', b'{"model":"m","n":1.0}', b'{"model":"m","stream":1}',
-    b'{"model":"m","x":"\\ud800"}',  # half a surrogate pair: msgspec refuses it
+    b'{"model":"m","x":"\\u00e9"}',  # \u: msgspec's
     b'{"model":"m","x":1e5}',  # exponents: msgspec's
     b'{"model":"' + "é".encode() + b'"}',  # a model that is not printable ASCII
     b'{"model":3}',  # msgspec refuses it

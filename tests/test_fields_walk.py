@@ -181,6 +181,22 @@ def test_a_long_prompt_is_cut_where_msgspec_cuts_it():
                 assert (got.text, got.opening, got.later) == (want.text, want.opening, want.later), limit
 
 
+def test_a_long_completions_prompt_is_cut_where_msgspec_cuts_it():
+    rng = random.Random(5)
+    for _ in range(100):
+        prompt = "".join(rng.choice(["ab", "\n", "é", "🙂", '"', "日"]) for _ in range(rng.randrange(0, 300)))
+        data = json.dumps({"model": "m", "prompt": prompt}, ensure_ascii=rng.random() < 0.5).encode()
+        fields = walk(data)
+        assert type(fields) is Walked
+        expected = _decode_fields(data)
+        for limit in range(0, 1000, 11):
+            for least in (0, 64):
+                got, want = prompt_of(fields, limit, least), prompt_of(expected, limit, least)
+                assert (got is None) == (want is None)
+                if got is not None:
+                    assert (got.text, got.opening, got.later) == (want.text, 0, False), limit
+
+
 @pytest.mark.parametrize("data", [
     b'{"messages":[{"role":"user","content":"\\ud800"}]}',  # half a surrogate pair
     b'{"messages":[{"role":"user","content":"\\udc00\\ud800"}]}',

@@ -23,7 +23,7 @@ cpdef prompt_prefix(fields, size)
 cdef class Walked:
     cdef public object model, user, stream, n, _messages
     cdef public bytes body
-    cdef public list spans
+    cdef public list spans, prompt_span
     cdef public Py_ssize_t prompt_at, prompt_end
 
 cdef bint _COMPILED
@@ -340,7 +340,7 @@ cpdef walk(bytes body)
 @cython.locals(n=Py_ssize_t, buf="const unsigned char *", seen=int, pos=Py_ssize_t, at=Py_ssize_t,
                size=Py_ssize_t, first=int, bit=int, model_at=Py_ssize_t, model_end=Py_ssize_t,
                user_at=Py_ssize_t, user_end=Py_ssize_t, prompt_at=Py_ssize_t, prompt_end=Py_ssize_t,
-               spans=list, fields=Walked)
+               spans=list, prompt_span=list, fields=Walked)
 cdef _walk(bytes body, bint full)
 
 cdef Py_ssize_t _messages(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
@@ -366,6 +366,9 @@ cdef Py_ssize_t _utf8(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) ex
 @cython.locals(spans=list, m=Py_ssize_t, size=Py_ssize_t, opening=Py_ssize_t, later=bint, i=Py_ssize_t,
                kind=Py_ssize_t, total=Py_ssize_t)
 cdef _walked_prompt(Walked fields, Py_ssize_t limit, Py_ssize_t least)
+
+@cython.locals(span=list, size=Py_ssize_t, total=Py_ssize_t)
+cdef _walked_text(Walked fields, Py_ssize_t limit, Py_ssize_t least)
 
 @cython.locals(text=bytes, out="unsigned char *", written=Py_ssize_t, i=Py_ssize_t, kind=Py_ssize_t,
                at=Py_ssize_t, end=Py_ssize_t)

@@ -232,7 +232,9 @@ class Walked:
     part of a long request's cost. ``messages`` and ``prompt``, read anywhere else
     (``prompt_prefix``), are msgspec's, made when first asked for."""
 
-    __slots__ = ("model", "user", "stream", "n", "body", "spans", "prompt_at", "prompt_end", "_messages")
+    __slots__ = (
+        "model", "user", "stream", "n", "body", "spans", "prompt_at", "prompt_end", "prompt_span", "_messages",
+    )
     stream_options = b""  # a body with stream_options is msgspec's to read
 
     @property
@@ -278,7 +280,9 @@ def walk(body):
 
 def _walk(body, full):
     """``walk`` (``full``), or ``scan``: the model, stream and n only, every other key skipped
-    as msgspec's ``_ModelOnly`` skips it."""
+    as msgspec's ``_ModelOnly`` skips it, its strings by the cheaper test of ``_string_end``
+    (no ``\\u`` escape: a short body's strings are short, and a call per string would cost
+    more than the rare escape saves)."""
     global _last, _last_model
     n = len(body)
     buf = body  # compiled: its bytes through a pointer (fields.pxd)
@@ -287,6 +291,7 @@ def _walk(body, full):
     stream = None
     count = None
     spans = None  # where the messages are: None, or a list (empty: no message)
+    prompt_span = None  # where a prompt that is a string is
     pos = _space(buf, 0, n)
     if pos >= n or buf[pos] != 123:  # "{"
         return None
@@ -360,7 +365,11 @@ def _walk(body, full):
                     return None
                 seen |= 32
                 prompt_at = pos
-                pos = _skip(buf, pos, n, 1, True)
+                if first == 34:  # a string: its span, as a message's text (empty: none)
+                    prompt_span = []
+                    pos = _text(buf, pos, n, prompt_span)
+                else:
+                    pos = _skip(buf, pos, n, 1, True)
                 if pos < 0:
                     return None
                 prompt_end = pos
@@ -378,7 +387,7 @@ def _walk(body, full):
             elif size == 14 and _same(buf, at, n, b"stream_options", 14):
                 return None
             else:
-                pos = _skip(buf, pos, n, 1, True)
+                pos = _skip(buf, pos, n, 1, full)
                 if pos < 0:
                     return None
             pos = _space(buf, pos, n)
@@ -413,6 +422,7 @@ def _walk(body, full):
     fields.spans = spans
     fields.prompt_at = prompt_at
     fields.prompt_end = prompt_end
+    fields.prompt_span = prompt_span
     fields._messages = None
     if not full:
         _last = fields
@@ -687,6 +697,17 @@ def _walked_prompt(fields, limit, least):
     return Prompt(_write(fields.body, spans, total), (opening if opening < total else total) if opening > 0 else 0, later)
 
 
+def _walked_text(fields, limit, least):
+    """``prompt_of`` of a Walked whose prompt is a string (completions): its bytes, escapes
+    decoded, cut at ``limit``, written once."""
+    span = fields.prompt_span
+    size = span[3] if span else 0
+    total = size if size < limit else limit
+    if total <= 0 or total < least:
+        return None
+    return Prompt(_write(fields.body, span, total), 0, False)
+
+
 def _write(buf, spans, total):
     """The first ``total`` bytes of the messages' prompt, as ``prompt_of`` writes it: each
     message's role, a newline, its texts and a record separator."""
@@ -797,6 +818,8 @@ def prompt_of(fields, limit, least=0):
         walked = fields
         if walked.spans:
             return _walked_prompt(walked, limit, least)
+        if walked.prompt_span is not None:
+            return _walked_text(walked, limit, least)
     messages = fields.messages
     if messages:
         parts = []
