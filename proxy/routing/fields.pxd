@@ -259,20 +259,31 @@ cdef extern from *:
        as a slice of the encoded text would be): how many were written. */
     static Py_ssize_t fleetproxy_unescape(const unsigned char *s, Py_ssize_t at, Py_ssize_t end,
                                           unsigned char *dst, Py_ssize_t room) {
-        Py_ssize_t out = 0, run, stop;
+        Py_ssize_t out = 0, run;
         unsigned char one[4];
         int size;
         unsigned int unit;
         while (at < end && out < room) {
-            const unsigned char *slash = (const unsigned char *)memchr(s + at, 0x5C, (size_t)(end - at));
-            stop = slash ? slash - s : end;
-            run = stop - at;
-            if (run > room - out)
-                run = room - out;
-            memcpy(dst + out, s + at, (size_t)run);
-            out += run;
-            at += run;
-            if (slash == NULL || out >= room)
+            /* The run up to the next backslash: 16 bytes a step, stored whole while they fit
+               (the bytes past the backslash are written over next), then byte by byte. */
+    #if defined(__SSE2__)
+            while (at + 16 <= end && out + 16 <= room) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(s + at));
+                int mask = _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(0x5C)));
+                _mm_storeu_si128((__m128i *)(dst + out), v);
+                if (mask) {
+                    run = __builtin_ctz((unsigned)mask);
+                    at += run;
+                    out += run;
+                    break;
+                }
+                at += 16;
+                out += 16;
+            }
+    #endif
+            while (at < end && out < room && s[at] != 0x5C)
+                dst[out++] = s[at++];
+            if (at >= end || out >= room)
                 break;
             size = 1;
             switch (s[at + 1]) {
