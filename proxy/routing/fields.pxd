@@ -82,6 +82,11 @@ cdef extern from *:
 cpdef scan(bytes body)
 
 # The walk's helpers inline: called a dozen times per body, each a few instructions of work.
+cdef inline Py_ssize_t _key(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
+
+@cython.locals(pos=Py_ssize_t)
+cdef inline Py_ssize_t _value(const unsigned char *buf, Py_ssize_t end, Py_ssize_t n) noexcept
+
 cdef inline Py_ssize_t _space(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
 
 @cython.locals(c=int)
@@ -349,17 +354,17 @@ cdef extern from *:
 cpdef walk(bytes body)
 
 @cython.locals(n=Py_ssize_t, buf="const unsigned char *", seen=int, pos=Py_ssize_t, at=Py_ssize_t,
-               size=Py_ssize_t, first=int, bit=int, model_at=Py_ssize_t, model_end=Py_ssize_t,
+               size=Py_ssize_t, end=Py_ssize_t, first=int, bit=int, model_at=Py_ssize_t, model_end=Py_ssize_t,
                user_at=Py_ssize_t, user_end=Py_ssize_t, prompt_at=Py_ssize_t, prompt_end=Py_ssize_t,
                spans=list, prompt_span=list, fields=Walked)
 cdef _walk(bytes body, bint full)
 
 cdef Py_ssize_t _messages(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
 
-@cython.locals(mark=Py_ssize_t, seen=int, user=int, at=Py_ssize_t, size=Py_ssize_t, first=int)
+@cython.locals(mark=Py_ssize_t, seen=int, user=int, at=Py_ssize_t, end=Py_ssize_t, size=Py_ssize_t, first=int)
 cdef Py_ssize_t _message(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
 
-@cython.locals(seen=bint, at=Py_ssize_t, size=Py_ssize_t)
+@cython.locals(seen=bint, at=Py_ssize_t, end=Py_ssize_t, size=Py_ssize_t)
 cdef Py_ssize_t _parts(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
 
 @cython.locals(at=Py_ssize_t, end=Py_ssize_t, raw=bytes)

@@ -84,6 +84,26 @@ _last = None  # scan's last answer, and its model's bytes
 _last_model = None
 
 
+def _key(buf, pos, n):
+    """Where the key whose opening quote is at ``pos`` ends (its closing quote), or -1: no key
+    there, or one with an escape (``_key_end``)."""
+    if pos >= n or buf[pos] != 34:
+        return -1
+    return _key_end(buf, pos + 1, n)
+
+
+def _value(buf, end, n):
+    """Where the value of the member whose key ends at ``end`` starts (white space, a colon,
+    white space), or -1: no key (``end`` -1), no colon, or the body ends there."""
+    if end < 0:
+        return -1
+    pos = _space(buf, end + 1, n)
+    if pos >= n or buf[pos] != 58:  # ":"
+        return -1
+    pos = _space(buf, pos + 1, n)
+    return pos if pos < n else -1
+
+
 def _space(buf, pos, n):
     """The first offset from ``pos`` that is not JSON white space (``n`` if none)."""
     while pos < n and buf[pos] <= 32 and (buf[pos] == 32 or buf[pos] == 10 or buf[pos] == 13 or buf[pos] == 9):
@@ -300,19 +320,12 @@ def _walk(body, full):
         pos += 1
     else:
         while True:
-            if pos >= n or buf[pos] != 34:  # a key's '"'
-                return None
             at = pos + 1
-            pos = _key_end(buf, at, n)
+            end = _key(buf, pos, n)
+            pos = _value(buf, end, n)
             if pos < 0:
                 return None
-            size = pos - at
-            pos = _space(buf, pos + 1, n)
-            if pos >= n or buf[pos] != 58:  # ":"
-                return None
-            pos = _space(buf, pos + 1, n)
-            if pos >= n:
-                return None
+            size = end - at
             first = buf[pos]
             if full and size == 8 and _same(buf, at, n, b"messages", 8):
                 if seen & 16:
@@ -464,19 +477,12 @@ def _message(buf, pos, n, spans):
         spans += [_END, 0, 0, 0]
         return pos + 1
     while True:
-        if pos >= n or buf[pos] != 34:
-            return -1
         at = pos + 1
-        pos = _key_end(buf, at, n)
+        end = _key(buf, pos, n)
+        pos = _value(buf, end, n)
         if pos < 0:
             return -1
-        size = pos - at
-        pos = _space(buf, pos + 1, n)
-        if pos >= n or buf[pos] != 58:
-            return -1
-        pos = _space(buf, pos + 1, n)
-        if pos >= n:
-            return -1
+        size = end - at
         first = buf[pos]
         if size == 4 and _same(buf, at, n, b"role", 4):
             if seen & 1:
@@ -541,19 +547,12 @@ def _parts(buf, pos, n, spans):
         else:
             seen = False
             while True:
-                if pos >= n or buf[pos] != 34:
-                    return -1
                 at = pos + 1
-                pos = _key_end(buf, at, n)
+                end = _key(buf, pos, n)
+                pos = _value(buf, end, n)
                 if pos < 0:
                     return -1
-                size = pos - at
-                pos = _space(buf, pos + 1, n)
-                if pos >= n or buf[pos] != 58:
-                    return -1
-                pos = _space(buf, pos + 1, n)
-                if pos >= n:
-                    return -1
+                size = end - at
                 if size == 4 and _same(buf, at, n, b"text", 4):
                     if seen:
                         return -1
