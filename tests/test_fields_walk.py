@@ -284,3 +284,19 @@ def test_walk_reads_unicode_escapes_as_msgspec_does():
             assert (fields is None) == (expected is None), escape
             if fields is not None:
                 assert prompt_of(fields, 100).text == prompt_of(expected, 100).text, escape
+
+
+def many(count, parts):
+    """A chat of ``count`` empty messages, or of one message of ``count`` parts (``parts``)."""
+    if parts:
+        return b'{"messages":[{"role":"user","content":[' + b",".join([b'{"text":"x"}'] * count) + b"]}]}"
+    return b'{"messages":[' + b",".join([b"{}"] * count) + b"]}"
+
+
+@pytest.mark.parametrize("parts", [False, True])
+def test_a_body_of_thousands_of_messages_or_parts_is_msgspecs(parts):
+    """Their spans would cost more than msgspec's structs, and a body of tiny ones would hold
+    millions: past ``_MOST_SPANS`` the walk leaves the body to msgspec. Hundreds stay its."""
+    assert walk(many(3000, parts)) is None
+    assert seen(decode(many(3000, parts))) == seen(msgspec_reads(many(3000, parts)))
+    assert type(walk(many(500, parts))) is Walked

@@ -111,6 +111,7 @@ cdef Py_ssize_t _number_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t
 
 
 cdef int _ROLE, _PLAIN, _ESCAPED, _END
+cdef Py_ssize_t _MOST_SPANS
 
 cdef extern from *:
     '''

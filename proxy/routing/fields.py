@@ -277,6 +277,10 @@ class Walked:
 # (_ROLE; -1: none), then its texts (_PLAIN: bytes as they are; _ESCAPED: a JSON string's
 # inside, its escapes to decode), and closes with _END (its start 1 where the role is "user").
 _ROLE, _PLAIN, _ESCAPED, _END = 0, 1, 2, 3
+# Past this many integers (some 1,000 messages or parts) the body is msgspec's to read: a span
+# costs more than its struct, and a body of tiny messages (8 MiB of "{}," is 2.8 million) must
+# not cost more than msgspec would.
+_MOST_SPANS = 8192
 
 
 def walk(body):
@@ -288,9 +292,10 @@ def walk(body):
     of printable ASCII without escapes, or null; ``stream`` true, false or null; ``n`` 1 or
     null; no ``stream_options``; none of the top level's keys twice (msgspec keeps the last);
     no key with an escape (``"mod\\u0065l"`` is ``model``); numbers without exponents, at most
-    32 bytes; nesting at most 32 deep. ``messages``: a list of objects whose ``role`` is
-    printable ASCII without escapes (or null) and whose ``content`` is a string, null or a
-    list of objects whose ``text`` is a string or null, none of those keys twice in one object.
+    32 bytes; nesting at most 32 deep. ``messages``: a list (of some 1,000 texts at most:
+    ``_MOST_SPANS``) of objects whose ``role`` is printable ASCII without escapes (or null) and
+    whose ``content`` is a string, null or a list of objects whose ``text`` is a string or null,
+    none of those keys twice in one object.
     Strings may hold any escape and any UTF-8, both checked as msgspec checks them
     (``_text_end``). ``prompt`` is kept as its JSON, as msgspec's Raw keeps it. What falls
     outside is rarer than a mistake in a bigger walk would be costly: the body is forwarded
@@ -453,7 +458,7 @@ def _messages(buf, pos, n, spans):
         if pos >= n or buf[pos] != 123:
             return -1
         pos = _message(buf, pos, n, spans)
-        if pos < 0:
+        if pos < 0 or len(spans) > _MOST_SPANS:
             return -1
         pos = _space(buf, pos, n)
         if pos >= n:
@@ -578,7 +583,7 @@ def _parts(buf, pos, n, spans):
                 else:
                     return -1
         pos = _space(buf, pos, n)
-        if pos >= n:
+        if pos >= n or len(spans) > _MOST_SPANS:
             return -1
         if buf[pos] == 93:
             return pos + 1
