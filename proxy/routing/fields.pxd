@@ -371,7 +371,7 @@ cdef Py_ssize_t _parts(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, l
 @cython.locals(at=Py_ssize_t, end=Py_ssize_t, raw=bytes)
 cdef Py_ssize_t _text(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
 
-@cython.locals(escaped=bint, c=int, unit=Py_ssize_t, size=Py_ssize_t)
+@cython.locals(c=int, unit=Py_ssize_t, size=Py_ssize_t)
 cdef Py_ssize_t _text_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
 
 @cython.locals(digits=bytes)
