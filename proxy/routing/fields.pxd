@@ -380,12 +380,9 @@ cdef Py_ssize_t _hex4(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) ex
 @cython.locals(size=Py_ssize_t)
 cdef Py_ssize_t _utf8(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) except? -1
 
-@cython.locals(spans=list, m=Py_ssize_t, size=Py_ssize_t, opening=Py_ssize_t, later=bint, i=Py_ssize_t,
-               kind=Py_ssize_t, total=Py_ssize_t)
-cdef _walked_prompt(Walked fields, Py_ssize_t limit, Py_ssize_t least)
-
-@cython.locals(span=list, size=Py_ssize_t, total=Py_ssize_t)
-cdef _walked_text(Walked fields, Py_ssize_t limit, Py_ssize_t least)
+@cython.locals(m=Py_ssize_t, size=Py_ssize_t, opening=Py_ssize_t, later=bint, i=Py_ssize_t, kind=Py_ssize_t,
+               total=Py_ssize_t)
+cdef _walked_prompt(bytes body, list spans, Py_ssize_t limit, Py_ssize_t least)
 
 @cython.locals(text=bytes, out="unsigned char *", written=Py_ssize_t, i=Py_ssize_t, kind=Py_ssize_t,
                at=Py_ssize_t, end=Py_ssize_t)

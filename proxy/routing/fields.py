@@ -671,11 +671,10 @@ def _utf8(buf, pos, n):
     return 0
 
 
-def _walked_prompt(fields, limit, least):
-    """``prompt_of`` of a Walked: the same Prompt, its text written from the body's bytes. The
-    sizes first (the spans hold them), then one bytes object of the prompt's size, written
-    once."""
-    spans = fields.spans
+def _walked_prompt(body, spans, limit, least):
+    """``prompt_of`` of a Walked: the same Prompt, its text written from the body's bytes (the
+    messages' ``spans``, or a completions prompt's one text). The sizes first (the spans hold
+    them), then one bytes object of the prompt's size, written once."""
     m = len(spans)
     size = 0  # bytes so far
     opening = -1
@@ -698,18 +697,7 @@ def _walked_prompt(fields, limit, least):
     total = size if size < limit else limit
     if total <= 0 or total < least:
         return None
-    return Prompt(_write(fields.body, spans, total), (opening if opening < total else total) if opening > 0 else 0, later)
-
-
-def _walked_text(fields, limit, least):
-    """``prompt_of`` of a Walked whose prompt is a string (completions): its bytes, escapes
-    decoded, cut at ``limit``, written once."""
-    span = fields.prompt_span
-    size = span[3] if span else 0
-    total = size if size < limit else limit
-    if total <= 0 or total < least:
-        return None
-    return Prompt(_write(fields.body, span, total), 0, False)
+    return Prompt(_write(body, spans, total), (opening if opening < total else total) if opening > 0 else 0, later)
 
 
 def _write(buf, spans, total):
@@ -821,9 +809,9 @@ def prompt_of(fields, limit, least=0):
     if type(fields) is Walked:
         walked = fields
         if walked.spans:
-            return _walked_prompt(walked, limit, least)
-        if walked.prompt_span is not None:
-            return _walked_text(walked, limit, least)
+            return _walked_prompt(walked.body, walked.spans, limit, least)
+        if walked.prompt_span is not None:  # completions: one text, no role, no opening
+            return _walked_prompt(walked.body, walked.prompt_span, limit, least)
     messages = fields.messages
     if messages:
         parts = []
