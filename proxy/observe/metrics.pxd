@@ -5,7 +5,7 @@ cimport cython
 
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
 from proxy.observe.streamusage cimport after, find, rfind, rfind_open
-from proxy.routing.fields cimport Walked
+from proxy.routing.bodywalk cimport Walked
 
 cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _ITL_AT, _NCLASS, _BYTES_PER_TOKEN
 cdef double[::1] _ALL_BOUNDS

@@ -17,7 +17,8 @@ from array import array
 from bisect import bisect_left
 from time import monotonic
 
-from ..routing.fields import Walked, decode
+from ..routing.bodywalk import Walked
+from ..routing.fields import decode
 from .streamusage import after, find, rfind, rfind_open, skips
 from .table import (
     CLASSES, FALLBACK, H_CONNECT, H_E2E, H_ITL, H_OVER_REQ, H_OVER_RESP, H_QUEUE, H_TTFT, HIST_AT, HISTOGRAMS,

@@ -2,7 +2,7 @@
 # byte walks (a JSON string, the chunks of vLLM's end of a stream) in C.
 cimport cython
 from libc.string cimport memcmp
-from proxy.routing.fields cimport Walked
+from proxy.routing.bodywalk cimport Walked
 
 cdef extern from "string.h":  # GNU extensions; Python.h's pyconfig.h defines _GNU_SOURCE
     const unsigned char *memmem(const void *haystack, size_t n, const void *needle, size_t size) nogil

@@ -21,7 +21,7 @@ fingerprint put back at the end of the finish event. Only requests with ``n`` ab
 rewritten: with several choices a finish event may come long before the others end.
 """
 
-from ..routing.fields import Walked
+from ..routing.bodywalk import Walked
 
 FINISH = b'"finish_reason":"'
 _REASON = FINISH[:-1]  # and then null, or the reason's string

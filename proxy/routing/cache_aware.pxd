@@ -4,7 +4,8 @@
 # pure build.
 cimport cython
 
-from proxy.routing.fields cimport Prompt, prompt_of
+from proxy.routing.bodywalk cimport Prompt
+from proxy.routing.fields cimport prompt_of
 from proxy.routing.policies cimport Bound, Snapshot, _ceil, least_request, ring_order
 
 

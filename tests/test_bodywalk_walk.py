@@ -1,4 +1,4 @@
-"""``fields.walk``: all of a body's routing fields in one walk over its bytes (compiled: C), the
+"""``bodywalk.walk``: all of a body's routing fields in one walk over its bytes (compiled: C), the
 messages' strings kept where they are in the body, so ``prompt_of`` writes a long prompt once
 instead of msgspec's str per message, join and encode. Held to msgspec on generated bodies,
 valid and broken: whatever walk answers, msgspec reads the same, and the prompt, its opening,
@@ -11,7 +11,8 @@ import random
 import msgspec
 import pytest
 
-from proxy.routing.fields import RoutingFields, Walked, _ModelOnly, decode, prompt_of, prompt_prefix, walk
+from proxy.routing.bodywalk import Walked, walk
+from proxy.routing.fields import RoutingFields, _ModelOnly, decode, prompt_of, prompt_prefix
 
 _decode_fields = msgspec.json.Decoder(RoutingFields).decode
 _decode_model = msgspec.json.Decoder(_ModelOnly).decode
@@ -239,7 +240,7 @@ def test_walk_writes_each_escape_and_character_as_msgspec_decodes_it(data, text)
 
 def test_decode_walks_a_full_body_where_compiled():
     data = b'{"model":"m","messages":[{"role":"user","content":"hello"}],"user":"u"}'
-    from proxy.routing import fields as module
+    from proxy.routing import bodywalk as module
 
     assert (type(decode(data)) is Walked) == (not module.__file__.endswith(".py"))
     assert decode(data).user == "u" and decode(data).messages[0].content == "hello"

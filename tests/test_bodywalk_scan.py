@@ -1,4 +1,4 @@
-"""``fields.scan``: a body's model-only fields in one walk over its bytes (compiled: C), in place
+"""``bodywalk.scan``: a body's model-only fields in one walk over its bytes (compiled: C), in place
 of msgspec's decode wherever the walk is sure of the body. Held to msgspec on generated bodies,
 valid and broken: whatever scan answers, msgspec reads the same; whatever scan is not sure of,
 it leaves to msgspec. The same tests run on both builds (interpreted, ``scan`` is the .py)."""
@@ -9,7 +9,8 @@ import random
 import msgspec
 import pytest
 
-from proxy.routing.fields import _ModelOnly, decode, scan
+from proxy.routing.bodywalk import scan
+from proxy.routing.fields import _ModelOnly, decode
 
 _decode_model = msgspec.json.Decoder(_ModelOnly).decode
 CHAT = b'{"model":"tiny","messages":[{"role":"user","content":"Say hello to the fleet"}],"max_tokens":16}'

@@ -1,0 +1,379 @@
+# Types for Cython's compile of bodywalk.py (the native build; see _speedups/__init__.py): a
+# body's fields in one walk over its bytes through a pointer, the messages' strings kept as
+# spans of the body, and the Prompt cache_aware reads as struct members.
+cimport cython
+
+
+cdef class Prompt:
+    cdef public bytes text
+    cdef public Py_ssize_t opening
+    cdef public bint later
+
+
+cdef class Walked:
+    cdef public object model, user, stream, n, _messages
+    cdef public bytes body
+    cdef public list spans, prompt_span
+    cdef public Py_ssize_t prompt_at, prompt_end
+
+cdef bint _COMPILED
+cdef int _DEEPEST
+cdef Walked _last
+cdef bytes _last_model
+
+cdef extern from *:
+    '''
+    #include <stdint.h>
+    #include <string.h>
+    /* bodywalk._string_end: where the JSON string whose first byte is at pos ends (its closing
+       quote), or -1 (no end, a control byte, a \\u or malformed escape); plain (_key_end): -1
+       at any backslash. Eight bytes a step, each tested for a quote, a backslash or a byte
+       below 0x20 at once (the "has a zero byte" and "has a byte less than" word tricks); a
+       borrow only runs upwards from a byte that is one of them, so on a little-endian machine
+       the first is the lowest flag's. */
+    static inline Py_ssize_t fleetproxy_string_end(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n,
+                                                   int plain) {
+        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        for (;;) {
+            while (pos + 8 <= n) {
+                uint64_t v, q, b, found;
+                memcpy(&v, s + pos, 8);
+                q = v ^ (ones * 0x22);
+                b = v ^ (ones * 0x5C);
+                found = (((q - ones) & ~q) | ((b - ones) & ~b) | ((v - ones * 0x20) & ~v)) & highs;
+                if (found) {
+    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+                    pos += __builtin_ctzll(found) >> 3;
+    #endif
+                    break;
+                }
+                pos += 8;
+            }
+            while (pos < n && s[pos] != 0x22 && s[pos] != 0x5C && s[pos] >= 0x20)
+                pos++;
+            if (pos >= n)
+                return -1;
+            if (s[pos] == 0x22)
+                return pos;
+            if (plain || s[pos] != 0x5C || pos + 1 >= n)
+                return -1;  /* plain: a key, where any escape is msgspec's */
+            switch (s[pos + 1]) {
+            case 0x22: case 0x5C: case 0x2F: case 0x62: case 0x66: case 0x6E: case 0x72: case 0x74:  /* "\\/bfnrt */
+                pos += 2;
+                break;
+            default:
+                return -1;
+            }
+        }
+    }
+    '''
+    Py_ssize_t fleetproxy_string_end(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n, int plain) nogil
+
+cpdef scan(bytes body)
+
+# The walk's helpers inline: called a dozen times per body, each a few instructions of work.
+cdef inline Py_ssize_t _key(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
+
+@cython.locals(pos=Py_ssize_t)
+cdef inline Py_ssize_t _value(const unsigned char *buf, Py_ssize_t end, Py_ssize_t n) noexcept
+
+cdef inline Py_ssize_t _space(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
+
+@cython.locals(c=int)
+cdef inline Py_ssize_t _string_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
+
+cdef inline Py_ssize_t _key_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
+
+cdef inline bint _printable(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end) noexcept
+
+@cython.locals(i=Py_ssize_t)
+cdef inline bint _same(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, const unsigned char *word,
+                Py_ssize_t size) noexcept
+
+@cython.locals(c=int, close=int)
+cdef Py_ssize_t _skip(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, int depth, bint texts=*) noexcept
+
+cdef inline Py_ssize_t _after_string(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, bint texts) noexcept
+
+@cython.locals(at=Py_ssize_t)
+cdef Py_ssize_t _number_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
+
+
+
+cdef int _ROLE, _PLAIN, _ESCAPED, _END
+cdef Py_ssize_t _MOST_SPANS
+
+cdef extern from *:
+    '''
+    /* The four hex digits at pos as a number, or -1. */
+    static inline int fleetproxy_hex4(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
+        int v = 0, i;
+        if (pos + 4 > n)
+            return -1;
+        for (i = 0; i < 4; i++) {
+            unsigned char c = s[pos + i];
+            if (c >= '0' && c <= '9') v = v * 16 + (c - '0');
+            else if (c >= 'a' && c <= 'f') v = v * 16 + (c - 'a' + 10);
+            else if (c >= 'A' && c <= 'F') v = v * 16 + (c - 'A' + 10);
+            else return -1;
+        }
+        return v;
+    }
+    /* The length of the well-formed UTF-8 character at pos (Unicode's table 3-7), or 0. */
+    static inline int fleetproxy_utf8(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
+        unsigned char c = s[pos], lo = 0x80, hi = 0xBF;
+        int size, i;
+        if (c >= 0xC2 && c <= 0xDF) size = 2;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            size = 3;
+            if (c == 0xE0) lo = 0xA0;
+            else if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            size = 4;
+            if (c == 0xF0) lo = 0x90;
+            else if (c == 0xF4) hi = 0x8F;
+        } else return 0;
+        if (pos + size > n || s[pos + 1] < lo || s[pos + 1] > hi)
+            return 0;
+        for (i = 2; i < size; i++)
+            if (s[pos + i] < 0x80 || s[pos + i] > 0xBF)
+                return 0;
+        return size;
+    }
+    /* The first of the 16 bytes at s that is a quote, a backslash, a control byte or non-ASCII
+       (a signed compare below 0x20 takes the last two at once), or 16. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    static inline int fleetproxy_stop16(const unsigned char *s) {
+        __m128i v = _mm_loadu_si128((const __m128i *)s);
+        int mask = _mm_movemask_epi8(_mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(0x22)), _mm_cmpeq_epi8(v, _mm_set1_epi8(0x5C))),
+            _mm_cmplt_epi8(v, _mm_set1_epi8(0x20))));
+        return mask ? __builtin_ctz((unsigned)mask) : 16;
+    }
+    #else
+    static inline int fleetproxy_stop16(const unsigned char *s) {
+        int i;
+        for (i = 0; i < 16; i++)
+            if (s[i] == 0x22 || s[i] == 0x5C || s[i] < 0x20 || s[i] >= 0x80)
+                return i;
+        return 16;
+    }
+    #endif
+    static inline int fleetproxy_utf8_size(unsigned int unit) {
+        return unit < 0x80 ? 1 : unit < 0x800 ? 2 : unit < 0x10000 ? 3 : 4;
+    }
+    /* bodywalk._text_end: where the JSON string whose first byte is at pos ends (its closing
+       quote), or -1 where msgspec might not read it as a str (no end, a control byte, a
+       malformed escape, half a surrogate pair, bytes that are not well-formed UTF-8); and in
+       *size (where not NULL) how many bytes of UTF-8 it holds, its escapes decoded. 16 bytes a
+       step between escapes and non-ASCII characters. */
+    static Py_ssize_t fleetproxy_text_end(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n, Py_ssize_t *size) {
+        Py_ssize_t start = pos, shrink = 0;
+        int unit, step;
+        for (;;) {
+            while (pos + 16 <= n) {
+                step = fleetproxy_stop16(s + pos);
+                pos += step;
+                if (step < 16)
+                    break;
+            }
+            while (pos < n && s[pos] != 0x22 && s[pos] != 0x5C && s[pos] >= 0x20 && s[pos] < 0x80)
+                pos++;
+            if (pos >= n || s[pos] < 0x20)
+                return -1;
+            if (s[pos] == 0x22) {
+                if (size != NULL)
+                    *size = pos - start - shrink;
+                return pos;
+            }
+            if (s[pos] >= 0x80) {
+                step = fleetproxy_utf8(s, pos, n);
+                if (!step)
+                    return -1;
+                pos += step;
+                continue;
+            }
+            if (pos + 1 >= n)
+                return -1;
+            switch (s[pos + 1]) {
+            case 0x22: case 0x5C: case 0x2F: case 0x62: case 0x66: case 0x6E: case 0x72: case 0x74:  /* "\\/bfnrt */
+                pos += 2;
+                shrink += 1;
+                break;
+            case 0x75:  /* u */
+                unit = fleetproxy_hex4(s, pos + 2, n);
+                pos += 6;
+                if (unit < 0 || (unit >= 0xDC00 && unit <= 0xDFFF))
+                    return -1;
+                if (unit >= 0xD800 && unit <= 0xDBFF) {  /* the first half: the second must follow */
+                    if (pos + 1 >= n || s[pos] != 0x5C || s[pos + 1] != 0x75)
+                        return -1;
+                    unit = fleetproxy_hex4(s, pos + 2, n);
+                    if (unit < 0xDC00 || unit > 0xDFFF)
+                        return -1;
+                    pos += 6;
+                    shrink += 12 - 4;
+                } else {
+                    shrink += 6 - fleetproxy_utf8_size((unsigned int)unit);
+                }
+                break;
+            default:
+                return -1;
+            }
+        }
+    }
+    static inline Py_ssize_t fleetproxy_text_close(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
+        return fleetproxy_text_end(s, pos, n, NULL);
+    }
+    /* bodywalk._text: the offset after the text string at pos (its opening quote), its span
+       appended to the list spans (kind, start, end, size; none for an empty string), or -1
+       (not one walk is sure of), or -2 with an exception set. */
+    static Py_ssize_t fleetproxy_walk_text(PyObject *spans, const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
+        Py_ssize_t at = pos + 1, size = 0, end = fleetproxy_text_end(s, at, n, &size), values[4];
+        int i;
+        if (end < 0)
+            return -1;
+        if (end == at)
+            return end + 1;
+        values[0] = size == end - at ? 1 : 2;  /* _PLAIN, _ESCAPED */
+        values[1] = at;
+        values[2] = end;
+        values[3] = size;
+        for (i = 0; i < 4; i++) {
+            PyObject *v = PyLong_FromSsize_t(values[i]);
+            if (v == NULL || PyList_Append(spans, v) < 0) {
+                Py_XDECREF(v);
+                return -2;
+            }
+            Py_DECREF(v);
+        }
+        return end + 1;
+    }
+    /* The string s[at:end] (inside its quotes, one fleetproxy_text_end accepted) as UTF-8, its
+       escapes decoded, written to dst up to room bytes (a character cut at room is cut there,
+       as a slice of the encoded text would be): how many were written. */
+    static Py_ssize_t fleetproxy_unescape(const unsigned char *s, Py_ssize_t at, Py_ssize_t end,
+                                          unsigned char *dst, Py_ssize_t room) {
+        Py_ssize_t out = 0, run;
+        unsigned char one[4];
+        int size;
+        unsigned int unit;
+        while (at < end && out < room) {
+            /* The run up to the next backslash: 16 bytes a step, stored whole while they fit
+               (the bytes past the backslash are written over next), then byte by byte. */
+    #if defined(__SSE2__)
+            while (at + 16 <= end && out + 16 <= room) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(s + at));
+                int mask = _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(0x5C)));
+                _mm_storeu_si128((__m128i *)(dst + out), v);
+                if (mask) {
+                    run = __builtin_ctz((unsigned)mask);
+                    at += run;
+                    out += run;
+                    break;
+                }
+                at += 16;
+                out += 16;
+            }
+    #endif
+            while (at < end && out < room && s[at] != 0x5C)
+                dst[out++] = s[at++];
+            if (at >= end || out >= room)
+                break;
+            size = 1;
+            switch (s[at + 1]) {
+            case 0x62: one[0] = 0x08; break;
+            case 0x66: one[0] = 0x0C; break;
+            case 0x6E: one[0] = 0x0A; break;
+            case 0x72: one[0] = 0x0D; break;
+            case 0x74: one[0] = 0x09; break;
+            case 0x75:
+                unit = (unsigned int)fleetproxy_hex4(s, at + 2, end);
+                if (unit >= 0xD800 && unit <= 0xDBFF) {
+                    unit = 0x10000 + ((unit - 0xD800) << 10) + ((unsigned int)fleetproxy_hex4(s, at + 8, end) - 0xDC00);
+                    at += 6;
+                }
+                at += 4;
+                size = fleetproxy_utf8_size(unit);
+                if (size == 1) {
+                    one[0] = (unsigned char)unit;
+                } else if (size == 2) {
+                    one[0] = (unsigned char)(0xC0 | (unit >> 6));
+                    one[1] = (unsigned char)(0x80 | (unit & 0x3F));
+                } else if (size == 3) {
+                    one[0] = (unsigned char)(0xE0 | (unit >> 12));
+                    one[1] = (unsigned char)(0x80 | ((unit >> 6) & 0x3F));
+                    one[2] = (unsigned char)(0x80 | (unit & 0x3F));
+                } else {
+                    one[0] = (unsigned char)(0xF0 | (unit >> 18));
+                    one[1] = (unsigned char)(0x80 | ((unit >> 12) & 0x3F));
+                    one[2] = (unsigned char)(0x80 | ((unit >> 6) & 0x3F));
+                    one[3] = (unsigned char)(0x80 | (unit & 0x3F));
+                }
+                break;
+            default: one[0] = s[at + 1]; break;  /* " \ / */
+            }
+            at += 2;
+            if (size > room - out)
+                size = (int)(room - out);
+            memcpy(dst + out, one, (size_t)size);
+            out += size;
+        }
+        return out;
+    }
+    static inline PyObject *fleetproxy_new_bytes(Py_ssize_t size) {
+        return PyBytes_FromStringAndSize(NULL, size);
+    }
+    /* size bytes of src at dst[written:], no further than dst[total]: where the writing ends. */
+    static inline Py_ssize_t fleetproxy_put_upto(unsigned char *dst, Py_ssize_t written, Py_ssize_t total,
+                                                 const unsigned char *src, Py_ssize_t size) {
+        if (size > total - written)
+            size = total - written;
+        memcpy(dst + written, src, (size_t)size);
+        return written + size;
+    }
+    '''
+    Py_ssize_t fleetproxy_text_close(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) nogil
+    Py_ssize_t fleetproxy_walk_text(list spans, const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) except -2
+    Py_ssize_t fleetproxy_unescape(const unsigned char *s, Py_ssize_t at, Py_ssize_t end, unsigned char *dst,
+                                   Py_ssize_t room) nogil
+    bytes fleetproxy_new_bytes(Py_ssize_t size)
+    Py_ssize_t fleetproxy_put_upto(unsigned char *dst, Py_ssize_t written, Py_ssize_t total,
+                                   const unsigned char *src, Py_ssize_t size) nogil
+
+cpdef walk(bytes body)
+
+@cython.locals(n=Py_ssize_t, buf="const unsigned char *", seen=int, pos=Py_ssize_t, at=Py_ssize_t,
+               size=Py_ssize_t, end=Py_ssize_t, first=int, bit=int, model_at=Py_ssize_t, model_end=Py_ssize_t,
+               user_at=Py_ssize_t, user_end=Py_ssize_t, prompt_at=Py_ssize_t, prompt_end=Py_ssize_t,
+               spans=list, prompt_span=list, fields=Walked)
+cdef _walk(bytes body, bint full)
+
+cdef Py_ssize_t _messages(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
+
+@cython.locals(mark=Py_ssize_t, seen=int, user=int, at=Py_ssize_t, end=Py_ssize_t, size=Py_ssize_t, first=int)
+cdef Py_ssize_t _message(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
+
+@cython.locals(seen=bint, at=Py_ssize_t, end=Py_ssize_t, size=Py_ssize_t)
+cdef Py_ssize_t _parts(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
+
+@cython.locals(at=Py_ssize_t, end=Py_ssize_t, raw=bytes)
+cdef Py_ssize_t _text(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
+
+@cython.locals(c=int, unit=Py_ssize_t, size=Py_ssize_t)
+cdef Py_ssize_t _text_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
+
+@cython.locals(digits=bytes)
+cdef Py_ssize_t _hex4(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) except? -2
+
+@cython.locals(size=Py_ssize_t)
+cdef Py_ssize_t _utf8(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) except? -1
+
+@cython.locals(m=Py_ssize_t, size=Py_ssize_t, opening=Py_ssize_t, later=bint, i=Py_ssize_t, kind=Py_ssize_t,
+               total=Py_ssize_t)
+cpdef walked_prompt(bytes body, list spans, Py_ssize_t limit, Py_ssize_t least)
+
+@cython.locals(text=bytes, out="unsigned char *", written=Py_ssize_t, i=Py_ssize_t, kind=Py_ssize_t,
+               at=Py_ssize_t, end=Py_ssize_t)
+cdef bytes _write(const unsigned char *buf, list spans, Py_ssize_t total)
