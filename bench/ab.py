@@ -3,6 +3,7 @@
     python -m bench.ab [--rev HEAD~1] [--duration 5] [--rounds 3] [--out bench/results/X.md]
     python -m bench.ab --configs A.yaml B.yaml [...]   (two configs of the working tree)
     python -m bench.ab --lua chat_long.lua [...]        (other bench/lua scripts than the four)
+    python -m bench.ab --nginx [...]                    (the working tree against nginx)
 
 Checks ``--rev`` out into a temporary git worktree, builds its Cython speedups in place with
 this interpreter, and starts one simulator answering at once (the proxy's own cost is then
@@ -18,6 +19,14 @@ those paired ratios and a 95% bootstrap interval of it (``stats.paired``). Every
 starts is stopped by PID; the worktree is removed at the end. With ``--configs`` no worktree
 is made: the working tree runs twice, once per config file (its ``backends`` are replaced by
 the simulator), to price a feature that a setting turns on.
+
+With ``--nginx`` the working tree runs against nginx, each as ``python -m bench`` runs it
+(fleetproxy: a supervisor and one worker; nginx: bench/procs.py's config, a master and one
+worker), and the simulator writes a stream one event per write, as vLLM does and as the main
+bench's simulator does. The scenarios are then the main bench's a, b and g (``NGINX_SCENARIOS``).
+The verdict is fleetproxy's CPU per request over nginx's, round by round: where the main
+bench's two repeats differ by 5-15%, more than what is left between the two, pairs of runs a
+few seconds apart and an interval over them say whether fleetproxy is at or below nginx.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import tempfile
 from . import cpu, wrk
 from .stats import median as _median
 from .stats import paired
-from .procs import free_port, wait_port
+from .procs import Fleet, free_port, nginx_path, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = [
@@ -42,13 +51,25 @@ SCENARIOS = [
     ("16-token stream, no delay, one event per write (vLLM's)", "stream16_events.lua"),
     ("non-streaming chat, the openai SDK's 17-field head", "chat_sdk.lua"),
 ]
+# --nginx: scenarios a, b and g of python -m bench (bench/scenarios.py), their scripts as they are.
+NGINX_SCENARIOS = [
+    ("a. non-streaming chat, 16 tokens", "chat.lua"),
+    ("b. streams of 16-64 tokens, one event per write, no delays", "stream.lua"),
+    ("g. non-streaming chat with a 32 KiB prompt", "chat_long.lua"),
+]
 CONNECTIONS = 32
 
 
 def _start(args, cwd, cpus, env=None):
+    """A process of the run, in a session of its own, as bench/procs.py starts them: with the
+    kernel's autogroups on (``/proc/sys/kernel/sched_autogroup_enabled``), each session is a
+    group the scheduler shares a CPU between fairly. The simulator and a proxy pinned to one CPU
+    then take turns as they do in ``python -m bench``. With the simulator in this process's
+    session and nginx in one of its own (bench/procs.py's), nginx read 40 µs of CPU per chat
+    instead of 27: how the two share the CPU moves a proxy's cost more than most changes do."""
     pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus and shutil.which("taskset") else []
     return subprocess.Popen(pin + [sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, start_new_session=True)
 
 
 def _worktree(rev, where):
@@ -80,31 +101,45 @@ def main(argv=None):
     p.add_argument("--configs", nargs=2, metavar=("A", "B"), help="compare two config files of the working tree")
     p.add_argument("--lua", help="comma-separated bench/lua scripts to run instead of the four scenarios "
                                  "(e.g. chat_long.lua: a 32 KiB prompt)")
+    p.add_argument("--nginx", action="store_true",
+                   help="the working tree against nginx, on scenarios a, b and g of python -m bench")
     args = p.parse_args(argv)
-    titles = {script: title for title, script in SCENARIOS}
-    scenarios = ([(titles.get(n, n), n) for n in args.lua.split(",") if n] if args.lua else SCENARIOS)
+    known = NGINX_SCENARIOS if args.nginx else SCENARIOS
+    titles = {script: title for title, script in known}
+    scenarios = ([(titles.get(n, n), n) for n in args.lua.split(",") if n] if args.lua else known)
     if wrk.binary() is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
+    if args.nginx and nginx_path() is None:
+        raise SystemExit("nginx is not installed (apt-get install nginx-light)")
     ncpu = os.cpu_count() or 1
     server_cpus = [ncpu - 1] if ncpu > 1 else []
     load_cpus = list(range(ncpu - 1)) if ncpu > 1 else []
     procs = []
     tmp = tempfile.mkdtemp(prefix="fleetproxy-ab-")
     tree = os.path.join(tmp, "rev")
+    fleet = Fleet(set(server_cpus)) if args.nginx else None
     try:
         if args.configs:
             runs = [(os.path.basename(c), ROOT, ["--config", os.path.abspath(c)]) for c in args.configs]
+        elif args.nginx:
+            runs = [("nginx", None, []), ("fleetproxy", ROOT, [])]  # the verdict: fleetproxy's ÷ nginx's
         else:
             _worktree(args.rev, tree)
             runs = [(args.rev, tree, []), ("working tree", ROOT, [])]  # the verdict: the tree's ÷ the rev's
         sim_port = free_port()
-        sim = _start(["-m", "proxy.sim", "--port", str(sim_port)], ROOT, server_cpus)
+        sim_args = ["--event-writes", "--max-concurrency", "8192"] if args.nginx else []  # as python -m bench's
+        sim = _start(["-m", "proxy.sim", "--port", str(sim_port), *sim_args], ROOT, server_cpus)
         procs.append(sim)
         wait_port(sim_port, sim)
         proxies = {}
         for name, cwd, extra in runs:
+            if cwd is None:  # nginx
+                target = fleet.start_nginx(name, [f"http://127.0.0.1:{sim_port}"])
+                proxies[name] = (target.url, target.pids[0])
+                continue
             port, admin = free_port(), free_port()
-            proc = _start(["-m", "proxy", "--single-process", *extra, "--listen", f"127.0.0.1:{port}",
+            single = [] if args.nginx else ["--single-process"]  # --nginx: a supervisor and a worker, as in bench
+            proc = _start(["-m", "proxy", *single, *extra, "--listen", f"127.0.0.1:{port}",
                            "--admin-listen", f"127.0.0.1:{admin}", "--backend", f"http://127.0.0.1:{sim_port}",
                            "--log-level", "warning"], cwd, server_cpus)
             procs.append(proc)
@@ -128,14 +163,16 @@ def main(argv=None):
                 rows.append((title, name, _median(each), _median([r[1] for r in got]),
                              _median([r[2] for r in got]), each))
         what = " ".join(args.configs) if args.configs else args.rev
-        command = (f"--configs {what}" if args.configs else f"--rev {args.rev}") + (f" --lua {args.lua}" if args.lua else "")
+        command = ((f"--configs {what}" if args.configs else "--nginx" if args.nginx else f"--rev {args.rev}")
+                   + (f" --lua {args.lua}" if args.lua else ""))
         lines = [
             f"# fleetproxy: {' vs '.join(n for n, _, _ in runs)}",
             "",
             f"`python -m bench.ab {command} --duration {args.duration} --rounds {args.rounds}`; "
             f"{platform.python_implementation()} {platform.python_version()}, {ncpu} CPUs, simulator and "
             f"proxies on CPU {server_cpus or 'any'}, wrk -t1 -c{CONNECTIONS} on {load_cpus or 'any'}; "
-            "medians of the rounds.",
+            + ("the simulator writes a stream one event per write; " if args.nginx else "")
+            + "medians of the rounds.",
             "",
             f"| scenario | proxy CPU, {runs[1][0]} ÷ {runs[0][0]} (median of the rounds' ratios) "
             "| 95% interval (bootstrap) | every round's ratio |",
@@ -160,6 +197,8 @@ def main(argv=None):
             with open(args.out, "w") as f:
                 f.write(text)
     finally:
+        if fleet is not None:
+            fleet.close()
         for proc in procs:
             proc.terminate()
         for proc in procs:
