@@ -23,7 +23,7 @@ the simulator), to price a feature that a setting turns on.
 With ``--nginx`` the working tree runs against nginx, each as ``python -m bench`` runs it
 (fleetproxy: a supervisor and one worker; nginx: bench/procs.py's config, a master and one
 worker), and the simulator writes a stream one event per write, as vLLM does and as the main
-bench's simulator does. The scenarios are then the main bench's a, b and g (``NGINX_SCENARIOS``).
+bench's simulator does. The scenarios are then the main bench's a, b, c and g (``NGINX_SCENARIOS``).
 The verdict is fleetproxy's CPU per request over nginx's, round by round: where the main
 bench's two repeats differ by 5-15%, more than what is left between the two, pairs of runs a
 few seconds apart and an interval over them say whether fleetproxy is at or below nginx.
@@ -32,6 +32,7 @@ few seconds apart and an interval over them say whether fleetproxy is at or belo
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -51,10 +52,15 @@ SCENARIOS = [
     ("16-token stream, no delay, one event per write (vLLM's)", "stream16_events.lua"),
     ("non-streaming chat, the openai SDK's 17-field head", "chat_sdk.lua"),
 ]
-# --nginx: scenarios a, b and g of python -m bench (bench/scenarios.py), their scripts as they are.
+# --nginx: scenarios a, b, c and g of python -m bench (bench/scenarios.py), their loads as they
+# are. ``open:R``: bench.openloop at R requests per second, its timing (first token 50 ms, then
+# 10 ms a token, 16-64 tokens) asked of the simulator per request; its "p99" is the first token's
+# time outside the simulator (``transit_ms``).
 NGINX_SCENARIOS = [
     ("a. non-streaming chat, 16 tokens", "chat.lua"),
     ("b. streams of 16-64 tokens, one event per write, no delays", "stream.lua"),
+    ("c. streams at 50 req/s (first token 50 ms, then 10 ms a token), open loop", "open:50"),
+    ("c. the same at 400 req/s", "open:400"),
     ("g. non-streaming chat with a 32 KiB prompt", "chat_long.lua"),
 ]
 CONNECTIONS = 32
@@ -82,6 +88,8 @@ def _worktree(rev, where):
 
 
 def _run(url, lua, seconds, cpus, pid):
+    if lua.startswith("open:"):
+        return _open(url, float(lua[5:]), seconds, cpus, pid)
     pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus and shutil.which("taskset") else []
     before = cpu.tree_seconds([pid])
     out = subprocess.run(pin + wrk.argv(url, lua, seconds, CONNECTIONS), capture_output=True, text=True)
@@ -92,6 +100,21 @@ def _run(url, lua, seconds, cpus, pid):
     return used / max(1, result["requests"]) * 1e6, result["rps"], result["latency_ms"].get("99", 0.0)
 
 
+def _open(url, rate, seconds, cpus, pid):
+    """``_run`` of an open-loop load: the proxy's CPU per request over the whole run (the last
+    streams drained), and the first token's p99 time outside the simulator, in ms."""
+    pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus and shutil.which("taskset") else []
+    with tempfile.NamedTemporaryFile(prefix="fleetproxy-ab-", suffix=".json") as out:
+        before = cpu.tree_seconds([pid])
+        subprocess.run(pin + [sys.executable, "-m", "bench.openloop", "--url", url, "--rate", f"{rate:g}",
+                              "--duration", str(seconds), "--out", out.name], cwd=ROOT, check=True, capture_output=True)
+        used = cpu.tree_seconds([pid]) - before
+        result = json.load(out)
+    if result["errors"]:
+        raise SystemExit(f"bench.openloop saw errors against {url}: {result['error_kinds']}")
+    return used / max(1, result["ok"]) * 1e6, result["rps"], result.get("transit_ms", {}).get("99", 0.0)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--rev", default="HEAD~1", help="the revision to compare the working tree with")
@@ -100,9 +123,9 @@ def main(argv=None):
     p.add_argument("--out", help="also write the markdown table here")
     p.add_argument("--configs", nargs=2, metavar=("A", "B"), help="compare two config files of the working tree")
     p.add_argument("--lua", help="comma-separated bench/lua scripts to run instead of the four scenarios "
-                                 "(e.g. chat_long.lua: a 32 KiB prompt)")
+                                 "(e.g. chat_long.lua: a 32 KiB prompt), or open:R: bench.openloop at R req/s")
     p.add_argument("--nginx", action="store_true",
-                   help="the working tree against nginx, on scenarios a, b and g of python -m bench")
+                   help="the working tree against nginx, on scenarios a, b, c and g of python -m bench")
     args = p.parse_args(argv)
     known = NGINX_SCENARIOS if args.nginx else SCENARIOS
     titles = {script: title for title, script in known}
@@ -148,9 +171,12 @@ def main(argv=None):
         rows = []
         verdicts = []
         for title, script in scenarios:
-            lua = wrk.script(script, tmp)
-            for url, _ in proxies.values():  # warm-up
-                subprocess.run(wrk.argv(url, lua, 1, CONNECTIONS), capture_output=True)
+            lua = script if script.startswith("open:") else wrk.script(script, tmp)
+            for url, pid in proxies.values():  # warm-up
+                if script.startswith("open:"):
+                    _open(url, float(script[5:]), 1, load_cpus, pid)
+                else:
+                    subprocess.run(wrk.argv(url, lua, 1, CONNECTIONS), capture_output=True)
             samples = {name: [] for name in proxies}
             for i in range(args.rounds):
                 order = list(proxies.items())
@@ -184,7 +210,8 @@ def main(argv=None):
         ]
         lines += [
             "",
-            "| scenario | run | proxy CPU µs/req (median) | every round, in order | req/s | p99 ms |",
+            "| scenario | run | proxy CPU µs/req (median) | every round, in order | req/s | p99 ms (open loop: "
+            "the first token's time outside the simulator) |",
             "|---|---|---|---|---|---|",
         ]
         lines += [
