@@ -150,7 +150,9 @@ def main(argv=None):
             _worktree(args.rev, tree)
             runs = [(args.rev, tree, []), ("working tree", ROOT, [])]  # the verdict: the tree's ÷ the rev's
         sim_port = free_port()
-        sim_args = ["--event-writes", "--max-concurrency", "8192"] if args.nginx else []  # as python -m bench's
+        # As python -m bench's: room for every open stream (c at 400 req/s holds some 250), and
+        # with --nginx one event per write.
+        sim_args = ["--max-concurrency", "8192"] + (["--event-writes"] if args.nginx else [])
         sim = _start(["-m", "proxy.sim", "--port", str(sim_port), *sim_args], ROOT, server_cpus)
         procs.append(sim)
         wait_port(sim_port, sim)
