@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 from bench import cpu, report, runner, scenarios, stats, wrk  # noqa: E402
 from bench.client import Result, _Conn  # noqa: E402
 from bench.openloop import schedule, transit  # noqa: E402
-from bench.procs import _toml, free_port, nginx_conf, wait_port  # noqa: E402
+from bench.procs import _toml, free_port, nginx_conf, nginx_path, wait_port  # noqa: E402
 from test_upstream_faults import read_response  # noqa: E402
 
 # -- wrk -----------------------------------------------------------------------------------------
@@ -57,12 +57,46 @@ def test_wrk_without_report_line_is_an_error():
 def test_wrk_scripts_exist_and_get_the_report_hook(tmp_path):
     from bench import ab
 
-    names = [s.params["lua"] for s in scenarios.SCENARIOS if s.driver == "wrk"] + [n for _, n in ab.SCENARIOS]
+    names = [s.params["lua"] for s in scenarios.SCENARIOS if s.driver == "wrk"] + [
+        n for _, n in ab.SCENARIOS + ab.NGINX_SCENARIOS if not n.startswith("open:")]
     for name in names:
         path = wrk.script(name, str(tmp_path))
         text = open(path).read()
         assert "wrk.body" in text or "request = function" in text
         assert text.rstrip().endswith("end") and "FPBENCH" in text
+
+
+def test_ab_starts_each_process_in_a_session_of_its_own():
+    # With autogroups on, a session is a group the scheduler shares a CPU between fairly: the
+    # simulator and a proxy pinned together take turns as python -m bench's do (bench/procs.py).
+    from bench import ab
+
+    proc = ab._start(["-c", "import time; time.sleep(30)"], ROOT, [])
+    try:
+        assert os.getsid(proc.pid) == proc.pid != os.getsid(0)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(not (__import__("shutil").which("wrk") and nginx_path()),
+                    reason="needs wrk and nginx (.ci/run installs both)")
+@pytest.mark.skipif(bool(os.environ.get("FLEETPROXY_PURE")), reason="a tool of the bench: checked once, on the native run")
+def test_ab_pairs_fleetproxy_with_nginx_on_a_closed_and_an_open_loop(tmp_path):
+    """bench.ab --nginx for real, one short round of a wrk load and an open-loop one (about 20 s):
+    both proxies answer both, and each gets a CPU figure, and each scenario a verdict."""
+    out = tmp_path / "ab.md"
+    run = subprocess.run([sys.executable, "-m", "bench.ab", "--nginx", "--lua", "chat.lua,open:50", "--rounds", "1",
+                          "--duration", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = out.read_text()
+    assert "proxy CPU, fleetproxy ÷ nginx" in text and "--nginx --lua chat.lua,open:50" in text
+    cells = [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith(("| a. ", "| c. "))]
+    verdicts = [c[0][:2] for c in cells if len(c) == 4]
+    runs = {(c[0][:2], c[1]): float(c[2]) for c in cells if len(c) == 6}
+    assert sorted(verdicts) == ["a.", "c."]
+    assert set(runs) == {(s, n) for s in ("a.", "c.") for n in ("nginx", "fleetproxy")}
+    assert all(us > 0 for us in runs.values())
 
 
 def test_paired_rounds_bound_the_median_ratio():
