@@ -2,7 +2,10 @@
 
 A chat or completions body can be megabytes of JSON; routing needs at most the model, the
 OpenAI ``user`` field and the opening of the prompt. msgspec decodes a Struct that declares
-just those fields and skips the rest unbuilt; the body itself is forwarded untouched.
+just those fields and skips the rest unbuilt; the body itself is forwarded untouched. In the
+native build ``bodywalk`` reads them first, in one walk over the body's bytes, and msgspec
+decodes only the bodies that walk is not sure of. ``prompt_of`` and ``prompt_prefix`` take
+either answer.
 """
 
 from typing import Optional
