@@ -23,10 +23,11 @@ the simulator), to price a feature that a setting turns on.
 With ``--nginx`` the working tree runs against nginx, each as ``python -m bench`` runs it
 (fleetproxy: a supervisor and one worker; nginx: bench/procs.py's config, a master and one
 worker), and the simulator writes a stream one event per write, as vLLM does and as the main
-bench's simulator does. The scenarios are then the main bench's a, b, c and g (``NGINX_SCENARIOS``).
-The verdict is fleetproxy's CPU per request over nginx's, round by round: where the main
-bench's two repeats differ by 5-15%, more than what is left between the two, pairs of runs a
-few seconds apart and an interval over them say whether fleetproxy is at or below nginx.
+bench's simulator does. The scenarios are then the main bench's a, b, c and g
+(``NGINX_SCENARIOS``). The verdict is fleetproxy's CPU per request over nginx's, round by
+round: where the main bench's two repeats differ by 5-15%, more than what is left between the
+two, pairs of runs a few seconds apart and an interval over them say whether fleetproxy is at
+or below nginx.
 """
 
 from __future__ import annotations
@@ -73,9 +74,13 @@ def _start(args, cwd, cpus, env=None):
     then take turns as they do in ``python -m bench``. With the simulator in this process's
     session and nginx in one of its own (bench/procs.py's), nginx read 40 µs of CPU per chat
     instead of 27: how the two share the CPU moves a proxy's cost more than most changes do."""
-    pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus and shutil.which("taskset") else []
-    return subprocess.Popen(pin + [sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL,
+    return subprocess.Popen(_pin(cpus) + [sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def _pin(cpus):
+    """The command prefix that keeps a process on ``cpus`` (none where there is nothing to pin)."""
+    return ["taskset", "-c", ",".join(map(str, cpus))] if cpus and shutil.which("taskset") else []
 
 
 def _worktree(rev, where):
@@ -90,9 +95,9 @@ def _worktree(rev, where):
 def _run(url, lua, seconds, cpus, pid):
     if lua.startswith("open:"):
         return _open(url, float(lua[5:]), seconds, cpus, pid)
-    pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus and shutil.which("taskset") else []
     before = cpu.tree_seconds([pid])
-    out = subprocess.run(pin + wrk.argv(url, lua, seconds, CONNECTIONS), capture_output=True, text=True)
+    out = subprocess.run(_pin(cpus) + wrk.argv(url, lua, seconds, CONNECTIONS),
+                         capture_output=True, text=True)
     used = cpu.tree_seconds([pid]) - before
     result = wrk.parse(out.stdout)
     if result["errors"]:
@@ -103,11 +108,11 @@ def _run(url, lua, seconds, cpus, pid):
 def _open(url, rate, seconds, cpus, pid):
     """``_run`` of an open-loop load: the proxy's CPU per request over the whole run (the last
     streams drained), and the first token's p99 time outside the simulator, in ms."""
-    pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus and shutil.which("taskset") else []
     with tempfile.NamedTemporaryFile(prefix="fleetproxy-ab-", suffix=".json") as out:
         before = cpu.tree_seconds([pid])
-        subprocess.run(pin + [sys.executable, "-m", "bench.openloop", "--url", url, "--rate", f"{rate:g}",
-                              "--duration", str(seconds), "--out", out.name], cwd=ROOT, check=True, capture_output=True)
+        argv = [sys.executable, "-m", "bench.openloop", "--url", url, "--rate", f"{rate:g}",
+                "--duration", str(seconds), "--out", out.name]
+        subprocess.run(_pin(cpus) + argv, cwd=ROOT, check=True, capture_output=True)
         used = cpu.tree_seconds([pid]) - before
         result = json.load(out)
     if result["errors"]:
@@ -123,7 +128,8 @@ def main(argv=None):
     p.add_argument("--out", help="also write the markdown table here")
     p.add_argument("--configs", nargs=2, metavar=("A", "B"), help="compare two config files of the working tree")
     p.add_argument("--lua", help="comma-separated bench/lua scripts to run instead of the four scenarios "
-                                 "(e.g. chat_long.lua: a 32 KiB prompt), or open:R: bench.openloop at R req/s")
+                                 "(e.g. chat_long.lua: a 32 KiB prompt), "
+                                 "or open:R: bench.openloop at R req/s")
     p.add_argument("--nginx", action="store_true",
                    help="the working tree against nginx, on scenarios a, b, c and g of python -m bench")
     args = p.parse_args(argv)
@@ -163,7 +169,7 @@ def main(argv=None):
                 proxies[name] = (target.url, target.pids[0])
                 continue
             port, admin = free_port(), free_port()
-            single = [] if args.nginx else ["--single-process"]  # --nginx: a supervisor and a worker, as in bench
+            single = [] if args.nginx else ["--single-process"]  # --nginx: as python -m bench runs it
             proc = _start(["-m", "proxy", *single, *extra, "--listen", f"127.0.0.1:{port}",
                            "--admin-listen", f"127.0.0.1:{admin}", "--backend", f"http://127.0.0.1:{sim_port}",
                            "--log-level", "warning"], cwd, server_cpus)

@@ -81,13 +81,15 @@ def test_ab_starts_each_process_in_a_session_of_its_own():
 
 @pytest.mark.skipif(not (__import__("shutil").which("wrk") and nginx_path()),
                     reason="needs wrk and nginx (.ci/run installs both)")
-@pytest.mark.skipif(bool(os.environ.get("FLEETPROXY_PURE")), reason="a tool of the bench: checked once, on the native run")
+@pytest.mark.skipif(bool(os.environ.get("FLEETPROXY_PURE")),
+                    reason="a tool of the bench: checked once, on the native run")
 def test_ab_pairs_fleetproxy_with_nginx_on_a_closed_and_an_open_loop(tmp_path):
     """bench.ab --nginx for real, one short round of a wrk load and an open-loop one (about 20 s):
     both proxies answer both, and each gets a CPU figure, and each scenario a verdict."""
     out = tmp_path / "ab.md"
-    run = subprocess.run([sys.executable, "-m", "bench.ab", "--nginx", "--lua", "chat.lua,open:50", "--rounds", "1",
-                          "--duration", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    argv = [sys.executable, "-m", "bench.ab", "--nginx", "--lua", "chat.lua,open:50", "--rounds", "1",
+            "--duration", "1", "--out", str(out)]
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-2000:]
     text = out.read_text()
     assert "proxy CPU, fleetproxy ÷ nginx" in text and "--nginx --lua chat.lua,open:50" in text
