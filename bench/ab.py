@@ -33,7 +33,6 @@ or below nginx.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -41,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 
-from . import cpu, wrk
+from . import cpu, openloop, wrk
 from .stats import median as _median
 from .stats import paired
 from .procs import Fleet, free_port, nginx_path, wait_port
@@ -108,13 +107,9 @@ def _run(url, lua, seconds, cpus, pid):
 def _open(url, rate, seconds, cpus, pid):
     """``_run`` of an open-loop load: the proxy's CPU per request over the whole run (the last
     streams drained), and the first token's p99 time outside the simulator, in ms."""
-    with tempfile.NamedTemporaryFile(prefix="fleetproxy-ab-", suffix=".json") as out:
-        before = cpu.tree_seconds([pid])
-        argv = [sys.executable, "-m", "bench.openloop", "--url", url, "--rate", f"{rate:g}",
-                "--duration", str(seconds), "--out", out.name]
-        subprocess.run(_pin(cpus) + argv, cwd=ROOT, check=True, capture_output=True)
-        used = cpu.tree_seconds([pid]) - before
-        result = json.load(out)
+    before = cpu.tree_seconds([pid])
+    result = openloop.run(url, rate, seconds, _pin(cpus))
+    used = cpu.tree_seconds([pid]) - before
     if result["errors"]:
         raise SystemExit(f"bench.openloop saw errors against {url}: {result['error_kinds']}")
     return used / max(1, result["ok"]) * 1e6, result["rps"], result.get("transit_ms", {}).get("99", 0.0)

@@ -18,13 +18,12 @@ request is compared. Output: a Markdown table on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 
-from . import wrk
+from . import openloop, wrk
 from .cpu import TICK, tree_pids
 from .procs import Fleet
 
@@ -107,16 +106,8 @@ def _closed(url: str, script: str, duration: float) -> int:
 
 
 def _load(url: str, rate: float, duration: float) -> int:
-    """Run bench.openloop against ``url``; the requests that completed."""
-    out = tempfile.mktemp(prefix="cpusplit-", suffix=".json")
-    try:
-        subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "bench.openloop", "--url", url, "--rate", str(rate),
-                        "--duration", str(duration), "--out", out], check=True, capture_output=True)
-        with open(out) as f:
-            return json.load(f)["ok"]
-    finally:
-        if os.path.exists(out):
-            os.unlink(out)
+    """Run bench.openloop against ``url`` (on CPU 0); the requests that completed."""
+    return openloop.run(url, rate, duration, ["taskset", "-c", "0"])["ok"]
 
 
 def _nginx(fleet: Fleet, sim: str):

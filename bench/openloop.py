@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import subprocess
 import sys
+import tempfile
 from time import perf_counter
 
 import uvloop
@@ -152,6 +155,17 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True, help="write the JSON summary here")
     return p.parse_args(argv)
+
+
+def run(url: str, rate: float, duration: float, pin: list[str] = ()) -> dict:
+    """This generator against ``url`` for ``duration`` s at ``rate``, as a process of its own
+    (``pin``: the command that keeps it on its CPUs, e.g. taskset's): its summary."""
+    with tempfile.NamedTemporaryFile(prefix="fleetproxy-openloop-", suffix=".json") as out:
+        argv = [sys.executable, "-m", "bench.openloop", "--url", url, "--rate", f"{rate:g}",
+                "--duration", f"{duration:g}", "--out", out.name]
+        subprocess.run([*pin, *argv], check=True, capture_output=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        return json.load(out)
 
 
 def main(argv=None) -> int:
