@@ -21,6 +21,10 @@ cpdef bint few_blank_lines(bytes data, Py_ssize_t room)
 
 
 cdef class Pipeline(Sink):
+    # What a write reads (``Downstream.write``, once per token event of a stream): first, on
+    # the object's first cache line, which the relay has just touched (relay.pxd says why).
+    cdef public Sender sender  # how write reaches the socket (http/direct.py)
+    cdef public bint closed, writing_paused
     cdef public Context ctx
     cdef public RequestReader reader  # fed every read: C calls and struct reads
     cdef public object loop, transport, peer, trusted, active
@@ -28,11 +32,10 @@ cdef class Pipeline(Sink):
     # Tested on every request: typed, so a test is a C comparison, not a call of PyObject_IsTrue.
     cdef public list queue  # exchanges parsed, waiting for their turn
     cdef public bytes unparsed  # or None
-    cdef public bint writing_paused, advancing
-    cdef public Sender sender  # how write reaches the socket (http/direct.py)
+    cdef public bint advancing
     # Read and counted on every read and request: C ints (the pure build's are Python ints).
     cdef public int paused  # PAUSE_* bits
-    cdef public bint closed, feeding, completed
+    cdef public bint feeding, completed
     cdef public Py_ssize_t requests, queued_size, partial, queued_bytes
 
     @cython.locals(ctx=Context, waiting=Py_ssize_t)

@@ -7,12 +7,13 @@ from proxy.observe.metrics cimport hold, release
 
 
 cdef class UpstreamConnection:
+    # Read on every read of a response: first, on one cache line (relay.pxd says why).
     cdef public Relay exchange
+    cdef public Py_ssize_t rx
     cdef public ConnectionPool pool
     cdef public object transport, closed
     cdef public Sender sender  # how write reaches the socket (http/direct.py)
     cdef public double idle_since
     cdef public Py_ssize_t requests
-    cdef public Py_ssize_t rx
 
     cpdef write(self, data)

@@ -81,14 +81,18 @@ cdef extern from *:
 
 cpdef double clock() noexcept
 cdef double _held
+@cython.locals(held=double, t=double)
 cpdef double now() noexcept
 cpdef void hold() noexcept
 cpdef void release() noexcept
 
 
 cdef class Timing:
-    cdef public double t0, t_sent, t_head, t_resp, t_body, t_wait
-    cdef public object tail, prev, tenant, span, model, flight_label
+    # Read or written on every read of a response (relay.upstream_data): first (relay.pxd).
+    cdef public double t_body
+    cdef public object tail, prev
+    cdef public double t0, t_sent, t_head, t_resp, t_wait
+    cdef public object tenant, span, model, flight_label
     cdef public int usage
     cdef public Py_ssize_t flight
     cdef public long long flight_tokens

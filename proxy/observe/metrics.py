@@ -84,25 +84,33 @@ def clock():
     return monotonic()
 
 
-# One read of the clock per read callback: ``hold()`` as a protocol's data_received starts,
-# ``release()`` as it returns, and in between ``now()`` answers that time. A request takes
-# a dozen readings (its reader's and the router's stamps, the pool's idle checks, its Timing)
-# and at ~25 ns a read in a VM they were the proxy's biggest single user-space cost after
-# malloc. The times that measure the proxy's own work (``t_sent``, ``t_resp``, the end) stay
-# ``clock()``: against the held start of their callback they time the work done in it.
-_held = 0.0  # the running read callback's time, 0.0 outside one
+# At most one read of the clock per read callback: ``hold()`` as a protocol's data_received
+# starts, ``release()`` as it returns, and in between ``now()`` reads the clock the first time
+# it is asked and answers that time after. A request takes a dozen readings (its reader's and
+# the router's stamps, the pool's idle checks, its Timing) and at ~25 ns a read in a VM they
+# were the proxy's biggest single user-space cost after malloc. Read lazily, because most
+# callbacks ask for none: a token event of a stream is relayed without a time, and a read
+# there cost ~0.16 us (the vDSO's page is cold by the next event; perf at scenario c). The
+# times that measure the proxy's own work (``t_sent``, ``t_resp``, the end) stay ``clock()``:
+# against the callback's first reading they time the work done after it.
+_held = 0.0  # the running read callback's time; -1.0 in one not read yet, 0.0 outside one
 
 
 def now():
-    """The time the read callback running now started (``hold``), else ``clock()``."""
-    if _held != 0.0:
-        return _held
-    return clock()
+    """The time the read callback running now first asked for (``hold``), else ``clock()``."""
+    global _held
+    held = _held
+    if held > 0.0:
+        return held
+    t = clock()
+    if held != 0.0:
+        _held = t
+    return t
 
 
 def hold():
     global _held
-    _held = clock()
+    _held = -1.0
 
 
 def release():
