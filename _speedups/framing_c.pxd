@@ -123,7 +123,7 @@ cdef long long _chunk_size(const unsigned char *buf, Py_ssize_t start,
 
 cdef class ResponseFramer:
     # What ``feed`` and the relay read and write on every read of a body, first and together:
-    # in two cache lines, not spread over five (proxy/http/relay.pxd says why it matters).
+    # in two cache lines, not spread over four (proxy/http/relay.pxd says why).
     cdef int state
     cdef public bint event_stream
     cdef unsigned int _tail

@@ -256,3 +256,22 @@ def test_now_is_the_read_callbacks_time_while_held_and_the_clock_outside():
         metrics.release()
     time.sleep(0.002)
     assert metrics.now() > held + 0.001
+
+
+def test_a_read_callback_reads_the_clock_only_when_asked():
+    """hold() reads no clock: a token event's callback asks for no time and pays for none. The
+    first ``now()`` in the callback reads it, and the rest of the callback shares that reading."""
+    import time
+
+    from proxy.observe import metrics
+
+    metrics.hold()
+    try:
+        start = metrics.clock()
+        time.sleep(0.003)
+        first = metrics.now()
+        assert first > start + 0.002  # read when asked, not when the callback began
+        time.sleep(0.002)
+        assert metrics.now() == first
+    finally:
+        metrics.release()

@@ -26,8 +26,9 @@ cdef class Relay:
     # fields out in the order declared, so these share the object's first cache lines instead
     # of five. Between two token events of a slow stream other work evicts them, and each line
     # touched is then a miss: at scenario c (50 req/s) perf puts most of the pump's samples on
-    # the first load from each object, not on its instructions. The same holds for the framer,
-    # the client connection, the upstream one and the Timing (their .pxd files).
+    # the first load from each object, not on its instructions. The same is done for the
+    # framer, the client connection, the upstream one and the Timing (their .pxd files). What
+    # it saved is within a run's noise (bench/results/2026-12-06-stop39.md): it costs nothing.
     cdef public NativeFramer framer  # what _speedups.ResponseFramer is in the native build
     cdef public Pipeline down  # a downstream.Downstream
     cdef public Timing obs
