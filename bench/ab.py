@@ -43,7 +43,7 @@ import tempfile
 from . import cpu, openloop, wrk
 from .stats import median as _median
 from .stats import paired
-from .procs import Fleet, free_port, nginx_path, wait_port
+from .procs import Fleet, free_port, nginx_path, pin, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = [
@@ -73,13 +73,8 @@ def _start(args, cwd, cpus, env=None):
     then take turns as they do in ``python -m bench``. With the simulator in this process's
     session and nginx in one of its own (bench/procs.py's), nginx read 40 µs of CPU per chat
     instead of 27: how the two share the CPU moves a proxy's cost more than most changes do."""
-    return subprocess.Popen(_pin(cpus) + [sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL,
+    return subprocess.Popen(pin(cpus) + [sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, start_new_session=True)
-
-
-def _pin(cpus):
-    """The command prefix that keeps a process on ``cpus`` (none where there is nothing to pin)."""
-    return ["taskset", "-c", ",".join(map(str, cpus))] if cpus and shutil.which("taskset") else []
 
 
 def _worktree(rev, where):
@@ -95,7 +90,7 @@ def _run(url, lua, seconds, cpus, pid):
     if lua.startswith("open:"):
         return _open(url, float(lua[5:]), seconds, cpus, pid)
     before = cpu.tree_seconds([pid])
-    out = subprocess.run(_pin(cpus) + wrk.argv(url, lua, seconds, CONNECTIONS),
+    out = subprocess.run(pin(cpus) + wrk.argv(url, lua, seconds, CONNECTIONS),
                          capture_output=True, text=True)
     used = cpu.tree_seconds([pid]) - before
     result = wrk.parse(out.stdout)
@@ -108,7 +103,7 @@ def _open(url, rate, seconds, cpus, pid):
     """``_run`` of an open-loop load: the proxy's CPU per request over the whole run (the last
     streams drained), and the first token's p99 time outside the simulator, in ms."""
     before = cpu.tree_seconds([pid])
-    result = openloop.run(url, rate, seconds, _pin(cpus))
+    result = openloop.run(url, rate, seconds, pin(cpus))
     used = cpu.tree_seconds([pid]) - before
     if result["errors"]:
         raise SystemExit(f"bench.openloop saw errors against {url}: {result['error_kinds']}")

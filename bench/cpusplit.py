@@ -25,7 +25,7 @@ import tempfile
 
 from . import openloop, wrk
 from .cpu import TICK, tree_pids
-from .procs import Fleet
+from .procs import Fleet, pin
 
 
 def _sample(pids: list[int]) -> tuple[float, float, int, int]:
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
 
 def _closed(url: str, script: str, duration: float) -> int:
     """wrk against ``url`` for ``duration`` s (scenario a's load, on CPU 0); the requests it completed."""
-    out = subprocess.run(["taskset", "-c", "0", *wrk.argv(url, script, max(1, round(duration)), 32)],
+    out = subprocess.run([*pin([0]), *wrk.argv(url, script, max(1, round(duration)), 32)],
                          capture_output=True, text=True, check=True).stdout
     result = wrk.parse(out)
     if result["errors"]:
@@ -107,7 +107,7 @@ def _closed(url: str, script: str, duration: float) -> int:
 
 def _load(url: str, rate: float, duration: float) -> int:
     """Run bench.openloop against ``url`` (on CPU 0); the requests that completed."""
-    return openloop.run(url, rate, duration, ["taskset", "-c", "0"])["ok"]
+    return openloop.run(url, rate, duration, pin([0]))["ok"]
 
 
 def _nginx(fleet: Fleet, sim: str):

@@ -91,6 +91,12 @@ def wait_port(port: int, popen: subprocess.Popen, timeout: float = 20.0) -> None
     raise RuntimeError(f"port {port} did not open in {timeout:g} s")
 
 
+def pin(cpus) -> list[str]:
+    """The command prefix that keeps a process on ``cpus`` (none where there is nothing to pin,
+    or no taskset to pin with)."""
+    return ["taskset", "-c", ",".join(map(str, cpus))] if cpus and shutil.which("taskset") else []
+
+
 def nginx_path() -> str | None:
     return NGINX if os.access(NGINX, os.X_OK) else shutil.which("nginx")
 
