@@ -12,8 +12,10 @@ decides which one imports: under FLEETPROXY_PURE, or where an extension was buil
 version of its source (``compiled.json``, written by the build, holds each source's hash), the
 .py is imported instead, and ``IMPLEMENTATION`` says "mixed" rather than "native". The compiled
 modules share C functions and structs (their .pxd files cimport each other), so one module
-that must run from source takes every one of them with it; the framer and the prefix hashes,
-twins with a Python API only, stay compiled.
+that must run from source takes every one of them with it; the framer and the prefix hashes
+stay compiled then. The other way round, the compiled modules call the framer and the prefix
+table as C (relay.pxd, cache_aware.pxd cimport them): where either twin did not load, every
+compiled module imports from source too.
 
 Tests and benchmarks that hold the two builds against each other ask here too: ``pure(name)``
 is the specification ``_speedups.<name>``, ``native(name)`` its compiled twin or None
@@ -111,9 +113,11 @@ def source_hash(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _compiled_state():
+def _compiled_state(twins):
     """{module: its .py} of the COMPILED modules that must import from source, and how many
-    import compiled. Nothing here imports ``proxy``: its location is enough."""
+    import compiled. Nothing here imports ``proxy``: its location is enough. ``twins``: whether
+    the compiled framer and prefix table loaded; the compiled modules cimport them (relay.pxd,
+    cache_aware.pxd), so without them every one imports from source."""
     spec = importlib.util.find_spec("proxy")
     root = os.path.dirname(next(iter(spec.submodule_search_locations)))
     try:
@@ -132,6 +136,9 @@ def _compiled_state():
         if not PURE and any(os.path.exists(base + suffix) for suffix in EXTENSION_SUFFIXES):
             if not shared:
                 _why_not_native[name] = f"{name}: {__name__}.{SHARED_UTILITY}, which it imports, is not built"
+            elif not twins:
+                _why_not_native[name] = f"{name}: imported from source, as a compiled twin it calls did not load"
+                _followers.append(name)
             elif built.get(name) == source_hash(source):
                 native.append((name, source))
                 continue
@@ -164,7 +171,7 @@ class _SourceFinder:
 
 _framing, _framing_native = _load("framing")
 _prefix, _prefix_native = _load("prefix")
-_from_source, _compiled_native = _compiled_state()
+_from_source, _compiled_native = _compiled_state(_framing_native and _prefix_native)
 if _from_source:
     sys.meta_path.insert(0, _SourceFinder(_from_source))
 _native = [_framing_native, _prefix_native, _compiled_native == len(COMPILED)]

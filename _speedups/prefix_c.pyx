@@ -406,14 +406,6 @@ cdef class PrefixTable:
     before ``SharedMemory.close()``, which refuses (BufferError) while a view remains.
     """
 
-    cdef long long[::1] _cells  # holds the buffer for as long as the table lives
-    cdef long long *_p  # &_cells[0]
-    cdef readonly Py_ssize_t endpoints
-    cdef readonly Py_ssize_t slots
-    cdef readonly Py_ssize_t ways
-    cdef readonly Py_ssize_t sets
-    cdef Py_ssize_t _width  # cells per set
-
     def __init__(self, cells, endpoints, slots, ways=4):
         endpoints, slots, ways = index(endpoints), index(slots), index(ways)
         if endpoints < 1:
@@ -454,7 +446,7 @@ cdef class PrefixTable:
             raise IndexError(f"endpoint {endpoint} is not in [0, {self.endpoints})")
         return <Py_ssize_t>endpoint * self.slots * 2
 
-    def record(self, endpoint, hashes, now):
+    cpdef record(self, endpoint, hashes, now):
         """Note that ``hashes`` were sent to ``endpoint`` at time ``now``."""
         cdef Py_ssize_t base = self._base(endpoint)
         cdef long long stack[STACK_HASHES]
@@ -513,7 +505,7 @@ cdef class PrefixTable:
         """How many leading ``hashes`` ``endpoint`` holds, each used at ``oldest`` or later."""
         return self._matches(self._base(endpoint), 1, hashes, oldest)[0]
 
-    def matches(self, hashes, oldest):
+    cpdef list matches(self, hashes, oldest):
         """``match`` for every endpoint, as a list indexed by endpoint."""
         return self._matches(0, self.endpoints, hashes, oldest)
 

@@ -56,7 +56,7 @@ def policy_trace(out, seed, groups=6):
         limit = rng.choice([0, 0, 0, 3, 8])
         out.append(repr(policy.pick(snap, policy.blocks(fields), exclude, limit, now)))
     out.append(repr(sorted(policy.decisions.items())))
-    out.append(repr(sorted((k, round(v[0], 9)) for k, v in policy.recent.items())))
+    out.append(repr([(k, round(c.value, 9)) for k, c in enumerate(policy.recent) if c is not None]))
 
 
 def router_trace(out, seed, policy):

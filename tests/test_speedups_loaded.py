@@ -70,6 +70,35 @@ def test_a_compiled_module_built_from_other_source_imports_its_py(tmp_path):
     assert "proxy.http.relay" in why[1]
 
 
+def test_without_a_compiled_twin_the_compiled_modules_import_their_py():
+    # A build whose prefix table failed to compile (or does not load) while the data path's
+    # modules did: those cimport the table (cache_aware.pxd), so they must all run from source,
+    # and routing must still work, on the pure table.
+    if _speedups.PURE or not _speedups.EXPECT_NATIVE:
+        pytest.skip("needs the native build")
+    code = (
+        "import json, sys\n"
+        "sys.modules['_speedups.prefix_c'] = None  # its import now fails, as an unbuilt one's does\n"
+        "import _speedups as s\n"
+        "import proxy.routing.cache_aware as ca, proxy.http.relay as r\n"
+        "from proxy.config import build\n"
+        "from proxy.routing.router import Router\n"
+        "router = Router(build({'backends': ['http://127.0.0.1:9', 'http://127.0.0.1:10']}), None)\n"
+        "body = json.dumps({'model': 'm', 'messages': [{'role': 'user', 'content': 'hello ' * 200}]}).encode()\n"
+        "label = router.select([], body).endpoint.label\n"
+        "print(json.dumps([s.IMPLEMENTATION, type(s.PrefixTable).__module__, s.PrefixTable.__module__, ca.__file__,\n"
+        "                  r.__file__, s.not_native(), label]))\n"
+    )
+    out = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                                    check=True).stdout)
+    implementation, _, table, cache_aware, relay, why, label = out
+    assert implementation == "mixed" and table == "_speedups.prefix"
+    assert cache_aware.endswith("cache_aware.py") and relay.endswith("relay.py")
+    assert why[0].startswith("import of _speedups.prefix_c halted")
+    assert len(why) == 2 and why[1].startswith(f"{len(_speedups.COMPILED)} more compiled modules imported")
+    assert label.startswith("127.0.0.1:")
+
+
 def test_implementation_matches_what_was_imported():
     name = _speedups.ResponseFramer.__module__
     assert name == {"native": "_speedups.framing_c", "pure": "_speedups.framing"}[_speedups.IMPLEMENTATION]

@@ -42,22 +42,24 @@ from .fields import prompt_of
 from .policies import Bound, _ceil, least_request, ring_order
 
 _M32 = 0xFFFFFFFF
+_COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (cache_aware.pxd)
 WINDOW = 60.0  # s: how long the recent-request counts that balance placement remember
 OVER = 1.4  # x its fair share of recent requests: an endpoint too busy to keep a group
 SLACK = 2.0  # requests above that it may carry first (shares are noisy at the start)
 PRIOR = 1.0  # conversations per endpoint assumed already spread evenly, when judging a prompt hot
 OVER_PRIOR = 4.0  # requests per endpoint likewise, when judging an endpoint over its share
-MAX_GROUPS = 4096
+MAX_GROUPS = 4096  # first blocks whose recent traffic is remembered
 # kept/shed: a later turn stayed with its conversation or left it (vLLM queued there); cached: a
 # new conversation went where its prefix is; hot: its prefix was too hot for one endpoint; over:
 # that endpoint was well over its share; new: nobody held the prefix; short: no full block.
-DECISIONS = ("kept", "shed", "cached", "hot", "over", "new", "short")  # first blocks whose recent traffic is remembered
+DECISIONS = ("kept", "shed", "cached", "hot", "over", "new", "short")
+KEPT, SHED, CACHED, HOT, OVER_SHARE, NEW, SHORT = range(len(DECISIONS))  # their places in CacheAware.counts
 
 
 class CacheAware:
     __slots__ = (
         "bound", "spread", "block", "depth", "table", "ttl_ms", "recent", "window", "groups", "placed",
-        "conversations", "decisions",
+        "conversations", "counts",
     )
 
     def __init__(self, table, block_chars=256, depth=128, ttl=600.0, load_factor=1.25, floor=8, spread=1.1,
@@ -65,21 +67,26 @@ class CacheAware:
         self.bound = Bound(load_factor, floor)
         self.spread = spread
         self.window = window
-        # Per endpoint (by index): [requests placed here recently, decayed; when last aged].
+        # Per endpoint index: requests placed there recently (a Cell, made on first use).
         # This worker's own: each worker balances what it sends, and so the sum is balanced.
-        self.recent = _Recent()
+        self.recent = []
         # Per first block (a system prompt, typically): conversations placed recently, decayed,
         # so a prompt too hot for one endpoint is seen as such. Bounded: see _Recent.
         self.groups = _Recent(MAX_GROUPS)
-        self.placed = [0.0, 0.0]  # conversations placed recently (decayed), the groups' total
-        self.conversations = _Recent()  # per endpoint index: conversations placed there recently
+        self.placed = Cell()  # conversations placed recently (decayed), the groups' total
+        self.conversations = []  # by endpoint index: conversations placed there recently
         # How requests were routed, for /admin/backends: a conversation kept or shed, and why
         # others went where they went.
-        self.decisions = dict.fromkeys(DECISIONS, 0)
+        self.counts = [0] * len(DECISIONS)  # by decision: a list index per request, not a dict's key
         self.block = block_chars
         self.depth = depth
         self.table = table  # _speedups.PrefixTable, columns in Endpoint.index order
         self.ttl_ms = int(ttl * 1000)
+
+    @property
+    def decisions(self):
+        """How many requests each decision routed (``DECISIONS``), for /admin/backends."""
+        return dict(zip(DECISIONS, self.counts))
 
     def blocks(self, fields):
         """(block hashes, conversation key or 0, later turn) of a request's fields, or None."""
@@ -95,68 +102,83 @@ class CacheAware:
         """An endpoint for a request whose ``blocks`` are as ``blocks()`` returned (None: no
         cacheable prompt), or None when every member is excluded or at ``limit``.
 
-        No closures here or in ``_place`` (key functions are lists of keys computed first):
-        they would keep these Python functions, while the native build makes them C calls."""
+        Runs for nearly every real chat (a prompt of one block or more), so it is written for
+        the compiled build: lists of small ints and C loops, no closure, no sort with a key
+        function, no float object per member, no call by name the build can make a C call."""
         if blocks is None:
-            self.decisions["short"] += 1
+            self.counts[SHORT] += 1
             return least_request(snap, exclude, limit)
         members = snap.members
-        if not members:
+        n = len(members)
+        if not n:
             return None
         hashes, key, later = blocks
         now_ms = int(now * 1000)
         oldest = now_ms - self.ttl_ms
         table = self.table
-        matches = table.matches(hashes, oldest)
-        order = ring_order(snap, (hashes[0] >> 31) & _M32)
-        cached = [-matches[m.index] for m in members]  # by member: the sort key below
-        ranked = sorted(order, key=cached.__getitem__)  # stable: ring order breaks ties
+        matches = table.matches(hashes, oldest)  # by endpoint index
+        indices = [m.index for m in members]
+        cached = [matches[indices[j]] for j in range(n)]  # by member: leading blocks held there
+        first = hashes[0]  # the first block's hash: where on the ring the walk starts, and the group
+        ranked = _ranked(ring_order(snap, (first >> 31) & _M32), cached)
         pressures = [m.pressure(now) for m in members]
         bound = self.bound
         weights = snap.weights
         scale = bound.scale(pressures, snap.total_weight)
 
-        chosen = None
+        chosen = -1
         if later and key:
             # A later turn: its conversation's endpoint first, as long as it need not shed.
             holders = table.matches((key,), oldest)
             for j in ranked:
-                member = members[j]
-                if holders[member.index] and _usable(member, exclude, limit):
-                    if _has_room(bound, pressures[j], scale * weights[j]):
-                        chosen = member
-                        self.decisions["kept"] += 1
+                if holders[indices[j]] and _usable(members[j], exclude, limit):
+                    if _has_room(bound, pressures[j], scale, weights[j]):
+                        chosen = j
+                        self.counts[KEPT] += 1
                     else:
-                        self.decisions["shed"] += 1
+                        self.counts[SHED] += 1
                     break
-        if chosen is None:
-            chosen = self._place(members, ranked, matches, hashes[0], bound, scale, pressures, exclude, limit, now, snap)
-            if chosen is None:
+        if chosen < 0:
+            chosen = self._place(members, indices, ranked, cached, first, bound, scale, pressures, exclude, limit,
+                                 now, snap)
+            if chosen < 0:
                 return None
-        self.recent[chosen.index][0] += 1.0
-        table.record(chosen.index, hashes, now_ms)
+        index = indices[chosen]
+        cell = _cell(self.recent, index)
+        cell.value += 1.0
+        table.record(index, hashes, now_ms)
         if key:
-            table.record(chosen.index, (key,), now_ms)
-        return chosen
+            table.record(index, (key,), now_ms)
+        return members[chosen]
 
-    def _place(self, members, ranked, matches, group, bound, scale, pressures, exclude, limit, now, snap):
-        """Where a request goes that no conversation claims (see the module docstring)."""
-        self.groups[group][0] += 1.0
-        self.placed[0] += 1.0
+    def _place(self, members, indices, ranked, cached, group, bound, scale, pressures, exclude, limit, now, snap):
+        """Where a request goes that no conversation claims (see the module docstring): the
+        member's position in ``members``, or -1."""
+        group_cell = self.groups[group]
+        group_cell.value += 1.0
+        self.placed.value += 1.0
         conversations = self.conversations
         recent = self.recent
         window = self.window
+        n = len(members)
         total = 0.0
-        for member in members:
-            total += aged(recent[member.index], now, window)
+        for j in range(n):
+            total += aged(_cell(recent, indices[j]), now, window)
         weights = snap.weights
-        fair = total / snap.total_weight  # recent requests per unit of weight
-        usable = [j for j in ranked if _usable(members[j], exclude, limit)]
-        if not usable:
-            return None
-        roomy = [j for j in usable if _has_room(bound, pressures[j], scale * weights[j])] or usable
-        best = roomy[0]
-        if matches[members[best].index]:
+        total_weight = snap.total_weight
+        fair = total / total_weight  # recent requests per unit of weight
+        if exclude is None and not limit:
+            usable = ranked  # (what the filter below keeps then)
+        else:
+            usable = [j for j in ranked if _usable(members[j], exclude, limit)]
+            if not usable:
+                return -1
+        best = usable[0]  # the first with room; the first of all where none has room
+        for j in usable:
+            if _has_room(bound, pressures[j], scale, weights[j]):
+                best = j
+                break
+        if cached[best]:
             # The prefix is cached there. Stay unless this prefix alone is too hot for one
             # endpoint (its share of the conversations started recently: counted from the
             # first burst on, which decides where most of them will stay), or that endpoint
@@ -164,41 +186,77 @@ class CacheAware:
             # first two or three conversations, when every share is noise, from calling a
             # prompt hot.
             placed = aged(self.placed, now, window)
-            group_share = aged(self.groups[group], now, window) / (placed + PRIOR * len(members))
-            hot = group_share > self.spread * weights[best] / snap.total_weight
-            over = recent[members[best].index][0] > OVER * (fair + OVER_PRIOR) * weights[best] + SLACK
+            group_share = aged(group_cell, now, window) / (placed + PRIOR * n)
+            weight = weights[best]
+            hot = group_share > self.spread * weight / total_weight
+            over = _cell(recent, indices[best]).value > OVER * (fair + OVER_PRIOR) * weight + SLACK
             if not hot and not over:
-                self.decisions["cached"] += 1
-                conversations[members[best].index][0] += 1.0
-                return members[best]
+                self.counts[CACHED] += 1
+                cell = _cell(conversations, indices[best])
+                cell.value += 1.0
+                return best
+            roomy = _roomy(usable, bound, pressures, scale, weights)
             if hot:
-                self.decisions["hot"] += 1
+                self.counts[HOT] += 1
                 # A hot prompt's new conversations go where the fewest conversations started
                 # recently: each stays where it starts, so the turns it will bring follow
                 # conversations, not the requests in flight at this instant.
-                chosen = _least(roomy, [(aged(conversations[members[j].index], now, window) / weights[j],
-                                         pressures[j][0] / weights[j]) for j in roomy])
-                conversations[members[chosen].index][0] += 1.0
-                return members[chosen]
+                started = [aged(_cell(conversations, indices[j]), now, window) / weights[j] for j in roomy]
+                loads = [pressures[j][0] / weights[j] for j in roomy]
+                chosen = roomy[_least(started, loads)]
+                cell = _cell(conversations, indices[chosen])
+                cell.value += 1.0
+                return chosen
+        else:
+            roomy = _roomy(usable, bound, pressures, scale, weights)
         # A new prefix: where the recent share is lowest (ring order breaks ties).
-        self.decisions["over" if matches[members[best].index] else "new"] += 1
-        chosen = _least(roomy, [recent[members[j].index][0] / weights[j] for j in roomy])
-        conversations[members[chosen].index][0] += 1.0
-        return members[chosen]
+        self.counts[OVER_SHARE if cached[best] else NEW] += 1
+        shares = [_cell(recent, indices[j]).value / weights[j] for j in roomy]
+        chosen = roomy[_least(shares, None)]
+        cell = _cell(conversations, indices[chosen])
+        cell.value += 1.0
+        return chosen
+
+
+class Cell:
+    """A count that decays with time (``aged``): its value, and when it was last aged."""
+
+    __slots__ = ("value", "when")
+
+    def __init__(self):
+        self.value = 0.0
+        self.when = 0.0
 
 
 def aged(cell, now, window):
-    """A decayed count ([value, when last aged]) brought to ``now``; returns its value."""
-    elapsed = now - cell[1]
+    """``cell``'s count brought to ``now``, decayed by exp(-elapsed / window); returns it."""
+    elapsed = now - cell.when
     if elapsed > 0:
-        cell[0] *= exp(-elapsed / window)
-        cell[1] = now
-    return cell[0]
+        cell.value *= _exp(-elapsed / window)
+        cell.when = now
+    return cell.value
+
+
+def _exp(x):
+    """``math.exp``: compiled, C's exp (the function math.exp calls), with no float object."""
+    if _COMPILED:
+        return fleetproxy_exp(x)  # noqa: F821 (cache_aware.pxd)
+    return exp(x)
+
+
+def _cell(cells, index):
+    """The count of endpoint ``index`` in ``cells`` (a list by endpoint index), made on first use."""
+    if index >= len(cells):
+        cells.extend([None] * (index + 1 - len(cells)))
+    cell = cells[index]
+    if cell is None:
+        cell = cells[index] = Cell()
+    return cell
 
 
 class _Recent(dict):
-    """Decayed request counts ([value, when last aged]) by key, made on first use; at most
-    ``limit`` keys (the smallest are dropped first when full)."""
+    """Decayed request counts (``Cell``) by key, made on first use; at most ``limit`` keys (the
+    smallest are dropped first when full)."""
 
     def __init__(self, limit=0):
         super().__init__()
@@ -206,26 +264,63 @@ class _Recent(dict):
 
     def __missing__(self, key):
         if self.limit and len(self) >= self.limit:
-            for old in sorted(self, key=lambda k: self[k][0])[: self.limit // 4]:
+            for old in sorted(self, key=lambda k: self[k].value)[: self.limit // 4]:
                 del self[old]
-        cell = self[key] = [0.0, 0.0]
+        cell = self[key] = Cell()
         return cell
+
+
+def _ranked(order, cached):
+    """``order`` (members along the ring) by how many leading blocks each holds (``cached``),
+    most first, ring order breaking ties. Most members hold none of a prompt: those keep their
+    order after the few that do, which an insertion sort puts in place (stable); ``sorted``
+    only where many do."""
+    ranked = [j for j in order if cached[j]]
+    holding = len(ranked)
+    if not holding:
+        return order
+    if holding > 16:
+        ranked.sort(key=_negated(cached))
+    else:
+        for i in range(1, holding):
+            j = ranked[i]
+            c = cached[j]
+            k = i
+            while k > 0 and cached[ranked[k - 1]] < c:
+                ranked[k] = ranked[k - 1]
+                k -= 1
+            ranked[k] = j
+    for j in order:
+        if not cached[j]:
+            ranked.append(j)
+    return ranked
+
+
+def _negated(cached):
+    keys = [-c for c in cached]
+    return keys.__getitem__
+
+
+def _roomy(usable, bound, pressures, scale, weights):
+    """Those of ``usable`` with room (``_has_room``), or all of them where none has."""
+    return [j for j in usable if _has_room(bound, pressures[j], scale, weights[j])] or usable
 
 
 def _usable(member, exclude, limit):
     return (exclude is None or member not in exclude) and (not limit or member.load() < limit)
 
 
-def _has_room(bound, pressure, share):
+def _has_room(bound, pressure, scale, weight):
     # Never onto an endpoint that must shed by vLLM's own signal.
     load, queueing = pressure
-    return bound.room(load, queueing, _ceil(share), True)
+    return bound.room(load, queueing, _ceil(scale * weight), True)
 
 
-def _least(items, keys):
-    """``min(items, key=...)`` given the keys (in items' order): the first item of the least key."""
+def _least(keys, ties):
+    """The position of the least of ``keys``, ``ties`` (or None) deciding between equal ones;
+    the first of equals: ``min(range(len(keys)), key=...)`` without a tuple per item."""
     best = 0
     for i in range(1, len(keys)):
-        if keys[i] < keys[best]:
+        if keys[i] < keys[best] or (ties is not None and keys[i] == keys[best] and ties[i] < ties[best]):
             best = i
-    return items[best]
+    return best

@@ -5,18 +5,24 @@
 # load(), pressure()).
 cimport cython
 
+cdef bint _COMPILED
+
 
 cdef class Snapshot:
     cdef public tuple members, weights, schedule
     cdef public list points, owners
-    cdef public object total_weight, full
+    cdef public object total_weight
 
 
 cdef class Bound:
-    cdef public object load_factor, floor
+    # Read by every pick, for every member: C numbers (a load, a cap compared as C doubles,
+    # exact for any count of requests).
+    cdef public double load_factor
+    cdef public Py_ssize_t floor
 
-    cpdef scale(self, pressures, total_weight)
-    cpdef room(self, load, queueing, cap, sticky)
+    @cython.locals(total=double, load=double)
+    cpdef double scale(self, list pressures, double total_weight) except? -1.0
+    cpdef bint room(self, double load, queueing, double cap, bint sticky) noexcept
 
 
 cdef class RoundRobin:
@@ -37,9 +43,13 @@ cpdef hash_bytes(data)
 @cython.locals(snap=Snapshot, n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t)
 cpdef least_request(snap, exclude=*, limit=*, rand=*)
 
-# The ring's indices only: the bit masks (``seen``, ``full``) are Python ints, as wide as the
-# cluster is long.
-@cython.locals(snap=Snapshot, points=list, owners=list, npoints=Py_ssize_t, i=Py_ssize_t, step=Py_ssize_t)
-cpdef ring_order(snap, key_hash)
+@cython.locals(snap=Snapshot, points=list, owners=list, npoints=Py_ssize_t, n=Py_ssize_t, i=Py_ssize_t,
+               j=Py_ssize_t, seen=bytearray, order=list)
+cpdef list ring_order(snap, unsigned long long key_hash)
 
-cpdef _ceil(x)
+# The points are 32-bit hashes: C integers of 64 bits hold any of them, the key included.
+@cython.locals(key="unsigned long long", point="unsigned long long", lo=Py_ssize_t, hi=Py_ssize_t, mid=Py_ssize_t)
+cpdef Py_ssize_t successor(list points, unsigned long long key_hash) except -1
+
+@cython.locals(n=Py_ssize_t)
+cpdef Py_ssize_t _ceil(double x) noexcept

@@ -34,6 +34,7 @@ from random import random
 from zlib import crc32
 
 _M32 = 0xFFFFFFFF
+_COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (policies.pxd)
 
 
 def hash_bytes(data):
@@ -54,7 +55,7 @@ def ring_points(label, weight, vnodes):
 class Snapshot:
     """Immutable routing state of one cluster: who is eligible, in which order, where on the ring."""
 
-    __slots__ = ("members", "weights", "total_weight", "points", "owners", "schedule", "full")
+    __slots__ = ("members", "weights", "total_weight", "points", "owners", "schedule")
 
     def __init__(self, members, vnodes=160, points_of=None):
         members = tuple(members)
@@ -66,7 +67,6 @@ class Snapshot:
         if any(type(w) is not int or w < 1 for w in self.weights):
             raise ValueError(f"member weights must be integers >= 1: {self.weights}")
         self.total_weight = sum(self.weights)
-        self.full = (1 << len(members)) - 1  # bit mask of every member index
         ring = []
         for index, member in enumerate(members):
             pts = points_of(member) if points_of is not None else ring_points(member.label, member.weight, vnodes)
@@ -176,18 +176,39 @@ def ring_order(snap, key_hash):
     if not npoints:
         return order
     owners = snap.owners
-    i = bisect_left(points, key_hash)
-    seen = 0
-    full = snap.full
-    for step in range(npoints):
-        j = owners[(i + step) % npoints]
-        bit = 1 << j
-        if not seen & bit:
-            seen |= bit
+    n = len(snap.members)
+    seen = bytearray(n)  # compiled: a byte read and written per step, no int object
+    i = successor(points, key_hash)
+    for _ in range(npoints):
+        if i == npoints:
+            i = 0
+        j = owners[i]
+        i += 1
+        if not seen[j]:
+            seen[j] = 1
             order.append(j)
-            if seen == full:
+            if len(order) == n:
                 break
     return order
+
+
+def successor(points, key_hash):
+    """``bisect_left(points, key_hash)``: where a key's successor is on the ring (``points``
+    sorted, 32-bit). Compiled, a binary search over C integers, not a call of bisect's
+    comparisons of int objects."""
+    if not _COMPILED:
+        return bisect_left(points, key_hash)
+    key = key_hash
+    lo = 0
+    hi = len(points)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        point = points[mid]
+        if point < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 class Bound:

@@ -153,7 +153,7 @@ class Router:
             provider = not hasattr(spec, "backends")
             self.clusters[spec.name] = Cluster(
                 spec.name, spec.models, members_of[spec.name], spec.balance, getattr(spec, "fallback", ()),
-                provider, table, cfg.prefix_index.ttl,
+                provider, self.table, cfg.prefix_index.ttl,
             )
 
         limits = {spec.name: getattr(spec, "max_body_bytes", None) or cfg.limits.max_body_bytes for spec in specs}
