@@ -649,6 +649,19 @@ def test_proxy_cpus_give_the_proxies_cores_of_their_own(monkeypatch):
         layout(True, {1})  # nothing left for the load and the simulators
 
 
+def test_placement_times_the_blocks_and_the_pick_of_each_cluster_size():
+    """bench/micro/placement.py, briefly: a row per cluster size, the prompts placed by their
+    prefix (not the short path), every time a positive number of µs."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "micro", "placement.py"), "--backends", "1,3",
+                          "--prompt", "600", "--picks", "400"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split(" | ") for line in out.stdout.splitlines() if line.startswith(f"| {ROOT} |")]
+    assert [r[2] for r in rows] == ["1", "3"]
+    for row in rows:
+        assert float(row[3]) > 0 and float(row[4]) > 0
+        assert "cached" in row[5] and "short" not in row[5]
+
+
 @pytest.mark.skipif(not __import__("shutil").which("valgrind"), reason="valgrind is not installed")
 @pytest.mark.skipif(bool(os.environ.get("FLEETPROXY_PURE")), reason="a tool of the bench: checked once, on the native run")
 def test_instructions_per_request_counts_the_requests_not_the_start():
