@@ -189,3 +189,17 @@ def test_cache_aware_is_the_default_and_the_router_uses_it():
         sel.release()
     assert all(len(h) == 1 for h in homes.values()), homes
     assert r.state()["clusters"][0]["decisions"]["cached"] == 8
+
+
+def test_candidates_rank_by_cached_blocks_with_ring_order_breaking_ties():
+    # The pick's order of candidates (cache_aware._ranked) is a stable sort by leading blocks
+    # held, most first: as sorted() gives it, for few holders (insertion), many (sorted), none.
+    from proxy.routing.cache_aware import _ranked
+
+    rng = random.Random(7)
+    for _ in range(3000):
+        n = rng.randrange(1, 40)
+        order = rng.sample(range(n), n)
+        depth = rng.choice([1, 2, 5, 64])
+        cached = [rng.randrange(depth) if rng.random() < rng.random() else 0 for _ in range(n)]
+        assert _ranked(list(order), cached) == sorted(order, key=lambda j: -cached[j]), (order, cached)

@@ -272,13 +272,18 @@ class _Recent(dict):
 
 def _ranked(order, cached):
     """``order`` (members along the ring) by how many leading blocks each holds (``cached``),
-    most first, ring order breaking ties. Most members hold none of a prompt: those keep their
-    order after the few that do, which an insertion sort puts in place (stable); ``sorted``
-    only where many do."""
+    most first, ring order breaking ties. Most often that is ``order`` itself (a prompt cached
+    at its ring home, or nowhere): no new list then. Otherwise most members hold none of a
+    prompt: those keep their order after the few that do, which an insertion sort puts in
+    place (stable); ``sorted`` only where many do."""
+    n = len(order)
+    i = 1
+    while i < n and cached[order[i - 1]] >= cached[order[i]]:
+        i += 1
+    if i >= n:
+        return order  # already so
     ranked = [j for j in order if cached[j]]
-    holding = len(ranked)
-    if not holding:
-        return order
+    holding = len(ranked)  # at least one, or order was already so
     if holding > 16:
         ranked.sort(key=_negated(cached))
     else:
