@@ -103,8 +103,9 @@ class CacheAware:
         cacheable prompt), or None when every member is excluded or at ``limit``.
 
         Runs for nearly every real chat (a prompt of one block or more), so it is written for
-        the compiled build: lists of small ints and C loops, no closure, no sort with a key
-        function, no float object per member, no call by name the build can make a C call."""
+        the compiled build: lists of small ints walked by C indices, counts in C doubles, no
+        closure, no sort with a key function unless many members hold the prompt, and no call
+        by name that the build can make a C call."""
         if blocks is None:
             self.counts[SHORT] += 1
             return least_request(snap, exclude, limit)

@@ -261,7 +261,7 @@ class ConsistentHash:
         if not npoints:
             return None
         members = snap.members
-        i = bisect_left(points, key_hash)
+        i = successor(points, key_hash)
         if i == npoints:
             i = 0
         bound = self.bound
