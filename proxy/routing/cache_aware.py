@@ -303,6 +303,7 @@ def _ranked(order, cached):
 
 
 def _negated(cached):
+    """The key of a sort by ``cached``, most first: a bound method, not a closure."""
     keys = [-c for c in cached]
     return keys.__getitem__
 
