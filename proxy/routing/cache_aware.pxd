@@ -34,8 +34,8 @@ cdef class CacheAware:
     @cython.locals(prompt=Prompt)
     cpdef blocks(self, fields)
     @cython.locals(members=tuple, weights=tuple, n=Py_ssize_t, j=Py_ssize_t, chosen=Py_ssize_t,
-                   index=Py_ssize_t, indices=list, cell=Cell, scale=double, first="long long", cached=list, ranked=list, pressures=list, matches=list,
-                   holders=list, bound=Bound, table=PrefixTable)
+                   index=Py_ssize_t, indices=list, cell=Cell, scale=double, first="long long", cached=list,
+                   ranked=list, pressures=list, matches=list, holders=list, bound=Bound, table=PrefixTable)
     cpdef pick(self, Snapshot snap, blocks, exclude=*, limit=*, now=*)
     @cython.locals(weights=tuple, usable=list, roomy=list, best=Py_ssize_t, chosen=Py_ssize_t, n=Py_ssize_t,
                    j=Py_ssize_t, total=double, fair=double, placed=double, group_share=double, hot=bint,
