@@ -40,9 +40,9 @@ COMPILED = (
     "proxy.http.upstream", "proxy.http.connection_pool", "proxy.http.responses", "proxy.http.errors",
     "proxy.routing.router", "proxy.routing.cluster", "proxy.routing.endpoint", "proxy.routing.policies",
     "proxy.routing.cache_aware", "proxy.routing.fields", "proxy.routing.bodywalk", "proxy.routing.health",
-    "proxy.routing.load", "proxy.routing.retry", "proxy.process.context", "proxy.observe.observer",
-    "proxy.observe.metrics", "proxy.observe.streamusage", "proxy.observe.accesslog", "proxy.tenants.gate",
-    "proxy.tenants.buckets", "proxy.tenants.identify",
+    "proxy.routing.load", "proxy.routing.retry", "proxy.process.context", "proxy.process.shm",
+    "proxy.observe.observer", "proxy.observe.metrics", "proxy.observe.streamusage", "proxy.observe.accesslog",
+    "proxy.tenants.gate", "proxy.tenants.buckets", "proxy.tenants.identify",
 )
 MANIFEST = "compiled.json"  # {module: sha256 of the source it was compiled from}, by setup.py
 # Cython's utility code, one copy that every extension imports (setup.py): without it none loads.

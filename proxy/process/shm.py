@@ -117,6 +117,14 @@ class SharedCounters(Segment):
         self.endpoints = endpoints
         self.row = (2 + REPORT_CELLS) * endpoints
         super().__init__(1 + slots * self.row + endpoints * HEALTH_CELLS, name)
+        # The same cells, typed where compiled (shm.pxd): every pick sums a column and looks for
+        # the freshest report, and these loops then run as C over the mapping, not as bytecode
+        # making an int object per cell.
+        self.view = self.cells
+
+    def close(self):
+        self.view = None  # compiled: the typed view's hold on the mapping, let go before it closes
+        super().close()
 
     # -- layout -------------------------------------------------------------------------
 
@@ -150,10 +158,13 @@ class SharedCounters(Segment):
     # -- reads (any process) --------------------------------------------------------------
 
     def in_flight(self, endpoint):
-        cells, row = self.cells, self.row
+        view, row = self.view, self.row
         total = 0
-        for i in range(1 + endpoint, 1 + cells[0] * row, row):
-            total += cells[i]
+        i = 1 + endpoint
+        end = 1 + view[0] * row
+        while i < end:
+            total += view[i]
+            i += row
         return total
 
     def requests(self, endpoint):
@@ -162,13 +173,15 @@ class SharedCounters(Segment):
 
     def freshest_report(self, endpoint):
         """The cell index of the newest load report on ``endpoint`` over all rows, or -1."""
-        cells, row = self.cells, self.row
+        view, row = self.view, self.row
         best, best_at = -1, 0
-        first = 1 + 2 * self.endpoints + endpoint * REPORT_CELLS
-        for i in range(first, 1 + cells[0] * row, row):
-            at = cells[i + AT]
+        i = 1 + 2 * self.endpoints + endpoint * REPORT_CELLS
+        end = 1 + view[0] * row
+        while i < end:
+            at = view[i + AT]
             if at > best_at:
                 best, best_at = i, at
+            i += row
         return best
 
     def report_fields(self, cell):
