@@ -55,6 +55,7 @@ def main(argv=None):
     p.add_argument("--config", help="a config file, as path.py takes it")
     p.add_argument("--stream", action="store_true")
     p.add_argument("--sdk-head", action="store_true")
+    p.add_argument("--system", action="store_true", help="path.py's chat with a 1.5 KiB system prompt")
     p.add_argument("--small", type=int, default=1000)
     p.add_argument("--large", type=int, default=3000)
     p.add_argument("--top", type=int, default=0, help="list the N functions with the most instructions per request")
@@ -64,6 +65,7 @@ def main(argv=None):
     if args.large <= args.small:
         sys.exit("--large must be more requests than --small")
     extra = (["--config", args.config] if args.config else []) + ["--stream"] * args.stream + ["--sdk-head"] * args.sdk_head
+    extra += ["--system"] * args.system
     with tempfile.TemporaryDirectory() as where:
         (a, fa), (b, fb) = count(args.small, extra, where), count(args.large, extra, where)
         per = (b - a) / (args.large - args.small)

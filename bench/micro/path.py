@@ -34,7 +34,11 @@ from proxy.process.worker import GC_THRESHOLDS, Context  # noqa: E402
 from proxy.routing.router import Router  # noqa: E402
 
 CHAT = b'{"model":"tiny","messages":[{"role":"user","content":"Say hello to the fleet"}],"max_tokens":16}'
-STREAM = CHAT[:-1] + b',"stream":true}'
+# bench/lua/chat_system.lua's body: a 1.5 KiB system prompt, so cache_aware places it by its
+# prefix (CHAT's prompt is shorter than a block, and takes the least-request path): ``--system``.
+_RULE = b"Answer in the user's language, cite the retrieved documents by title, and say when they do not cover the question. "
+SYSTEM = (b'{"model":"tiny","messages":[{"role":"system","content":"You are the fleet\'s support assistant. ' + _RULE * 13
+          + b'"},{"role":"user","content":"How do I drain one backend without dropping streams?"}],"max_tokens":16}')
 LOAD = b"endpoint-load-metrics: TEXT named_metrics.kv_cache_usage_perc=0.01, named_metrics.num_requests_waiting=0\r\n"
 ANSWER = (
     b'{"id":"chatcmpl-0","object":"chat.completion","created":1764000000,"model":"tiny","choices":[{"index":0,'
@@ -152,11 +156,12 @@ def setup(cfg, loop):
     return ctx, down, conn, client
 
 
-def run(cfg, n, stream, profile, sdk=False):
+def run(cfg, n, stream, profile, sdk=False, system=False):
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     ctx, down, conn, client = setup(cfg, loop)
-    req = request(STREAM if stream else CHAT, sdk)
+    body = SYSTEM if system else CHAT
+    req = request(body[:-1] + b',"stream":true}' if stream else body, sdk)
     asks = ctx.observe is not None and ctx.observe.stream_usage  # the proxy adds include_usage
     reads = stream_response(usage=asks) if stream else json_response()
 
@@ -197,13 +202,15 @@ def main(argv=None):
     p.add_argument("--config", help="a config file (its backends are replaced by one stub endpoint)")
     p.add_argument("--stream", action="store_true", help="a 16-token stream, one read per event")
     p.add_argument("--sdk-head", action="store_true", help="the request head the openai SDK sends (17 fields, not 3)")
+    p.add_argument("--system", action="store_true", help="a chat with a 1.5 KiB system prompt (bench/lua/chat_system.lua)")
     p.add_argument("--profile", action="store_true")
     args = p.parse_args(argv)
     raw = read_file(args.config) if args.config else {}
     raw["backends"] = ["http://127.0.0.1:9"]
     raw.setdefault("log_level", "warning")
     cfg = build(raw)
-    results = [run(cfg, args.requests, args.stream, args.profile and i == 0, args.sdk_head) for i in range(args.rounds)]
+    results = [run(cfg, args.requests, args.stream, args.profile and i == 0, args.sdk_head, args.system)
+               for i in range(args.rounds)]
     print(f"{'stream' if args.stream else 'json'}: {min(results):.2f} us/request of the proxy's Python "
           f"(best of {args.rounds}: {', '.join(f'{r:.2f}' for r in results)})")
 

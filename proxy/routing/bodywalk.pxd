@@ -229,26 +229,29 @@ cdef extern from *:
     /* bodywalk._text: the offset after the text string at pos (its opening quote), its span
        appended to the list spans (kind, start, end, size; none for an empty string), or -1
        (not one walk is sure of), or -2 with an exception set. */
-    static Py_ssize_t fleetproxy_walk_text(PyObject *spans, const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
-        Py_ssize_t at = pos + 1, size = 0, end = fleetproxy_text_end(s, at, n, &size), values[4];
+    /* bodywalk._span: one item appended to the list spans, its four integers one by one (no
+       list made to concatenate): 0, or -1 with an exception set. */
+    static int fleetproxy_span(PyObject *spans, Py_ssize_t kind, Py_ssize_t at, Py_ssize_t end, Py_ssize_t size) {
+        Py_ssize_t values[4] = {kind, at, end, size};
         int i;
-        if (end < 0)
-            return -1;
-        if (end == at)
-            return end + 1;
-        values[0] = size == end - at ? 1 : 2;  /* _PLAIN, _ESCAPED */
-        values[1] = at;
-        values[2] = end;
-        values[3] = size;
         for (i = 0; i < 4; i++) {
             PyObject *v = PyLong_FromSsize_t(values[i]);
             if (v == NULL || PyList_Append(spans, v) < 0) {
                 Py_XDECREF(v);
-                return -2;
+                return -1;
             }
             Py_DECREF(v);
         }
-        return end + 1;
+        return 0;
+    }
+    static Py_ssize_t fleetproxy_walk_text(PyObject *spans, const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
+        Py_ssize_t at = pos + 1, size = 0, end = fleetproxy_text_end(s, at, n, &size);
+        if (end < 0)
+            return -1;
+        if (end == at)
+            return end + 1;
+        /* _PLAIN, or _ESCAPED */
+        return fleetproxy_span(spans, size == end - at ? 1 : 2, at, end, size) < 0 ? -2 : end + 1;
     }
     /* The string s[at:end] (inside its quotes, one fleetproxy_text_end accepted) as UTF-8, its
        escapes decoded, written to dst up to room bytes (a character cut at room is cut there,
@@ -336,6 +339,7 @@ cdef extern from *:
     '''
     Py_ssize_t fleetproxy_text_close(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) nogil
     Py_ssize_t fleetproxy_walk_text(list spans, const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) except -2
+    int fleetproxy_span(list spans, Py_ssize_t kind, Py_ssize_t at, Py_ssize_t end, Py_ssize_t size) except -1
     Py_ssize_t fleetproxy_unescape(const unsigned char *s, Py_ssize_t at, Py_ssize_t end, unsigned char *dst,
                                    Py_ssize_t room) nogil
     bytes fleetproxy_new_bytes(Py_ssize_t size)
@@ -361,6 +365,8 @@ cdef Py_ssize_t _parts(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, l
 @cython.locals(at=Py_ssize_t, end=Py_ssize_t, raw=bytes)
 cdef Py_ssize_t _text(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
 
+cdef inline int _span(list spans, Py_ssize_t kind, Py_ssize_t at, Py_ssize_t end, Py_ssize_t size) except -1
+
 @cython.locals(c=int, unit=Py_ssize_t, size=Py_ssize_t)
 cdef Py_ssize_t _text_end(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
 
@@ -371,7 +377,7 @@ cdef Py_ssize_t _hex4(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) ex
 cdef Py_ssize_t _utf8(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) except? -1
 
 @cython.locals(m=Py_ssize_t, size=Py_ssize_t, opening=Py_ssize_t, later=bint, i=Py_ssize_t, kind=Py_ssize_t,
-               total=Py_ssize_t)
+               total=Py_ssize_t, more=Py_ssize_t)
 cpdef walked_prompt(bytes body, list spans, Py_ssize_t limit, Py_ssize_t least)
 
 @cython.locals(text=bytes, out="unsigned char *", written=Py_ssize_t, i=Py_ssize_t, kind=Py_ssize_t,

@@ -453,12 +453,12 @@ def _message(buf, pos, n, spans):
     """The offset after the message object at ``pos``, its spans appended (its role's first,
     whichever of its keys comes first), or -1."""
     mark = len(spans)
-    spans += [_ROLE, -1, -1, 0]
+    _span(spans, _ROLE, -1, -1, 0)
     seen = 0  # role 1, content 2
     user = 0
     pos = _space(buf, pos + 1, n)
     if pos < n and buf[pos] == 125:
-        spans += [_END, 0, 0, 0]
+        _span(spans, _END, 0, 0, 0)
         return pos + 1
     while True:
         at = pos + 1
@@ -510,7 +510,7 @@ def _message(buf, pos, n, spans):
         if buf[pos] == 44:
             pos = _space(buf, pos + 1, n)
         elif buf[pos] == 125:
-            spans += [_END, user, 0, 0]
+            _span(spans, _END, user, 0, 0)
             return pos + 1
         else:
             return -1
@@ -582,10 +582,18 @@ def _text(buf, pos, n, spans):
         return -1
     raw = bytes(buf[at:end])
     if b"\\" in raw:
-        spans += [_ESCAPED, at, end, len(_decode_str(b'"' + raw + b'"').encode())]
+        _span(spans, _ESCAPED, at, end, len(_decode_str(b'"' + raw + b'"').encode()))
     elif raw:
-        spans += [_PLAIN, at, end, end - at]
+        _span(spans, _PLAIN, at, end, end - at)
     return end + 1
+
+
+def _span(spans, kind, at, end, size):
+    """Append an item to ``spans``. Compiled: its integers appended in C, no list made for them."""
+    if _COMPILED:
+        return fleetproxy_span(spans, kind, at, end, size)  # noqa: F821 (bodywalk.pxd)
+    spans += [kind, at, end, size]
+    return 0
 
 
 def _text_end(buf, pos, n):
@@ -671,7 +679,8 @@ def walked_prompt(body, spans, limit, least):
             size += 1  # "\x1e"
             if opening < 0 and spans[i + 1]:
                 opening = size
-        size += spans[i + 3]
+        more = spans[i + 3]  # the item's bytes; compiled, a C integer: the sum makes no int object
+        size += more
         i += 4
     total = size if size < limit else limit
     if total <= 0 or total < least:
