@@ -12,9 +12,9 @@
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.sequence cimport PySequence_Fast_GET_ITEM
 from cpython cimport array
 from libc.string cimport memcpy
 from libc.stdint cimport uint32_t, uint64_t
@@ -367,15 +367,17 @@ cdef long long _time(t) except? -1:
 
 
 cdef object _sized(hashes):
-    """``hashes`` as a list or an int64 array, which ``_load`` reads."""
-    if type(hashes) is list or (type(hashes) is array.array and (<array.array>hashes).ob_descr.typecode == b"q"):
+    """``hashes`` as a list, a tuple or an int64 array, which ``_load`` reads (a tuple: the
+    conversation key the policy asks about and records with every request, not copied)."""
+    if type(hashes) is list or type(hashes) is tuple or (
+            type(hashes) is array.array and (<array.array>hashes).ob_descr.typecode == b"q"):
         return hashes
     return list(hashes)
 
 
 cdef Py_ssize_t _load(hashes, long long *out) except -1:
     """Convert ``hashes`` (``_sized``) into ``out``, checking them all as prefix.py's _checked
-    does: an int64 array copied as it is, a list int by int."""
+    does: an int64 array copied as it is, a list or a tuple int by int."""
     cdef Py_ssize_t i, n = len(hashes)
     cdef int overflow
     cdef bint bad = False
@@ -388,7 +390,7 @@ cdef Py_ssize_t _load(hashes, long long *out) except -1:
         return n
     for i in range(n):
         overflow = 0
-        v = PyLong_AsLongLongAndOverflow(<object>PyList_GET_ITEM(hashes, i), &overflow)
+        v = PyLong_AsLongLongAndOverflow(<object>PySequence_Fast_GET_ITEM(hashes, i), &overflow)
         if overflow or v < 1:
             bad = True  # reported once all are converted: a non-integer later is a TypeError
         out[i] = v

@@ -487,7 +487,8 @@ def table_runs(draw):
         )
     # Few distinct hashes and times, so sets fill, collide and evict, and ties happen.
     pool = draw(st.lists(st.one_of(st.integers(1, 40), st.integers(MASK - 8, MASK)), min_size=1, max_size=12))
-    hashes = st.lists(st.sampled_from(pool), max_size=10)
+    # As lists and as tuples (the policy's conversation key is a tuple): both read without a copy.
+    hashes = st.lists(st.sampled_from(pool), max_size=10).flatmap(lambda h: st.sampled_from([h, tuple(h)]))
     times = st.one_of(st.integers(0, 20), st.sampled_from([-(1 << 63), MASK]))
     endpoint = st.integers(0, endpoints - 1)
     op = st.one_of(
