@@ -9,7 +9,7 @@ import random
 import msgspec
 import pytest
 
-from proxy.routing.bodywalk import scan
+from proxy.routing.bodywalk import scan, walk
 from proxy.routing.fields import _ModelOnly, decode
 
 _decode_model = msgspec.json.Decoder(_ModelOnly).decode
@@ -137,3 +137,19 @@ def test_the_last_fields_serve_again_for_the_same_model():
     assert streamed is not other and streamed.stream is True and streamed.model == "tiny"
     assert scan(b'{"model":null}').model is None
     assert scan(CHAT).model == "tiny"
+
+
+def test_a_model_named_again_is_the_same_string():
+    """Full walks and scans share the model's last string: a body naming the same model makes
+    none, and one naming another gets its own, in either order."""
+    tiny = walk(CHAT).model
+    assert walk(CHAT.replace(b"hello", b"howdy")).model is tiny
+    assert scan(CHAT).model is tiny
+    other = walk(CHAT.replace(b'"tiny"', b'"tinz"'))
+    assert other.model == "tinz" and scan(CHAT.replace(b'"tiny"', b'"tinz"')).model is other.model
+    first = scan(CHAT)
+    assert first.model == "tiny" and first.model is not tiny  # made again: "tinz" came between
+    walk(CHAT.replace(b'"tiny"', b'"tinz"'))
+    again = scan(CHAT)
+    assert again.model == "tiny" and again.stream is None and again.n is None
+    assert walk(b'{"model":"tin","messages":[]}').model == "tin"  # a prefix of the last name is another name

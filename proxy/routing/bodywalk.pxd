@@ -19,7 +19,8 @@ cdef class Walked:
 cdef bint _COMPILED
 cdef int _DEEPEST
 cdef Walked _last
-cdef bytes _last_model
+cdef bytes _model_raw
+cdef str _model_text
 
 cdef extern from *:
     '''
@@ -351,8 +352,11 @@ cpdef walk(bytes body)
 @cython.locals(n=Py_ssize_t, buf="const unsigned char *", seen=int, pos=Py_ssize_t, at=Py_ssize_t,
                size=Py_ssize_t, end=Py_ssize_t, first=int, bit=int, model_at=Py_ssize_t, model_end=Py_ssize_t,
                user_at=Py_ssize_t, user_end=Py_ssize_t, prompt_at=Py_ssize_t, prompt_end=Py_ssize_t,
-               spans=list, prompt_span=list, fields=Walked)
+               spans=list, prompt_span=list, fields=Walked, model=str)
 cdef _walk(bytes body, bint full)
+
+@cython.locals(size=Py_ssize_t)
+cdef str _model(const unsigned char *buf, Py_ssize_t at, Py_ssize_t end, Py_ssize_t n)
 
 cdef Py_ssize_t _messages(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n, list spans) except -2
 

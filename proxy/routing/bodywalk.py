@@ -59,8 +59,9 @@ def scan(body):
     return _walk(body, False)
 
 
-_last = None  # scan's last answer, and its model's bytes
-_last_model = None
+_last = None  # scan's last answer
+_model_raw = None  # the last model's name as the body spelled it, and as the str made of it
+_model_text = None
 
 
 def _key(buf, pos, n):
@@ -287,7 +288,7 @@ def _walk(body, full):
     as msgspec's ``_ModelOnly`` skips it, its strings by the cheaper test of ``_string_end``
     (no ``\\u`` escape: a short body's strings are short, and a call per string would cost
     more than the rare escape saves)."""
-    global _last, _last_model
+    global _last
     n = len(body)
     buf = body  # compiled: its bytes through a pointer (bodywalk.pxd)
     seen = 0  # bits: model 1, stream 2, n 4, user 8, messages 16, prompt 32
@@ -399,19 +400,14 @@ def _walk(body, full):
                 return None
     if _space(buf, pos, n) != n:
         return None
-    size = model_end - model_at
+    model = _model(buf, model_at, model_end, n) if model_at >= 0 else None
     if not full:
-        # Read-only once made, so the last one serves again for the same fields: no string
-        # made, no object either.
+        # Read-only once made, so the last one serves again for the same fields: no object made.
         fields = _last
-        if (
-            fields is not None and fields.stream is stream and fields.n is count
-            and (_last_model is None if model_at < 0 else
-                 _last_model is not None and len(_last_model) == size and _same(buf, model_at, n, _last_model, size))
-        ):
+        if fields is not None and fields.stream is stream and fields.n is count and fields.model is model:
             return fields
     fields = Walked.__new__(Walked)
-    fields.model = buf[model_at:model_end].decode("ascii") if model_at >= 0 else None
+    fields.model = model
     fields.user = buf[user_at:user_end].decode("ascii") if user_at >= 0 else None
     fields.stream = stream
     fields.n = count
@@ -423,8 +419,20 @@ def _walk(body, full):
     fields._messages = None
     if not full:
         _last = fields
-        _last_model = buf[model_at:model_end] if model_at >= 0 else None
     return fields
+
+
+def _model(buf, at, end, n):
+    """The model's name at ``buf[at:end]`` as a str: the last one again where the body names
+    the same model (a fleet's bodies name a few), so most requests make no string for it, and
+    the metrics' lookups by model find its hash already computed."""
+    global _model_raw, _model_text
+    size = end - at
+    if _model_raw is not None and len(_model_raw) == size and _same(buf, at, n, _model_raw, size):
+        return _model_text
+    _model_raw = buf[at:end]
+    _model_text = _model_raw.decode("ascii")
+    return _model_text
 
 
 def _messages(buf, pos, n, spans):
