@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tomllib
 import urllib.request
+from collections import Counter
 
 import pytest
 
@@ -738,3 +739,66 @@ def test_idle_reports_cpu_and_wakeups_of_the_idle_tree():
     [row] = [line for line in out.stdout.splitlines() if line.startswith(f"| {ROOT}")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert float(cells[1]) > 0 and float(cells[3]) > 0, row
+
+
+# -- bench.profile -------------------------------------------------------------------------------
+
+PERF_REPORT = """# Samples: 9K of event 'cpu-clock:pppH'
+#
+     4431  [kernel.kallsyms]                                [k] finish_task_switch.isra.0
+      230  libpython3.11.so.1.0                             [.] _PyObject_Malloc
+      120  relay.cpython-311-x86_64-linux-gnu.so           [.] __pyx_f_5proxy_4http_5relay_5Relay_upstream_data
+       80  framing_c.cpython-311-x86_64-linux-gnu.so        [.] __pyx_f_9_speedups_9framing_c_14ResponseFramer_feed
+       60  loop.cpython-311-x86_64-linux-gnu.so             [.] uv__io_poll
+       40  nginx                                            [.] ngx_http_parse_request_line
+       30  libc.so.6                                        [.] __memmove_avx_unaligned_erms
+       20  [vdso]                                           [.] __vdso_clock_gettime
+       10  parser.cpython-311-x86_64-linux-gnu.so           [.] llhttp_execute
+        5  _core.cpython-311-x86_64-linux-gnu.so            [.] msgspec_decode
+"""
+
+
+def test_profile_reads_perf_and_sorts_every_object_into_its_component():
+    from bench import profile
+
+    samples = profile.parse_report(PERF_REPORT)
+    assert samples[("[kernel.kallsyms]", "finish_task_switch.isra.0")] == 4431
+    assert sum(samples.values()) == 5026
+    ours = profile._fleetproxy_objects()
+    assert {"relay", "framing_c", "prefix_c", "shm", "_cyutility"} <= ours
+    parts = Counter()
+    for (dso, _), n in samples.items():
+        parts[profile.component(dso, ours)] += n
+    assert parts == {"kernel": 4451, "CPython": 230, "fleetproxy (compiled)": 200, "uvloop (libuv)": 60,
+                     "nginx": 40, "libc": 30, "httptools": 10, "other": 5}
+
+
+def test_profile_table_gives_microseconds_per_request_and_the_proc_check():
+    from bench import profile
+
+    runs = {"fleetproxy": {"requests": 1000, "cpu_s": 0.03, "samples": profile.parse_report(PERF_REPORT)}}
+    text = profile.table("chat.lua", runs, 1000, 3, profile._fleetproxy_objects())
+    # 5,026 samples at 1,000 Hz over 1,000 requests: 5.026 ms of CPU, 5,026 µs a request.
+    assert "| **sampled, all** | **5026.00** |" in text
+    assert "| kernel | 4451.00 |" in text and "| /proc, utime + stime | 30.00 |" in text
+    assert text.count("| kernel | `") == 1 and "`_PyObject_Malloc`" in text  # the top 3 functions
+
+
+@pytest.mark.skipif(not __import__("shutil").which("wrk"), reason="wrk is not installed")
+@pytest.mark.skipif(bool(os.environ.get("FLEETPROXY_PURE")), reason="a tool of the bench: checked once, on the native run")
+def test_profile_samples_a_proxy_under_load(tmp_path):
+    """bench.profile for real, briefly (2 s of wrk against fleetproxy): where perf may sample
+    other processes, the sampled CPU per request is most of what /proc counted, and fleetproxy's
+    compiled modules are in it."""
+    from bench import profile
+
+    if why := profile.can_record():
+        pytest.skip(why)
+    out = tmp_path / "profile.md"
+    assert profile.main(["--wrk", "chat.lua", "--targets", "fleetproxy", "--duration", "2", "--out", str(out)]) == 0
+    text = out.read_text()
+    row = {line.split(" | ")[0].strip("| *"): line.split(" | ")[1].strip("| *")
+           for line in text.splitlines() if line.startswith("| ") and " | " in line}
+    sampled, counted = float(row["sampled, all"]), float(row["/proc, utime + stime"])
+    assert 0.5 * counted < sampled < 1.5 * counted, text
+    assert float(row["fleetproxy (compiled)"]) > 0 and float(row["kernel"]) > 0, text
