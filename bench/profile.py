@@ -134,6 +134,13 @@ def table(name: str, runs: dict, freq: int, top: int, ours: set[str]) -> str:
     lines.append("| /proc, utime + stime | " + " | ".join(
         f"{runs[t]['cpu_s'] * 1e6 / max(runs[t]['requests'], 1):.2f}" for t in targets) + " |")
     lines.append("| requests | " + " | ".join(str(runs[t]["requests"]) for t in targets) + " |")
+    if "fleetproxy" in runs:  # its compiled part, module by module: where in the request's path it goes
+        modules: Counter = Counter()
+        for (dso, _), n in runs["fleetproxy"]["samples"].items():
+            if component(dso, ours) == "fleetproxy (compiled)":
+                modules[os.path.basename(dso).split(".", 1)[0]] += n * per["fleetproxy"]
+        lines += ["", "fleetproxy's compiled modules:", "", "| µs per request | module |", "|---|---|"]
+        lines += [f"| {v:.2f} | {k} |" for k, v in modules.most_common()]
     for t in targets:
         lines += ["", f"{t}, its {top} costliest functions:", "", "| µs per request | component | function |",
                   "|---|---|---|"]
