@@ -227,9 +227,6 @@ cdef extern from *:
     static inline Py_ssize_t fleetproxy_text_close(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
         return fleetproxy_text_end(s, pos, n, NULL);
     }
-    /* bodywalk._text: the offset after the text string at pos (its opening quote), its span
-       appended to the list spans (kind, start, end, size; none for an empty string), or -1
-       (not one walk is sure of), or -2 with an exception set. */
     /* bodywalk._span: one item appended to the list spans, its four integers one by one (no
        list made to concatenate): 0, or -1 with an exception set. */
     static int fleetproxy_span(PyObject *spans, Py_ssize_t kind, Py_ssize_t at, Py_ssize_t end, Py_ssize_t size) {
@@ -245,6 +242,9 @@ cdef extern from *:
         }
         return 0;
     }
+    /* bodywalk._text: the offset after the text string at pos (its opening quote), its span
+       appended to the list spans (kind, start, end, size; none for an empty string), or -1
+       (not one walk is sure of), or -2 with an exception set. */
     static Py_ssize_t fleetproxy_walk_text(PyObject *spans, const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) {
         Py_ssize_t at = pos + 1, size = 0, end = fleetproxy_text_end(s, at, n, &size);
         if (end < 0)
