@@ -1,13 +1,14 @@
 """`python -m bench.profile`: where each proxy's CPU per request goes, by component and function.
 
-    python -m bench.profile [--wrk chat.lua] [--wrk chat_system.lua] [--targets fleetproxy,nginx]
-                            [--duration 8] [--top 12] [--out FILE]
+    python -m bench.profile [--wrk chat.lua] [--wrk chat_system.lua] [--open 50]
+                            [--targets fleetproxy,nginx] [--duration 8] [--top 12] [--out FILE]
 
 Why. `bench.ab` says how much more CPU a request costs through fleetproxy than through nginx;
 `bench.cpusplit` says whether it is user or kernel time. Neither says in whose code. This runs
 each proxy in front of one simulator (proxies and simulator pinned to CPU 1, wrk -t1 -c32 on
-CPU 0, as `python -m bench --pin` does) and samples its process tree with Linux perf
-(cpu-clock, ``--freq`` a second) for exactly as long as wrk runs: every sample is 1/freq s of
+CPU 0, as `python -m bench --pin` does; or ``--open RATE``: scenario c's paced streams from
+bench.openloop at RATE requests a second) and samples its process tree with Linux perf
+(cpu-clock, ``--freq`` a second) for exactly as long as the load runs: every sample is 1/freq s of
 the proxy's CPU, so samples ÷ requests is µs per request, split by where it was spent — the
 kernel, CPython, libc, uvloop, fleetproxy's compiled modules, nginx — and by function. The
 process tree's CPU time from /proc over the same run is printed beside the sampled total, as a
@@ -25,6 +26,7 @@ kernel.perf_event_paranoid <= 1), and wrk.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -39,6 +41,7 @@ from .cpusplit import _sample
 from .procs import Fleet, nginx_path, pin
 
 TARGETS = ("fleetproxy", "nginx", "uvloop-floor")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench.openloop runs from here
 # A line of `perf report -F sample,dso,sym`: samples, the object, [k] or [.], the function.
 _LINE = re.compile(r"\s*(\d+)\s+(\S+)\s+\[[k.]\]\s+(.*)")
 
@@ -94,24 +97,47 @@ def can_record() -> str:
     return ""
 
 
-def profile(url: str, pids: list[int], script: str, duration: int, freq: int, where: str) -> dict:
-    """Sample ``pids`` while wrk loads ``url`` for ``duration`` s: requests, samples by (object,
-    function), and the CPU seconds /proc counted for them over the same time."""
+def _load(url: str, load: str, duration: int, where: str) -> tuple[list[str], callable]:
+    """The command that puts ``load`` (a bench/lua script, or "open:RATE") on ``url`` for
+    ``duration`` s from CPU 0, and what reads its completed requests off its stdout."""
+    if load.startswith("open:"):
+        out = os.path.join(where, "openloop.json")
+
+        def done(stdout: str) -> int:
+            with open(out) as f:
+                result = json.load(f)
+            if result["errors"]:
+                raise SystemExit(f"bench.openloop saw errors against {url}: {result['error_kinds']}")
+            return result["ok"]
+
+        return [*pin([0]), sys.executable, "-m", "bench.openloop", "--url", url, "--rate", load[5:],
+                "--duration", str(duration), "--out", out], done
+
+    def requests(stdout: str) -> int:
+        result = wrk.parse(stdout)
+        if result["errors"]:
+            raise SystemExit(f"wrk saw errors against {url}: {result['error_kinds']}")
+        return result["requests"]
+
+    return [*pin([0]), *wrk.argv(url, wrk.script(load, where), duration, 32)], requests
+
+
+def profile(url: str, pids: list[int], load: str, duration: int, freq: int, where: str) -> dict:
+    """Sample ``pids`` while ``load`` runs on ``url`` for ``duration`` s: requests, samples by
+    (object, function), and the CPU seconds /proc counted for them over the same time."""
     data = os.path.join(where, "perf.data")
+    command, requests = _load(url, load, duration, where)
     before = _sample(pids)
     run = subprocess.run(["perf", "record", "-q", "-F", str(freq), "-o", data, "-p", ",".join(map(str, pids)),
-                          "--", *pin([0]), *wrk.argv(url, script, duration, 32)],
-                         capture_output=True, text=True)
+                          "--", *command], capture_output=True, text=True, cwd=_ROOT)
     after = _sample(pids)
     if run.returncode != 0:
         raise SystemExit(f"perf record failed ({run.returncode}): {run.stderr[-500:]}")
-    result = wrk.parse(run.stdout)
-    if result["errors"]:
-        raise SystemExit(f"wrk saw errors against {url}: {result['error_kinds']}")
+    done = requests(run.stdout)
     report = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso,sym", "-g", "none",
                              "--stdio", "-F", "sample,dso,sym"], capture_output=True, text=True, check=True).stdout
     os.unlink(data)
-    return {"requests": result["requests"], "samples": parse_report(report),
+    return {"requests": done, "samples": parse_report(report),
             "cpu_s": (after[0] - before[0]) + (after[1] - before[1])}
 
 
@@ -152,7 +178,9 @@ def table(name: str, runs: dict, freq: int, top: int, ours: set[str]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
     p.add_argument("--wrk", action="append", metavar="SCRIPT", help="a bench/lua script (repeat for several; "
-                   "default chat.lua and chat_system.lua)")
+                   "default chat.lua and chat_system.lua unless --open is given)")
+    p.add_argument("--open", action="append", metavar="RATE", type=float,
+                   help="scenario c's paced streams (bench.openloop) at RATE requests a second (repeatable)")
     p.add_argument("--targets", default="fleetproxy,nginx", help=f"comma-separated, of {', '.join(TARGETS)}")
     p.add_argument("--duration", type=int, default=8, help="seconds of wrk (and of sampling) per target and load")
     p.add_argument("--freq", type=int, default=2999, help="samples a second")
@@ -162,35 +190,37 @@ def main(argv=None) -> int:
     targets = [t for t in args.targets.split(",") if t]
     if unknown := set(targets) - set(TARGETS):
         raise SystemExit(f"unknown targets: {', '.join(sorted(unknown))} (known: {', '.join(TARGETS)})")
-    if wrk.binary() is None:
-        raise SystemExit("bench.profile needs wrk (apt-get install wrk)")
+    loads = (args.wrk or ([] if args.open else ["chat.lua", "chat_system.lua"])) + [
+        f"open:{rate:g}" for rate in args.open or []]
+    if any(not load.startswith("open:") for load in loads) and wrk.binary() is None:
+        raise SystemExit("bench.profile needs wrk for --wrk (apt-get install wrk)")
     if why := can_record():
         raise SystemExit(why)
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("bench.profile pins wrk and the proxies apart: it needs 2 CPUs")
     if "nginx" in targets and nginx_path() is None:
         raise SystemExit("nginx is not installed (apt-get install nginx-light), or leave it out of --targets")
-    scripts = args.wrk or ["chat.lua", "chat_system.lua"]
     ours = _fleetproxy_objects()
     out = [f"# Where each proxy's CPU per request goes\n",
            f"`python -m bench.profile {' '.join(argv if argv is not None else sys.argv[1:])}`: the simulator and "
-           f"the proxies on CPU 1, wrk -t1 -c32 on CPU 0, perf cpu-clock at {args.freq} Hz over each {args.duration} s "
-           "run; µs per request = samples ÷ frequency ÷ requests.\n"]
+           f"the proxies on CPU 1, the load (wrk -t1 -c32, or bench.openloop) on CPU 0, perf cpu-clock at "
+           f"{args.freq} Hz over each {args.duration} s run; µs per request = samples ÷ frequency ÷ requests.\n"]
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as where, Fleet(server_cpus={1}) as fleet:
         sim = fleet.start_sim("sim")
         starts = {"fleetproxy": lambda: fleet.start_fleetproxy("fleetproxy", [sim]),
                   "nginx": lambda: fleet.start_nginx("nginx", [sim]),
                   "uvloop-floor": lambda: fleet.start_floor("uvloop-floor", [sim])}
         running = {t: starts[t]() for t in targets}
-        for name in scripts:
-            script = wrk.script(name, where)
+        for load in loads:
             runs = {}
             for t, target in running.items():
                 # Warm-up: pooled connections, first-call paths, the allocator's arenas.
-                subprocess.run([*pin([0]), *wrk.argv(target.url, script, 2, 32)], capture_output=True, check=True)
-                runs[t] = profile(target.url, tree_pids(target.procs[0].popen.pid), script, args.duration,
+                command, _ = _load(target.url, load, 2, where)
+                subprocess.run(command, capture_output=True, check=True, cwd=_ROOT)
+                runs[t] = profile(target.url, tree_pids(target.procs[0].popen.pid), load, args.duration,
                                   args.freq, where)
-                print(f"{name}: {t}: {runs[t]['requests']} requests", file=sys.stderr, flush=True)
+                print(f"{load}: {t}: {runs[t]['requests']} requests", file=sys.stderr, flush=True)
+            name = f"scenario c's streams at {load[5:]} req/s (bench.openloop)" if load.startswith("open:") else load
             out.append(table(name, runs, args.freq, args.top, ours))
     text = "\n".join(out)
     print(text)
