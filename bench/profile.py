@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 
 from . import wrk
 from .cpu import tree_pids
@@ -97,9 +98,10 @@ def can_record() -> str:
     return ""
 
 
-def _load(url: str, load: str, duration: int, where: str) -> tuple[list[str], callable]:
+def _load(url: str, load: str, duration: int, where: str) -> tuple[list[str], Callable[[str], int]]:
     """The command that puts ``load`` (a bench/lua script, or "open:RATE") on ``url`` for
-    ``duration`` s from CPU 0, and what reads its completed requests off its stdout."""
+    ``duration`` s from CPU 0, and what says how many requests it completed once it has run
+    (given its stdout: wrk's report line; bench.openloop writes a file)."""
     if load.startswith("open:"):
         out = os.path.join(where, "openloop.json")
 
