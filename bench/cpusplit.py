@@ -28,7 +28,7 @@ from .cpu import TICK, tree_pids
 from .procs import Fleet, pin
 
 
-def _sample(pids: list[int]) -> tuple[float, float, int, int]:
+def sample(pids: list[int]) -> tuple[float, float, int, int]:
     """(user s, system s, voluntary, involuntary context switches) summed over ``pids``."""
     user = system = voluntary = involuntary = 0
     for pid in pids:
@@ -71,9 +71,9 @@ def main(argv=None) -> int:
         for repeat in range(args.repeat):
             for target in targets:
                 pids = tree_pids(target.procs[0].popen.pid)
-                before = _sample(pids)
+                before = sample(pids)
                 done = load(target.url, args.duration)
-                after = _sample(pids)
+                after = sample(pids)
                 d = [b - a for a, b in zip(before, after)]
                 n = max(done, 1)
                 rows.append((repeat + 1, target.name, done, d[0] / n * 1e6, d[1] / n * 1e6, d[2] / n, d[3] / n))

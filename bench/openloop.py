@@ -157,14 +157,22 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where it runs as ``-m bench.openloop``
+
+
+def argv(url: str, rate: float, duration: float, out: str) -> list[str]:
+    """The command that runs this generator against ``url`` (from ``ROOT``), its summary
+    written to ``out``."""
+    return [sys.executable, "-m", "bench.openloop", "--url", url, "--rate", f"{rate:g}",
+            "--duration", f"{duration:g}", "--out", out]
+
+
 def run(url: str, rate: float, duration: float, pin: list[str] = ()) -> dict:
     """This generator against ``url`` for ``duration`` s at ``rate``, as a process of its own
     (``pin``: the command that keeps it on its CPUs, e.g. taskset's): its summary."""
     with tempfile.NamedTemporaryFile(prefix="fleetproxy-openloop-", suffix=".json") as out:
-        argv = [sys.executable, "-m", "bench.openloop", "--url", url, "--rate", f"{rate:g}",
-                "--duration", f"{duration:g}", "--out", out.name]
-        subprocess.run([*pin, *argv], check=True, capture_output=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        subprocess.run([*pin, *argv(url, rate, duration, out.name)], check=True, capture_output=True,
+                       cwd=ROOT)
         return json.load(out)
 
 

@@ -36,13 +36,12 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable
 
-from . import wrk
+from . import openloop, wrk
 from .cpu import tree_pids
-from .cpusplit import _sample
+from .cpusplit import sample
 from .procs import Fleet, nginx_path, pin
 
 TARGETS = ("fleetproxy", "nginx", "uvloop-floor")
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench.openloop runs from here
 # A line of `perf report -F sample,dso,sym`: samples, the object, [k] or [.], the function.
 _LINE = re.compile(r"\s*(\d+)\s+(\S+)\s+\[[k.]\]\s+(.*)")
 
@@ -112,8 +111,7 @@ def _load(url: str, load: str, duration: int, where: str) -> tuple[list[str], Ca
                 raise SystemExit(f"bench.openloop saw errors against {url}: {result['error_kinds']}")
             return result["ok"]
 
-        return [*pin([0]), sys.executable, "-m", "bench.openloop", "--url", url, "--rate", load[5:],
-                "--duration", str(duration), "--out", out], done
+        return [*pin([0]), *openloop.argv(url, float(load[5:]), duration, out)], done
 
     def requests(stdout: str) -> int:
         result = wrk.parse(stdout)
@@ -129,10 +127,10 @@ def profile(url: str, pids: list[int], load: str, duration: int, freq: int, wher
     (object, function), and the CPU seconds /proc counted for them over the same time."""
     data = os.path.join(where, "perf.data")
     command, requests = _load(url, load, duration, where)
-    before = _sample(pids)
+    before = sample(pids)
     run = subprocess.run(["perf", "record", "-q", "-F", str(freq), "-o", data, "-p", ",".join(map(str, pids)),
-                          "--", *command], capture_output=True, text=True, cwd=_ROOT)
-    after = _sample(pids)
+                          "--", *command], capture_output=True, text=True, cwd=openloop.ROOT)
+    after = sample(pids)
     if run.returncode != 0:
         raise SystemExit(f"perf record failed ({run.returncode}): {run.stderr[-500:]}")
     done = requests(run.stdout)
@@ -218,7 +216,7 @@ def main(argv=None) -> int:
             for t, target in running.items():
                 # Warm-up: pooled connections, first-call paths, the allocator's arenas.
                 command, _ = _load(target.url, load, 2, where)
-                subprocess.run(command, capture_output=True, check=True, cwd=_ROOT)
+                subprocess.run(command, capture_output=True, check=True, cwd=openloop.ROOT)
                 runs[t] = profile(target.url, tree_pids(target.procs[0].popen.pid), load, args.duration,
                                   args.freq, where)
                 print(f"{load}: {t}: {runs[t]['requests']} requests", file=sys.stderr, flush=True)

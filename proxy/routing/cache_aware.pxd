@@ -52,7 +52,8 @@ cdef double _exp(double x) noexcept
 
 cdef Cell _cell(list cells, Py_ssize_t index)
 
-@cython.locals(ranked=list, holding=Py_ssize_t, n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, k=Py_ssize_t, c=Py_ssize_t)
+@cython.locals(ranked=list, holding=Py_ssize_t, n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, k=Py_ssize_t,
+               c=Py_ssize_t)
 cpdef list _ranked(list order, list cached)
 
 @cython.locals(j=Py_ssize_t)
