@@ -11,7 +11,8 @@ from proxy.http.pipeline cimport Pipeline
 from proxy.http.plainrequest cimport Fields
 from proxy.http.upstream cimport UpstreamConnection
 from proxy.observe.metrics cimport Timing, clock, now as arrived
-from proxy.observe.streamusage cimport finish_at, quiet, quiet_end, strip, unit_start, usage_body
+from proxy.observe.streamusage cimport (finish_at, fleetproxy_ends_with, quiet, quiet_end, strip, unit_start,
+                                        usage_body)
 from proxy.routing.endpoint cimport Endpoint
 from proxy.routing.router cimport Selection
 
@@ -19,6 +20,7 @@ from proxy.routing.router cimport Selection
 cdef int CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE
 cdef int USAGE_TAKEN
 cdef Py_ssize_t MAX_HOLD, SMALL_BODY
+cdef bint _COMPILED
 
 
 cdef class Relay:
@@ -64,3 +66,6 @@ cdef class Relay:
     @cython.locals(cut=Py_ssize_t, chunked=bint, framer=NativeFramer)
     cpdef _strip(self, bytes out, int flags, Py_ssize_t at, Py_ssize_t offset)
     cpdef _strip_end(self, bytes data, Py_ssize_t start=*)
+
+
+cdef inline bint _quiet(bytes data, bytes end)

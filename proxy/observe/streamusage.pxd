@@ -10,6 +10,30 @@ cdef extern from "string.h":  # GNU extensions; Python.h's pyconfig.h defines _G
 
 cdef extern from *:
     """
+    #ifndef FLEETPROXY_ENDS_WITH  /* here, and in the relay that cimports it */
+    #define FLEETPROXY_ENDS_WITH
+    /* Whether the n bytes at s end with the m bytes at t: eight bytes a compare from the end,
+       the first eight last (overlapping the one before), inline where it is called (a token
+       event's end is some 30-45 bytes: a few loads, no call). */
+    static inline int fleetproxy_ends_with(const char *s, Py_ssize_t n, const char *t, Py_ssize_t m) {
+        unsigned long long a, b;
+        Py_ssize_t i;
+        if (m > n)
+            return 0;
+        s += n - m;
+        if (m < 8)
+            return memcmp(s, t, (size_t)m) == 0;
+        for (i = m - 8;; i = i > 8 ? i - 8 : 0) {
+            memcpy(&a, s + i, 8);
+            memcpy(&b, t + i, 8);
+            if (a != b)
+                return 0;
+            if (i == 0)
+                return 1;
+        }
+    }
+    #endif
+
     /* a[:at] + ins + a[at:], one allocation: usage_body's option inserted into the body. */
     static PyObject *fleetproxy_insert(const char *a, Py_ssize_t n, Py_ssize_t at, const char *ins, Py_ssize_t m) {
         PyObject *out = PyBytes_FromStringAndSize(NULL, n + m);
@@ -45,6 +69,7 @@ cdef extern from *:
         return out;
     }
     """
+    bint fleetproxy_ends_with(const char *s, Py_ssize_t n, const char *t, Py_ssize_t m) noexcept nogil
     bytes fleetproxy_insert(const char *a, Py_ssize_t n, Py_ssize_t at, const char *ins, Py_ssize_t m)
     bytes fleetproxy_refinish(const unsigned char *t, Py_ssize_t n, Py_ssize_t finish, Py_ssize_t at, Py_ssize_t usage,
                               Py_ssize_t found, Py_ssize_t stop, Py_ssize_t done)
@@ -64,7 +89,6 @@ cpdef Py_ssize_t finish_at(bytes data)
 @cython.locals(n=Py_ssize_t, i=Py_ssize_t, k=Py_ssize_t, end=bytes, ends=list, buf="const unsigned char *")
 cpdef bytes quiet_end(bytes data)
 
-@cython.locals(n=Py_ssize_t, m=Py_ssize_t, buf="const unsigned char *", lit="const unsigned char *")
 cpdef bint quiet(bytes data, bytes end)
 
 @cython.locals(n=Py_ssize_t)

@@ -82,13 +82,9 @@ def quiet_end(data):
 def quiet(data, end):
     """Whether ``data`` ends with ``end`` (a ``quiet_end``): its last ``"finish_reason":`` is
     then that null one (``end`` holds no other after it), so ``finish_at(data)`` is -1."""
-    n = len(data)
-    m = len(end)
     if not _COMPILED:
         return data.endswith(end)
-    buf = data
-    lit = end
-    return n >= m and memcmp(buf + n - m, lit, m) == 0  # noqa: F821 (streamusage.pxd)
+    return fleetproxy_ends_with(data, len(data), end, len(end))  # noqa: F821 (streamusage.pxd; the relay inlines it)
 
 
 def skips(needle):
