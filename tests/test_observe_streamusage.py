@@ -8,6 +8,7 @@ import json
 import random
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,75 @@ def test_http10_client_gets_the_same_payload_dechunked(pair):
     assert head.startswith(b"HTTP/1.1 200") and b"chunked" not in head.lower()
     payload, _ = streamusage._dechunk(direct)
     assert aligned(proxied) == aligned(payload)
+
+
+def _wire_chunks(body):
+    """A chunked body's chunks as they are on the wire (size line, payload, CRLF), the last one included."""
+    out, pos = [], 0
+    while pos < len(body):
+        line = body.index(b"\r\n", pos)
+        end = line + 2 + int(body[pos:line], 16) + 2 if int(body[pos:line], 16) else len(body)
+        out.append(body[pos:end])
+        pos = end
+    return out
+
+
+def _splits(chunks):
+    """The recorded stream cut into reads as a backend's writes may arrive: named, a list of writes."""
+    finish, end = len(chunks) - 4, chunks[-3:]  # the finish chunk, then usage, [DONE], the last chunk
+    middle = chunks[finish][:20]
+    return {
+        "an event a read": chunks,
+        "a burst to the finish event, then the end": [b"".join(chunks[:finish + 1]), b"".join(end)],
+        "the finish event cut across two reads": [b"".join(chunks[:2]), b"".join(chunks[2:finish]) + middle,
+                                                  chunks[finish][20:] + b"".join(end)],
+        "the end in three reads": [b"".join(chunks[:finish]), chunks[finish], end[0], end[1] + end[2]],
+        "all at once": [b"".join(chunks)],
+    }
+
+
+def test_the_client_reads_the_same_stream_however_the_backend_writes_it(scripted_pair):
+    # The relay holds a stream from its finish event on, and rewrites the end once it is all
+    # there: whether the finish event starts a read, ends a burst, is cut across reads, or the
+    # end comes in pieces, the client reads the recorded stream without the option's effects.
+    recorded = (RECORDED / "chat_stream_usage.http").read_bytes()
+    head, body = recorded.split(b"\r\n\r\n", 1)
+    expected, used = streamusage.strip(body, True)
+    assert used is not None and expected != body
+    for name, writes in _splits(_wire_chunks(body)).items():
+        assert b"".join(writes) == body
+        backend, proxy = scripted_pair(head + b"\r\n\r\n", writes)
+        _, proxied = raw_post(proxy.port, "/v1/chat/completions", CHAT)
+        assert b'"include_usage":true' in backend.requests[-1], name
+        assert proxied == expected, name
+
+
+@pytest.fixture
+def scripted_pair():
+    """(a backend that answers every request with ``head`` and then each of ``writes`` as its
+    own write, 20 ms apart, so each arrives as its own read; a proxy in front of it)."""
+    from conftest import ScriptedBackend
+
+    made = []
+
+    def make(head, writes):
+        def script(request, sock):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(head)
+            for data in writes:
+                time.sleep(0.02)
+                sock.sendall(data)
+            sock.close()
+
+        backend = ScriptedBackend(script)
+        proxy = start_proxy([backend.url])
+        made.append((backend, proxy))
+        return backend, proxy
+
+    yield make
+    for backend, proxy in made:
+        proxy.stop()
+        backend.close()
 
 
 def test_metrics_off_forwards_the_body_untouched(tmp_path):

@@ -11,8 +11,8 @@ from proxy.http.pipeline cimport Pipeline
 from proxy.http.plainrequest cimport Fields
 from proxy.http.upstream cimport UpstreamConnection
 from proxy.observe.metrics cimport Timing, clock, now as arrived
-from proxy.observe.streamusage cimport (finish_at, fleetproxy_ends_with, quiet, quiet_end, strip, unit_start,
-                                        usage_body)
+from proxy.observe.streamusage cimport (finish_at, fleetproxy_ends_with, fleetproxy_insert, quiet, quiet_end, strip,
+                                        unit_start, usage_body)
 from proxy.routing.endpoint cimport Endpoint
 from proxy.routing.router cimport Selection
 
@@ -64,8 +64,11 @@ cdef class Relay:
     cpdef fail(self, err)
     # A stream's end, held and rewritten (include_usage taken back out): a few calls per stream.
     @cython.locals(cut=Py_ssize_t, chunked=bint, framer=NativeFramer)
+    @cython.locals(framer=NativeFramer, now=bytes, end=bytes, cut=Py_ssize_t, chunked=bint, buf="const char *")
     cpdef _strip(self, bytes out, int flags, Py_ssize_t at, Py_ssize_t offset)
     cpdef _strip_end(self, bytes data, Py_ssize_t start=*)
 
+
+cdef inline bytes _joined(bytes a, bytes b)
 
 cdef inline bint _quiet(bytes data, bytes end)
