@@ -49,7 +49,7 @@ cpdef int socket_fd(transport) except? -2
 
 
 cdef class Sender:
-    cdef public object transport
+    cdef public object transport, is_closing
     cdef public int fd
     cdef public bint queued
 
