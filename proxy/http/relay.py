@@ -277,7 +277,7 @@ class Relay:
             end = self._strip_end(self.tail)
             return _joined(now, end) if now else end
         if len(self.tail) > MAX_HOLD:  # not the end of a stream after all: give up, pass it on
-            out, self.tail, self.strip = now + self.tail, None, 0
+            out, self.tail, self.strip = _joined(now, self.tail), None, 0
             return out
         return now
 
