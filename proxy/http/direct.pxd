@@ -3,6 +3,7 @@
 cimport cython
 
 cdef bint _COMPILED
+cdef object _is_closing
 
 cdef extern from *:
     '''
@@ -49,7 +50,7 @@ cpdef int socket_fd(transport) except? -2
 
 
 cdef class Sender:
-    cdef public object transport, is_closing
+    cdef public object transport
     cdef public int fd
     cdef public bint queued
 

@@ -22,13 +22,19 @@ error handling (a reset, a broken pipe: ``connection_lost``) are what they were.
 """
 
 _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (direct.pxd)
+# uvloop's TCPTransport.is_closing, asked before every send, taken off the type once (the only
+# type socket_fd gives a descriptor for): a write calls it on its transport without looking
+# the method up first (~75 user-space instructions a write, a stream's every event).
+_is_closing = None
 
 
 def socket_fd(transport):
     """The descriptor a ``Sender`` may send on for ``transport``, or -1 (every write goes to the
     transport): the pure build, a TLS or test transport, a socket already gone."""
+    global _is_closing
     if not _COMPILED or type(transport).__name__ != "TCPTransport" or type(transport).__module__ != "uvloop.loop":
         return -1
+    _is_closing = type(transport).is_closing
     sock = transport.get_extra_info("socket")
     if sock is None:
         return -1
@@ -43,15 +49,12 @@ class Sender:
     compiled build may send on it directly (``socket_fd``). A protocol makes one at
     ``connection_made`` and hands it every write with its own ``closed`` flag."""
 
-    __slots__ = ("transport", "fd", "queued", "is_closing")
+    __slots__ = ("transport", "fd", "queued")
 
     def __init__(self, transport):
         self.transport = transport
         self.fd = socket_fd(transport)
         self.queued = False  # a write went to the transport: the next go there until it is empty
-        # Asked before every send: bound once, so a write calls it without looking the method
-        # up on the transport's type first (~80 instructions a write, a stream's every event).
-        self.is_closing = transport.is_closing if self.fd >= 0 else None
 
     def _may_send(self, closed):
         """Whether a write may go to the socket now (this module's docstring says when): the
@@ -60,7 +63,7 @@ class Sender:
         transport = self.transport
         if self.queued and not transport.get_write_buffer_size():
             self.queued = False
-        return _COMPILED and not (self.queued or closed or self.is_closing())
+        return _COMPILED and not (self.queued or closed or _is_closing(transport))
 
     def write(self, data, closed):
         """``data`` to the connection, in order after every earlier write."""
