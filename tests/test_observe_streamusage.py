@@ -186,7 +186,8 @@ def _wire_chunks(body):
     out, pos = [], 0
     while pos < len(body):
         line = body.index(b"\r\n", pos)
-        end = line + 2 + int(body[pos:line], 16) + 2 if int(body[pos:line], 16) else len(body)
+        size = int(body[pos:line], 16)
+        end = line + 2 + size + 2 if size else len(body)  # the last chunk: the rest (its trailers' CRLF)
         out.append(body[pos:end])
         pos = end
     return out
