@@ -2,6 +2,7 @@
 
     python -m bench.cpusplit [--rate 50] [--duration 10] [--repeat 2]
     python -m bench.cpusplit --wrk chat.lua [--duration 10]     (scenario a's closed loop)
+    python -m bench.cpusplit --wrk stream16_events.lua --configs A.yaml B.yaml   (a feature's price)
 
 Why. In scenario c (realistic streams at a fixed rate) fleetproxy spends more CPU per request
 than nginx, and strace shows the same system calls per token event for both. This says which
@@ -12,7 +13,9 @@ process tree from /proc, 10 ms ticks: a run needs a few hundred requests to say 
 its voluntary and involuntary context switches per request. Targets run in turn, ``--repeat``
 times after a 2 s warm-up each. ``--wrk SCRIPT`` loads them as scenario a does instead (wrk,
 one thread, 32 connections, a bench/lua script): at saturation, where the proxies' CPU per
-request is compared. Output: a Markdown table on stdout.
+request is compared. ``--configs A B`` runs fleetproxy alone, once per config file, in place
+of the three targets: which half a feature's price is in (observing: bench/configs). Output: a
+Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import tempfile
 from . import openloop, wrk
 from .cpu import TICK, tree_pids
 from .procs import Fleet, pin
+from .stats import median
 
 
 def sample(pids: list[int]) -> tuple[float, float, int, int]:
@@ -52,6 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
     p.add_argument("--repeat", type=int, default=2, help="runs per target (default 2)")
     p.add_argument("--wrk", metavar="SCRIPT", help="closed loop: wrk -t1 -c32 with this bench/lua script")
+    p.add_argument("--configs", nargs=2, metavar=("A", "B"), help="fleetproxy under two config files instead")
     args = p.parse_args(argv)
     if args.wrk and wrk.binary() is None:
         raise SystemExit("--wrk needs wrk (apt-get install wrk)")
@@ -63,9 +68,12 @@ def main(argv=None) -> int:
     rows = []
     with Fleet(server_cpus={1}) as fleet:
         sim = fleet.start_sim("sim")
-        targets = [fleet.start_fleetproxy("fleetproxy", [sim]), fleet.start_floor("uvloop-floor", [sim])]
-        if fleet_nginx := _nginx(fleet, sim):
-            targets.insert(1, fleet_nginx)
+        if args.configs:
+            targets = [fleet.start_fleetproxy(os.path.basename(c), [sim], config_file=c) for c in args.configs]
+        else:
+            targets = [fleet.start_fleetproxy("fleetproxy", [sim]), fleet.start_floor("uvloop-floor", [sim])]
+            if fleet_nginx := _nginx(fleet, sim):
+                targets.insert(1, fleet_nginx)
         for target in targets:  # warm-up: pooled connections, first-call paths, allocator
             load(target.url, 2.0)
         for repeat in range(args.repeat):
@@ -80,8 +88,9 @@ def main(argv=None) -> int:
                 print(f"[{repeat + 1}/{args.repeat}] {target.name}: {done} requests", file=sys.stderr, flush=True)
     scripts.cleanup()
     if args.wrk:
-        print(f"# Scenario a's load ({args.wrk}, closed loop): user and kernel CPU per request\n")
-        print(f"`python -m bench.cpusplit --wrk {args.wrk} --duration {args.duration:g} --repeat {args.repeat}`; "
+        configs = f" --configs {' '.join(args.configs)}" if args.configs else ""
+        print(f"# {args.wrk}, closed loop: user and kernel CPU per request\n")
+        print(f"`python -m bench.cpusplit --wrk {args.wrk}{configs} --duration {args.duration:g} --repeat {args.repeat}`; "
               "simulator and proxies on CPU 1, wrk -t1 -c32 on CPU 0; utime/stime in 10 ms ticks.\n")
     else:
         print(f"# Scenario c at {args.rate:g} req/s: user and kernel CPU per request\n")
@@ -92,6 +101,12 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.2f} | {r[6]:.3f} |")
+    if args.repeat > 1:  # a run's 10 ms ticks are coarse: the medians say more than any one run
+        for name in dict.fromkeys(r[1] for r in rows):
+            mine = [r for r in rows if r[1] == name]
+            print(f"| median | {name} | {median([r[2] for r in mine]):.0f} | "
+                  + " | ".join(f"{median([r[i] for r in mine]):{f}}" for i, f in ((3, ".1f"), (4, ".1f"), (5, ".2f"), (6, ".3f")))
+                  + " |")
     return 0
 
 

@@ -204,9 +204,10 @@ class Fleet:
         raise AssertionError("unreachable")
 
     def start_fleetproxy(self, name: str, backends: list[str], workers: int = 1,
-                         config: dict | None = None, pure: bool = False) -> Target:
+                         config: dict | None = None, pure: bool = False, config_file: str | None = None) -> Target:
         """fleetproxy in front of ``backends``; ``config`` ({section: {key: value}}) becomes a
-        TOML file passed with --config, for settings that have no flag (scenario e's policy)."""
+        TOML file passed with --config, for settings that have no flag (scenario e's policy);
+        ``config_file`` is passed as it is (bench/configs)."""
         env = dict(os.environ)
         env.pop("FLEETPROXY_PURE", None)
         if pure:
@@ -217,6 +218,8 @@ class Fleet:
             with open(path, "w") as f:
                 f.write(_toml(config))
             flags += ["--config", path]
+        if config_file:
+            flags += ["--config", os.path.abspath(config_file)]
         if workers > 1:
             flags += ["--workers", str(workers)]
         for b in backends:
