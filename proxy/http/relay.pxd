@@ -34,9 +34,10 @@ cdef class Relay:
     cdef public NativeFramer framer  # what _speedups.ResponseFramer is in the native build
     cdef public Pipeline down  # a downstream.Downstream
     cdef public Timing obs
-    cdef public object held, tenant, dechunker, rechunk
+    cdef public object held, tenant, dechunker
     cdef public bytes token_end
     cdef public int strip  # read on every read of a stream while observing
+    cdef public bint rechunk  # tested on every read: a C int, not the truth protocol's call
     # relay.py's
     cdef public UpstreamConnection conn
     cdef public object head_sent, reused, tail

@@ -187,7 +187,8 @@ class Relay:
         tenant = self.tenant
         if tenant is not None and framer.body_bytes >= tenant.next_charge and framer.event_stream:
             down.ctx.tenants.charge_stream(tenant, framer.body_bytes, int(down.ctx.router.clock() * 1e6))
-        if obs is not None and out:
+        # len(out), not out: compiled, a size read rather than the truth protocol's calls (per read).
+        if obs is not None and len(out):
             strip = self.strip
             if strip:
                 at = 0
@@ -204,7 +205,7 @@ class Relay:
             elif flags & EVENT or not framer.event_stream:
                 obs.prev = obs.tail  # references, no copy: the usage is in one of the two (metrics.py)
                 obs.tail = out
-        if out:
+        if len(out):
             if self.dechunker is not None:
                 out = self.dechunker.feed(out)
             elif self.rechunk:
@@ -221,7 +222,7 @@ class Relay:
             down.write(joined)
             if obs is not None:
                 obs.t_resp = clock()
-        elif out:
+        elif len(out):
             down.write(out)
 
         if flags & DONE:

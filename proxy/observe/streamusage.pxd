@@ -7,20 +7,35 @@ from proxy.routing.bodywalk cimport Walked
 cdef extern from "string.h":  # GNU extensions; Python.h's pyconfig.h defines _GNU_SOURCE
     const unsigned char *memmem(const void *haystack, size_t n, const void *needle, size_t size) nogil
     const unsigned char *memrchr(const void *s, int c, size_t n) nogil
+    const unsigned char *memchr(const void *s, int c, size_t n) nogil
 
 cdef extern from *:
     """
     #ifndef FLEETPROXY_ENDS_WITH  /* here, and in the relay that cimports it */
     #define FLEETPROXY_ENDS_WITH
-    /* Whether the n bytes at s end with the m bytes at t: eight bytes a compare from the end,
-       the first eight last (overlapping the one before), inline where it is called (a token
-       event's end is some 30-45 bytes: a few loads, no call). */
+    /* Whether the n bytes at s end with the m bytes at t: sixteen bytes a compare from the end
+       (SSE2; else eight), the first sixteen last (overlapping the one before), inline where it
+       is called (a token event's end is some 30-45 bytes: three compares, no call). */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
     static inline int fleetproxy_ends_with(const char *s, Py_ssize_t n, const char *t, Py_ssize_t m) {
         unsigned long long a, b;
         Py_ssize_t i;
         if (m > n)
             return 0;
         s += n - m;
+    #if defined(__SSE2__)
+        if (m >= 16) {
+            for (i = m - 16;; i = i > 16 ? i - 16 : 0) {
+                __m128i x = _mm_loadu_si128((const __m128i *)(s + i)), y = _mm_loadu_si128((const __m128i *)(t + i));
+                if (_mm_movemask_epi8(_mm_cmpeq_epi8(x, y)) != 0xFFFF)
+                    return 0;
+                if (i == 0)
+                    return 1;
+            }
+        }
+    #endif
         if (m < 8)
             return memcmp(s, t, (size_t)m) == 0;
         for (i = m - 8;; i = i > 8 ? i - 8 : 0) {
@@ -33,6 +48,149 @@ cdef extern from *:
         }
     }
     #endif
+
+    /* rfind's search (Horspool's, backwards): the m bytes of lit in s[lo:hi], or -1. The
+       window moves back by table[the byte it starts on] (skips(lit)); its first and last bytes
+       are compared before the rest. Where the needle is near the end and most bytes after it
+       are not in it (a key of a JSON event read from its end), a few reads. */
+    static inline Py_ssize_t fleetproxy_back(const unsigned char *s, Py_ssize_t lo, Py_ssize_t hi,
+                                             const unsigned char *lit, Py_ssize_t m, const unsigned char *table) {
+        Py_ssize_t i = hi - m;
+        unsigned char first, last, c;
+        if (m == 0)
+            return i >= lo ? i : -1;
+        first = lit[0];
+        last = lit[m - 1];
+        while (i >= lo) {
+            c = s[i];
+            if (c == first && s[i + m - 1] == last && memcmp(s + i, lit, (size_t)m) == 0)
+                return i;
+            i -= table[c];
+        }
+        return -1;
+    }
+
+    /* rfind_open's search: the m bytes of lit, which end with "{", in s[lo:hi], or -1; the
+       braces found from the end by memrchr, the key compared before each. */
+    static inline Py_ssize_t fleetproxy_rfind_open(const unsigned char *s, Py_ssize_t lo, Py_ssize_t hi,
+                                                   const unsigned char *lit, Py_ssize_t m) {
+        Py_ssize_t first = lo + m - 1, i;  /* where the first brace that can end a match is */
+        const unsigned char *brace;
+        while (hi > first) {
+            brace = memrchr(s + first, 0x7B, (size_t)(hi - first));
+            if (brace == NULL)
+                return -1;
+            i = brace - s - m + 1;
+            if (memcmp(s + i, lit, (size_t)m) == 0)
+                return i;
+            hi = brace - s;
+        }
+        return -1;
+    }
+
+    /* _chunk_end: where the chunk whose size line starts at s[pos] ends (after its payload's
+       CRLF); 0 for the last chunk; -1 where no chunk starts there. */
+    static inline Py_ssize_t fleetproxy_chunk_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t pos) {
+        Py_ssize_t size = 0, i = pos, stop;
+        int c;
+        for (; i < n; i++) {
+            c = s[i];
+            if (c >= 0x30 && c <= 0x39) c -= 0x30;
+            else if (c >= 0x61 && c <= 0x66) c -= 0x57;
+            else if (c >= 0x41 && c <= 0x46) c -= 0x37;
+            else break;
+            size = size * 16 + c;
+            if (size > n)
+                return -1;
+        }
+        if (i == pos || i + 1 >= n || s[i] != 0x0D || s[i + 1] != 0x0A)
+            return -1;
+        if (size == 0)
+            return 0;
+        stop = i + 2 + size;
+        if (stop + 2 > n || s[stop] != 0x0D || s[stop + 1] != 0x0A)
+            return -1;
+        return stop + 2;
+    }
+
+    /* _string_end: the offset after the JSON string whose opening quote is at s[at], in
+       s[:n] (n if it does not end there). */
+    static inline Py_ssize_t fleetproxy_string_close(const unsigned char *s, Py_ssize_t at, Py_ssize_t n) {
+        Py_ssize_t i = at + 1;
+        while (i < n) {
+            if (s[i] == 0x5C)
+                i += 2;
+            else if (s[i] == 0x22)
+                return i + 1;
+            else
+                i++;
+        }
+        return n;
+    }
+
+    static inline int fleetproxy_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t pos, const char *lit, Py_ssize_t m) {
+        return pos >= 0 && pos + m <= n && memcmp(s + pos, lit, (size_t)m) == 0;
+    }
+
+    /* _strip_vllm's reading of vLLM's own end of a chunked stream, the finish chunk's size
+       line at s[start] or after it: the same checks in the same order, through pointers and
+       with no call out of C. 0: not vLLM's end (_strip's to read). Else where[] holds the
+       finish chunk, its payload, the usage chunk, the [DONE] chunk, the fingerprint's key and
+       the end of its value, and the usage event's bytes (start, end); 1, or 2 where the usage
+       event has no fingerprint. (The literals are streamusage.py's, passed in.) */
+    static int fleetproxy_vllm_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t start,
+                                   const char *vllm_end, Py_ssize_t end_size, const char *event, Py_ssize_t event_size,
+                                   const unsigned char *print, Py_ssize_t print_size, const unsigned char *print_skip,
+                                   const unsigned char *pair, Py_ssize_t pair_size,
+                                   const unsigned char *finish_key, Py_ssize_t finish_size,
+                                   const unsigned char *finish_skip, Py_ssize_t *where) {
+        Py_ssize_t finish = -1, usage = -1, done = -1, pos = start, end, at, found, stop;
+        if (n - start < 40 || !fleetproxy_at(s, n, n - end_size, vllm_end, end_size))
+            return 0;
+        for (;;) {
+            end = fleetproxy_chunk_end(s, n, pos);
+            if (end < 0)
+                return 0;
+            if (end == 0)
+                break;
+            finish = usage;
+            usage = done;
+            done = pos;
+            pos = end;
+        }
+        if (finish < 0 || pos != n - 5 || done != n - end_size || s[done - 3] != 0x0A || s[done - 4] != 0x0A)
+            return 0;
+        at = usage;
+        while (s[at] != 0x0D)
+            at++;
+        at += 2;
+        end = done - 2;
+        if (!fleetproxy_at(s, n, at, event, event_size))
+            return 0;
+        found = fleetproxy_back(s, at, end, print, print_size, print_skip);
+        if (fleetproxy_rfind_open(s, at, found >= 0 ? found : end, pair, pair_size) < 0)
+            return 0;
+        where[2] = usage;
+        where[3] = done;
+        where[6] = at;
+        where[7] = end - 2;
+        if (found < 0)
+            return 2;
+        stop = fleetproxy_string_close(s, found + print_size, end);
+        at = finish;
+        while (s[at] != 0x0D)
+            at++;
+        at += 2;
+        if (s[usage - 5] != 0x7D || s[usage - 4] != 0x0A || s[usage - 3] != 0x0A || !fleetproxy_at(s, n, at, event, event_size)
+                || fleetproxy_back(s, at, usage, finish_key, finish_size, finish_skip) < 0
+                || (finish > start && memmem(s + start, (size_t)(finish - start), finish_key, (size_t)finish_size) != NULL))
+            return 0;
+        where[0] = finish;
+        where[1] = at;
+        where[4] = found;
+        where[5] = stop;
+        return 1;
+    }
 
     /* a[:at] + ins + a[at:], one allocation: usage_body's option inserted into the body. */
     static PyObject *fleetproxy_insert(const char *a, Py_ssize_t n, Py_ssize_t at, const char *ins, Py_ssize_t m) {
@@ -70,6 +228,17 @@ cdef extern from *:
     }
     """
     bint fleetproxy_ends_with(const char *s, Py_ssize_t n, const char *t, Py_ssize_t m) noexcept nogil
+    Py_ssize_t fleetproxy_back(const unsigned char *s, Py_ssize_t lo, Py_ssize_t hi, const unsigned char *lit,
+                               Py_ssize_t m, const unsigned char *table) noexcept nogil
+    Py_ssize_t fleetproxy_rfind_open(const unsigned char *s, Py_ssize_t lo, Py_ssize_t hi, const unsigned char *lit,
+                                     Py_ssize_t m) noexcept nogil
+    Py_ssize_t fleetproxy_chunk_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t pos) noexcept nogil
+    Py_ssize_t fleetproxy_string_close(const unsigned char *s, Py_ssize_t at, Py_ssize_t n) noexcept nogil
+    int fleetproxy_vllm_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t start, const char *vllm_end,
+                            Py_ssize_t end_size, const char *event, Py_ssize_t event_size, const unsigned char *print,
+                            Py_ssize_t print_size, const unsigned char *print_skip, const unsigned char *pair,
+                            Py_ssize_t pair_size, const unsigned char *finish_key, Py_ssize_t finish_size,
+                            const unsigned char *finish_skip, Py_ssize_t *where) noexcept nogil
     bytes fleetproxy_insert(const char *a, Py_ssize_t n, Py_ssize_t at, const char *ins, Py_ssize_t m)
     bytes fleetproxy_refinish(const unsigned char *t, Py_ssize_t n, Py_ssize_t finish, Py_ssize_t at, Py_ssize_t usage,
                               Py_ssize_t found, Py_ssize_t stop, Py_ssize_t done)
@@ -94,13 +263,8 @@ cpdef bint quiet(bytes data, bytes end)
 @cython.locals(n=Py_ssize_t)
 cpdef Py_ssize_t rfind(bytes data, bytes needle, bytes skip, Py_ssize_t lo=*, Py_ssize_t hi=*)
 
-@cython.locals(n=Py_ssize_t, m=Py_ssize_t, first=Py_ssize_t, i=Py_ssize_t, buf="const unsigned char *",
-               lit="const unsigned char *", brace="const unsigned char *")
+@cython.locals(n=Py_ssize_t)
 cpdef Py_ssize_t rfind_open(bytes data, bytes key, Py_ssize_t lo=*, Py_ssize_t hi=*)
-
-@cython.locals(i=Py_ssize_t, c=int, first=int, last=int)
-cdef Py_ssize_t _back(const unsigned char *buf, Py_ssize_t lo, Py_ssize_t hi, const unsigned char *lit, Py_ssize_t m,
-                      const unsigned char *table) noexcept
 
 @cython.locals(n=Py_ssize_t, size=Py_ssize_t, i=Py_ssize_t, buf="const unsigned char *", lit="const unsigned char *")
 cpdef Py_ssize_t after(bytes data, Py_ssize_t pos, bytes literal) except -2
@@ -110,12 +274,12 @@ cpdef Py_ssize_t after(bytes data, Py_ssize_t pos, bytes literal) except -2
 cpdef Py_ssize_t find(bytes data, bytes needle, Py_ssize_t start=*, Py_ssize_t end=*)
 
 
-@cython.locals(i=Py_ssize_t, c=int)
+@cython.locals(i=Py_ssize_t, c=int, n=Py_ssize_t)
 cpdef Py_ssize_t _string_end(bytes data, Py_ssize_t at, Py_ssize_t n=*)
 
 @cython.locals(n=Py_ssize_t, finish=Py_ssize_t, usage=Py_ssize_t, done=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t,
                at=Py_ssize_t, found=Py_ssize_t, stop=Py_ssize_t, size=Py_ssize_t, buf="const unsigned char *",
-               event=bytes)
+               event=bytes, kind=int, where="Py_ssize_t[8]")
 cpdef _strip_vllm(bytes tail, Py_ssize_t start=*)
 
 cpdef tuple strip(bytes data, bint chunked, Py_ssize_t start=*)
@@ -130,6 +294,9 @@ cdef Py_ssize_t _payload(const unsigned char *buf, Py_ssize_t chunk) noexcept
 
 @cython.locals(at=Py_ssize_t)
 cpdef bytes usage_body(bytes body)
+
+@cython.locals(buf="const unsigned char *", hit="const unsigned char *")
+cdef inline Py_ssize_t _index(bytes data, int byte) noexcept
 
 @cython.locals(query=Py_ssize_t, path=bytes, walked=Walked)
 cpdef bint wants_usage(method, bytes target, fields)  # per request, from the observer (a C call there)

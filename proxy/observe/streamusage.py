@@ -47,7 +47,7 @@ def finish_at(data):
     no call through ``rfind``'s optional arguments."""
     n = len(data)
     if _COMPILED:
-        i = _back(data, 0, n, _REASON, len(_REASON), _REASON_SKIP)  # noqa: F821 (streamusage.pxd)
+        i = fleetproxy_back(data, 0, n, _REASON, len(_REASON), _REASON_SKIP)  # noqa: F821 (streamusage.pxd)
     else:
         i = data.rfind(_REASON)
     if i < 0 or i + 16 >= n or data[i + 16] != 34:
@@ -99,7 +99,7 @@ def skips(needle):
 def rfind(data, needle, skip, lo=0, hi=-1):
     """``data.rfind(needle, lo, hi)`` for ``lo`` >= 0 (``hi`` -1: the end of ``data``), ``skip``
     being ``skips(needle)``. Compiled, a window moved back from ``hi`` by ``skip`` of the byte it
-    starts on (``_back``): where the needle is near the end and most bytes after it are not in
+    starts on (``fleetproxy_back``, streamusage.pxd): where the needle is near the end and most bytes after it are not in
     it (a key of a JSON event or body read from its end), a few reads of C and no method call,
     where ``bytes.rfind`` parses its arguments and reads backwards byte by byte."""
     n = len(data)
@@ -107,7 +107,7 @@ def rfind(data, needle, skip, lo=0, hi=-1):
         hi = n
     if not _COMPILED:
         return data.rfind(needle, lo, hi)
-    return _back(data, lo, hi, needle, len(needle), skip)
+    return fleetproxy_back(data, lo, hi, needle, len(needle), skip)  # noqa: F821 (streamusage.pxd)
 
 
 def rfind_open(data, key, lo=0, hi=-1):
@@ -120,36 +120,7 @@ def rfind_open(data, key, lo=0, hi=-1):
         hi = n
     if not _COMPILED:
         return data.rfind(key, lo, hi)
-    m = len(key)
-    buf = data
-    lit = key
-    first = lo + m - 1  # where the first brace that can end a match is
-    while hi > first:
-        brace = memrchr(buf + first, 123, hi - first)  # noqa: F821 (streamusage.pxd)
-        if not brace:
-            return -1
-        i = brace - buf - m + 1
-        if memcmp(buf + i, lit, m) == 0:  # noqa: F821 (streamusage.pxd)
-            return i
-        hi = brace - buf
-    return -1
-
-
-def _back(buf, lo, hi, lit, m, table):
-    """``rfind``'s search, compiled only (streamusage.pxd: pointers, a C function the compiler
-    can inline into its callers): ``m`` bytes of ``lit`` in ``buf[lo:hi]``, the window's first
-    and last bytes compared before the rest."""
-    i = hi - m
-    if m == 0:
-        return i if i >= lo else -1
-    first = lit[0]
-    last = lit[m - 1]
-    while i >= lo:
-        c = buf[i]
-        if c == first and buf[i + m - 1] == last and memcmp(buf + i, lit, m) == 0:  # noqa: F821 (.pxd)
-            return i
-        i -= table[c]
-    return -1
+    return fleetproxy_rfind_open(data, lo, hi, key, len(key))  # noqa: F821 (streamusage.pxd)
 
 
 def after(data, pos, literal):
@@ -195,6 +166,16 @@ def find(data, needle, start=0, end=-1):
     return hit - buf if hit else -1
 
 
+def _index(data, byte):
+    """Where the first ``byte`` is in ``data``, or -1: ``find`` of one byte, asked once or twice
+    per request, so compiled it is memchr inline (no call through ``find``'s arguments)."""
+    if not _COMPILED:
+        return data.find(byte)
+    buf = data
+    hit = memchr(buf, byte, len(data))  # noqa: F821 (streamusage.pxd)
+    return hit - buf if hit else -1
+
+
 def wants_usage(method, target, fields):
     """Whether to add include_usage to this request, from its body's fields as routing
     decoded them (``routing.fields.decode``: False when the body is not a JSON object): a
@@ -211,7 +192,7 @@ def wants_usage(method, target, fields):
         n = fields.n
         if fields.stream_options or not (n is None or n == 1):
             return False
-    query = find(target, b"?")
+    query = _index(target, 63)  # "?"
     path = target if query < 0 else target[:query]
     return path == _CHAT or path == _COMPLETIONS
 
@@ -236,7 +217,9 @@ def unit_start(data, at, chunked):
 def _chunk_end(buf, n, pos):
     """Where the chunk whose size line starts at ``buf[pos]`` ends (after its payload's CRLF);
     0 for the last chunk (size 0); -1 where no chunk starts there (hex digits, no extensions,
-    CRLF, the payload, CRLF)."""
+    CRLF, the payload, CRLF). Compiled: this, in C (streamusage.pxd)."""
+    if _COMPILED:
+        return fleetproxy_chunk_end(buf, n, pos)  # noqa: F821 (streamusage.pxd)
     size = 0
     i = pos
     while i < n:
@@ -266,7 +249,7 @@ def _chunk_end(buf, n, pos):
 def usage_body(body):
     """``body`` (a JSON object, ``wants_usage`` said so) with include_usage as its first field
     (compiled: one allocation, no slices)."""
-    at = find(body, b"{") + 1
+    at = _index(body, 123) + 1  # after the "{"
     if _COMPILED:
         return fleetproxy_insert(body, len(body), at, OPTION, len(OPTION))  # noqa: F821 (streamusage.pxd)
     return body[:at] + OPTION + body[at:]
@@ -299,6 +282,17 @@ def _strip_vllm(tail, start=0):
     (streamusage.pxd)."""
     n = len(tail)
     buf = tail
+    if _COMPILED:  # the walk below, in C (streamusage.pxd), into where[]
+        kind = fleetproxy_vllm_end(  # noqa: F821 (streamusage.pxd)
+            buf, n, start, _VLLM_END, len(_VLLM_END), _EVENT_START, len(_EVENT_START), _FINGERPRINT,
+            len(_FINGERPRINT), _FINGERPRINT_SKIP, _CHOICES_USAGE, len(_CHOICES_USAGE), FINISH, len(FINISH),
+            _FINISH_SKIP, where)  # noqa: F821 (a C array: streamusage.pxd)
+        if kind == 0:
+            return None
+        event = buf[where[6]:where[7]]
+        if kind == 2:
+            return tail[:where[2]] + tail[where[3]:], event
+        return fleetproxy_refinish(buf, n, where[0], where[1], where[2], where[4], where[5], where[3]), event  # noqa: F821
     if n - start < 40 or after(tail, n - len(_VLLM_END), _VLLM_END) < 0:
         return None
     finish = usage = done = -1  # where the last three data chunks start (their size lines)
@@ -331,10 +325,7 @@ def _strip_vllm(tail, start=0):
             or rfind(tail, FINISH, _FINISH_SKIP, at, usage) < 0
             or (finish > start and find(tail, FINISH, start, finish) >= 0)):
         return None  # (another finish event before it: _strip's to rewrite)
-    # The finish chunk again, its event closed after the fingerprint: no payload copied first
-    # (compiled: one allocation, the size line written in C).
-    if _COMPILED:
-        return fleetproxy_refinish(buf, n, finish, at, usage, found, stop, done), event  # noqa: F821 (.pxd)
+    # The finish chunk again, its event closed after the fingerprint.
     size = usage - 5 - at + stop - found + 3
     return b"".join((tail[:finish], b"%x\r\n" % size, tail[at:usage - 5], tail[found:stop], b"}\n\n\r\n",
                      tail[done:])), event
@@ -389,10 +380,12 @@ def _strip(tail, chunked):
 
 def _string_end(data, at, n=-1):
     """The offset after the JSON string starting at ``data[at]`` (its opening quote), in
-    ``data[:n]`` (``n`` -1: all of it)."""
-    i = at + 1
+    ``data[:n]`` (``n`` -1: all of it). Compiled: this, in C (streamusage.pxd)."""
     if n < 0:
         n = len(data)
+    if _COMPILED:
+        return fleetproxy_string_close(data, at, n)  # noqa: F821 (streamusage.pxd)
+    i = at + 1
     while i < n:
         c = data[i]
         if c == 92:  # backslash: skip the escaped byte
