@@ -28,14 +28,31 @@ cdef extern from *:
     #include <string.h>
     /* bodywalk._string_end: where the JSON string whose first byte is at pos ends (its closing
        quote), or -1 (no end, a control byte, a \\u or malformed escape); plain (_key_end): -1
-       at any backslash. Eight bytes a step, each tested for a quote, a backslash or a byte
-       below 0x20 at once (the "has a zero byte" and "has a byte less than" word tricks); a
-       borrow only runs upwards from a byte that is one of them, so on a little-endian machine
-       the first is the lowest flag's. */
+       at any backslash. Sixteen bytes a step where SSE2 is (a body's keys and short values end
+       in the first), then eight, each tested for a quote, a backslash or a byte below 0x20 at
+       once (the "has a zero byte" and "has a byte less than" word tricks); a borrow only runs
+       upwards from a byte that is one of them, so on a little-endian machine the first is the
+       lowest flag's. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
     static inline Py_ssize_t fleetproxy_string_end(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n,
                                                    int plain) {
         const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
         for (;;) {
+    #if defined(__SSE2__)
+            while (pos + 16 <= n) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(s + pos));
+                int mask = _mm_movemask_epi8(_mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(0x22)), _mm_cmpeq_epi8(v, _mm_set1_epi8(0x5C))),
+                    _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1F)), v)));  /* unsigned: v <= 0x1F */
+                if (mask) {
+                    pos += __builtin_ctz((unsigned)mask);
+                    goto stop;  /* at the byte that ends the run: no second look at it */
+                }
+                pos += 16;
+            }
+    #endif
             while (pos + 8 <= n) {
                 uint64_t v, q, b, found;
                 memcpy(&v, s + pos, 8);
@@ -45,6 +62,7 @@ cdef extern from *:
                 if (found) {
     #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
                     pos += __builtin_ctzll(found) >> 3;
+                    goto stop;
     #endif
                     break;
                 }
@@ -52,6 +70,7 @@ cdef extern from *:
             }
             while (pos < n && s[pos] != 0x22 && s[pos] != 0x5C && s[pos] >= 0x20)
                 pos++;
+        stop:
             if (pos >= n)
                 return -1;
             if (s[pos] == 0x22)
