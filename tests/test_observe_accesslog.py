@@ -197,3 +197,53 @@ def test_integers_of_every_length_are_written_as_msgspec_writes_them(tmp_path):
     finally:
         log.close()
         loop.close()
+
+
+def test_a_line_that_repeats_the_last_ones_labels_is_still_its_own(tmp_path):
+    """Compiled, a line whose tenant, model, backend, route, attempts, status and outcome are
+    the last line's copies that middle whole: each line must still be what msgspec writes for
+    it, whichever of those changes from line to line, and after a line the C writer refused
+    part way (a string to escape)."""
+    import asyncio
+    import random
+
+    import msgspec
+
+    from _speedups import ResponseFramer
+    from proxy.http.exchange import Exchange
+    from proxy.observe import accesslog
+    from proxy.observe.metrics import Timing
+    from proxy.routing.router import Selection
+
+    rng = random.Random(11)
+    tenants, models, backends = ["default", "t2"], ["tiny", "big", 'q"uote'], ["b1", "b2", None, "tab\t"]
+    paths = [b"/v1/chat/completions", b"/v1/completions", b"/v1/chat/completion"]
+    loop = asyncio.new_event_loop()
+    log = accesslog.AccessLog(loop, str(tmp_path / "access.log"))
+    choices = [tenants, models, backends, range(3), paths, [200, 503], range(len(accesslog.OUTCOMES))]
+    last = [values[0] for values in choices]
+    repeats = 0
+    try:
+        for i in range(4000):
+            if rng.random() < 0.3:  # one of the labels changes; else the line repeats the last one's
+                which = rng.randrange(len(choices))
+                last[which] = rng.choice(choices[which])
+            else:
+                repeats += 1
+            tenant, model, backend, attempts, path, status, outcome = last
+            obs = Timing(10.0, tenant)
+            ex = Exchange(None, b"POST", bytes(bytearray(path)), [], b"", False, True, b"rid-%d" % i)  # a new object
+            ex.obs, ex.selection, ex.framer = obs, Selection([], b"", False), ResponseFramer(False)
+            ex.selection.attempts = attempts
+            log.write(ex, status, outcome, 10.5, model, backend)
+            line = bytes(log.buf[:log.used])
+            log.used = log.lines = 0
+            expected = msgspec.json.encode(accesslog.Line(
+                json.loads(line)["ts"], "rid-%d" % i, tenant, model, backend, attempts, "POST", path.decode(),
+                status, accesslog.OUTCOMES[outcome], None, 500.0, 0, 0, 0, 0,
+            )) + b"\n"
+            assert line == expected, (i, last)
+    finally:
+        log.close()
+        loop.close()
+    assert repeats > 2400

@@ -131,6 +131,26 @@ cdef extern from *:
     }
     #endif
     #define FLEETPROXY_KEY(p, key) fleetproxy_put((p), (key), (Py_ssize_t)sizeof(key) - 1)
+    /* The line's middle (tenant to outcome) as the last line wrote it, and what it was written
+       from: most lines of a worker repeat it (one tenant, model, backend and route), so it is
+       copied whole when its objects are the ones fleetproxy_text_seen holds (the path: the
+       same bytes, a new object per request), with the same attempts and status. */
+    static char fleetproxy_mid[640];
+    static Py_ssize_t fleetproxy_mid_size = 0;  /* 0: none kept */
+    static long long fleetproxy_mid_attempts, fleetproxy_mid_status;
+    static int fleetproxy_mid_bare;  /* written without a backend (null) */
+    static int fleetproxy_same_mid(PyObject *tenant, PyObject *model, PyObject *backend, long long attempts,
+                                   PyObject *method, PyObject *path, long long status, PyObject *outcome) {
+        PyObject **seen = fleetproxy_text_seen, *last = seen[4];
+        if (!fleetproxy_mid_size || attempts != fleetproxy_mid_attempts || status != fleetproxy_mid_status
+                || tenant != seen[1] || model != seen[2] || method != seen[3] || outcome != seen[5]
+                || (backend == Py_None ? !fleetproxy_mid_bare : fleetproxy_mid_bare || backend != seen[6]))
+            return 0;
+        if (path == last)
+            return 1;
+        return PyBytes_CheckExact(path) && PyBytes_CheckExact(last) && PyBytes_GET_SIZE(path) == PyBytes_GET_SIZE(last)
+               && memcmp(PyBytes_AS_STRING(path), PyBytes_AS_STRING(last), (size_t)PyBytes_GET_SIZE(path)) == 0;
+    }
     static Py_ssize_t fleetproxy_access_put(PyObject *buf, Py_ssize_t used,
             long long ts, PyObject *rid, PyObject *tenant, PyObject *model, PyObject *backend,
             long long attempts, PyObject *method, PyObject *path, long long status, PyObject *outcome,
@@ -139,15 +159,20 @@ cdef extern from *:
         const char *s[7];
         Py_ssize_t n[7], room = 0;
         PyObject *texts[7];
-        char *start, *p;
+        char *start, *p, *mid;
         int i, count = backend == Py_None ? 6 : 7;
+        int same = fleetproxy_same_mid(tenant, model, backend, attempts, method, path, status, outcome);
         texts[0] = rid; texts[1] = tenant; texts[2] = model; texts[3] = method; texts[4] = path;
         texts[5] = outcome; texts[6] = backend;
-        for (i = 0; i < count; i++) {
+        if (!same)  /* the checks below may move fleetproxy_text_seen off the kept middle's objects */
+            fleetproxy_mid_size = 0;
+        for (i = 0; i < (same ? 1 : count); i++) {  /* the kept middle's texts passed already */
             if (!fleetproxy_text(texts[i], &s[i], &n[i], i))
                 return 0;
             room += n[i];
         }
+        if (same)
+            room += fleetproxy_mid_size;
         if (room > 1024 || ts < 0 || ts >= 10000000000000LL || total < 0 || total >= 10000000000000LL
                 || ttft >= 10000000000000LL)
             return 0;
@@ -158,6 +183,11 @@ cdef extern from *:
         p = fleetproxy_thousandths(p, ts);
         p = FLEETPROXY_KEY(p, ",\\"id\\":\\"");
         p = fleetproxy_put(p, s[0], n[0]);
+        if (same) {
+            p = fleetproxy_put(p, fleetproxy_mid, fleetproxy_mid_size);
+            goto times;
+        }
+        mid = p;
         p = FLEETPROXY_KEY(p, "\\",\\"tenant\\":\\"");
         p = fleetproxy_put(p, s[1], n[1]);
         p = FLEETPROXY_KEY(p, "\\",\\"model\\":\\"");
@@ -178,6 +208,15 @@ cdef extern from *:
         p = fleetproxy_int(p, status);
         p = FLEETPROXY_KEY(p, ",\\"outcome\\":\\"");
         p = fleetproxy_put(p, s[5], n[5]);
+        fleetproxy_mid_size = 0;
+        if (p - mid <= (Py_ssize_t)sizeof(fleetproxy_mid)) {  /* kept for the next line */
+            memcpy(fleetproxy_mid, mid, (size_t)(p - mid));
+            fleetproxy_mid_size = p - mid;
+            fleetproxy_mid_attempts = attempts;
+            fleetproxy_mid_status = status;
+            fleetproxy_mid_bare = count == 6;
+        }
+    times:
         if (ttft < 0) {
             p = FLEETPROXY_KEY(p, "\\",\\"ttft_ms\\":null");
         } else {

@@ -114,16 +114,18 @@ cdef extern from *:
     }
 
     /* _string_end: the offset after the JSON string whose opening quote is at s[at], in
-       s[:n] (n if it does not end there). */
+       s[:n] (n if it does not end there). The next quote by memchr, then whether a backslash
+       comes before it (a fingerprint has none): two vectorized searches, not a byte loop. */
     static inline Py_ssize_t fleetproxy_string_close(const unsigned char *s, Py_ssize_t at, Py_ssize_t n) {
-        Py_ssize_t i = at + 1;
+        Py_ssize_t i = at + 1, end;
+        const unsigned char *quote, *slash;
         while (i < n) {
-            if (s[i] == 0x5C)
-                i += 2;
-            else if (s[i] == 0x22)
-                return i + 1;
-            else
-                i++;
+            quote = memchr(s + i, 0x22, (size_t)(n - i));
+            end = quote != NULL ? quote - s : n;
+            slash = memchr(s + i, 0x5C, (size_t)(end - i));
+            if (slash == NULL)
+                return quote != NULL ? end + 1 : n;
+            i = slash - s + 2;  /* the escaped byte, a quote or not, is skipped */
         }
         return n;
     }
