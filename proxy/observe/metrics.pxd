@@ -8,7 +8,7 @@ from proxy.observe.streamusage cimport after, find, rfind, rfind_open
 from proxy.routing.bodywalk cimport Walked
 
 cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _ITL_AT, _NCLASS, _BYTES_PER_TOKEN
-cdef double[::1] _ALL_BOUNDS
+cdef bytes _BOUND_BYTES
 cdef Py_ssize_t _E2E_FIRST, _RESP_FIRST, _REQ_FIRST, _TTFT_FIRST, _ITL_FIRST
 cdef Py_ssize_t _E2E_N, _RESP_N, _REQ_N, _TTFT_N, _ITL_N
 cdef bint _COMPILED
@@ -27,6 +27,27 @@ cdef extern from *:
     }
     '''
     double fleetproxy_monotonic() nogil
+
+cdef extern from *:
+    '''
+    #include <string.h>
+    /* bisect_left over the doubles at b[lo:hi] (the bytes of an array("d")): the first index
+       whose bound is not below x, hi for none. No bounds check per step, where a typed view's
+       index has one. */
+    static inline Py_ssize_t fleetproxy_bisect(const char *b, Py_ssize_t lo, Py_ssize_t hi, double x) {
+        while (lo < hi) {
+            Py_ssize_t mid = (lo + hi) >> 1;
+            double bound;
+            memcpy(&bound, b + mid * (Py_ssize_t)sizeof(double), sizeof(double));
+            if (bound < x)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        return lo;
+    }
+    '''
+    Py_ssize_t fleetproxy_bisect(const char *b, Py_ssize_t lo, Py_ssize_t hi, double x) noexcept nogil
 
 # _vllm_usage's walk in C: each literal a memcmp of a size the compiler knows, the digits added in
 # place; 1 with the counts in out[], 0 where the walk in metrics.py returns None (a test holds the
@@ -114,7 +135,7 @@ cdef class Recorder:
 
     cpdef observe(self, Py_ssize_t base, Py_ssize_t hist, double seconds)
 
-    @cython.locals(lo=Py_ssize_t, hi=Py_ssize_t, mid=Py_ssize_t)
+    @cython.locals(lo=Py_ssize_t)
     cdef void _add(self, Py_ssize_t at, Py_ssize_t first, Py_ssize_t n, double seconds)
 
     @cython.locals(base=Py_ssize_t, at=Py_ssize_t, seconds=double, t0=double, t_head=double, t_body=double,

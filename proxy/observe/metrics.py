@@ -35,11 +35,12 @@ DEFAULT_TENANT = "default"  # until tenants exist (issue 15): Exchange.tenant fi
 # few beside a real prompt). Exact counts arrive with the usage, after the fact.
 BYTES_PER_TOKEN = 4
 USAGE_SPAN = 4096  # bytes: at most what a usage object spans, searched across two reads
-# Every histogram's bounds in one array of C doubles (a typed view in metrics.pxd: the bucket
-# is found by a C search, no float boxed per observation), each histogram's from ``_FIRST[h]``,
+# Every histogram's bounds in one array of C doubles (compiled, its bytes: the bucket is found
+# by a C search through a pointer, no float boxed per observation), each histogram's from ``_FIRST[h]``,
 # and the ones every request records unpacked once for ``Recorder.record``: where each starts
 # in a series, where its bounds start, how many.
 _ALL_BOUNDS = array("d", [bound for _, _, bounds in HISTOGRAMS for bound in bounds])
+_BOUND_BYTES = _ALL_BOUNDS.tobytes()  # the same doubles, read in C through a pointer (metrics.pxd)
 _COUNT = [len(bounds) for _, _, bounds in HISTOGRAMS]
 _FIRST = [sum(_COUNT[:h]) for h in range(len(HISTOGRAMS))]
 _E2E_AT, _E2E_FIRST, _E2E_N = HIST_AT[H_E2E], _FIRST[H_E2E], _COUNT[H_E2E]
@@ -211,14 +212,7 @@ class Recorder:
         microseconds. A method on scalars: compiled, a call that passed the views would copy
         their structs (some 200 bytes each) per observation."""
         if _COMPILED:  # a C search over C doubles; interpreted, the C bisect beats a Python loop
-            lo = first
-            hi = first + n
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if _ALL_BOUNDS[mid] < seconds:
-                    lo = mid + 1
-                else:
-                    hi = mid
+            lo = fleetproxy_bisect(_BOUND_BYTES, first, first + n, seconds)  # noqa: F821 (metrics.pxd)
         else:
             lo = bisect_left(_ALL_BOUNDS, seconds, first, first + n)
         self.cells[at + lo - first] += 1
