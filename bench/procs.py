@@ -84,11 +84,21 @@ def wait_port(port: int, popen: subprocess.Popen, timeout: float = 20.0) -> None
             err = popen.stderr.read().decode(errors="replace")[-2000:] if popen.stderr else ""
             raise RuntimeError(f"process exited with {popen.returncode}: {err}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                if not _self_connected(sock):
+                    return
         except OSError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     raise RuntimeError(f"port {port} did not open in {timeout:g} s")
+
+
+def _self_connected(sock: socket.socket) -> bool:
+    """Whether ``sock`` is connected to itself: a port picked by ``free_port`` is in the
+    ephemeral range, so while nothing listens on it yet, a connection to it from that same port
+    meets itself (TCP's simultaneous open), reads back what it wrote, and holds the port the
+    process is about to bind."""
+    return sock.getsockname() == sock.getpeername()
 
 
 def pin(cpus) -> list[str]:
@@ -352,14 +362,17 @@ def _repo_root() -> str:
 
 
 def _get(port: int, path: str) -> int | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+        conn.connect()
+        if _self_connected(conn.sock):
+            return None  # nothing listens there yet
         conn.request("GET", path)
-        status = conn.getresponse().status
-        conn.close()
-        return status
-    except OSError:
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
         return None
+    finally:
+        conn.close()
 
 
 def _wait(proc: Proc, ready) -> None:

@@ -38,10 +38,14 @@ def wait_port(port, timeout=10.0, proc=None):
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                # Connected to itself (free_port's pick is an ephemeral port, and TCP's
+                # simultaneous open meets it): nothing listens yet, and the port is held.
+                if sock.getsockname() != sock.getpeername():
+                    return
         except OSError:
-            time.sleep(0.02)
+            pass
+        time.sleep(0.02)
     raise RuntimeError(f"port {port} did not open in {timeout}s")
 
 
