@@ -104,9 +104,8 @@ def main(argv=None) -> int:
     if args.repeat > 1:  # a run's 10 ms ticks are coarse: the medians say more than any one run
         for name in dict.fromkeys(r[1] for r in rows):
             mine = [r for r in rows if r[1] == name]
-            print(f"| median | {name} | {median([r[2] for r in mine]):.0f} | "
-                  + " | ".join(f"{median([r[i] for r in mine]):{f}}" for i, f in ((3, ".1f"), (4, ".1f"), (5, ".2f"), (6, ".3f")))
-                  + " |")
+            cells = [f"{median([r[i] for r in mine]):{f}}" for i, f in ((3, ".1f"), (4, ".1f"), (5, ".2f"), (6, ".3f"))]
+            print(f"| median | {name} | {median([r[2] for r in mine]):.0f} | " + " | ".join(cells) + " |")
     return 0
 
 

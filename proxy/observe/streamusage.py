@@ -99,9 +99,10 @@ def skips(needle):
 def rfind(data, needle, skip, lo=0, hi=-1):
     """``data.rfind(needle, lo, hi)`` for ``lo`` >= 0 (``hi`` -1: the end of ``data``), ``skip``
     being ``skips(needle)``. Compiled, a window moved back from ``hi`` by ``skip`` of the byte it
-    starts on (``fleetproxy_back``, streamusage.pxd): where the needle is near the end and most bytes after it are not in
-    it (a key of a JSON event or body read from its end), a few reads of C and no method call,
-    where ``bytes.rfind`` parses its arguments and reads backwards byte by byte."""
+    starts on (``fleetproxy_back``, streamusage.pxd): where the needle is near the end and most
+    bytes after it are not in it (a key of a JSON event or body read from its end), a few reads
+    of C and no method call, where ``bytes.rfind`` parses its arguments and reads backwards byte
+    by byte."""
     n = len(data)
     if hi < 0 or hi > n:
         hi = n
@@ -292,7 +293,8 @@ def _strip_vllm(tail, start=0):
         event = buf[where[6]:where[7]]
         if kind == 2:
             return tail[:where[2]] + tail[where[3]:], event
-        return fleetproxy_refinish(buf, n, where[0], where[1], where[2], where[4], where[5], where[3]), event  # noqa: F821
+        finish, at, usage, done, found, stop = where[0], where[1], where[2], where[3], where[4], where[5]
+        return fleetproxy_refinish(buf, n, finish, at, usage, found, stop, done), event  # noqa: F821 (.pxd)
     if n - start < 40 or after(tail, n - len(_VLLM_END), _VLLM_END) < 0:
         return None
     finish = usage = done = -1  # where the last three data chunks start (their size lines)
