@@ -4,9 +4,8 @@ cimport cython
 from libc.string cimport memcmp
 from proxy.routing.bodywalk cimport Walked
 
-cdef extern from "string.h":  # GNU extensions; Python.h's pyconfig.h defines _GNU_SOURCE
+cdef extern from "string.h":  # memmem is GNU's; Python.h's pyconfig.h defines _GNU_SOURCE
     const unsigned char *memmem(const void *haystack, size_t n, const void *needle, size_t size) nogil
-    const unsigned char *memrchr(const void *s, int c, size_t n) nogil
     const unsigned char *memchr(const void *s, int c, size_t n) nogil
 
 cdef extern from *:

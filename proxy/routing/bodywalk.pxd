@@ -162,8 +162,7 @@ cdef extern from *:
     }
     /* The first of the 16 bytes at s that is a quote, a backslash, a control byte or non-ASCII
        (a signed compare below 0x20 takes the last two at once), or 16. */
-    #if defined(__SSE2__)
-    #include <emmintrin.h>
+    #if defined(__SSE2__)  /* emmintrin.h: included above, with fleetproxy_string_end */
     static inline int fleetproxy_stop16(const unsigned char *s) {
         __m128i v = _mm_loadu_si128((const __m128i *)s);
         int mask = _mm_movemask_epi8(_mm_or_si128(
