@@ -2,6 +2,7 @@
 
     python -m bench.ab [--rev HEAD~1] [--duration 5] [--rounds 3] [--out bench/results/X.md]
     python -m bench.ab --configs A.yaml B.yaml [...]   (two configs of the working tree)
+    python -m bench.ab --envs 'K=V' 'K=W' [...]          (the working tree in two environments)
     python -m bench.ab --lua chat_long.lua [...]        (other bench/lua scripts than the four)
     python -m bench.ab --nginx [...]                    (the working tree against nginx)
 
@@ -18,7 +19,10 @@ is the second run's CPU over the first's, round by round: the working tree's ove
 those paired ratios and a 95% bootstrap interval of it (``stats.paired``). Every process it
 starts is stopped by PID; the worktree is removed at the end. With ``--configs`` no worktree
 is made: the working tree runs twice, once per config file (its ``backends`` are replaced by
-the simulator), to price a feature that a setting turns on.
+the simulator), to price a feature that a setting turns on. ``--envs`` does the same with two
+sets of environment variables (``KEY=VALUE,KEY=VALUE``; an empty string for none) given to the
+proxy alone: the pure build against the native one (``FLEETPROXY_PURE=1``), or two builds of a
+dependency (``PYTHONPATH=DIR``: third_party/uvloop's against the stock uvloop).
 
 With ``--nginx`` the working tree runs against nginx, each as ``python -m bench`` runs it
 (fleetproxy: a supervisor and one worker; nginx: bench/procs.py's config, a master and one
@@ -117,6 +121,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", help="also write the markdown table here")
     p.add_argument("--configs", nargs=2, metavar=("A", "B"), help="compare two config files of the working tree")
+    p.add_argument("--envs", nargs=2, metavar=("A", "B"),
+                   help="compare the working tree under two environments: KEY=VALUE[,KEY=VALUE...] each ('' for none)")
     p.add_argument("--lua", help="comma-separated bench/lua scripts to run instead of the four scenarios "
                                  "(e.g. chat_long.lua: a 32 KiB prompt), "
                                  "or open:R: bench.openloop at R req/s")
@@ -138,8 +144,12 @@ def main(argv=None):
     tree = os.path.join(tmp, "rev")
     fleet = Fleet(set(server_cpus)) if args.nginx else None
     try:
+        envs = {}
         if args.configs:
             runs = [(os.path.basename(c), ROOT, ["--config", os.path.abspath(c)]) for c in args.configs]
+        elif args.envs:
+            runs = [(e or "(as it is)", ROOT, []) for e in args.envs]
+            envs = {e or "(as it is)": dict(kv.split("=", 1) for kv in e.split(",") if kv) for e in args.envs}
         elif args.nginx:
             runs = [("nginx", None, []), ("fleetproxy", ROOT, [])]  # the verdict: fleetproxy's ÷ nginx's
         else:
@@ -162,7 +172,7 @@ def main(argv=None):
             single = [] if args.nginx else ["--single-process"]  # --nginx: as python -m bench runs it
             proc = _start(["-m", "proxy", *single, *extra, "--listen", f"127.0.0.1:{port}",
                            "--admin-listen", f"127.0.0.1:{admin}", "--backend", f"http://127.0.0.1:{sim_port}",
-                           "--log-level", "warning"], cwd, server_cpus)
+                           "--log-level", "warning"], cwd, server_cpus, envs.get(name))
             procs.append(proc)
             wait_port(port, proc)
             proxies[name] = (f"http://127.0.0.1:{port}", proc.pid)
@@ -187,7 +197,8 @@ def main(argv=None):
                 rows.append((title, name, _median(each), _median([r[1] for r in got]),
                              _median([r[2] for r in got]), each))
         what = " ".join(args.configs) if args.configs else args.rev
-        command = ((f"--configs {what}" if args.configs else "--nginx" if args.nginx else f"--rev {args.rev}")
+        command = ((f"--configs {what}" if args.configs else "--nginx" if args.nginx
+                    else "--envs " + " ".join(f"'{e}'" for e in args.envs) if args.envs else f"--rev {args.rev}")
                    + (f" --lua {args.lua}" if args.lua else ""))
         lines = [
             f"# fleetproxy: {' vs '.join(n for n, _, _ in runs)}",

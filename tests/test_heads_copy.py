@@ -115,6 +115,9 @@ def check(module, head):
             assert heads.client_head(*args) == rebuilt == client_head_before(*args), (head, args[1:])
             # The first body bytes joined after the head: the same head, then them.
             assert heads.client_head(*args, b"data: {}\n\n") == (rebuilt[0] + b"data: {}\n\n", rebuilt[1])
+            # ... or from where they start in a read that came with the head (the relay's whole responses).
+            assert heads.client_head(*args, head + b"data: {}\n\n", len(head)) == (rebuilt[0] + b"data: {}\n\n",
+                                                                                 rebuilt[1])
             assert heads._rebuilt_head(*args, b"x") == (rebuilt[0] + b"x", rebuilt[1])
     return copied
 

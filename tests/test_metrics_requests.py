@@ -114,6 +114,34 @@ def test_outcomes_upstream_error_and_refused():
         backend.close()
 
 
+def test_tokens_are_read_from_the_body_not_the_head_that_came_with_it():
+    # A whole response in one read goes to the client's head's bytes as it came (relay.py:
+    # body_at), and the usage is looked for from the read's end: not past the body's start.
+    # Here the head carries a field that looks like a usage object; only the second body has one.
+    bodies = [b'{"id":"a","model":"tiny","choices":[]}',
+              b'{"id":"b","model":"tiny","choices":[],"usage":{"prompt_tokens":3,"total_tokens":5,"completion_tokens":2}}']
+
+    def answer(request, conn):
+        body = bodies.pop(0)
+        conn.sendall(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-echo: "usage":{"prompt_tokens":70,'
+                     b'"total_tokens":90,"completion_tokens":20}\r\ncontent-length: %d\r\n\r\n%s' % (len(body), body))
+
+    backend = ScriptedBackend(answer)
+    proxy = start_proxy([backend.url], "--workers", "1")
+    try:
+        assert post(proxy.port, CHAT)[0] == 200
+        families = scrape(proxy)
+        assert total(families, "fleetproxy_tokens", "fleetproxy_tokens_total", kind="completion") == 0
+        assert total(families, "fleetproxy_tokens", "fleetproxy_tokens_total", kind="prompt") == 0
+        assert post(proxy.port, CHAT)[0] == 200
+        families = scrape(proxy)
+        assert total(families, "fleetproxy_tokens", "fleetproxy_tokens_total", kind="completion") == 2
+        assert total(families, "fleetproxy_tokens", "fleetproxy_tokens_total", kind="prompt") == 3
+    finally:
+        proxy.stop()
+        backend.close()
+
+
 def test_client_abort_is_counted(group):
     sim, proxy = group
     slow = {**CHAT, "max_tokens": 2000, "stream": True}

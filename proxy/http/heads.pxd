@@ -209,9 +209,9 @@ cdef extern from *:
 
     static PyObject *fleetproxy_client_copy(PyObject *raw, Py_ssize_t at, PyObject *request_id, int close,
                                             int dechunk, int asked_load, int rechunk, PyObject *extra,
-                                            PyObject *body) {
+                                            PyObject *body, Py_ssize_t body_at) {
         if (!PyBytes_CheckExact(raw) || !PyBytes_CheckExact(request_id) || !PyBytes_CheckExact(extra)
-                || !PyBytes_CheckExact(body))
+                || !PyBytes_CheckExact(body) || body_at < 0 || body_at > PyBytes_GET_SIZE(body))
             Py_RETURN_NONE;
         const char *s = PyBytes_AS_STRING(raw);
         Py_ssize_t size = PyBytes_GET_SIZE(raw), drops[16][2], ndrops = 0, dropped = 0;
@@ -250,7 +250,7 @@ cdef extern from *:
         Py_ssize_t id_size = PyBytes_GET_SIZE(request_id);
         int add_id = id_size > 0 && !has_id;
         Py_ssize_t total = size - dropped + (add_id ? 14 + id_size + 2 : 0) + (rechunk ? 28 : 0)
-            + PyBytes_GET_SIZE(extra) + (close ? 21 : 2) + PyBytes_GET_SIZE(body);
+            + PyBytes_GET_SIZE(extra) + (close ? 21 : 2) + PyBytes_GET_SIZE(body) - body_at;
         PyObject *head = PyBytes_FromStringAndSize(NULL, total);
         if (head == NULL)
             return NULL;
@@ -267,7 +267,7 @@ cdef extern from *:
             d = fleetproxy_put(d, "transfer-encoding: chunked\\r\\n", 28);
         d = fleetproxy_put_bytes(d, extra);
         d = close ? fleetproxy_put(d, "connection: close\\r\\n\\r\\n", 21) : fleetproxy_put(d, "\\r\\n", 2);
-        fleetproxy_put_bytes(d, body);
+        fleetproxy_put(d, PyBytes_AS_STRING(body) + body_at, PyBytes_GET_SIZE(body) - body_at);
         PyObject *report;
         if (report_at >= 0) {
             report = PyBytes_FromStringAndSize(s + report_at, report_end - report_at);
@@ -291,12 +291,12 @@ cdef extern from *:
     }
     """
     object fleetproxy_client_copy(bytes raw, Py_ssize_t at, request_id, bint close, bint dechunk, bint asked_load,
-                                  bint rechunk, extra, bytes body)
+                                  bint rechunk, extra, bytes body, Py_ssize_t body_at)
 
 @cython.locals(native=NativeFramer, copied=object, reason=bytes, raw=bytes, buf="const char *", parts=list, has_id=bint, kept=Py_ssize_t, at=Py_ssize_t,
                end=Py_ssize_t, n=Py_ssize_t, kind=int, size=Py_ssize_t, colon=Py_ssize_t)
 cpdef tuple client_head(framer, request_id, bint close, bint dechunk, bint asked_load=*, bint rechunk=*, extra=*,
-                        bytes body=*)
+                        bytes body=*, Py_ssize_t body_at=*)
 
 @cython.locals(known=object, lname=bytes, kind=int)
 cdef int _response_kind(bytes name) except -1

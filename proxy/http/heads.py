@@ -246,7 +246,7 @@ def trusted_networks(proxies):
     return tuple(networks)
 
 
-def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=False, extra=b"", body=b""):
+def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=False, extra=b"", body=b"", body_at=0):
     """(the response head sent to the client from what the upstream sent, the upstream's load
     report or None).
 
@@ -256,7 +256,8 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     ``asked_load``: the client asked for the load report; else it is removed. Options of the
     upstream's Connection drop the fields they name, never the framing ones (``_FRAMING``).
     ``extra``: fields the proxy adds, CRLF-terminated (a tenant's x-ratelimit-* fields).
-    ``body``: the first body bytes for the client, joined after the head (one copy, one write).
+    ``body``: the first body bytes for the client, joined after the head (one copy, one write);
+    ``body_at``: where they start in it (the relay passes a whole response's read as it came).
 
     The head the client gets is mostly the upstream's as it came: where the framer kept it
     (``raw_head``: written as these fields would be), runs of it are copied between the fields
@@ -270,13 +271,15 @@ def client_head(framer, request_id, close, dechunk, asked_load=True, rechunk=Fal
     else:  # the other build's, in tests
         raw = framer.raw_head
         reason = framer.reason
-    if raw is None:
-        return _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra, body)
-    if _COMPILED:  # the walk below in C, one pass and one copy (heads.pxd); None: this walk's case
+    if _COMPILED and raw is not None:  # the walk below in C, one pass and one copy (heads.pxd)
         copied = fleetproxy_client_copy(raw, len(reason) + 15, request_id, close, dechunk, asked_load,  # noqa: F821
-                                        rechunk, extra, body)
+                                        rechunk, extra, body, body_at)
         if copied is not None:
             return copied
+    if body_at:  # the rarer walks below: the body's bytes as their own object
+        body = body[body_at:]
+    if raw is None:
+        return _rebuilt_head(framer, request_id, close, dechunk, asked_load, rechunk, extra, body)
     buf = raw  # compiled: its bytes, sliced without a slice object
     size = len(raw)
     parts = []

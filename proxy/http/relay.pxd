@@ -53,7 +53,7 @@ cdef class Relay:
     @cython.locals(endpoint=Endpoint, small=bint, fields=Fields, body=bytes)
     cpdef send(self, UpstreamConnection conn)
     @cython.locals(framer=NativeFramer, flags=int, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, strip=int, out=bytes,
-                   at=Py_ssize_t, buf="const char *", token_end=bytes, head=bint, joined=bytes)
+                   at=Py_ssize_t, buf="const char *", token_end=bytes, head=bint, joined=bytes, body_at=Py_ssize_t)
     cpdef upstream_data(self, bytes data)
     cpdef _start_relay(self)
     cpdef _cancel_timer(self)

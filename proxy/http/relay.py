@@ -167,9 +167,14 @@ class Relay:
 
         held = self.held
         buf = data  # compiled: its bytes, sliced without a slice object (relay.pxd)
+        body_at = 0  # where out's bytes for the client start in it (a whole response: below)
         if held is None:
             if start == 0 and end == n:
                 out = data  # the common case: forwarded as received
+            elif head and end == n and flags & DONE and not (self.strip or self.rechunk) and self.dechunker is None:
+                # A whole response in this read (a chat's answer): its body is copied once, into
+                # the client's head's bytes (client_head), not first into an object of its own.
+                out, body_at = data, start
             else:
                 out = buf[start:end]
                 if end < n and not flags & (DONE | ERROR):
@@ -188,7 +193,7 @@ class Relay:
         if tenant is not None and framer.body_bytes >= tenant.next_charge and framer.event_stream:
             down.ctx.tenants.charge_stream(tenant, framer.body_bytes, int(down.ctx.router.clock() * 1e6))
         # len(out), not out: compiled, a size read rather than the truth protocol's calls (per read).
-        if obs is not None and len(out):
+        if obs is not None and len(out) > body_at:
             strip = self.strip
             if strip:
                 at = 0
@@ -205,6 +210,7 @@ class Relay:
             elif flags & EVENT or not framer.event_stream:
                 obs.prev = obs.tail  # references, no copy: the usage is in one of the two (metrics.py)
                 obs.tail = out
+                obs.tail_at = body_at  # (the last read: no later one makes it the prev)
         if len(out):
             if self.dechunker is not None:
                 out = self.dechunker.feed(out)
@@ -213,7 +219,7 @@ class Relay:
         if head:
             joined, report = client_head(
                 framer, self.request_id, self.close_after, self.dechunker is not None, self.asked_load, self.rechunk,
-                self.tenant.headers if self.tenant is not None else b"", out,
+                self.tenant.headers if self.tenant is not None else b"", out, body_at,
             )
             # The fields are in the client's head now: not held for the stream's life (~0.9 KiB).
             framer.forget_head()
@@ -289,7 +295,7 @@ class Relay:
         out, usage = strip(data, self.framer.kind == CHUNKED, start)
         if usage is not None:
             obs = self.obs
-            obs.tail, obs.prev = usage, None
+            obs.tail, obs.prev, obs.tail_at = usage, None, 0
             obs.usage = USAGE_TAKEN
         return out
 

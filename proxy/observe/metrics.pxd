@@ -112,6 +112,7 @@ cdef class Timing:
     # Read or written on every read of a response (relay.upstream_data): first (relay.pxd).
     cdef public double t_body
     cdef public object tail, prev
+    cdef public Py_ssize_t tail_at
     cdef public double t0, t_sent, t_head, t_resp, t_wait
     cdef public object tenant, span, model, flight_label
     cdef public int usage
@@ -174,7 +175,7 @@ cpdef tuple usage(tail, prev=*)
 cdef bint _count(Timing out, tail, prev) except -1
 
 @cython.locals(at=Py_ssize_t)
-cdef Py_ssize_t _usage_at(bytes data) except -2
+cdef Py_ssize_t _usage_at(bytes data, Py_ssize_t lo) except -2
 
 @cython.locals(walked=Walked)
 cpdef model_of(bytes body, fields)

@@ -123,7 +123,7 @@ class Timing:
     """What one request's metrics, log line and span need; made only while observing."""
 
     __slots__ = (
-        "t0", "t_sent", "t_head", "t_resp", "t_body", "t_wait", "tail", "prev", "tenant", "span", "usage",
+        "t0", "t_sent", "t_head", "t_resp", "t_body", "t_wait", "tail", "prev", "tail_at", "tenant", "span", "usage",
         "model", "flight", "flight_tokens", "flight_label", "counted", "prompt_tokens", "completion_tokens",
         "cached_tokens",
     )
@@ -137,6 +137,7 @@ class Timing:
         self.t_wait = 0.0  # s spent connecting or queued for a pooled connection
         self.tail = None  # the last read of the body (event streams: the last that ended an event)
         self.prev = None  # the one before it (the usage is in one of the two)
+        self.tail_at = 0  # where the body starts in tail: a whole response's read, its head first (relay.py)
         self.tenant = tenant
         self.span = None  # tracing.Span when tracing is on
         self.counted = False  # the usage in tail / prev read into the counts (count_tokens)
@@ -263,7 +264,7 @@ class Recorder:
             self._add(base + _ITL_AT, _ITL_FIRST, _ITL_N, (now - t_body) / (completion - 1))
         if framer.event_stream and obs.usage != _TAKEN:
             tail, prev = obs.tail, obs.prev
-            if (tail is not None and find(tail, _ERROR_EVENT) >= 0) or (prev is not None and find(prev, _ERROR_EVENT) >= 0):
+            if (tail is not None and find(tail, _ERROR_EVENT, obs.tail_at) >= 0) or (prev is not None and find(prev, _ERROR_EVENT) >= 0):
                 self.cells[base + _S_ERR] += 1
         return None
 
@@ -349,14 +350,14 @@ def _count(out, tail, prev):
     out.prompt_tokens = out.completion_tokens = out.cached_tokens = 0
     if tail is None:
         return False
-    at = _usage_at(tail)
+    at = _usage_at(tail, out.tail_at)
     if at < 0:
         if prev is None:
             return False
         # Not in the last read: in the one before, or cut between the two (a body's last read
         # is then short). Once per request, a few KiB at most.
         tail = prev[-USAGE_SPAN:] + tail[:USAGE_SPAN]
-        at = _usage_at(tail)
+        at = _usage_at(tail, 0)
         if at < 0:
             return False
     if _COMPILED:
@@ -375,11 +376,11 @@ def _count(out, tail, prev):
     return True
 
 
-def _usage_at(data):
-    """Where the last usage object's key is in ``data``: written as vLLM and OpenAI write it,
+def _usage_at(data, lo):
+    """Where the last usage object's key is in ``data[lo:]``: written as vLLM and OpenAI write it,
     ``"usage":{``, found by its brace (``rfind_open``); else any ``"usage"``, -1 for none."""
-    at = rfind_open(data, _USAGE_OPEN)
-    return at if at >= 0 else rfind(data, _USAGE_KEY, _USAGE_SKIP)
+    at = rfind_open(data, _USAGE_OPEN, lo)
+    return at if at >= 0 else rfind(data, _USAGE_KEY, _USAGE_SKIP, lo)
 
 
 def _vllm_usage(data, at):

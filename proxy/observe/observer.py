@@ -85,6 +85,7 @@ class Observer:
             self.recorder.retried(ex, endpoint, status)
         timing.t_head = timing.t_resp = timing.t_body = 0.0  # the next attempt's, not this one's
         timing.tail = timing.prev = None
+        timing.tail_at = 0
         timing.counted = False
 
     def admitted(self, ex):
