@@ -1,4 +1,5 @@
-# Multi-stage: the build stage compiles the Cython speedups into wheels; the runtime stage
+# Multi-stage: the build stage compiles the Cython speedups into wheels (and uvloop from its
+# source release, the GIL kept across its waits: third_party/uvloop/build.py); the runtime stage
 # installs only those wheels into a slim image and runs as a non-root user.
 # The same install steps run in .ci/run (`make wheel` + pip install of the wheels), so CI proves them.
 FROM python:3.11-slim AS build

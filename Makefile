@@ -32,10 +32,14 @@ NATIVE_HINT = fleetproxy: the Cython speedups were not built, so the pure-Python
   and the native half of make test will fail. Building them needs a C compiler and the Python \
   headers: on Debian/Ubuntu, apt-get install gcc python3-dev, then make install again.
 
+# Then uvloop is built again from its source release with the GIL kept across its waits (each
+# libuv callback then takes no GIL round trip: README, "The event loop and the GIL"). Once: a
+# built one is kept. Where it cannot build it says why, and the stock uvloop serves.
 install: $(VPY)
 	$(PIP) install -q -e '.[test]'
 	@$(VPY) -c 'import _speedups as s, sys; sys.exit(not s.PURE and s.IMPLEMENTATION != "native")' \
 	  || echo "$(NATIVE_HINT)" >&2
+	$(VPY) third_party/uvloop/build.py
 
 run: install
 	$(VPY) -m proxy demo
@@ -61,6 +65,7 @@ bench-smoke: install
 # The venv only supplies pip (Debian's python3 may have none): the wheels are built from source.
 wheel: $(VPY)
 	$(PIP) wheel -q -w dist/wheels .
+	$(VPY) third_party/uvloop/build.py --wheel-dir dist/wheels
 
 clean:
 	rm -rf build dist *.egg-info _speedups/*_c.py _speedups/*.c _speedups/*.so _speedups/compiled.json

@@ -105,7 +105,9 @@ def main(argv=None):
     if args.version:
         from _speedups import IMPLEMENTATION
 
-        print(f"fleetproxy {__version__} (speedups: {IMPLEMENTATION})")
+        from .process.worker import loop_build
+
+        print(f"fleetproxy {__version__} (speedups: {IMPLEMENTATION}) on {loop_build()}")
         return 0
     try:
         cfg = config_from_args(args)

@@ -31,6 +31,15 @@ from .shm import MAX_SLOTS, Segment, SharedCounters
 
 log = logging.getLogger("fleetproxy")
 
+
+def loop_build():
+    """Which uvloop serves: its version, and whether it keeps the GIL across its waits
+    (third_party/uvloop/build.py, which ``make install`` runs)."""
+    from importlib.metadata import version
+
+    held = getattr(uvloop.loop, "HOLDS_GIL", False)
+    return f"uvloop {version('uvloop')}" + (" (the GIL kept across waits)" if held else " (stock)")
+
 # The cyclic collector's pace once serving (gc.set_threshold). Requests' objects are freed by
 # reference counting; what the collector walks is mostly what lives: every open connection
 # (tens of tracked objects each). A full collection walks all of them, and at 10,000 open
@@ -92,8 +101,8 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
     for sig in (signal.SIGTERM, signal.SIGINT) if signals else ():
         loop.add_signal_handler(sig, on_signal)
     log.info(
-        "worker %d serving %s (admin %s), %d backend(s), speedups=%s",
-        slot, cfg.listen, "127.0.0.1:%d" % admin_port, len(endpoints), IMPLEMENTATION,
+        "worker %d serving %s (admin %s), %d backend(s), speedups=%s, %s",
+        slot, cfg.listen, "127.0.0.1:%d" % admin_port, len(endpoints), IMPLEMENTATION, loop_build(),
     )
     for why in not_native():  # a stale or partial build: `make install` (pip install .) rebuilds it
         log.warning("speedups: %s", why)
