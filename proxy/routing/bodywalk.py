@@ -385,7 +385,10 @@ def _walk(body, full):
             elif size == 14 and _same(buf, at, n, b"stream_options", 14):
                 return None
             else:
-                pos = _skip(buf, pos, n, 1, full)
+                if _COMPILED and not full:  # _skip's rules without its recursion, in C (bodywalk.pxd)
+                    pos = fleetproxy_skip(buf, pos, n, 1, _DEEPEST)  # noqa: F821
+                else:
+                    pos = _skip(buf, pos, n, 1, full)
                 if pos < 0:
                     return None
             pos = _space(buf, pos, n)
