@@ -91,7 +91,8 @@ cdef extern from *:
 
 cdef extern from *:
     '''
-    /* bodywalk._skip(buf, pos, n, depth, False) without its recursion: the offset after the JSON
+    /* bodywalk._space and _number_end, compiled (the .py is the rule); then
+       bodywalk._skip(buf, pos, n, depth, False) without its recursion: the offset after the JSON
        value at pos, or -1, by the same rules in the same order (a test holds the two builds' scan
        to one another on fuzzed bodies). What scan skips is every key but the few it reads: a
        chat's messages, a call per value and per string through Cython's optional arguments
@@ -196,6 +197,8 @@ cdef extern from *:
         }
     }
     '''
+    Py_ssize_t fleetproxy_space(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) nogil
+    Py_ssize_t fleetproxy_number_end(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) nogil
     Py_ssize_t fleetproxy_skip(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n, int depth, int deepest) nogil
 
 cpdef scan(bytes body)

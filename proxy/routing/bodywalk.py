@@ -85,7 +85,10 @@ def _value(buf, end, n):
 
 
 def _space(buf, pos, n):
-    """The first offset from ``pos`` that is not JSON white space (``n`` if none)."""
+    """The first offset from ``pos`` that is not JSON white space (``n`` if none). Compiled: this,
+    in C (bodywalk.pxd), which ``fleetproxy_skip`` shares."""
+    if _COMPILED:
+        return fleetproxy_space(buf, pos, n)  # noqa: F821 (bodywalk.pxd)
     while pos < n and buf[pos] <= 32 and (buf[pos] == 32 or buf[pos] == 10 or buf[pos] == 13 or buf[pos] == 9):
         pos += 1
     return pos
@@ -200,7 +203,10 @@ def _after_string(buf, pos, n, texts):
 
 def _number_end(buf, pos, n):
     """The offset after the number at ``pos``: -?(0|[1-9][0-9]*)(.[0-9]+)?, at most 32 bytes
-    (no exponent: those are msgspec's), or -1."""
+    (no exponent: those are msgspec's), or -1. Compiled: this, in C (bodywalk.pxd), which
+    ``fleetproxy_skip`` shares."""
+    if _COMPILED:
+        return fleetproxy_number_end(buf, pos, n)  # noqa: F821 (bodywalk.pxd)
     at = pos
     if buf[pos] == 45:
         pos += 1
