@@ -297,7 +297,7 @@ def start_nginx(fleet: Fleet, sim: str, streams: int) -> Target:
         proc.error_log = os.path.join(prefix, "error.log")
         return proc, Target("nginx", f"http://127.0.0.1:{port}", [proc]), lambda: _get(port, "/health") == 200
 
-    return fleet._start(start)
+    return fleet.launch(start)
 
 
 def installed_footprint(fleet: Fleet, sim: str, python: str, pauses: float) -> dict:

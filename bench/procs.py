@@ -24,7 +24,24 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-PORT_RANGE = range(40000, 41000)  # the bench's ports; other tools on this host stay out of it
+
+
+def _bench_ports(start: int = 40000, size: int = 1000) -> range:
+    """The bench's ports: below the kernel's ephemeral range where there is room for them.
+
+    A port picked free and bound by the child later (seconds later under valgrind) can be taken
+    in between by any outgoing connection's source port if it lies in the ephemeral range
+    (32768-60999 by default): the child then exits with EADDRINUSE. Below that range only an
+    explicit bind takes a port."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(start, start + size)
+    return range(low - size, low) if low - size >= 10_000 else range(start, start + size)
+
+
+PORT_RANGE = _bench_ports()  # other tools on this host stay out of it
 READY_TIMEOUT = 20.0  # s: a process that is not serving by then failed to start
 STOP_GRACE = 8.0  # s: SIGTERM to SIGKILL
 NGINX = "/usr/sbin/nginx"
@@ -83,14 +100,18 @@ def wait_port(port: int, popen: subprocess.Popen, timeout: float = 20.0) -> None
         if popen.poll() is not None:
             err = popen.stderr.read().decode(errors="replace")[-2000:] if popen.stderr else ""
             raise RuntimeError(f"process exited with {popen.returncode}: {err}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                if not _self_connected(sock):
-                    return
-        except OSError:
-            pass
+        if _accepts(port):
+            return
         time.sleep(0.05)
     raise RuntimeError(f"port {port} did not open in {timeout:g} s")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            return not _self_connected(sock)
+    except OSError:
+        return False
 
 
 def _self_connected(sock: socket.socket) -> bool:
@@ -194,18 +215,29 @@ class Fleet:
                                      "--max-concurrency", "8192", *extra])
             return proc, f"http://127.0.0.1:{port}", lambda: "listening on" in proc.tail()
 
-        return self._start(start)
+        return self.launch(start)
 
-    def _start(self, start):
+    def start_traced(self, name: str, argv, timeout: float) -> Proc:
+        """``argv(port)`` (a command under valgrind, say) once it accepts on ``port``: fleetproxy,
+        nginx or the floor, which `launch` tries again on another port if theirs was taken."""
+
+        def start():
+            port = self.port()
+            proc = self.spawn(name, argv(port), env={**os.environ, "PYTHONHASHSEED": "0"}, pin=False)
+            return proc, (proc, port), lambda: _accepts(port)
+
+        return self.launch(start, timeout)
+
+    def launch(self, start, timeout: float = READY_TIMEOUT):
         """Run ``start`` (-> process, what to return, readiness test), again on a port clash.
 
-        The port test in `port` and the child's bind are not atomic, and this machine hands out
-        ephemeral ports (32768-60999) inside PORT_RANGE: a connection opened in between can take
-        the port. Such a start fails with EADDRINUSE and is tried again on another port."""
+        The port test in `port` and the child's bind are not atomic: where PORT_RANGE lies in
+        the ephemeral range (no room below it), a connection opened in between can take the
+        port. Such a start fails with EADDRINUSE and is tried again on another port."""
         for attempt in range(4):
             proc, value, ready = start()
             try:
-                _wait(proc, ready)
+                _wait(proc, ready, timeout)
                 return value
             except StartError as e:
                 if attempt == 3 or "in use" not in str(e):
@@ -243,7 +275,7 @@ class Fleet:
             # Ready: the admin port says so and a request through the data port gets an answer.
             return proc, target, lambda: _get(admin, "/readyz") == 200 and _get(port, "/health") == 200
 
-        return self._start(start)
+        return self.launch(start)
 
     def start_floor(self, name: str, backends: list[str]) -> Target:
         """bench/floor.py in front of the first backend: uvloop's Protocol callbacks, no proxy."""
@@ -255,7 +287,7 @@ class Fleet:
             target = Target(name, f"http://127.0.0.1:{port}", [proc])
             return proc, target, lambda: _get(port, "/health") == 200
 
-        return self._start(start)
+        return self.launch(start)
 
     def start_nginx(self, name: str, backends: list[str], workers: int = 1) -> Target:
         binary = nginx_path()
@@ -274,7 +306,7 @@ class Fleet:
             target = Target(name, f"http://127.0.0.1:{port}", [proc])
             return proc, target, lambda: _get(port, "/health") == 200
 
-        return self._start(start)
+        return self.launch(start)
 
 
 def nginx_conf(prefix: str, port: int, backends: list[str], workers: int, binary: str = NGINX) -> str:
@@ -375,12 +407,12 @@ def _get(port: int, path: str) -> int | None:
         conn.close()
 
 
-def _wait(proc: Proc, ready) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
+def _wait(proc: Proc, ready, timeout: float = READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
             raise StartError(f"{proc.name} exited with status {proc.popen.returncode}:\n{proc.tail()}")
         if ready():
             return
         time.sleep(0.05)
-    raise StartError(f"{proc.name} not ready after {READY_TIMEOUT:.0f} s:\n{proc.tail()}")
+    raise StartError(f"{proc.name} not ready after {timeout:.0f} s:\n{proc.tail()}")

@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 
 from bench import wrk  # noqa: E402
 from bench.micro.instructions import self_costs  # noqa: E402
-from bench.procs import Fleet, nginx_conf, nginx_path, wait_port  # noqa: E402
+from bench.procs import Fleet, StartError, nginx_conf, nginx_path  # noqa: E402
 
 
 def count(args, seconds, where):
@@ -39,29 +39,38 @@ def count(args, seconds, where):
     with Fleet() as fleet:  # the bench's own starts, ports and clean-up; the target's stop is ours
         sim = fleet.start_sim("sim", (["--ttft", "0", "--itl", str(args.itl)] if args.itl else [])
                               + ["--event-writes"] * args.event_writes)
-        port = fleet.port()
         log = os.path.join(where, f"valgrind-{seconds}.log")
         valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={where}/callgrind.{seconds}",
                     f"--log-file={log}"] + ["--cache-sim=yes"] * args.cache_sim
         if args.target == "nginx":
             prefix = tempfile.mkdtemp(dir=where)
-            conf = nginx_conf(prefix, port, [sim], 1).replace(
-                "master_process on;", "master_process off;")  # one process does all, as fleetproxy's
-            with open(os.path.join(prefix, "nginx.conf"), "w") as f:
-                f.write(conf)
-            argv = [*valgrind, nginx_path(), "-p", prefix, "-c", os.path.join(prefix, "nginx.conf")]
+
+            def argv(port):
+                conf = nginx_conf(prefix, port, [sim], 1).replace(
+                    "master_process on;", "master_process off;")  # one process does all, as fleetproxy's
+                with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+                    f.write(conf)
+                return [*valgrind, nginx_path(), "-p", prefix, "-c", os.path.join(prefix, "nginx.conf")]
             stop = signal.SIGQUIT  # nginx's graceful stop
         elif args.target == "floor":  # bench/floor.py: uvloop's callbacks alone, no proxy in them
             module = ["bench.micro.readfloor", "--read", args.floor_read] if args.floor_read else ["bench.floor"]
-            argv = [*valgrind, sys.executable, "-m", *module, "--listen", f"127.0.0.1:{port}", "--backend", sim]
+
+            def argv(port):
+                return [*valgrind, sys.executable, "-m", *module, "--listen", f"127.0.0.1:{port}", "--backend", sim]
             stop = signal.SIGTERM
         else:
-            argv = [*valgrind, sys.executable, "-m", "proxy", "--single-process", "--listen", f"127.0.0.1:{port}",
-                    "--admin-listen", f"127.0.0.1:{fleet.port()}", "--backend", sim,
-                    "--log-level", "warning"] + (["--config", args.config] if args.config else [])
+            def argv(port):
+                return [*valgrind, sys.executable, "-m", "proxy", "--single-process", "--listen", f"127.0.0.1:{port}",
+                        "--admin-listen", f"127.0.0.1:{fleet.port()}", "--backend", sim,
+                        "--log-level", "warning"] + (["--config", args.config] if args.config else [])
             stop = signal.SIGTERM
-        target = fleet.spawn(args.target, argv, env={**os.environ, "PYTHONHASHSEED": "0"}, pin=False).popen
-        wait_port(port, target, timeout=120.0)  # start-up under valgrind is slow
+        try:  # start-up under valgrind is slow: the port's pick and its bind are seconds apart
+            proc, port = fleet.start_traced(args.target, argv, timeout=120.0)
+        except StartError as e:
+            sys.exit(f"{args.target} did not start under valgrind: {e}\nvalgrind's log:\n{_tail(log)}")
+        if args.target == "nginx":
+            proc.error_log = os.path.join(prefix, "error.log")
+        target = proc.popen
         time.sleep(2.0)  # let it settle: imports and first-request paths are the start's, not the runs'
         run = subprocess.run(wrk.argv(f"http://127.0.0.1:{port}", wrk.script(args.lua, where), seconds,
                                       args.connections), capture_output=True, text=True, timeout=seconds + 60)
@@ -80,6 +89,14 @@ def count(args, seconds, where):
     if found is None:
         sys.exit(f"{args.target}: callgrind wrote no total (see {log})")
     return result["requests"], [int(n) for n in found.group(1).split()]
+
+
+def _tail(path, lines=20):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError as e:
+        return f"({e})"
 
 
 def main(argv=None):
