@@ -201,7 +201,133 @@ cdef extern from *:
     Py_ssize_t fleetproxy_number_end(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n) nogil
     Py_ssize_t fleetproxy_skip(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n, int depth, int deepest) nogil
 
+cdef extern from *:
+    '''
+    /* bodywalk._walk(body, False), scan, whole: the top level's members by the same rules in the
+       same order, the model, stream and n read and every other value skipped (fleetproxy_skip).
+       0 with what it read in fleetproxy_scanned (stream -1: none, 0 false, 1 true; count 0:
+       none, 1), or -1 where the walk is not sure of the body. Per key, the .py's walk costs a
+       dozen calls with their checks; a chat's body has a few keys and is a hundred bytes. */
+    typedef struct {
+        Py_ssize_t model_at, model_end;
+        int stream, count;
+    } fleetproxy_scan_t;
+    static fleetproxy_scan_t fleetproxy_scanned;
+    static inline int fleetproxy_scan_word(const unsigned char *s, Py_ssize_t pos, Py_ssize_t n, const char *word,
+                                      Py_ssize_t size) {
+        return pos + size <= n && memcmp(s + pos, word, (size_t)size) == 0;
+    }
+    static int fleetproxy_scan(const unsigned char *s, Py_ssize_t n, int deepest) {
+        Py_ssize_t pos, at, end, i, model_at = -1, model_end = -1;
+        int seen = 0, stream = -1, count = 0;
+        pos = fleetproxy_space(s, 0, n);
+        if (pos >= n || s[pos] != 0x7B)  /* { */
+            return -1;
+        pos = fleetproxy_space(s, pos + 1, n);
+        if (pos < n && s[pos] == 0x7D) {  /* } */
+            pos++;
+        } else {
+            for (;;) {
+                /* _key and _value: a key without an escape, a colon, the value's first byte */
+                if (pos >= n || s[pos] != 0x22)
+                    return -1;
+                at = pos + 1;
+                end = fleetproxy_string_end(s, at, n, 1);
+                if (end < 0)
+                    return -1;
+                pos = fleetproxy_space(s, end + 1, n);
+                if (pos >= n || s[pos] != 0x3A)
+                    return -1;
+                pos = fleetproxy_space(s, pos + 1, n);
+                if (pos >= n)
+                    return -1;
+                if (end - at == 5 && memcmp(s + at, "model", 5) == 0) {
+                    if (seen & 1)
+                        return -1;
+                    seen |= 1;
+                    if (s[pos] == 0x22) {
+                        model_at = pos + 1;
+                        pos = fleetproxy_string_end(s, model_at, n, 0);
+                        if (pos < 0)
+                            return -1;
+                        for (i = model_at; i < pos; i++)  /* _printable */
+                            if (s[i] < 0x20 || s[i] >= 0x7F || s[i] == 0x5C)
+                                return -1;
+                        model_end = pos++;
+                    } else if (fleetproxy_scan_word(s, pos, n, "null", 4)) {
+                        pos += 4;
+                    } else {
+                        return -1;
+                    }
+                } else if (end - at == 6 && memcmp(s + at, "stream", 6) == 0) {
+                    if (seen & 2)
+                        return -1;
+                    seen |= 2;
+                    if (fleetproxy_scan_word(s, pos, n, "true", 4)) {
+                        stream = 1;
+                        pos += 4;
+                    } else if (fleetproxy_scan_word(s, pos, n, "false", 5)) {
+                        stream = 0;
+                        pos += 5;
+                    } else if (fleetproxy_scan_word(s, pos, n, "null", 4)) {
+                        pos += 4;
+                    } else {
+                        return -1;
+                    }
+                } else if (end - at == 1 && s[at] == 0x6E) {  /* n */
+                    if (seen & 4)
+                        return -1;
+                    seen |= 4;
+                    if (s[pos] == 0x31 && pos + 1 < n && !(s[pos + 1] >= 0x30 && s[pos + 1] <= 0x39)
+                            && s[pos + 1] != 0x2E) {
+                        count = 1;
+                        pos++;
+                    } else if (fleetproxy_scan_word(s, pos, n, "null", 4)) {
+                        pos += 4;
+                    } else {
+                        return -1;
+                    }
+                } else if (end - at == 14 && memcmp(s + at, "stream_options", 14) == 0) {
+                    return -1;
+                } else {
+                    pos = fleetproxy_skip(s, pos, n, 1, deepest);
+                    if (pos < 0)
+                        return -1;
+                }
+                pos = fleetproxy_space(s, pos, n);
+                if (pos >= n)
+                    return -1;
+                if (s[pos] == 0x2C) {  /* , */
+                    pos = fleetproxy_space(s, pos + 1, n);
+                } else if (s[pos] == 0x7D) {
+                    pos++;
+                    break;
+                } else {
+                    return -1;
+                }
+            }
+        }
+        if (fleetproxy_space(s, pos, n) != n)
+            return -1;
+        fleetproxy_scanned.model_at = model_at;
+        fleetproxy_scanned.model_end = model_end;
+        fleetproxy_scanned.stream = stream;
+        fleetproxy_scanned.count = count;
+        return 0;
+    }
+    '''
+    ctypedef struct fleetproxy_scan_t:
+        Py_ssize_t model_at, model_end
+        int stream, count
+    fleetproxy_scan_t fleetproxy_scanned
+    int fleetproxy_scan(const unsigned char *s, Py_ssize_t n, int deepest) nogil
+
+@cython.locals(buf="const unsigned char *", n=Py_ssize_t, code=int)
 cpdef scan(bytes body)
+
+@cython.locals(model=str, fields=Walked)
+cdef Walked _scanned(const unsigned char *buf, Py_ssize_t n, Py_ssize_t model_at, Py_ssize_t model_end, stream,
+                     count)
 
 # The walk's helpers inline: called a dozen times per body, each a few instructions of work.
 cdef inline Py_ssize_t _key(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept

@@ -55,7 +55,16 @@ def scan(body):
     """The model-only fields of a JSON object body (``decode(body, True)``: the model, stream
     and n) as ``walk`` reads them, or None where it is not sure of the body. The last answer
     serves again for the same fields: it is read-only once made, and a fleet's bodies name a
-    few models, so most bodies cost no string and no object."""
+    few models, so most bodies cost no string and no object. Compiled: the whole walk in C
+    (``fleetproxy_scan``, bodywalk.pxd), by ``_walk``'s rules, which are the pure build's."""
+    if _COMPILED:
+        n = len(body)
+        buf = body  # compiled: its bytes through a pointer
+        if fleetproxy_scan(buf, n, _DEEPEST) < 0:  # noqa: F821 (bodywalk.pxd)
+            return None
+        code = fleetproxy_scanned.stream  # noqa: F821
+        return _scanned(buf, n, fleetproxy_scanned.model_at, fleetproxy_scanned.model_end,  # noqa: F821
+                        None if code < 0 else code == 1, 1 if fleetproxy_scanned.count else None)  # noqa: F821
     return _walk(body, False)
 
 
@@ -294,7 +303,6 @@ def _walk(body, full):
     as msgspec's ``_ModelOnly`` skips it, its strings by the cheaper test of ``_string_end``
     (no ``\\u`` escape: a short body's strings are short, and a call per string would cost
     more than the rare escape saves)."""
-    global _last
     n = len(body)
     buf = body  # compiled: its bytes through a pointer (bodywalk.pxd)
     seen = 0  # bits: model 1, stream 2, n 4, user 8, messages 16, prompt 32
@@ -409,25 +417,41 @@ def _walk(body, full):
                 return None
     if _space(buf, pos, n) != n:
         return None
-    model = _model(buf, model_at, model_end, n) if model_at >= 0 else None
     if not full:
-        # Read-only once made, so the last one serves again for the same fields: no object made.
-        fields = _last
-        if fields is not None and fields.stream is stream and fields.n is count and fields.model is model:
-            return fields
+        return _scanned(buf, n, model_at, model_end, stream, count)
     fields = Walked.__new__(Walked)
-    fields.model = model
+    fields.model = _model(buf, model_at, model_end, n) if model_at >= 0 else None
     fields.user = buf[user_at:user_end].decode("ascii") if user_at >= 0 else None
     fields.stream = stream
     fields.n = count
-    fields.body = body if full else None  # the last scan's answer holds no body alive
+    fields.body = body
     fields.spans = spans
     fields.prompt_at = prompt_at
     fields.prompt_end = prompt_end
     fields.prompt_span = prompt_span
     fields._messages = None
-    if not full:
-        _last = fields
+    return fields
+
+
+def _scanned(buf, n, model_at, model_end, stream, count):
+    """scan's answer: the last one again where it holds the same fields (read-only once made,
+    so it serves again: no object made), else a new one, which holds no body alive."""
+    global _last
+    model = _model(buf, model_at, model_end, n) if model_at >= 0 else None
+    fields = _last
+    if fields is not None and fields.stream is stream and fields.n is count and fields.model is model:
+        return fields
+    fields = Walked.__new__(Walked)
+    fields.model = model
+    fields.user = None
+    fields.stream = stream
+    fields.n = count
+    fields.body = None
+    fields.spans = None
+    fields.prompt_at = fields.prompt_end = -1
+    fields.prompt_span = None
+    fields._messages = None
+    _last = fields
     return fields
 
 
