@@ -26,22 +26,27 @@ from dataclasses import dataclass, field
 
 
 
-def _bench_ports(start: int = 40000, size: int = 1000) -> range:
-    """The bench's ports: below the kernel's ephemeral range where there is room for them.
+def quiet_ports(start: int, stop: int) -> range | None:
+    """Ports ``start`` to ``stop`` below the kernel's ephemeral range (0 is its first port), or
+    None where those would fall below 10,000 (a host whose ephemeral range starts low).
 
-    A port picked free and bound by the child later (seconds later under valgrind) can be taken
+    A port picked free and bound by a child later (seconds later under valgrind) can be taken
     in between by any outgoing connection's source port if it lies in the ephemeral range
     (32768-60999 by default): the child then exits with EADDRINUSE. Below that range only an
-    explicit bind takes a port."""
+    explicit bind takes a port, and every bind here is of a port picked from these ranges."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             low = int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
-        return range(start, start + size)
-    return range(low - size, low) if low - size >= 10_000 else range(start, start + size)
+        low = 0
+    return range(low + start, low + stop) if low + start >= 10_000 else None
 
 
-PORT_RANGE = _bench_ports()  # other tools on this host stay out of it
+# Fleet's ports, bench.procs.free_port's, and the test suite's (tests/conftest.py): apart, so
+# that a bench inside the suite never picks a port a test picked and has not bound yet.
+PORT_RANGE = quiet_ports(-1000, 0) or range(40000, 41000)  # other tools on this host stay out of it
+SPARE_PORTS = quiet_ports(-3000, -1000)
+TEST_PORTS = quiet_ports(-22000, -3000)
 READY_TIMEOUT = 20.0  # s: a process that is not serving by then failed to start
 STOP_GRACE = 8.0  # s: SIGTERM to SIGKILL
 NGINX = "/usr/sbin/nginx"
@@ -86,11 +91,30 @@ class Target:
         return [p.pid for p in self.procs]
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (the kernel's pick)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(ports: range | None = SPARE_PORTS, taken: set | None = None) -> int:
+    """A port free on 127.0.0.1 right now: one of ``ports`` (the kernel's pick where there is
+    no such range), not one of ``taken``, which it joins."""
+    taken = _spare_taken if taken is None else taken
+    while True:
+        if ports is None or len(taken) >= len(ports):
+            port = 0  # the kernel's pick
+        else:
+            port = random.choice(ports)
+            if port in taken:
+                continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                taken.add(port)  # in use now: not asked again
+                continue
+            port = s.getsockname()[1]
+        if port not in taken:
+            taken.add(port)
+            return port
+
+
+_spare_taken: set = set()
 
 
 def wait_port(port: int, popen: subprocess.Popen, timeout: float = 20.0) -> None:

@@ -15,21 +15,20 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.procs import TEST_PORTS  # noqa: E402
+from bench.procs import free_port as _free_port  # noqa: E402
 
 
 _handed_out = set()
 
 
 def free_port():
-    """A port nothing listens on now, and never one handed out before in this run: the kernel
-    may give a port it just released again, so two calls in a row could name the same one."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+    """A port nothing listens on now, and never one handed out before in this run (a port just
+    released may be given again), below the kernel's ephemeral range where there is room: there
+    no connection's source port can take it before the process a test starts binds it."""
+    return _free_port(TEST_PORTS, _handed_out)
 
 
 def wait_port(port, timeout=10.0, proc=None):
