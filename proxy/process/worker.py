@@ -37,8 +37,9 @@ def loop_build():
     (third_party/uvloop/build.py, which ``make install`` runs)."""
     from importlib.metadata import version
 
-    held = getattr(uvloop.loop, "HOLDS_GIL", False)
-    return f"uvloop {version('uvloop')}" + (" (the GIL kept across waits)" if held else " (stock)")
+    held = getattr(uvloop.loop, "HOLDS_GIL", 0)  # 2: its callbacks take none either; 1: an earlier build
+    kept = " (the GIL kept across waits and callbacks)" if held >= 2 else " (the GIL kept across waits)"
+    return f"uvloop {version('uvloop')}" + (kept if held else " (stock)")
 
 # The cyclic collector's pace once serving (gc.set_threshold). Requests' objects are freed by
 # reference counting; what the collector walks is mostly what lives: every open connection

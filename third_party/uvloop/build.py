@@ -10,11 +10,17 @@ gil``: each takes the GIL back and gives it up again (PyGILState_Ensure/Release:
 pairs and a condition signal). A read costs two such callbacks, the buffer and the data: a
 proxied chat four round trips, about 1,700 of its 24,600 user-space instructions, and a stream
 two more for each token event. A worker has one Python thread, so nothing else wants the GIL
-while the loop waits: kept, the callbacks find it held and pay nothing. With a second Python
-thread alive (tracing's exporter, a test's client) the loop lets it go around each wait as
-before, so that thread runs while the loop waits for I/O. Measured, paired against the same
-release built stock (bench/results/stop44/uvloop-gil.md): scenario c's token events -2.8% to
--4.5% of the proxy's CPU, a stream read an event at a time -1.5%, a chat within noise.
+while the loop waits: kept, the callbacks find it held. With a second Python thread alive
+(tracing's exporter, a test's client) the loop lets it go around each wait as before, so that
+thread runs while the loop waits for I/O. Measured, paired against the same release built stock
+(bench/results/stop44/uvloop-gil.md): scenario c's token events -2.8% to -4.5% of the proxy's
+CPU, a stream read an event at a time -1.5%, a chat within noise.
+
+Found held, the GIL still cost each callback PyGILState_Ensure and Release: a thread-specific
+lookup and checks each, some 80 instructions a callback, 330 a chat. So the thread whose uv_run
+holds the GIL is noted (its pthread id), and Cython's GIL macros in loop.pyx go through two
+functions that take nothing for that thread's callbacks and take the GIL as before for any
+other thread (``HOLDS_GIL = 2``; an earlier build, 1, is built again by ``make install``).
 
 Optional: where it cannot build (no package index, a uvloop whose loop.pyx the change does not
 fit, no C compiler) it says why and exits 0, and the stock uvloop stays: the same loop, a
@@ -55,8 +61,40 @@ PATCH = [
         "        PyInterpreterState_ThreadHead(PyInterpreterState_Get())) == NULL\n"
         "\n"
         "\n"
-        "# Built with the GIL kept across uv_run (fleetproxy's third_party/uvloop/build.py).\n"
-        "HOLDS_GIL = True\n",
+        "cdef extern from *:\n"
+        '    """\n'
+        "    #include <stdint.h>\n"
+        "    #include <pthread.h>\n"
+        "    /* The thread whose uv_run holds the GIL (its pthread id; 0: none). Its libuv\n"
+        "       callbacks run with the GIL held, so their \"with gil\" has nothing to take:\n"
+        "       PyGILState_Ensure and Release, a thread-specific lookup and checks each, are\n"
+        "       skipped for them (one compare). Any other thread, or this one outside such a\n"
+        "       uv_run, takes the GIL as before. The macros below come after Python.h and\n"
+        "       before Cython's own GIL macros, which name these functions: every GIL\n"
+        "       taken in this module goes through them. */\n"
+        "    static volatile uintptr_t fleetproxy_holder = 0;\n"
+        "    #define FLEETPROXY_KEPT ((PyGILState_STATE)2)  /* neither LOCKED nor UNLOCKED */\n"
+        "    static inline void fleetproxy_hold(int on) {\n"
+        "        fleetproxy_holder = on ? (uintptr_t)pthread_self() : 0;\n"
+        "    }\n"
+        "    static inline PyGILState_STATE fleetproxy_gil_ensure(void) {\n"
+        "        if (fleetproxy_holder != 0 && fleetproxy_holder == (uintptr_t)pthread_self())\n"
+        "            return FLEETPROXY_KEPT;\n"
+        "        return PyGILState_Ensure();\n"
+        "    }\n"
+        "    static inline void fleetproxy_gil_release(PyGILState_STATE state) {\n"
+        "        if (state != FLEETPROXY_KEPT)\n"
+        "            PyGILState_Release(state);\n"
+        "    }\n"
+        "    #define PyGILState_Ensure() fleetproxy_gil_ensure()\n"
+        "    #define PyGILState_Release(state) fleetproxy_gil_release(state)\n"
+        '    """\n'
+        "    void fleetproxy_hold(int on) nogil\n"
+        "\n"
+        "\n"
+        "# Built with the GIL kept across uv_run, its callbacks taking nothing (fleetproxy's\n"
+        "# third_party/uvloop/build.py); the number is the change's: 2, the callbacks.\n"
+        "HOLDS_GIL = 2\n",
     ),
     (
         "        Py_INCREF(self)\n"
@@ -73,7 +111,9 @@ PATCH = [
         "            # so that thread runs while the loop waits.\n"
         "            while True:\n"
         "                if _sole_thread():\n"
+        "                    fleetproxy_hold(1)\n"
         "                    err = uv.uv_run(self.uvloop, uv.UV_RUN_ONCE)\n"
+        "                    fleetproxy_hold(0)\n"
         "                else:\n"
         "                    with nogil:\n"
         "                        err = uv.uv_run(self.uvloop, uv.UV_RUN_ONCE)\n"
@@ -102,8 +142,12 @@ def skip(why):
     return 0
 
 
+LEVEL = 2  # HOLDS_GIL of a build of this change (1: the GIL kept, the callbacks still taking it)
+
+
 def holds_gil():
-    code = "import sys, uvloop.loop as l; sys.exit(not getattr(l, 'HOLDS_GIL', False))"
+    """Whether the installed uvloop is this change's build (an earlier one is built again)."""
+    code = f"import sys, uvloop.loop as l; sys.exit(getattr(l, 'HOLDS_GIL', 0) < {LEVEL})"
     return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
