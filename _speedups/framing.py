@@ -333,8 +333,9 @@ class ResponseFramer:
         """Advance over ``data``; return HEAD|DONE|ERROR flags. See the module docstring."""
         if type(data) is not bytes:
             data = bytes(data)
-        buf = data  # compiled: a pointer to data's bytes (framing_c.pxd)
-        n = len(data)
+        chunk = data  # compiled: typed bytes, so the pointer and the size are read, not asked for
+        buf = chunk  # compiled: a pointer to data's bytes (framing_c.pxd)
+        n = len(chunk)
         flags = 0
         pos = 0
         self.head_end = 0

@@ -156,7 +156,8 @@ cdef class ResponseFramer:
     @cython.locals(buf="const unsigned char *", lbuf="const unsigned char *", line=bytes,
                    n=Py_ssize_t, flags=int, pos=Py_ssize_t, state=int, sse=bint,
                    take=Py_ssize_t, have=Py_ssize_t, limit=Py_ssize_t, stop=Py_ssize_t,
-                   nl=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, size="long long", i=Py_ssize_t, hexdig="const unsigned char *")
+                   nl=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, size="long long", i=Py_ssize_t, hexdig="const unsigned char *",
+                   chunk=bytes)
     cpdef int feed(self, data) except -1
 
     @cython.locals(acc=bytearray, prior=Py_ssize_t, end=Py_ssize_t, pos=Py_ssize_t,

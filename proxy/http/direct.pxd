@@ -3,7 +3,6 @@
 cimport cython
 
 cdef bint _COMPILED
-cdef object _is_closing
 
 cdef extern from *:
     '''
@@ -53,10 +52,11 @@ cdef class Sender:
     cdef public object transport
     cdef public int fd
     cdef public bint queued
+    cdef object closing
 
     cdef inline bint _may_send(self, bint closed) except -1
 
-    @cython.locals(n=Py_ssize_t, sent=Py_ssize_t)
+    @cython.locals(n=Py_ssize_t, sent=Py_ssize_t, chunk=bytes)
     cpdef write(self, data, bint closed)
     @cython.locals(n=Py_ssize_t, sent=Py_ssize_t)
     cpdef write2(self, bytes head, bytes body, bint closed)

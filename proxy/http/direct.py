@@ -22,19 +22,13 @@ error handling (a reset, a broken pipe: ``connection_lost``) are what they were.
 """
 
 _COMPILED = not __file__.endswith(".py")  # this module runs as its Cython build (direct.pxd)
-# uvloop's TCPTransport.is_closing, asked before every send, taken off the type once (the only
-# type socket_fd gives a descriptor for): a write calls it on its transport without looking
-# the method up first (~75 user-space instructions a write, a stream's every event).
-_is_closing = None
 
 
 def socket_fd(transport):
     """The descriptor a ``Sender`` may send on for ``transport``, or -1 (every write goes to the
     transport): the pure build, a TLS or test transport, a socket already gone."""
-    global _is_closing
     if not _COMPILED or type(transport).__name__ != "TCPTransport" or type(transport).__module__ != "uvloop.loop":
         return -1
-    _is_closing = type(transport).is_closing
     sock = transport.get_extra_info("socket")
     if sock is None:
         return -1
@@ -49,12 +43,16 @@ class Sender:
     compiled build may send on it directly (``socket_fd``). A protocol makes one at
     ``connection_made`` and hands it every write with its own ``closed`` flag."""
 
-    __slots__ = ("transport", "fd", "queued")
+    __slots__ = ("transport", "fd", "queued", "closing")
 
     def __init__(self, transport):
         self.transport = transport
         self.fd = socket_fd(transport)
         self.queued = False  # a write went to the transport: the next go there until it is empty
+        # The transport's is_closing, bound once: asked before every send (a stream's every
+        # event), a call with nothing to look up and, unlike the method taken off the type, no
+        # check that the transport is of the type that defines it (~100 instructions a write).
+        self.closing = transport.is_closing if self.fd >= 0 else None
 
     def _may_send(self, closed):
         """Whether a write may go to the socket now (this module's docstring says when): the
@@ -63,7 +61,7 @@ class Sender:
         transport = self.transport
         if self.queued and not transport.get_write_buffer_size():
             self.queued = False
-        return _COMPILED and not (self.queued or closed or _is_closing(transport))
+        return _COMPILED and not (self.queued or closed or self.closing())
 
     def write(self, data, closed):
         """``data`` to the connection, in order after every earlier write."""
@@ -72,8 +70,9 @@ class Sender:
             transport.write(data)
             return
         if type(data) is bytes and self._may_send(closed):
-            n = len(data)
-            sent = fleetproxy_send(self.fd, data, n)  # noqa: F821 (direct.pxd)
+            chunk = data  # compiled: typed bytes, so its size is read, not asked for
+            n = len(chunk)
+            sent = fleetproxy_send(self.fd, chunk, n)  # noqa: F821 (direct.pxd)
             if sent == n:
                 return
             if sent > 0:
