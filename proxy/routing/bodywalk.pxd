@@ -350,6 +350,10 @@ cpdef scan(bytes body)
 cdef Walked _scanned(const unsigned char *buf, Py_ssize_t n, Py_ssize_t model_at, Py_ssize_t model_end, stream,
                      count)
 
+@cython.locals(fields=Walked)
+cdef inline Walked _walked(model, user, stream, count, bytes body, list spans, Py_ssize_t prompt_at,
+                           Py_ssize_t prompt_end, list prompt_span)
+
 # The walk's helpers inline: called a dozen times per body, each a few instructions of work.
 cdef inline Py_ssize_t _key(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t n) noexcept
 

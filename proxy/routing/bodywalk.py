@@ -419,18 +419,9 @@ def _walk(body, full):
         return None
     if not full:
         return _scanned(buf, n, model_at, model_end, stream, count)
-    fields = Walked.__new__(Walked)
-    fields.model = _model(buf, model_at, model_end, n) if model_at >= 0 else None
-    fields.user = buf[user_at:user_end].decode("ascii") if user_at >= 0 else None
-    fields.stream = stream
-    fields.n = count
-    fields.body = body
-    fields.spans = spans
-    fields.prompt_at = prompt_at
-    fields.prompt_end = prompt_end
-    fields.prompt_span = prompt_span
-    fields._messages = None
-    return fields
+    model = _model(buf, model_at, model_end, n) if model_at >= 0 else None
+    user = buf[user_at:user_end].decode("ascii") if user_at >= 0 else None
+    return _walked(model, user, stream, count, body, spans, prompt_at, prompt_end, prompt_span)
 
 
 def _scanned(buf, n, model_at, model_end, stream, count):
@@ -441,17 +432,23 @@ def _scanned(buf, n, model_at, model_end, stream, count):
     fields = _last
     if fields is not None and fields.stream is stream and fields.n is count and fields.model is model:
         return fields
+    _last = _walked(model, None, stream, count, None, None, -1, -1, None)
+    return _last
+
+
+def _walked(model, user, stream, count, body, spans, prompt_at, prompt_end, prompt_span):
+    """A walk's answer (its messages decoded only if something asks for them)."""
     fields = Walked.__new__(Walked)
     fields.model = model
-    fields.user = None
+    fields.user = user
     fields.stream = stream
     fields.n = count
-    fields.body = None
-    fields.spans = None
-    fields.prompt_at = fields.prompt_end = -1
-    fields.prompt_span = None
+    fields.body = body
+    fields.spans = spans
+    fields.prompt_at = prompt_at
+    fields.prompt_end = prompt_end
+    fields.prompt_span = prompt_span
     fields._messages = None
-    _last = fields
     return fields
 
 
