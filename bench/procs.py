@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass, field
 
 
-
 def quiet_ports(start: int, stop: int) -> range | None:
-    """Ports ``start`` to ``stop`` below the kernel's ephemeral range (0 is its first port), or
-    None where those would fall below 10,000 (a host whose ephemeral range starts low).
+    """The ports from ``start`` to ``stop``, offsets from the first port of the kernel's
+    ephemeral range (negative: below it), or None where they would fall below 10,000 (a host
+    whose ephemeral range starts that low).
 
     A port picked free and bound by a child later (seconds later under valgrind) can be taken
     in between by any outgoing connection's source port if it lies in the ephemeral range
@@ -139,10 +139,10 @@ def _accepts(port: int) -> bool:
 
 
 def _self_connected(sock: socket.socket) -> bool:
-    """Whether ``sock`` is connected to itself: a port picked by ``free_port`` is in the
-    ephemeral range, so while nothing listens on it yet, a connection to it from that same port
-    meets itself (TCP's simultaneous open), reads back what it wrote, and holds the port the
-    process is about to bind."""
+    """Whether ``sock`` is connected to itself: where a port picked free is in the ephemeral
+    range (no room below it), a connection to it from that same port while nothing listens
+    there meets itself (TCP's simultaneous open), reads back what it wrote, and holds the port
+    the process is about to bind."""
     return sock.getsockname() == sock.getpeername()
 
 

@@ -699,13 +699,17 @@ def test_served_instructions_count_completions_end_to_end():
 def test_bench_ports_lie_below_the_ephemeral_range():
     """A port picked free and bound seconds later by a slow child (valgrind) must not be one an
     outgoing connection's source port can take in between: the bench's range sits below the
-    kernel's ephemeral range."""
-    from bench.procs import PORT_RANGE
+    kernel's ephemeral range, and so do free_port's and the test suite's, apart from it and
+    from one another (a bench run inside the suite never picks a test's port)."""
+    from bench.procs import PORT_RANGE, SPARE_PORTS, TEST_PORTS
     with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
         low, high = map(int, f.read().split())
     if low < 11_000:
         pytest.skip(f"no room below this host's ephemeral range ({low}-{high})")
     assert PORT_RANGE.stop <= low and len(PORT_RANGE) == 1000
+    ranges = [r for r in (PORT_RANGE, SPARE_PORTS, TEST_PORTS) if r is not None]
+    assert all(r.stop <= low for r in ranges)
+    assert len(set().union(*ranges)) == sum(map(len, ranges))
 
 
 def test_a_traced_start_whose_port_was_taken_starts_again_on_another(monkeypatch):
@@ -713,9 +717,8 @@ def test_a_traced_start_whose_port_was_taken_starts_again_on_another(monkeypatch
     taken between its pick and its bind exits (EADDRINUSE), and the start is tried again on
     another port; what comes back accepts connections and proxies."""
     from bench.procs import Fleet
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))  # bound, not listening: a connect is refused, a bind fails
-    with Fleet() as fleet:
+    with socket.socket() as taken, Fleet() as fleet:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: a connect is refused, a bind fails
         sim = fleet.start_sim("sim")
         picks = iter([taken.getsockname()[1]])
         real = fleet.port
@@ -727,7 +730,6 @@ def test_a_traced_start_whose_port_was_taken_starts_again_on_another(monkeypatch
             return [sys.executable, "-m", "proxy", "--single-process", "--listen", f"127.0.0.1:{port}",
                     "--admin-listen", f"127.0.0.1:{real()}", "--backend", sim]
         proc, port = fleet.start_traced("fleetproxy", argv, timeout=30)
-        taken.close()
         assert argvs[0] != port and argvs[-1] == port and len(argvs) == 2
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
             assert r.status == 200 and json.load(r)["data"]

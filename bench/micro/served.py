@@ -68,8 +68,6 @@ def count(args, seconds, where):
             proc, port = fleet.start_traced(args.target, argv, timeout=120.0)
         except StartError as e:
             sys.exit(f"{args.target} did not start under valgrind: {e}\nvalgrind's log:\n{_tail(log)}")
-        if args.target == "nginx":
-            proc.error_log = os.path.join(prefix, "error.log")
         target = proc.popen
         time.sleep(2.0)  # let it settle: imports and first-request paths are the start's, not the runs'
         run = subprocess.run(wrk.argv(f"http://127.0.0.1:{port}", wrk.script(args.lua, where), seconds,
