@@ -223,7 +223,8 @@ def main(argv=None):
         elif subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
                              wheel]).returncode != 0:
             return skip("the built wheel did not install")
-    print(f"third_party/uvloop: uvloop {release}+{LABEL} built (the GIL kept across its waits)", file=sys.stderr)
+    print(f"third_party/uvloop: uvloop {release}+{LABEL} built (the GIL kept across its waits and callbacks)",
+          file=sys.stderr)
     return 0
 
 
