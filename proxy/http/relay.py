@@ -216,6 +216,11 @@ class Relay:
                 out = self.dechunker.feed(out)
             elif self.rechunk:
                 out = heads.chunk(out)
+        if flags & DONE and tenant is not None and not flags & ERROR:
+            # The tenant's limits see this request end (its usage charged, its in-flight slot
+            # given back) before its client does: a client that sends its next request the
+            # moment this one ends is admitted against them, whichever worker takes it.
+            down.ctx.tenants.release(self)
         if head:
             joined, report = client_head(
                 framer, self.request_id, self.close_after, self.dechunker is not None, self.asked_load, self.rechunk,
