@@ -283,8 +283,12 @@ class Tenants:
             self.table.unlock(slot)
 
     def release(self, ex):
-        """The glue for ``Exchange.finish``: what the request ``ex`` used, then ``finish``."""
+        """The glue for ``Exchange.finish``: what the request ``ex`` used, then ``finish``.
+        Once: the relay releases a response's end before its last bytes go out, and
+        ``Exchange.finish`` then finds it done."""
         admission = ex.tenant
+        if admission.done:
+            return
         framer = ex.framer
         status = framer.status if framer is not None else 0
         tokens = tokens_of(ex.obs) if ex.obs is not None else NO_TOKENS
