@@ -45,13 +45,14 @@ run: install
 	$(VPY) -m proxy demo
 
 # The whole suite runs twice: on the native (Cython) speedups and on their pure-Python twins.
+# -rs: each skipped test is listed with its reason (a missing package or service says so).
 test: install test-native test-pure
 
 test-native:
-	FLEETPROXY_EXPECT_NATIVE=1 $(VPY) -m pytest -q
+	FLEETPROXY_EXPECT_NATIVE=1 $(VPY) -m pytest -q -rs
 
 test-pure:
-	FLEETPROXY_PURE=1 $(VPY) -m pytest -q
+	FLEETPROXY_PURE=1 $(VPY) -m pytest -q -rs
 
 bench: install
 	$(PIP) install -q -e '.[test,bench]'

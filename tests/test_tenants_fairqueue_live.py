@@ -102,12 +102,13 @@ def test_a_quiet_tenant_is_not_served_after_a_noisy_backlog(tmp_path):
         after = held.order[2:]  # behind the warm-up and the blocker
         assert sorted(after) == sorted(u for u, _ in noisy) + [f"quiet-{i}" for i in range(3)]
         # First come, first served would put the quiet ones last (positions 8-10); equal weights
-        # interleave them. The queue releases in that order, but two released requests may reach
-        # the backend in either order (each goes out when its connection is ready): so the test
-        # asks for the interleaving within one place, not the exact sequence.
+        # interleave them (the last at 5). The queue releases in that order, but released requests
+        # may reach the backend in another (each goes out when its connection is ready, and on a
+        # loaded CI machine a connect can lose to two later sends): so the test asks for the
+        # interleaving within two places, still three before first come, first served's.
         tenants = [user.split("-")[0] for user in after]
         quiet_at = [i for i, t in enumerate(tenants) if t == "quiet"]
-        assert quiet_at[-1] <= 6 and tenants[:2].count("quiet") <= 1, tenants
+        assert quiet_at[-1] <= 7 and tenants[:2].count("quiet") <= 1, tenants
         assert wait_for(lambda: queued(proxy) == 0, timeout=5)
     finally:
         held.go.set()
