@@ -19,5 +19,64 @@ async def tick(period):
     """Sleep until the next instant that is a whole multiple of ``period`` seconds and at
     least a tenth of it away: a task woken at a tick (or a millisecond before it: the loop's
     timers and clock have that grain) sleeps to the following one, not to the same again."""
-    now = asyncio.get_running_loop().time()
-    await asyncio.sleep((math.floor((now + period / 10) / period) + 1) * period - now)
+    await asyncio.sleep(_until_tick(asyncio.get_running_loop().time(), period))
+
+
+class Pace:
+    """The rounds of a task with nothing to do while nothing is routed (load scrapes, pool
+    sweeps, gauge samples): ``period`` apart while requests come, ``idle`` apart once a whole
+    period passed with none routed and none in flight over the worker group
+    (``router.traffic``), and at once when the next request this worker routes wakes them
+    (``router.on_request``), not a long period later. Health checks do not pace so: a backend
+    that dies while the proxy idles is still found before traffic meets it.
+
+    Why. Measured on this 2-CPU VM, an idle worker woke ~3 times a second (scrapes every
+    0.5 s, the sweep and the sampler every 1 s), and each wakeup cost 0.7-1.3 ms of CPU however
+    little it did (a bare uvloop sleeping 1 s at a time: 0.65 ms a wakeup); each scrape also
+    made every vLLM render its metrics. While requests come, the rounds are as before."""
+
+    __slots__ = ("router", "period", "idle", "seen")
+
+    def __init__(self, router, period, idle):
+        self.router = router
+        self.period = period
+        self.idle = idle
+        self.seen = None
+
+    async def next(self):
+        """Sleep until this task's next round."""
+        router = self.router
+        traffic = router.traffic() if router is not None else None
+        if traffic is not None and traffic == self.seen and not traffic[1] and self.idle > self.period:
+            await _quiet(router, self.idle)
+        else:
+            await tick(self.period)
+        self.seen = traffic
+
+
+async def _quiet(router, period):
+    """``tick(period)``, ended early by the next request ``router`` places."""
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def wake():
+        if not woken.done():
+            woken.set_result(None)
+
+    if router.on_request is None:
+        router.on_request = []
+    router.on_request.append(wake)
+    timer = loop.call_later(_until_tick(loop.time(), period), wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        waiting = router.on_request
+        if waiting is not None and wake in waiting:  # the timer's, not a request's, wake
+            waiting.remove(wake)
+            if not waiting:
+                router.on_request = None  # nobody sleeps so: place() skips its call again
+
+
+def _until_tick(now, period):
+    return (math.floor((now + period / 10) / period) + 1) * period - now

@@ -162,6 +162,7 @@ class ScriptedBackend:
         self.script = script
         self.requests = []
         self.connections = 0
+        self.scrapes = 0  # GET /metrics received (the proxy's load scrapes)
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -204,7 +205,8 @@ class ScriptedBackend:
                         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                         return
                     if request.startswith(b"GET /metrics "):
-                        # The proxy's load scrapes: a scripted backend has no metrics to give.
+                        # The proxy's load scrapes: counted; a scripted backend has no metrics to give.
+                        self.scrapes += 1
                         conn.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                         return
                     if not counted:

@@ -1,10 +1,17 @@
-"""periodic.tick: background tasks whose periods divide one another wake together."""
+"""periodic: background tasks whose periods divide one another wake together (tick); tasks with
+nothing to do while nothing is routed sleep long until a request comes (Pace)."""
 
 import asyncio
+import http.client
+import json
+import time
 
 import uvloop
 
-from proxy.periodic import tick
+from proxy.config import build
+from proxy.periodic import Pace, tick
+from proxy.routing.router import Router
+from conftest import ScriptedBackend, start_proxy, wait_for
 
 
 def test_tasks_whose_periods_divide_share_their_wakeups():
@@ -33,3 +40,72 @@ def test_tasks_whose_periods_divide_share_their_wakeups():
     assert all(min(abs(t - f) for f in fast) <= 0.003 for t in woke[0.04] + woke[0.08] if t <= last), woke
     for times in woke.values():
         assert all(b - a > 0.01 for a, b in zip(times, times[1:])), woke
+
+
+# -- Pace: rounds slowed while nothing is routed ----------------------------------------------
+
+
+def test_a_paced_task_sleeps_long_while_nothing_is_routed_and_wakes_with_the_next_request():
+    router = Router(build({"backends": ["http://127.0.0.1:1"]}), None)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        rounds = []
+
+        async def task():
+            pace = Pace(router, 0.02, 30.0)
+            while True:
+                rounds.append(loop.time())
+                await pace.next()
+
+        runner = loop.create_task(task())
+        await asyncio.sleep(0.3)
+        idle = len(rounds)  # the first round, one period with nothing routed, then the long sleep
+        slept = router.on_request is not None
+        sent = loop.time()
+        selection = router.select({}, body)  # a request: in flight until released
+        await asyncio.sleep(0.01)
+        woke = [t - sent for t in rounds if t >= sent]
+        await asyncio.sleep(0.2)
+        busy = sum(1 for t in rounds if t >= sent)  # 0.02 s apart while it is in flight
+        selection.release()
+        await asyncio.sleep(0.3)
+        after = len(rounds) - idle - busy  # one round sees it gone, the next starts the long sleep
+        asleep = router.on_request is not None  # to be woken by the next request
+        runner.cancel()
+        return idle, slept, woke, busy, after, asleep
+
+    idle, slept, woke, busy, after, asleep = uvloop.run(run())
+    assert idle <= 3 and slept  # 0.02 s apart it would be ~15
+    assert woke and woke[0] < 0.01  # the request's own turn of the loop, not a tick later
+    assert busy >= 5
+    assert after <= 3 and asleep
+    assert router.on_request is None  # a sleep that ends (here: cancelled) leaves no waker behind
+
+
+def test_an_idle_proxy_scrapes_its_backends_only_once_traffic_comes(tmp_path):
+    # Scrapes every 0.1 s while requests come; none while nothing is routed, until one is.
+    backend = ScriptedBackend(ok)
+    path = tmp_path / "pace.yaml"
+    path.write_text(json.dumps({"backends": [backend.url], "load": {"scrape_interval": 0.1},
+                                "no_traffic_interval": 60}))
+    proxy = start_proxy([], "--config", str(path))
+    try:
+        assert wait_for(lambda: backend.scrapes >= 1, timeout=5)  # the first round, at start
+        time.sleep(0.5)  # one interval with nothing routed: the long sleep begins
+        idle = backend.scrapes
+        time.sleep(1.0)
+        assert backend.scrapes == idle  # 0.1 s apart it would be 10 more
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        conn.request("POST", "/v1/completions", b'{"model":"m","prompt":"hi"}', {"content-type": "application/json"})
+        assert conn.getresponse().status == 200
+        conn.close()
+        assert wait_for(lambda: backend.scrapes > idle, timeout=1.0)  # woken by the request
+    finally:
+        proxy.stop()
+        backend.close()
+
+
+def ok(request, sock):
+    sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")

@@ -61,6 +61,10 @@ class Config(_Base):
     # processes; auto = usable CPUs. At most 256: the rows of the workers' shared memory (process/shm.py).
     workers: Union[Annotated[int, Meta(ge=1, le=256)], Literal["auto"]] = 1
     drain_timeout: Seconds = 30.0  # s: on SIGTERM/reload, in-flight requests get this long to finish
+    # s between a worker's load scrapes, pool sweeps and gauge samples once one of their periods
+    # passed with no request routed and none in flight (over the worker group); the next request
+    # routed wakes them at once. Health checks keep their interval. (Envoy's no_traffic_interval.)
+    no_traffic_interval: Seconds = 10.0
 
     def __post_init__(self):
         _address(self.listen, "listen")

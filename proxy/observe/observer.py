@@ -2,7 +2,7 @@
 
 import os
 
-from ..periodic import tick
+from ..periodic import Pace
 from .metrics import USAGE_ADDED, Recorder, clock, count_tokens, model_of, new_timing, now, tokens_of
 from .streamusage import wants_usage
 from .table import MetricsTable
@@ -103,10 +103,13 @@ class Observer:
             self.recorder.waited(ex, seconds, fresh)
 
     async def sample_forever(self, ctx):
+        """The gauges that cost a walk, every SAMPLE_EVERY; while nothing is routed, every
+        ``no_traffic_interval`` (periodic.Pace: only the open connections' count can move then)."""
+        pace = Pace(ctx.router, SAMPLE_EVERY, ctx.cfg.no_traffic_interval)
         while True:
             if self.recorder is not None:
                 self.recorder.sample(ctx)
-            await tick(SAMPLE_EVERY)
+            await pace.next()
 
     def close(self):
         if self.owned:

@@ -20,7 +20,7 @@ from ..discovery.columns import Columns
 from ..http.downstream import Downstream
 from ..observe import Observer
 from ..observe.table import MetricsTable
-from ..periodic import tick
+from ..periodic import Pace
 from ..routing import prober
 from ..routing.router import Router
 from ..tenants.admission import Tenants
@@ -82,10 +82,10 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
         server = await loop.create_server(lambda: Downstream(ctx), host, port, backlog=4096, reuse_address=True)
     admin_server = await admin.start(ctx)
     admin_port = admin_server.sockets[0].getsockname()[1]
-    tasks = [loop.create_task(prober.check_forever(endpoints, cfg)), loop.create_task(_sweep(endpoints))]
+    tasks = [loop.create_task(prober.check_forever(endpoints, cfg)), loop.create_task(_sweep(endpoints, Pace(router, 1.0, cfg.no_traffic_interval)))]
     if cfg.load.scrape_interval and slot == 0:
         # Load reports are shared: one scraper per group is enough (slot 0, or the only worker).
-        tasks.append(loop.create_task(prober.scrape_forever(endpoints, cfg, router.clock)))
+        tasks.append(loop.create_task(prober.scrape_forever(endpoints, cfg, router.clock, router)))
     # Each worker discovers for itself (see proxy/discovery/__init__.py for why).
     tasks += discovery.start(router, loop)
     if ctx.observe is not None:
@@ -147,9 +147,11 @@ async def _drain(ctx, server, timeout):
         conn.close()
 
 
-async def _sweep(endpoints):
+async def _sweep(endpoints, pace):
+    """Close pooled connections past their idle time. Idle, a pool's last ones close late or by
+    the backend's own keep-alive timeout first (take_idle never hands out an expired one)."""
     while True:
-        await tick(1.0)
+        await pace.next()
         for endpoint in endpoints:
             endpoint.pool.sweep()
 

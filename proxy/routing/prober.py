@@ -9,7 +9,7 @@ TLS for https endpoints).
 import asyncio
 import logging
 
-from ..periodic import tick
+from ..periodic import Pace, tick
 from .fetch import Fetcher
 from .load import SCRAPED, parse_metrics
 
@@ -57,23 +57,26 @@ async def _check_once(endpoints, health, loop, fetcher):
             endpoint.probed(True, now)
 
 
-async def scrape_forever(endpoints, cfg, clock):
+async def scrape_forever(endpoints, cfg, clock, router=None):
     """Scrape ``/metrics`` of every vLLM endpoint whose last load report is older than
     ``cfg.load.scrape_interval`` (streams carry no in-band report), and record what it says.
 
-    One worker of a group scrapes (the reports are shared); providers are never scraped."""
+    One worker of a group scrapes (the reports are shared); providers are never scraped. While
+    nothing is routed, rounds are ``cfg.no_traffic_interval`` apart (``periodic.Pace``): an idle
+    proxy needs no load to route by, and each scrape makes vLLM render its metrics."""
     load = cfg.load
     interval = load.scrape_interval
     # A busy inference server answers /metrics slowly; a report a second late still beats none.
     timeout = max(interval, cfg.health.timeout)
     fetcher = Fetcher()
+    pace = Pace(router, interval, cfg.no_traffic_interval)
     try:
         while True:
             try:
                 await _scrape_once(endpoints, load, interval, timeout, clock, fetcher)
             except Exception:
                 log.exception("load scrape round failed; the next one runs in %.1f s", interval)
-            await tick(interval)
+            await pace.next()
     finally:
         fetcher.close()
 

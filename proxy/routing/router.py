@@ -144,6 +144,7 @@ class Router:
         self.counters = None
         self.slot = 0
         self.columns = None
+        self.on_request = None  # callables run, then cleared, by the next request placed (periodic.Pace)
         self.use_columns(Columns.local(len(self.endpoints), reserve(cfg)))
         if table is None and any(spec.balance.policy == "cache_aware" for spec in specs):
             table = PrefixTable.local(len(self.endpoints) + reserve(cfg), cfg.prefix_index.blocks_per_endpoint)
@@ -218,7 +219,26 @@ class Router:
         selection.endpoint = endpoint
         selection.counted = True
         selection.attempts = 1
+        if self.on_request is not None:  # a background task sleeps until traffic is back
+            self._wake()
         return selection
+
+    def _wake(self):
+        waiting = self.on_request
+        self.on_request = None
+        for wake in waiting:
+            wake()
+
+    def traffic(self):
+        """(requests routed so far, requests in flight now), over every endpoint and, where the
+        workers share counters, over the whole group: the same pair at two looks, with none in
+        flight, says nothing was routed in between (periodic.Pace)."""
+        routed = in_flight = 0
+        for endpoint in self.endpoints:
+            counters = endpoint.counters
+            routed += endpoint.requests if counters is None else counters.requests(endpoint.index)
+            in_flight += endpoint.load()
+        return routed, in_flight
 
     def _pick(self, route, selection, exclude, now):
         """The route's clusters in order (fallback after the first), eligible endpoints
