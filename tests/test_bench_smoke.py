@@ -663,6 +663,25 @@ def test_placement_times_the_blocks_and_the_pick_of_each_cluster_size():
         assert "cached" in row[5] and "short" not in row[5]
 
 
+def test_scrape_cost_reads_the_size_latency_and_server_cpu_of_a_scrape():
+    """bench/micro/scrape_cost.py against a simulator: its metrics' size, and a server CPU per
+    scrape that is read from the server's process (a PID of another process reads ~0)."""
+    sim = subprocess.Popen([sys.executable, "-m", "proxy.sim", "--port", str(port := free_port())], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, sim)
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "micro", "scrape_cost.py"), "--url",
+                              f"http://127.0.0.1:{port}", "--pid", str(sim.pid), "--scrapes", "50", "--idle", "0.5"],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        words = out.stdout.split()
+        assert int(words[1]) > 1000  # bytes of the simulator's vLLM-like exposition
+        assert float(words[words.index("scrape") + 1]) > 0.0  # ms of the simulator's CPU each
+    finally:
+        sim.terminate()
+        sim.wait(10)
+
+
 @pytest.mark.skipif(not __import__("shutil").which("valgrind"), reason="valgrind is not installed")
 @pytest.mark.skipif(bool(os.environ.get("FLEETPROXY_PURE")), reason="a tool of the bench: checked once, on the native run")
 def test_instructions_per_request_counts_the_requests_not_the_start():
