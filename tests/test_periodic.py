@@ -5,6 +5,7 @@ import asyncio
 import http.client
 import json
 import time
+import types
 
 import uvloop
 
@@ -82,6 +83,22 @@ def test_a_paced_task_sleeps_long_while_nothing_is_routed_and_wakes_with_the_nex
     assert busy >= 5
     assert after <= 3 and asleep
     assert router.on_request is None  # a sleep that ends (here: cancelled) leaves no waker behind
+
+
+def test_requests_held_by_the_fair_queue_keep_the_rounds_going():
+    # Held before routing, they wait on fresh load reports to be released: not an idle spell.
+    router = Router(build({"backends": ["http://127.0.0.1:1"]}), None)
+    router.gate = types.SimpleNamespace(waiting=1)
+
+    async def rounds():
+        pace = Pace(router, 0.02, 30.0)
+        for _ in range(5):
+            await pace.next()
+
+    async def run():
+        await asyncio.wait_for(rounds(), 3.0)  # five rounds 0.02 s apart, no 30 s sleep among them
+
+    uvloop.run(run())
 
 
 def test_an_idle_proxy_scrapes_its_backends_only_once_traffic_comes(tmp_path):

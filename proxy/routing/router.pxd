@@ -33,7 +33,7 @@ cdef class Selection:
 
 cdef class Router:
     cdef public object cfg, loop, clock, endpoints, sources, discovery, counters, slot, columns, table, clusters
-    cdef public object by_model, model_only, models, ready_endpoints, on_request
+    cdef public object by_model, model_only, models, ready_endpoints, on_request, gate
     cdef public Py_ssize_t short_body
     cdef public dict routes
     cdef public Route catch_all, default_route

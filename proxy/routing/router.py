@@ -145,6 +145,7 @@ class Router:
         self.slot = 0
         self.columns = None
         self.on_request = None  # callables run, then cleared, by the next request placed (periodic.Pace)
+        self.gate = None  # the tenants' fair queue (tenants/gate.py): its held requests are traffic too
         self.use_columns(Columns.local(len(self.endpoints), reserve(cfg)))
         if table is None and any(spec.balance.policy == "cache_aware" for spec in specs):
             table = PrefixTable.local(len(self.endpoints) + reserve(cfg), cfg.prefix_index.blocks_per_endpoint)
@@ -232,12 +233,15 @@ class Router:
     def traffic(self):
         """(requests routed so far, requests in flight now), over every endpoint and, where the
         workers share counters, over the whole group: the same pair at two looks, with none in
-        flight, says nothing was routed in between (periodic.Pace)."""
+        flight, says nothing was routed in between (periodic.Pace). Requests this worker's fair
+        queue holds count as in flight: their release waits on fresh load reports."""
         routed = in_flight = 0
         for endpoint in self.endpoints:
             counters = endpoint.counters
             routed += endpoint.requests if counters is None else counters.requests(endpoint.index)
             in_flight += endpoint.load()
+        if self.gate is not None:
+            in_flight += self.gate.waiting
         return routed, in_flight
 
     def _pick(self, route, selection, exclude, now):

@@ -46,6 +46,7 @@ class FairGate:
         self.waiting = 0  # requests waiting over every route (the fast "nothing to do" test)
         self.timer = None
         self.refused = 0  # 503s given: full, evicted or waited too long
+        router.gate = self  # its held requests keep the worker's background rounds going (Router.traffic)
 
     def queued(self):
         """{route name: requests waiting} (the metrics' fleetproxy_model_queued)."""
