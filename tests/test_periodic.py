@@ -109,8 +109,9 @@ def test_an_idle_proxy_scrapes_its_backends_only_once_traffic_comes(tmp_path):
                                 "no_traffic_interval": 60}))
     proxy = start_proxy([], "--config", str(path))
     try:
-        assert wait_for(lambda: backend.scrapes >= 1, timeout=5)  # the first round, at start
-        time.sleep(0.5)  # one interval with nothing routed: the long sleep begins
+        # The first round at start, the second an interval later: it saw nothing routed in between.
+        assert wait_for(lambda: backend.scrapes >= 2, timeout=5)
+        time.sleep(0.3)
         idle = backend.scrapes
         time.sleep(1.0)
         assert backend.scrapes == idle  # 0.1 s apart it would be 10 more

@@ -63,7 +63,8 @@ class Config(_Base):
     drain_timeout: Seconds = 30.0  # s: on SIGTERM/reload, in-flight requests get this long to finish
     # s between a worker's load scrapes, pool sweeps and gauge samples once one of their periods
     # passed with no request routed and none in flight (over the worker group); the next request
-    # routed wakes them at once. Health checks keep their interval. (Envoy's no_traffic_interval.)
+    # routed wakes them at once. Health checks keep their interval; a value at or below a task's
+    # own period leaves it as it was. (Envoy's no_traffic_interval, which paces checks.)
     no_traffic_interval: Seconds = 10.0
 
     def __post_init__(self):
