@@ -163,6 +163,7 @@ class ScriptedBackend:
         self.requests = []
         self.connections = 0
         self.scrapes = 0  # GET /metrics received (the proxy's load scrapes)
+        self.checks = 0  # GET /health received (its health checks)
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -201,7 +202,8 @@ class ScriptedBackend:
                         break
                     request, buf = head + b"\r\n\r\n" + rest[:length], rest[length:]
                     if request.startswith(b"GET /health "):
-                        # The proxy's active health checks: answered, not recorded.
+                        # The proxy's active health checks: answered and counted, not recorded.
+                        self.checks += 1
                         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                         return
                     if request.startswith(b"GET /metrics "):

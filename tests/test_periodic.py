@@ -7,6 +7,7 @@ import json
 import time
 import types
 
+import pytest
 import uvloop
 
 from proxy.config import build
@@ -101,25 +102,31 @@ def test_requests_held_by_the_fair_queue_keep_the_rounds_going():
     uvloop.run(run())
 
 
-def test_an_idle_proxy_scrapes_its_backends_only_once_traffic_comes(tmp_path):
-    # Scrapes every 0.1 s while requests come; none while nothing is routed, until one is.
+@pytest.mark.parametrize("what", ["scrapes", "checks"])
+def test_an_idle_proxy_scrapes_and_checks_its_backends_only_once_traffic_comes(tmp_path, what):
+    # Every 0.1 s while requests come; none while nothing is routed, until one is. Health checks
+    # pace so only where health.no_traffic_interval is set; unset, they go on (the third count).
     backend = ScriptedBackend(ok)
     path = tmp_path / "pace.yaml"
+    health = {"interval": 0.1} if what == "scrapes" else {"interval": 0.1, "no_traffic_interval": 60}
     path.write_text(json.dumps({"backends": [backend.url], "load": {"scrape_interval": 0.1},
-                                "no_traffic_interval": 60}))
+                                "health": health, "no_traffic_interval": 60}))
     proxy = start_proxy([], "--config", str(path))
     try:
+        count = lambda: getattr(backend, what)  # noqa: E731
         # The first round at start, the second an interval later: it saw nothing routed in between.
-        assert wait_for(lambda: backend.scrapes >= 2, timeout=5)
+        assert wait_for(lambda: count() >= 2, timeout=5)
         time.sleep(0.3)
-        idle = backend.scrapes
+        idle, checks = count(), backend.checks
         time.sleep(1.0)
-        assert backend.scrapes == idle  # 0.1 s apart it would be 10 more
+        assert count() == idle  # 0.1 s apart it would be 10 more
+        if what == "scrapes":
+            assert backend.checks >= checks + 5  # no health.no_traffic_interval: checks go on
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
         conn.request("POST", "/v1/completions", b'{"model":"m","prompt":"hi"}', {"content-type": "application/json"})
         assert conn.getresponse().status == 200
         conn.close()
-        assert wait_for(lambda: backend.scrapes > idle, timeout=1.0)  # woken by the request
+        assert wait_for(lambda: count() > idle, timeout=1.0)  # woken by the request
     finally:
         proxy.stop()
         backend.close()

@@ -56,6 +56,11 @@ class Health(_Base):
     path: str = "/health"
     healthy_threshold: Count = 2  # consecutive passed checks that bring a down backend back
     unhealthy_threshold: Count = 2  # consecutive failed checks that take an up backend out
+    # s between checks while nothing is routed (a whole interval with no request and none in
+    # flight over the worker group; the next request routed starts a round at once). Unset,
+    # checks keep their interval idle too: a backend that dies while the proxy idles is out
+    # before traffic meets it. (Envoy's no_traffic_interval.)
+    no_traffic_interval: Optional[Seconds] = None
 
 
 class Outlier(_Base):

@@ -83,7 +83,7 @@ async def serve(cfg, started=None, sock=None, counters=None, slot=0, table=None,
     admin_server = await admin.start(ctx)
     admin_port = admin_server.sockets[0].getsockname()[1]
     sweep = _sweep(endpoints, Pace(router, 1.0, cfg.no_traffic_interval))
-    tasks = [loop.create_task(prober.check_forever(endpoints, cfg)), loop.create_task(sweep)]
+    tasks = [loop.create_task(prober.check_forever(endpoints, cfg, router)), loop.create_task(sweep)]
     if cfg.load.scrape_interval and slot == 0:
         # Load reports are shared: one scraper per group is enough (slot 0, or the only worker).
         tasks.append(loop.create_task(prober.scrape_forever(endpoints, cfg, router.clock, router)))

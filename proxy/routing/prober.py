@@ -9,7 +9,7 @@ TLS for https endpoints).
 import asyncio
 import logging
 
-from ..periodic import Pace, tick
+from ..periodic import Pace
 from .fetch import Fetcher
 from .load import SCRAPED, parse_metrics
 
@@ -22,8 +22,9 @@ async def probe(fetcher, endpoint, path, timeout):
     return answer is not None and 200 <= answer[0] < 300
 
 
-async def check_forever(endpoints, cfg):
-    """Probe ``endpoints`` (``router.endpoints``) every ``cfg.health.interval`` seconds.
+async def check_forever(endpoints, cfg, router=None):
+    """Probe ``endpoints`` (``router.endpoints``) every ``cfg.health.interval`` seconds, or
+    ``cfg.health.no_traffic_interval`` while nothing is routed where that is set (``periodic.Pace``).
 
     An endpoint with no health path (external providers, by default) is not probed; its
     ejections end when their time is up.
@@ -31,13 +32,14 @@ async def check_forever(endpoints, cfg):
     health = cfg.health
     loop = asyncio.get_running_loop()
     fetcher = Fetcher(limit=0)
+    pace = Pace(router, health.interval, health.no_traffic_interval or health.interval)
     try:
         while True:
             try:
                 await _check_once(endpoints, health, loop, fetcher)
             except Exception:  # checks must outlive any one round: without them nobody comes back
                 log.exception("health check round failed; the next one runs in %.1f s", health.interval)
-            await tick(health.interval)
+            await pace.next()
     finally:
         fetcher.close()
 
