@@ -51,7 +51,7 @@ class _Flaky:
 def test_health_checks_outlive_a_round_that_raises():
     class Cfg:
         class health:
-            interval, timeout = 0.01, 0.2
+            interval, timeout, no_traffic_interval = 0.01, 0.2, None
 
     async def run():
         flaky = _Flaky()
