@@ -151,3 +151,28 @@ def test_a_reload_that_would_fail_after_parsing_is_rejected_whole(two_sims, tmp_
     log = proxy.proc.stderr.read()
     # Checked before any worker is replaced, and the error names the file and the field.
     assert b"reload rejected, old workers keep serving: " + str(path).encode() in log and named.encode() in log
+
+
+def test_the_first_request_after_an_idle_spell_sees_a_drain_decided_meanwhile():
+    # A worker whose health round sleeps through an idle spell (health.no_traffic_interval)
+    # adopts what the others decided when the next request wakes it, before that request is
+    # placed: a drained backend gets none of it. Both ways round, so no policy's first choice
+    # passes by chance.
+    cfg = build({"backends": ["http://127.0.0.1:1", "http://127.0.0.1:2"]})
+    counters = SharedCounters(2, 2)
+    try:
+        one, two = Router(cfg, None, table=False), Router(cfg, None, table=False)
+        one.attach_counters(counters, 0)
+        two.attach_counters(counters, 1)
+        body = b'{"model":"m","prompt":"hi"}'
+        for drained, left in ((0, 1), (1, 0)):
+            one.endpoints[drained].set_drained(True)
+            woken = []
+            two.on_request = [lambda: woken.append(True)]  # a paced round asleep (periodic.Pace)
+            selection = two.select({}, body)
+            assert selection.endpoint is two.endpoints[left] and woken and two.on_request is None
+            selection.release()
+            one.endpoints[drained].set_drained(False)
+            two.endpoints[drained].sync_health(time.monotonic())
+    finally:
+        counters.close()

@@ -213,6 +213,8 @@ class Router:
         route = selection.route
         self.retry.budget.on_request()
         now = self.now()
+        if self.on_request is not None:  # the first request after an idle spell (periodic.Pace)
+            self._wake(now)
         endpoint = self._pick(route, selection, None, now)
         if endpoint is None:
             raise self._none_left(route)
@@ -220,11 +222,14 @@ class Router:
         selection.endpoint = endpoint
         selection.counted = True
         selection.attempts = 1
-        if self.on_request is not None:  # a background task sleeps until traffic is back
-            self._wake()
         return selection
 
-    def _wake(self):
+    def _wake(self, now):
+        """Wake the background rounds that slept through an idle spell, after adopting the
+        drains and ejections other workers decided meanwhile: the health round adopts them
+        when it runs, which, paced, is after this request is placed."""
+        for endpoint in self.endpoints:
+            endpoint.sync_health(now)
         waiting = self.on_request
         self.on_request = None
         for wake in waiting:
