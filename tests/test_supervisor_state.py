@@ -73,13 +73,20 @@ def test_a_drain_holds_across_a_worker_restart_and_a_reload(two_sims, tmp_path):
         proxy.stop()
 
 
-def test_an_ejection_by_one_worker_is_adopted_by_the_others():
+def _two_workers(counters):
+    """(config, router of worker 0, router of worker 1): two workers' routers over two
+    backends, sharing ``counters`` (a SharedCounters(2, 2))."""
     cfg = build({"backends": ["http://127.0.0.1:1", "http://127.0.0.1:2"]})
+    one, two = Router(cfg, None, table=False), Router(cfg, None, table=False)
+    one.attach_counters(counters, 0)
+    two.attach_counters(counters, 1)
+    return cfg, one, two
+
+
+def test_an_ejection_by_one_worker_is_adopted_by_the_others():
     counters = SharedCounters(2, 2)
     try:
-        one, two = Router(cfg, None, table=False), Router(cfg, None, table=False)
-        one.attach_counters(counters, 0)
-        two.attach_counters(counters, 1)
+        cfg, one, two = _two_workers(counters)
         now = time.monotonic()
         for _ in range(cfg.outlier.consecutive_failures):
             one.endpoints[0].failed(now)
@@ -158,12 +165,9 @@ def test_the_first_request_after_an_idle_spell_sees_a_drain_decided_meanwhile():
     # adopts what the others decided when the next request wakes it, before that request is
     # placed: a drained backend gets none of it. Both ways round, so no policy's first choice
     # passes by chance.
-    cfg = build({"backends": ["http://127.0.0.1:1", "http://127.0.0.1:2"]})
     counters = SharedCounters(2, 2)
     try:
-        one, two = Router(cfg, None, table=False), Router(cfg, None, table=False)
-        one.attach_counters(counters, 0)
-        two.attach_counters(counters, 1)
+        _, one, two = _two_workers(counters)
         body = b'{"model":"m","prompt":"hi"}'
         for drained, left in ((0, 1), (1, 0)):
             one.endpoints[drained].set_drained(True)
