@@ -27,12 +27,12 @@ def _stat(pid: int) -> tuple[int, float] | None:
     fields = raw[raw.rindex(b")") + 2:].split()
     # fields[0] is field 3 (state): ppid is field 4, utime..cstime are fields 14..17.
     reaped = (int(fields[13]) + int(fields[14])) * TICK
-    live = _run_ns(pid)
+    live = run_ns(pid)
     own = live / 1e9 if live is not None else (int(fields[11]) + int(fields[12])) * TICK
     return int(fields[1]), own + reaped
 
 
-def _run_ns(pid: int) -> int | None:
+def run_ns(pid: int) -> int | None:
     """Nanoseconds on CPU of the live threads of ``pid``, None without schedstat."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")

@@ -13,17 +13,13 @@ import argparse
 import http.client
 import os
 import statistics
+import sys
 import time
 from urllib.parse import urlsplit
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-def cpu_ns(pid):
-    """Nanoseconds on CPU of the live threads of ``pid`` (schedstat)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-            total += int(f.read().split()[0])
-    return total
+from bench.cpu import run_ns  # noqa: E402  (the bench's own reading of a process's CPU)
 
 
 def main(argv=None):
@@ -35,19 +31,21 @@ def main(argv=None):
     p.add_argument("--idle", type=float, default=5.0, help="seconds of the idle window read first")
     args = p.parse_args(argv)
     where = urlsplit(args.url)
-    before = cpu_ns(args.pid)
+    if run_ns(args.pid) is None:
+        sys.exit(f"no CPU time to read for PID {args.pid} (gone, or no schedstat)")
+    before = run_ns(args.pid)
     time.sleep(args.idle)
-    idle = (cpu_ns(args.pid) - before) / args.idle  # ns a second
+    idle = (run_ns(args.pid) - before) / args.idle  # ns a second
     # Opened after the idle wait: a server closes a connection idle that long.
     conn = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
     latencies, size = [], 0
-    before = cpu_ns(args.pid)
+    before = run_ns(args.pid)
     for _ in range(args.scrapes):
         t = time.perf_counter()
         conn.request("GET", args.path)
         size = len(conn.getresponse().read())
         latencies.append(time.perf_counter() - t)
-    used = cpu_ns(args.pid) - before - idle * sum(latencies)
+    used = run_ns(args.pid) - before - idle * sum(latencies)
     latencies.sort()
     print(f"{args.path}: {size} bytes; latency median {statistics.median(latencies) * 1e3:.2f} ms, "
           f"p99 {latencies[int(len(latencies) * 0.99) - 1] * 1e3:.2f} ms; server CPU per scrape "
