@@ -223,6 +223,28 @@ def test_the_client_reads_the_same_stream_however_the_backend_writes_it(scripted
         assert proxied == expected, name
 
 
+@pytest.mark.parametrize("comment", [False, True])
+def test_a_stream_whose_head_and_body_come_in_one_read_is_rewritten_in_that_read(scripted_pair, comment):
+    # The head and the whole body in one read (a backend that writes a short stream at once):
+    # the relay rewrites the stream's end in that read, behind the head it forwards as it
+    # came. With a comment chunk after the finish event, the framer no longer knows where the
+    # finish event's chunk starts, and the chunks are walked from the body's start instead.
+    recorded = (RECORDED / "chat_stream_usage.http").read_bytes()
+    head, body = recorded.split(b"\r\n\r\n", 1)
+    if comment:
+        chunks = _wire_chunks(body)
+        chunks.insert(len(chunks) - 3, b"d\r\n: keepalive\n\n\r\n")
+        body = b"".join(chunks)
+    expected, used = streamusage.strip(body, True)
+    assert used is not None and expected != body
+    assert (b"keepalive" in expected) == comment
+    backend, proxy = scripted_pair(b"", [head + b"\r\n\r\n" + body])
+    _, proxied = raw_post(proxy.port, "/v1/chat/completions", CHAT)
+    assert b'"include_usage":true' in backend.requests[-1]
+    assert proxied == expected
+    assert tokens(proxy, "completion") > 0
+
+
 @pytest.fixture
 def scripted_pair():
     """(a backend that answers every request with ``head`` and then each of ``writes`` as its

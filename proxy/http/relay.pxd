@@ -65,7 +65,7 @@ cdef class Relay:
     cpdef fail(self, err)
     # A stream's end, held and rewritten (include_usage taken back out): a few calls per stream.
     @cython.locals(cut=Py_ssize_t, chunked=bint, framer=NativeFramer, now=bytes, end=bytes, buf="const char *")
-    cpdef _strip(self, bytes out, int flags, Py_ssize_t at, Py_ssize_t offset)
+    cpdef _strip(self, bytes out, int flags, Py_ssize_t at, Py_ssize_t offset, Py_ssize_t body_at=*)
     cpdef _strip_end(self, bytes data, Py_ssize_t start=*)
 
 

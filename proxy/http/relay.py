@@ -171,9 +171,10 @@ class Relay:
         if held is None:
             if start == 0 and end == n:
                 out = data  # the common case: forwarded as received
-            elif head and end == n and flags & DONE and not (self.strip or self.rechunk) and self.dechunker is None:
-                # A whole response in this read (a chat's answer): its body is copied once, into
-                # the client's head's bytes (client_head), not first into an object of its own.
+            elif head and end == n and flags & DONE and not self.rechunk and self.dechunker is None:
+                # A whole response in this read (a chat's answer, a stream written at once): its
+                # body is copied once, into the client's head's bytes (client_head), not first
+                # into an object of its own; a stream's end is rewritten in this read (_strip).
                 out, body_at = data, start
             else:
                 out = buf[start:end]
@@ -203,10 +204,11 @@ class Relay:
                         at = -1
                     else:
                         at = finish_at(out)
-                        if at < 0:
+                        if at < body_at:  # (in a whole response's read: its head, not its stream)
+                            at = -1
                             self.token_end = quiet_end(out)
                 if at >= 0:  # else: before the finish event, it passes as it came
-                    out = self._strip(out, flags, at, start if held is None else -1)
+                    out = self._strip(out, flags, at, start - body_at if held is None else -1, body_at)
             elif flags & EVENT or not framer.event_stream:
                 obs.prev = obs.tail  # references, no copy: the usage is in one of the two (metrics.py)
                 obs.tail = out
@@ -263,18 +265,24 @@ class Relay:
 
     # -- include_usage taken back out (observe/streamusage.py) -------------------------------
 
-    def _strip(self, out, flags, at, offset):
+    def _strip(self, out, flags, at, offset, body_at=0):
         """What of ``out`` goes to the client now: up to the finish event (at ``at`` in
         ``out``, found by the caller); from there, nothing until the body ends, then the end
         rewritten once. ``offset``: where ``out`` starts in this read's bytes (-1: not in them
-        alone), so the framer can say where the finish event's chunk starts."""
+        alone), so the framer can say where the finish event's chunk starts. ``body_at``: where
+        the body starts in ``out`` (a whole response's read, its head first: the end of its
+        stream is rewritten in place, the head before it kept as it came)."""
         now = b""
         if self.strip == 1:
             framer = self.framer
             chunked = framer.kind == CHUNKED
             cut = framer.unit_of(at + offset) - offset if chunked and offset >= 0 else -1
             if cut < 0:
-                cut = unit_start(out, at, chunked)
+                if body_at:  # the units are the body's: found from its start
+                    buf = out
+                    cut = body_at + unit_start(buf[body_at:len(out)], at - body_at, chunked)
+                else:
+                    cut = unit_start(out, at, chunked)
             if flags & DONE:  # the end in this read too (vLLM's last step): rewritten in place
                 return self._strip_end(out, cut)
             self.strip = 2
