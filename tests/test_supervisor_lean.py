@@ -72,6 +72,8 @@ def test_the_supervisor_does_not_import_the_data_path(tmp_path):
         "proxy.routing.router", "proxy.routing.endpoint", "proxy.routing.cluster", "proxy.routing.policies",
         "proxy.routing.prober", "proxy.discovery.dns", "proxy.discovery.kubernetes", "proxy.discovery.api",
         "proxy.tenants.admission", "proxy.process.worker", "uvloop",
+        # The request metrics' recorder, and the body walk and stream reader it brings.
+        "proxy.observe.metrics", "proxy.routing.bodywalk", "proxy.observe.streamusage",
     ):
         assert name not in loaded, name
     # ssl only where a config names a ca_file, and asyncio's ssl is kept out by the command line;
@@ -89,6 +91,18 @@ def test_the_supervisor_does_not_import_the_data_path(tmp_path):
     )], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
     assert "asyncio" in loaded and "ssl" not in loaded and "_ssl" not in loaded
     assert "ssl" in later
+
+
+def test_a_worker_names_its_loop_without_reading_package_metadata():
+    # importlib.metadata brings email, zipfile and csv (~1.7 MiB) into every worker, for the
+    # one line of its startup log that names uvloop's version.
+    loaded = _imported_by_supervisor(
+        "import json, sys\n"
+        "from proxy.process.worker import loop_build\n"
+        "assert loop_build().startswith('uvloop ')\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    assert "importlib.metadata" not in loaded and "email" not in loaded
 
 
 def _maps(pid):

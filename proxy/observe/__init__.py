@@ -6,7 +6,6 @@ exchange makes a ``metrics.Timing`` per request only when there is an observer, 
 a few points, and calls ``done`` once, from whichever ending ran.
 """
 
-from .metrics import Timing
 from .table import CLIENT_ABORT, OK, OUTCOMES, REFUSED, RETRIED, TIMEOUT, UPSTREAM_ERROR  # noqa: F401
 
 __all__ = ["Observer", "Timing", "OK", "CLIENT_ABORT", "REFUSED", "TIMEOUT", "UPSTREAM_ERROR", "outcome_of"]
@@ -20,4 +19,8 @@ def __getattr__(name):
         from . import observer
 
         return getattr(observer, name)
+    if name == "Timing":  # metrics.py brings the body walk and the stream's usage reader with it
+        from .metrics import Timing
+
+        return Timing
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,11 +35,11 @@ log = logging.getLogger("fleetproxy")
 def loop_build():
     """Which uvloop serves: its version, and whether it keeps the GIL across its waits
     (third_party/uvloop/build.py, which ``make install`` runs)."""
-    from importlib.metadata import version
-
     held = getattr(uvloop.loop, "HOLDS_GIL", 0)  # 2: its callbacks take none either; 1: an earlier build
     kept = " (the GIL kept across waits and callbacks)" if held >= 2 else " (the GIL kept across waits)"
-    return f"uvloop {version('uvloop')}" + (kept if held else " (stock)")
+    # Its own attribute, not importlib.metadata: that would import email, zipfile and csv into
+    # every worker (~1.7 MiB) for one line of its log.
+    return f"uvloop {uvloop.__version__}" + (kept if held else " (stock)")
 
 # The cyclic collector's pace once serving (gc.set_threshold). Requests' objects are freed by
 # reference counting; what the collector walks is mostly what lives: every open connection
