@@ -354,15 +354,20 @@ def test_a_read_that_ends_as_a_quiet_one_has_no_finish_event():
         assert streamusage.finish_at(later) == -1, later
         other = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 7)))
         assert streamusage.quiet(other, end) == other.endswith(end)
+        known = streamusage.known(other)  # any end learned so far, as the relay asks on a miss
+        assert known is None or (other.endswith(known) and streamusage.finish_at(other) == -1), other
     assert learned > 1000
+
+
+def _recorded_chunks(name):
+    units = recorded_body(name).split(b"\r\n")[:-1]
+    return [b"%s\r\n%s\r\n" % (units[i], units[i + 1]) for i in range(0, len(units) - 1, 2)]
 
 
 def test_vllms_token_events_are_quiet_after_the_first_and_its_finish_event_is_not():
     total = 0
     for name in ["chat_stream_usage", "cmpl_stream_usage", "chat_long_stream"]:
-        body = recorded_body(name)
-        units = body.split(b"\r\n")[:-1]
-        chunks = [b"%s\r\n%s\r\n" % (units[i], units[i + 1]) for i in range(0, len(units) - 1, 2)]
+        chunks = _recorded_chunks(name)
         end = None
         skipped = 0
         for finish, chunk in enumerate(chunks):
@@ -380,6 +385,34 @@ def test_vllms_token_events_are_quiet_after_the_first_and_its_finish_event_is_no
         assert streamusage.quiet_end(chunks[finish - 1]) is streamusage.quiet_end(chunks[finish - 1])  # one object
         total += skipped
     assert total > 0
+
+
+def test_once_a_stream_taught_its_ends_the_next_is_searched_only_at_its_finish_event():
+    # The relay's rule per read of a watched stream: its own last end, else any end learned
+    # (streamusage.known), else finish_at's search. A chat's role event and first token event
+    # end otherwise than the read before them; with the ends learned from an earlier stream,
+    # neither is searched.
+    for name in ["chat_stream_usage", "cmpl_stream_usage", "chat_long_stream"]:
+        chunks = _recorded_chunks(name)
+        for chunk in chunks:  # the first stream: it teaches the ends
+            if streamusage.finish_at(chunk) >= 0:
+                break
+            streamusage.quiet_end(chunk)
+        end, searched = None, []
+        for i, chunk in enumerate(chunks):
+            if end is not None and streamusage.quiet(chunk, end):
+                continue
+            known = streamusage.known(chunk)
+            if known is not None:
+                end = known
+                assert streamusage.finish_at(chunk) == -1
+                continue
+            searched.append(i)
+            if streamusage.finish_at(chunk) >= 0:
+                break
+            end = streamusage.quiet_end(chunk)
+        finish = next(i for i, c in enumerate(chunks) if streamusage.finish_at(c) >= 0)
+        assert searched == [finish], (name, searched)
 
 
 def test_rfind_open_is_bytes_rfind():

@@ -11,8 +11,8 @@ from proxy.http.pipeline cimport Pipeline
 from proxy.http.plainrequest cimport Fields
 from proxy.http.upstream cimport UpstreamConnection
 from proxy.observe.metrics cimport Timing, clock, now as arrived
-from proxy.observe.streamusage cimport (finish_at, fleetproxy_ends_with, fleetproxy_insert, quiet, quiet_end, strip,
-                                        unit_start, usage_body)
+from proxy.observe.streamusage cimport (finish_at, fleetproxy_ends_with, fleetproxy_insert, known, quiet, quiet_end,
+                                        strip, unit_start, usage_body)
 from proxy.routing.endpoint cimport Endpoint
 from proxy.routing.router cimport Selection
 

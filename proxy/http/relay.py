@@ -24,7 +24,7 @@ exchange's business: ``Relay`` reports to ``on_status``, ``complete``, ``break_s
 from _speedups import CHUNKED, DONE, ERROR, EVENT, HEAD, LENGTH, NONE, UNTIL_CLOSE, new_framer
 
 from ..observe.metrics import USAGE_TAKEN, clock, now as arrived
-from ..observe.streamusage import finish_at, quiet, quiet_end, strip, unit_start, usage_body
+from ..observe.streamusage import finish_at, known, quiet, quiet_end, strip, unit_start, usage_body
 from ..observe.tracing import upstream_headers
 from . import heads
 from .heads import client_head, upstream_head
@@ -203,10 +203,15 @@ class Relay:
                     if token_end is not None and _quiet(out, token_end):
                         at = -1
                     else:
-                        at = finish_at(out)
-                        if at < body_at:  # (in a whole response's read: its head, not its stream)
+                        token_end = known(out)  # as a read of any stream ended (a role event, a first token)
+                        if token_end is not None:
+                            self.token_end = token_end
                             at = -1
-                            self.token_end = quiet_end(out)
+                        else:
+                            at = finish_at(out)
+                            if at < body_at:  # (in a whole response's read: its head, not its stream)
+                                at = -1
+                                self.token_end = quiet_end(out)
                 if at >= 0:  # else: before the finish event, it passes as it came
                     out = self._strip(out, flags, at, start - body_at if held is None else -1, body_at)
             elif flags & EVENT or not framer.event_stream:

@@ -259,6 +259,9 @@ cpdef Py_ssize_t finish_at(bytes data)
 @cython.locals(n=Py_ssize_t, i=Py_ssize_t, k=Py_ssize_t, end=bytes, ends=list, buf="const unsigned char *")
 cpdef bytes quiet_end(bytes data)
 
+@cython.locals(k=Py_ssize_t, n=Py_ssize_t, m=Py_ssize_t, end=bytes, ends=list)
+cpdef bytes known(bytes data)
+
 cpdef bint quiet(bytes data, bytes end)
 
 @cython.locals(n=Py_ssize_t)

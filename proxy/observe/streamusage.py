@@ -79,6 +79,28 @@ def quiet_end(data):
     return end
 
 
+def known(data):
+    """The end learned by ``quiet_end`` (from any stream) that ``data`` ends with, or None:
+    asked where a read does not end as its stream's last quiet read did, before ``finish_at``'s
+    search. Whichever stream taught an end, a read that ends with it has no finish event. vLLM's
+    role event ends otherwise than its token events, so each stream's first two reads differ
+    from the one before them; with the ends known, each costs a few compares, not a search and
+    ``quiet_end``'s."""
+    ends = _quiet_ends
+    n = len(data)
+    for k in range(len(ends)):
+        end = ends[k]
+        m = len(end)
+        if not m:
+            continue
+        if _COMPILED:  # quiet's compare inline: a few C compares per end, no call
+            if fleetproxy_ends_with(data, n, end, m):  # noqa: F821 (streamusage.pxd)
+                return end
+        elif data.endswith(end):
+            return end
+    return None
+
+
 def quiet(data, end):
     """Whether ``data`` ends with ``end`` (a ``quiet_end``): its last ``"finish_reason":`` is
     then that null one (``end`` holds no other after it), so ``finish_at(data)`` is -1."""
