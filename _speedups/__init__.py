@@ -23,13 +23,20 @@ is the specification ``_speedups.<name>``, ``native(name)`` its compiled twin or
 error (CI's native run) or a skip.
 """
 
-import hashlib
 import importlib
 import importlib.util
 import json
 import os
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
+
+try:  # CPython's own (3.11; 3.12 renamed it): hashlib would load OpenSSL's libcrypto, ~0.5 MiB
+    from _sha256 import sha256  # in the supervisor, which makes no TLS connection
+except ImportError:
+    try:
+        from _sha2 import sha256
+    except ImportError:
+        from hashlib import sha256
 
 # The data path's modules that setup.py compiles as they are (see above). Leaf modules only: a
 # package's __init__ stays Python, so the import of ``proxy`` (and this seam) comes first.
@@ -110,7 +117,7 @@ def _load(name):
 
 def source_hash(path):
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        return sha256(f.read()).hexdigest()
 
 
 def _compiled_state(twins):

@@ -115,6 +115,9 @@ def test_a_running_supervisor_maps_no_ssl_and_its_worker_does(proxy):
     worker = proxy.admin("/admin/workers")[1]["workers"][0]["pid"]
     assert "/_ssl." not in _maps(proxy.proc.pid)
     assert "/_ssl." in _maps(worker)  # the worker's asyncio keeps its TLS (https backends)
+    # Nor OpenSSL's libcrypto (~0.5 MiB): its hashes and its constant-time compare are
+    # CPython's own builtins (hashlib and hmac would load it).
+    assert "libcrypto" not in _maps(proxy.proc.pid) and "libcrypto" in _maps(worker)
 
 
 def test_a_bad_ca_file_names_the_file_and_the_field_at_startup(tmp_path, capsys):

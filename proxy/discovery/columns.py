@@ -20,11 +20,10 @@ Without a supervisor the table is this process's own memory and needs no lock.
 """
 
 import fcntl
-import hashlib
 import os
 import time
 
-from ..process.shm import REPORT_CELLS
+from ..process.shm import REPORT_CELLS, key_hash
 
 TOUCH = 5.0  # s between refreshes of a worker's claims
 STALE = 30.0  # s without a refresh after which a column may be given to another label
@@ -48,10 +47,6 @@ def reset_column(table, counters, column):
             first = counters.report_cell(slot, column)
             for i in range(first, first + REPORT_CELLS):
                 cells[i] = 0
-
-
-def label_hash(label):
-    return (int.from_bytes(hashlib.blake2b(label.encode(), digest_size=8).digest(), "big") >> 1) or 1
 
 
 def now_us():
@@ -81,7 +76,7 @@ class Columns:
         try:
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            return self._claim(label_hash(label))
+            return self._claim(key_hash(label))
         finally:
             if fd is not None:
                 os.close(fd)  # releases the lock
@@ -108,7 +103,7 @@ class Columns:
     def touch(self, labels):
         cells, now = self.cells, now_us()
         for label in labels:
-            h = label_hash(label)
+            h = key_hash(label)
             for i in range(self.count):
                 if cells[2 * i] == h:
                     cells[2 * i + 1] = now

@@ -21,6 +21,11 @@ every worker and tolerates their races by design (see its module).
 import mmap
 import os
 
+try:  # CPython's own: hashlib would load OpenSSL's libcrypto (~0.5 MiB) into the supervisor for it
+    from _blake2 import blake2b
+except ImportError:
+    from hashlib import blake2b
+
 if os.path.isdir("/dev/shm"):
     SHM_DIR = "/dev/shm"
 else:  # no tmpfs there: the temporary directory (tempfile only then, for the supervisor's memory)
@@ -90,6 +95,12 @@ class Segment:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+def key_hash(name):
+    """A name's key in a shared table (a tenant's, an endpoint's label): 63 bits, never 0,
+    the same in every process."""
+    return (int.from_bytes(blake2b(name.encode(), digest_size=8).digest(), "big") >> 1) or 1
 
 
 def sweep():

@@ -24,20 +24,15 @@ Without a supervisor the table is this process's own memory and takes no locks.
 """
 
 import fcntl
-import hashlib
 import os
 
-from ..process.shm import Segment
+from ..process.shm import Segment, key_hash
 
 HEADER = 5  # slots, worker rows, layout version, rows in use (the highest claimed row + 1), Redis errors
 REDIS_ERRORS = 4  # header cell: Redis calls that failed or timed out, every worker's (a counter)
 VERSION = 2
 SLOT_CELLS = 4
 KEY, REQ_TAT, TOK_TAT = 0, 1, 2  # in a slot
-
-
-def name_hash(name):
-    return (int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") >> 1) or 1
 
 
 class TenantTable:
@@ -108,7 +103,7 @@ class TenantTable:
     def claim_slot(self, tenant):
         """The slot of the tenant named ``tenant``: the one holding its name, else a free one
         (probing from the name's hash, so workers agree without talking); -1 when full."""
-        key = name_hash(tenant)
+        key = key_hash(tenant)
         cells = self.cells
         self.lock(self.slots)
         try:
