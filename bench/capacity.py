@@ -72,6 +72,7 @@ TARGETS = ("direct", "fleetproxy", "nginx")
 GOAL_KIB_PER_STREAM = 8.0
 GOAL_STREAMS = 10_000
 GOAL_TTFT_RATIO = 2.0  # first-token p99 through the proxy over direct
+GOAL_IDLE_PSS_MIB = 40.0  # one worker and its supervisor, before any request
 WARMUP_STREAMS = 20  # short streams before the idle reading: first-request costs are not per stream
 IDLE_SETTLE = 1.0  # s between the warm-up (or the start) and an idle reading
 SETTLE = 1.0  # s between the last first token and the window
@@ -542,6 +543,13 @@ def verdicts(result: dict) -> list[str]:
             head = f"{cfg['streams']:,} streams per worker"
         lines.append(f"- {head}, first-token p99 ≤ {GOAL_TTFT_RATIO:g}× direct, {what}: "
                      f"{'met' if ok else 'NOT met'} ({held}; {_n(ratio, 2)}×)")
+    # The footprint as users run it where it was measured (pip-installed: no editable finder).
+    footprint = result.get("footprint", {})
+    which = next((n for n in ("fleetproxy, pip-installed", "fleetproxy") if n in footprint), None)
+    if which is not None:
+        mib = footprint[which]["pss_kib"] / 1024
+        lines.append(f"- idle footprint ≤ {GOAL_IDLE_PSS_MIB:g} MiB (PSS, supervisor and one worker): "
+                     f"{'met' if mib <= GOAL_IDLE_PSS_MIB else 'NOT met'} ({mib:.1f} MiB, {which})")
     return lines
 
 
@@ -562,7 +570,8 @@ def markdown(result: dict) -> str:
              f"`{' '.join(['python -m bench.capacity', *cfg['argv']])}`; "
              f"finished in {result['elapsed_s']:.0f} s.", "",
              "Goals (issue 13): at most 8 KiB per open stream; at least 10,000 streams per worker with "
-             "the first-token p99 within 2× of a direct connection.", "",
+             "the first-token p99 within 2× of a direct connection; an idle footprint of at most 40 MiB "
+             "for one worker.", "",
              *([f"**Note:** {cfg['note']}", ""] if cfg.get("note") else []), *verdicts(result), "",
              "| target | streams open | errors | KiB per stream (RSS) | KiB per stream (PSS) | CPU µs per "
              "token event | simulator CPU µs per token event | RSS idle MiB | RSS with streams MiB "
