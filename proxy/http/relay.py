@@ -209,7 +209,7 @@ class Relay:
                             at = -1
                         else:
                             at = finish_at(out)
-                            if at < body_at:  # (in a whole response's read: its head, not its stream)
+                            if at < body_at:  # none (in a whole response's read: or only in its head)
                                 at = -1
                                 self.token_end = quiet_end(out)
                 if at >= 0:  # else: before the finish event, it passes as it came
