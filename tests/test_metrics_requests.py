@@ -142,6 +142,70 @@ def test_tokens_are_read_from_the_body_not_the_head_that_came_with_it():
         backend.close()
 
 
+_STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+_EVENTS = [  # vLLM's shape: a role event, a token, then an engine error mid-stream and its [DONE]
+    b'data: {"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n',
+    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}\n\n',
+    b'data: {"error": {"object": "error", "message": "engine died", "type": "InternalServerError", "code": 500}}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+def _stream_of(events, end=b"0\r\n\r\n"):
+    """A backend answering with ``events``, one chunk a write, then ``end`` (b"": it closes)."""
+    def answer(request, conn):
+        conn.sendall(_STREAM_HEAD)
+        for event in events:
+            conn.sendall(b"%x\r\n%s\r\n" % (len(event), event))
+        if end:
+            conn.sendall(end)
+        else:
+            conn.close()
+
+    return ScriptedBackend(answer)
+
+
+@pytest.mark.parametrize("asks_usage", [False, True])
+def test_a_backends_error_event_mid_stream_is_counted(asks_usage):
+    # Counted whether or not the proxy watches the stream for its finish event (it does when
+    # it added include_usage, which the client did not ask for): the stream ends with no
+    # finish event, so the reads that held the error event are the ones kept for the count.
+    backend = _stream_of(_EVENTS)
+    proxy = start_proxy([backend.url], "--workers", "1")
+    try:
+        body = {**CHAT, "stream": True, **({"stream_options": {"include_usage": True}} if asks_usage else {})}
+        status, data = post(proxy.port, body)
+        assert status == 200 and b"engine died" in data and data.endswith(b"data: [DONE]\n\n")
+        assert b"include_usage" in backend.requests[-1]  # added by the proxy, or asked by the client
+        families = scrape(proxy)
+        assert total(families, "fleetproxy_stream_errors", "fleetproxy_stream_errors_total", model="tiny") == 1
+        assert total(families, "fleetproxy_requests", "fleetproxy_requests_total", outcome="ok") == 1
+    finally:
+        proxy.stop()
+        backend.close()
+
+
+def test_the_proxys_own_error_event_on_a_broken_stream_is_counted():
+    # The backend closes mid-stream: the client reads the proxy's in-band error event.
+    backend = _stream_of(_EVENTS[:2], end=b"")
+    proxy = start_proxy([backend.url], "--workers", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            payload = json.dumps({**CHAT, "stream": True}).encode()
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+        assert b'data: {"error"' in received and not received.endswith(b"0\r\n\r\n")
+        families = scrape(proxy)
+        assert total(families, "fleetproxy_stream_errors", "fleetproxy_stream_errors_total", model="tiny") == 1
+        assert total(families, "fleetproxy_requests", "fleetproxy_requests_total", outcome="upstream_error") == 1
+    finally:
+        proxy.stop()
+        backend.close()
+
+
 def test_client_abort_is_counted(group):
     sim, proxy = group
     slow = {**CHAT, "max_tokens": 2000, "stream": True}

@@ -279,7 +279,10 @@ class Exchange(Relay, Admission):
         if err.public:
             log.warning("request %s: %s", _rid(self), message)
         event = responses.sse_error_event(err.public or err.message, err.type, err.status)
-        if self.obs is not None:
+        obs = self.obs
+        if obs is not None:
+            if self.framer.event_stream:  # the client reads an error event: counted as the backend's are
+                obs.prev, obs.tail, obs.tail_at = obs.tail, event, 0
             outcome = TIMEOUT if isinstance(err, UpstreamTimeout) else UPSTREAM_ERROR
             down.ctx.observe.done(self, self.framer.status, outcome)
         pending = self.pending()

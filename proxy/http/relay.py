@@ -212,6 +212,12 @@ class Relay:
                             if at < body_at:  # none (in a whole response's read: or only in its head)
                                 at = -1
                                 self.token_end = quiet_end(out)
+                                # Kept as an unwatched stream's reads are: a read that ends in
+                                # neither a token nor a finish event may end in an error event
+                                # (vLLM's, then its [DONE]), which the metrics count at the end.
+                                obs.prev = obs.tail
+                                obs.tail = out
+                                obs.tail_at = body_at
                 if at >= 0:  # else: before the finish event, it passes as it came
                     out = self._strip(out, flags, at, start - body_at if held is None else -1, body_at)
             elif flags & EVENT or not framer.event_stream:

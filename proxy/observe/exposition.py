@@ -89,7 +89,9 @@ def render(lines, merged, demand=()):
         base = labels(model, backend, tenant)
         for ki, kind in enumerate(TOKEN_KINDS):
             lines.append(f'fleetproxy_tokens_total{{{base},kind="{kind}"}} {cells[S_TOK + ki]}')
-    head("fleetproxy_stream_errors_total", "counter", "In-band error events seen in event streams.")
+    head("fleetproxy_stream_errors_total", "counter",
+         "Event streams that carried an in-band error event: the backend's, or the proxy's own "
+         "when the stream broke.")
     for (model, backend, tenant), cells in requests:
         lines.append(f"fleetproxy_stream_errors_total{{{labels(model, backend, tenant)}}} {cells[S_ERR_EVENTS]}")
     head("fleetproxy_response_bytes_total", "counter", "Response body bytes relayed from backends.")
