@@ -83,6 +83,35 @@ def test_requests_tokens_and_latency_families(group):
     assert "fleetproxy_model_demand" in after and "fleetproxy_pool_refused" in after
 
 
+def test_the_gauges_follow_open_streams_and_their_prompt_tokens(group):
+    # What a walk writes once a second in each worker, summed by the supervisor: the streams
+    # being relayed, the prompt tokens admitted and not finished, the pools' connections; and
+    # the response bytes, counted as each request ends (a stream its client left included).
+    from test_supervisor import _open_streams
+
+    sim, proxy = group
+
+    def gauges():
+        families = scrape(proxy)
+        return (total(families, "fleetproxy_open_streams"),
+                total(families, "fleetproxy_model_tokens_in_flight", model="tiny"),
+                total(families, "fleetproxy_pool_connections"), total(families, "fleetproxy_pool_waiting"))
+
+    before = total(scrape(proxy), "fleetproxy_response_bytes", "fleetproxy_response_bytes_total", model="tiny")
+    socks = _open_streams(proxy.port, 5)  # a token every 0.2 s: open for 8 s
+    try:
+        assert wait_for(lambda: gauges()[0] == 5, timeout=5), gauges()
+        streams, tokens, connections, waiting = gauges()
+        # The simulator's bodies are ~100 bytes: ~25 prompt tokens each, estimated at admission.
+        assert 5 * 10 <= tokens <= 5 * 40 and connections >= 5 and waiting == 0, gauges()
+    finally:
+        for sock in socks:
+            sock.close()
+    assert wait_for(lambda: gauges()[:2] == (0, 0), timeout=5), gauges()
+    after = total(scrape(proxy), "fleetproxy_response_bytes", "fleetproxy_response_bytes_total", model="tiny")
+    assert after > before
+
+
 def test_the_proxys_own_time_is_read_below_a_millisecond(group):
     # Its buckets start at 20 us: a clock that counts whole milliseconds (uvloop's loop.time())
     # would put each observation at 0 or ~1 ms, none between. Read to the microsecond, the
