@@ -235,6 +235,33 @@ def test_the_proxys_own_error_event_on_a_broken_stream_is_counted():
         backend.close()
 
 
+def test_a_fresh_connection_and_a_wait_for_a_pooled_one_are_timed(tmp_path):
+    # One upstream connection allowed: of two requests at once, one opens it (connect time)
+    # and the other waits for it in the proxy (queue time).
+    import threading
+
+    sim = start_sim("--ttft", "0.3")
+    config = tmp_path / "fp.yaml"
+    config.write_text(f"backends: ['{sim.url}']\nconnection_pool: {{max_connections: 1}}\n")
+    proxy = start_proxy([], "--config", str(config), "--workers", "1")
+    try:
+        statuses = []
+        threads = [threading.Thread(target=lambda: statuses.append(post(proxy.port, CHAT)[0])) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert statuses == [200, 200]
+        families = scrape(proxy)
+        for family, least in (("fleetproxy_upstream_connect_seconds", 0.0), ("fleetproxy_queue_seconds", 0.1)):
+            count = total(families, family, family + "_count", model="tiny")
+            assert count == 1, (family, count)
+            assert total(families, family, family + "_sum", model="tiny") >= least, family  # behind a 0.3 s answer
+    finally:
+        proxy.stop()
+        sim.stop()
+
+
 def test_client_abort_is_counted(group):
     sim, proxy = group
     slow = {**CHAT, "max_tokens": 2000, "stream": True}
