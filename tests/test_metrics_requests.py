@@ -143,6 +143,36 @@ def test_outcomes_upstream_error_and_refused():
         backend.close()
 
 
+def test_a_backend_that_never_answers_is_a_timeout_and_a_full_pool_a_refusal(tmp_path):
+    import threading
+    import time
+
+    def silent(request, conn):
+        time.sleep(1.5)
+
+    backend = ScriptedBackend(silent)
+    config = tmp_path / "fp.yaml"
+    config.write_text(f"backends: ['{backend.url}']\ntimeouts: {{first_byte: 0.4, pool_wait: 0.1}}\n"
+                      "connection_pool: {max_connections: 1}\n")
+    proxy = start_proxy([], "--config", str(config), "--workers", "1")
+    try:
+        statuses = []
+        threads = [threading.Thread(target=lambda: statuses.append(post(proxy.port, CHAT)[0])) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.1)  # the first holds the one connection when the second comes (and waits 0.1 s)
+        for thread in threads:
+            thread.join(10)
+        assert sorted(statuses) == [503, 504], statuses
+        families = scrape(proxy)
+        for outcome, code in (("timeout", "5xx"), ("refused", "5xx")):
+            assert total(families, "fleetproxy_requests", "fleetproxy_requests_total",
+                         model="tiny", code=code, outcome=outcome) == 1, outcome
+    finally:
+        proxy.stop()
+        backend.close()
+
+
 def test_tokens_are_read_from_the_body_not_the_head_that_came_with_it():
     # A whole response in one read goes to the client's head's bytes as it came (relay.py:
     # body_at), and the usage is looked for from the read's end: not past the body's start.
