@@ -19,10 +19,13 @@ def test_one_json_line_per_request(tmp_path):
         assert post(proxy.port, CHAT)[0] == 200
         assert post(proxy.port, {**CHAT, "stream": True, "stream_options": {"include_usage": True}})[0] == 200
         assert post(proxy.port, {**CHAT, "model": "nope"})[0] == 404
+        # A stream whose client did not ask for usage: the proxy asked for it, and took it out.
+        status, body = post(proxy.port, {**CHAT, "stream": True})
+        assert status == 200 and b'"usage"' not in body
         # Buffered: written within a second of the first line, or when the worker drains.
-        assert wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 3, timeout=5)
+        assert wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 4, timeout=5)
         lines = [json.loads(line) for line in log.read_text().splitlines()]
-        first, streamed, missing = lines
+        first, streamed, missing, unasked = lines
         # Unix time of each request's end (the monotonic end plus the wall clock's offset).
         assert began - 0.01 <= first["ts"] <= streamed["ts"] <= missing["ts"] <= time.time() + 0.01
         assert first["model"] == "tiny" and first["status"] == 200 and first["outcome"] == "ok"
@@ -31,6 +34,8 @@ def test_one_json_line_per_request(tmp_path):
         assert first["ttft_ms"] is not None and first["total_ms"] >= first["ttft_ms"]
         assert streamed["completion_tokens"] == CHAT["max_tokens"] and streamed["id"] != first["id"]
         assert missing["status"] == 404 and missing["model"] == "nope"
+        assert unasked["completion_tokens"] == CHAT["max_tokens"] and unasked["prompt_tokens"] > 0
+        assert unasked["outcome"] == "ok" and unasked["ttft_ms"] is not None
     finally:
         proxy.stop()
         sim.stop()
