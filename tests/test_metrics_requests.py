@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import socket
+import threading
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -41,6 +43,25 @@ def total(families, family, sample=None, **labels):
         v for name, lab, v in families.get(family, ())
         if name == sample and all(lab.get(k) == want for k, want in labels.items())
     )
+
+
+def _two_at_once(port, gap=0.0):
+    """The statuses of two chat requests sent together (the second ``gap`` s after the first)."""
+    statuses = []
+    threads = [threading.Thread(target=lambda: statuses.append(post(port, CHAT)[0])) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(gap)
+    for thread in threads:
+        thread.join(10)
+    return statuses
+
+
+def _proxy_of(tmp_path, backend, text):
+    """One worker in front of ``backend`` with the config ``text`` besides."""
+    config = tmp_path / "fp.yaml"
+    config.write_text(f"backends: ['{backend.url}']\n{text}\n")
+    return start_proxy([], "--config", str(config), "--workers", "1")
 
 
 @pytest.fixture(scope="module")
@@ -144,25 +165,15 @@ def test_outcomes_upstream_error_and_refused():
 
 
 def test_a_backend_that_never_answers_is_a_timeout_and_a_full_pool_a_refusal(tmp_path):
-    import threading
-    import time
-
     def silent(request, conn):
         time.sleep(1.5)
 
     backend = ScriptedBackend(silent)
-    config = tmp_path / "fp.yaml"
-    config.write_text(f"backends: ['{backend.url}']\ntimeouts: {{first_byte: 0.4, pool_wait: 0.1}}\n"
-                      "connection_pool: {max_connections: 1}\n")
-    proxy = start_proxy([], "--config", str(config), "--workers", "1")
+    proxy = _proxy_of(tmp_path, backend, "timeouts: {first_byte: 0.4, pool_wait: 0.1}\n"
+                                         "connection_pool: {max_connections: 1}")
     try:
-        statuses = []
-        threads = [threading.Thread(target=lambda: statuses.append(post(proxy.port, CHAT)[0])) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-            time.sleep(0.1)  # the first holds the one connection when the second comes (and waits 0.1 s)
-        for thread in threads:
-            thread.join(10)
+        # The first holds the one connection when the second comes (and waits 0.1 s for it).
+        statuses = _two_at_once(proxy.port, gap=0.1)
         assert sorted(statuses) == [503, 504], statuses
         families = scrape(proxy)
         for outcome, code in (("timeout", "5xx"), ("refused", "5xx")):
@@ -268,20 +279,10 @@ def test_the_proxys_own_error_event_on_a_broken_stream_is_counted():
 def test_a_fresh_connection_and_a_wait_for_a_pooled_one_are_timed(tmp_path):
     # One upstream connection allowed: of two requests at once, one opens it (connect time)
     # and the other waits for it in the proxy (queue time).
-    import threading
-
     sim = start_sim("--ttft", "0.3")
-    config = tmp_path / "fp.yaml"
-    config.write_text(f"backends: ['{sim.url}']\nconnection_pool: {{max_connections: 1}}\n")
-    proxy = start_proxy([], "--config", str(config), "--workers", "1")
+    proxy = _proxy_of(tmp_path, sim, "connection_pool: {max_connections: 1}")
     try:
-        statuses = []
-        threads = [threading.Thread(target=lambda: statuses.append(post(proxy.port, CHAT)[0])) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
-        assert statuses == [200, 200]
+        assert _two_at_once(proxy.port) == [200, 200]
         families = scrape(proxy)
         for family, least in (("fleetproxy_upstream_connect_seconds", 0.0), ("fleetproxy_queue_seconds", 0.1)):
             count = total(families, family, family + "_count", model="tiny")
@@ -418,8 +419,6 @@ def test_a_new_timing_is_one_made_by_its_constructor():
 def test_now_is_the_read_callbacks_time_while_held_and_the_clock_outside():
     """metrics.hold/now/release: one clock read serves a read callback's stamps (the reader's,
     the router's, the pool's, a Timing's start); outside one, ``now`` reads the clock."""
-    import time
-
     from proxy.observe import metrics
 
     before = metrics.now()
@@ -439,8 +438,6 @@ def test_now_is_the_read_callbacks_time_while_held_and_the_clock_outside():
 def test_a_read_callback_reads_the_clock_only_when_asked():
     """hold() reads no clock: a token event's callback asks for no time and pays for none. The
     first ``now()`` in the callback reads it, and the rest of the callback shares that reading."""
-    import time
-
     from proxy.observe import metrics
 
     metrics.hold()
