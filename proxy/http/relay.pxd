@@ -64,11 +64,15 @@ cdef class Relay:
     cpdef upstream_failed(self, message, timeout=*, retryable=*)
     cpdef fail(self, err)
     # A stream's end, held and rewritten (include_usage taken back out): a few calls per stream.
+    @cython.locals(end=bytes, at=Py_ssize_t)
+    cpdef Py_ssize_t _finish_in(self, bytes out, Py_ssize_t body_at) except? -2
     @cython.locals(cut=Py_ssize_t, chunked=bint, framer=NativeFramer, now=bytes, end=bytes, buf="const char *")
     cpdef _strip(self, bytes out, int flags, Py_ssize_t at, Py_ssize_t offset, Py_ssize_t body_at=*)
     cpdef _strip_end(self, bytes data, Py_ssize_t start=*)
 
 
 cdef inline bytes _joined(bytes a, bytes b)
+
+cdef inline void _keep(Timing obs, bytes out, Py_ssize_t at) noexcept
 
 cdef inline bint _quiet(bytes data, bytes end)

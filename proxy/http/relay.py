@@ -200,30 +200,11 @@ class Relay:
                 at = 0
                 if strip == 1:  # most reads end as the last one without a finish event did
                     token_end = self.token_end
-                    if token_end is not None and _quiet(out, token_end):
-                        at = -1
-                    else:
-                        token_end = known(out)  # as a read of any stream ended (a role event, a first token)
-                        if token_end is not None:
-                            self.token_end = token_end
-                            at = -1
-                        else:
-                            at = finish_at(out)
-                            if at < body_at:  # none (in a whole response's read: or only in its head)
-                                at = -1
-                                self.token_end = quiet_end(out)
-                                # Kept as an unwatched stream's reads are: a read that ends in
-                                # neither a token nor a finish event may end in an error event
-                                # (vLLM's, then its [DONE]), which the metrics count at the end.
-                                obs.prev = obs.tail
-                                obs.tail = out
-                                obs.tail_at = body_at
+                    at = -1 if token_end is not None and _quiet(out, token_end) else self._finish_in(out, body_at)
                 if at >= 0:  # else: before the finish event, it passes as it came
                     out = self._strip(out, flags, at, start - body_at if held is None else -1, body_at)
             elif flags & EVENT or not framer.event_stream:
-                obs.prev = obs.tail  # references, no copy: the usage is in one of the two (metrics.py)
-                obs.tail = out
-                obs.tail_at = body_at  # (the last read: no later one makes it the prev)
+                _keep(obs, out, body_at)
         if len(out):
             if self.dechunker is not None:
                 out = self.dechunker.feed(out)
@@ -275,6 +256,22 @@ class Relay:
         self.upstream_failed(f"backend {self.selection.endpoint.label} {reason} before the response completed")
 
     # -- include_usage taken back out (observe/streamusage.py) -------------------------------
+
+    def _finish_in(self, out, body_at):
+        """Where the finish event is in ``out`` (a read of a watched stream that did not end as
+        its last quiet read did), or -1. ``body_at``: where the body starts in ``out``."""
+        end = known(out)  # as a read of any stream ended (a role event, a first token)
+        if end is not None:
+            self.token_end = end
+            return -1
+        at = finish_at(out)
+        if at >= body_at:  # (in a whole response's read, one in its head is none)
+            return at
+        self.token_end = quiet_end(out)
+        # Kept as an unwatched stream's reads are: a read that ends in neither a token nor a
+        # finish event may end in an error event (vLLM's, then its [DONE]), counted at the end.
+        _keep(self.obs, out, body_at)
+        return -1
 
     def _strip(self, out, flags, at, offset, body_at=0):
         """What of ``out`` goes to the client now: up to the finish event (at ``at`` in
@@ -412,6 +409,14 @@ def _joined(a, b):
     if _COMPILED:
         return fleetproxy_insert(a, len(a), len(a), b, len(b))  # noqa: F821 (streamusage.pxd)
     return a + b
+
+
+def _keep(obs, out, at):
+    """``out`` (its body from ``at``) as the Timing's last read, and the last as the one before:
+    references, no copy; a usage object or an error event is in one of the two (metrics.py)."""
+    obs.prev = obs.tail
+    obs.tail = out
+    obs.tail_at = at
 
 
 def _quiet(data, end):
