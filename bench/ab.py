@@ -5,6 +5,7 @@
     python -m bench.ab --envs 'K=V' 'K=W' [...]          (the working tree in two environments)
     python -m bench.ab --lua chat_long.lua [...]        (other bench/lua scripts than the four)
     python -m bench.ab --nginx [...]                    (the working tree against nginx)
+    python -m bench.ab --nginx --configs A.yaml [...]   (and with a config of its own, beside it)
 
 Checks ``--rev`` out into a temporary git worktree, builds its Cython speedups in place with
 this interpreter, and starts one simulator answering at once (the proxy's own cost is then
@@ -31,7 +32,10 @@ bench's simulator does. The scenarios are then the main bench's a, b, c and g
 (``NGINX_SCENARIOS``). The verdict is fleetproxy's CPU per request over nginx's, round by
 round: where the main bench's two repeats differ by 5-15%, more than what is left between the
 two, pairs of runs a few seconds apart and an interval over them say whether fleetproxy is at
-or below nginx.
+or below nginx. ``--configs`` with ``--nginx`` adds a fleetproxy run per config file to the same
+rounds, each with its own verdict over nginx: its defaults (metrics on) and, say,
+bench/configs/observe-off.yaml, which does no more than the bench's nginx does (no metrics, no
+access log), side by side in one sitting.
 """
 
 from __future__ import annotations
@@ -120,7 +124,9 @@ def main(argv=None):
     p.add_argument("--duration", type=int, default=5, help="seconds per measured wrk run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", help="also write the markdown table here")
-    p.add_argument("--configs", nargs=2, metavar=("A", "B"), help="compare two config files of the working tree")
+    p.add_argument("--configs", nargs="+", metavar="FILE",
+                   help="compare two config files of the working tree; with --nginx, one or more to run "
+                        "beside fleetproxy's defaults")
     p.add_argument("--envs", nargs=2, metavar=("A", "B"),
                    help="compare the working tree under two environments: KEY=VALUE[,KEY=VALUE...] each ('' for none)")
     p.add_argument("--lua", help="comma-separated bench/lua scripts to run instead of the four scenarios "
@@ -129,6 +135,8 @@ def main(argv=None):
     p.add_argument("--nginx", action="store_true",
                    help="the working tree against nginx, on scenarios a, b, c and g of python -m bench")
     args = p.parse_args(argv)
+    if args.configs and not args.nginx and len(args.configs) != 2:
+        p.error("--configs takes two files (one or more with --nginx)")
     known = NGINX_SCENARIOS if args.nginx else SCENARIOS
     titles = {script: title for title, script in known}
     scenarios = ([(titles.get(n, n), n) for n in args.lua.split(",") if n] if args.lua else known)
@@ -145,13 +153,14 @@ def main(argv=None):
     fleet = Fleet(set(server_cpus)) if args.nginx else None
     try:
         envs = {}
-        if args.configs:
+        if args.nginx:  # the verdicts: each fleetproxy run's ÷ nginx's
+            runs = [("nginx", None, []), ("fleetproxy", ROOT, [])] + [
+                (f"fleetproxy, {os.path.basename(c)}", ROOT, ["--config", os.path.abspath(c)]) for c in args.configs or ()]
+        elif args.configs:
             runs = [(os.path.basename(c), ROOT, ["--config", os.path.abspath(c)]) for c in args.configs]
         elif args.envs:
             runs = [(e or "(as it is)", ROOT, []) for e in args.envs]
             envs = {e or "(as it is)": dict(kv.split("=", 1) for kv in e.split(",") if kv) for e in args.envs}
-        elif args.nginx:
-            runs = [("nginx", None, []), ("fleetproxy", ROOT, [])]  # the verdict: fleetproxy's ÷ nginx's
         else:
             _worktree(args.rev, tree)
             runs = [(args.rev, tree, []), ("working tree", ROOT, [])]  # the verdict: the tree's ÷ the rev's
@@ -190,14 +199,15 @@ def main(argv=None):
                 order = list(proxies.items())
                 for name, (url, pid) in order[::-1] if i % 2 else order:  # neither always goes first
                     samples[name].append(_run(url, lua, args.duration, load_cpus, pid))
-            first, second = ([r[0] for r in got] for got in samples.values())
-            verdicts.append((title, paired(first, second), [b / a for a, b in zip(first, second)]))
+            first, *others = ([r[0] for r in got] for got in samples.values())
+            for k, second in enumerate(others, 1):  # each later run over the first
+                verdicts.append((k, title, paired(first, second), [b / a for a, b in zip(first, second)]))
             for name, got in samples.items():
                 each = [r[0] for r in got]
                 rows.append((title, name, _median(each), _median([r[1] for r in got]),
                              _median([r[2] for r in got]), each))
-        what = " ".join(args.configs) if args.configs else args.rev
-        command = ((f"--configs {what}" if args.configs else "--nginx" if args.nginx
+        configs = f"--configs {' '.join(args.configs)}" if args.configs else ""
+        command = (("--nginx" + (f" {configs}" if configs else "") if args.nginx else configs if configs
                     else "--envs " + " ".join(f"'{e}'" for e in args.envs) if args.envs else f"--rev {args.rev}")
                    + (f" --lua {args.lua}" if args.lua else ""))
         lines = [
@@ -208,15 +218,18 @@ def main(argv=None):
             f"proxies on CPU {server_cpus or 'any'}, wrk -t1 -c{CONNECTIONS} on {load_cpus or 'any'}; "
             + ("the simulator writes a stream one event per write; " if args.nginx else "")
             + "medians of the rounds.",
-            "",
-            f"| scenario | proxy CPU, {runs[1][0]} ÷ {runs[0][0]} (median of the rounds' ratios) "
-            "| 95% interval (bootstrap) | every round's ratio |",
-            "|---|---|---|---|",
         ]
-        lines += [
-            f"| {t} | {_percent(m)} | {_percent(lo)} to {_percent(hi)} | {' '.join(_percent(r) for r in each)} |"
-            for t, (m, lo, hi), each in verdicts
-        ]
+        for k in range(1, len(runs)):  # a verdict table per run after the first
+            lines += [
+                "",
+                f"| scenario | proxy CPU, {runs[k][0]} ÷ {runs[0][0]} (median of the rounds' ratios) "
+                "| 95% interval (bootstrap) | every round's ratio |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {t} | {_percent(m)} | {_percent(lo)} to {_percent(hi)} | {' '.join(_percent(r) for r in each)} |"
+                for j, t, (m, lo, hi), each in verdicts if j == k
+            ]
         lines += [
             "",
             "| scenario | run | proxy CPU µs/req (median) | every round, in order | req/s | p99 ms (open loop: "

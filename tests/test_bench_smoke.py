@@ -86,21 +86,34 @@ def test_ab_starts_each_process_in_a_session_of_its_own():
 @pytest.mark.skipif(bool(os.environ.get("FLEETPROXY_PURE")),
                     reason="a tool of the bench: checked once, on the native run")
 def test_ab_pairs_fleetproxy_with_nginx_on_a_closed_and_an_open_loop(tmp_path):
-    """bench.ab --nginx for real, one short round of a wrk load and an open-loop one (about 20 s):
-    both proxies answer both, and each gets a CPU figure, and each scenario a verdict."""
+    """bench.ab --nginx for real, one short round of a wrk load and an open-loop one (about 30 s):
+    nginx, fleetproxy and fleetproxy under a config of its own (--configs: observing off, as
+    the bench's nginx does none) answer both, each gets a CPU figure, and each fleetproxy run
+    a verdict over nginx per scenario."""
     out = tmp_path / "ab.md"
-    argv = [sys.executable, "-m", "bench.ab", "--nginx", "--lua", "chat.lua,open:50", "--rounds", "1",
-            "--duration", "1", "--out", str(out)]
+    argv = [sys.executable, "-m", "bench.ab", "--nginx", "--configs", "bench/configs/observe-off.yaml",
+            "--lua", "chat.lua,open:50", "--rounds", "1", "--duration", "1", "--out", str(out)]
     run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-2000:]
     text = out.read_text()
-    assert "proxy CPU, fleetproxy ÷ nginx" in text and "--nginx --lua chat.lua,open:50" in text
+    assert "--nginx --configs bench/configs/observe-off.yaml --lua chat.lua,open:50" in text
+    tables = text.split("\n\n")
+    heads = ["proxy CPU, fleetproxy ÷ nginx", "proxy CPU, fleetproxy, observe-off.yaml ÷ nginx"]
+    for head in heads:  # a verdict table of its own per fleetproxy run, a row per scenario
+        (table,) = [t for t in tables if head + " (" in t]
+        rows = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith(("| a. ", "| c. "))]
+        assert [r[0][:2] for r in rows] == ["a.", "c."] and all(len(r) == 4 for r in rows)
     cells = [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith(("| a. ", "| c. "))]
-    verdicts = [c[0][:2] for c in cells if len(c) == 4]
     runs = {(c[0][:2], c[1]): float(c[2]) for c in cells if len(c) == 6}
-    assert sorted(verdicts) == ["a.", "c."]
-    assert set(runs) == {(s, n) for s in ("a.", "c.") for n in ("nginx", "fleetproxy")}
+    names = ("nginx", "fleetproxy", "fleetproxy, observe-off.yaml")
+    assert set(runs) == {(s, n) for s in ("a.", "c.") for n in names}
     assert all(us > 0 for us in runs.values())
+
+
+def test_ab_configs_takes_two_files_without_nginx():
+    run = subprocess.run([sys.executable, "-m", "bench.ab", "--configs", "bench/configs/observe-off.yaml"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--configs takes two files" in run.stderr
 
 
 def test_paired_rounds_bound_the_median_ratio():
