@@ -578,6 +578,8 @@ def test_load_reports_in_band_and_scraped_reach_every_worker(tmp_path, sims):
         for name in (a.url, b.url):
             label = name.split("//")[1]
             assert values[f'fleetproxy_backend_queue{{backend="{label}"}}'] == 0
+            assert values[f'fleetproxy_backend_running{{backend="{label}"}}'] in (0, 1)  # at most the one asking
+            assert 0 <= values[f'fleetproxy_backend_kv_cache_usage{{backend="{label}"}}'] <= 1
             assert values[f'fleetproxy_backend_load_age_seconds{{backend="{label}"}}'] < 5
     finally:
         proxy.stop()
