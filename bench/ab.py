@@ -155,7 +155,8 @@ def main(argv=None):
         envs = {}
         if args.nginx:  # the verdicts: each fleetproxy run's ÷ nginx's
             runs = [("nginx", None, []), ("fleetproxy", ROOT, [])] + [
-                (f"fleetproxy, {os.path.basename(c)}", ROOT, ["--config", os.path.abspath(c)]) for c in args.configs or ()]
+                (f"fleetproxy, {os.path.basename(c)}", ROOT, ["--config", os.path.abspath(c)])
+                for c in args.configs or ()]
         elif args.configs:
             runs = [(os.path.basename(c), ROOT, ["--config", os.path.abspath(c)]) for c in args.configs]
         elif args.envs:
@@ -227,7 +228,8 @@ def main(argv=None):
                 "|---|---|---|---|",
             ]
             lines += [
-                f"| {t} | {_percent(m)} | {_percent(lo)} to {_percent(hi)} | {' '.join(_percent(r) for r in each)} |"
+                f"| {t} | {_percent(m)} | {_percent(lo)} to {_percent(hi)} | "
+                f"{' '.join(_percent(r) for r in each)} |"
                 for j, t, (m, lo, hi), each in verdicts if j == k
             ]
         lines += [

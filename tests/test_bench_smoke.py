@@ -101,7 +101,8 @@ def test_ab_pairs_fleetproxy_with_nginx_on_a_closed_and_an_open_loop(tmp_path):
     heads = ["proxy CPU, fleetproxy ÷ nginx", "proxy CPU, fleetproxy, observe-off.yaml ÷ nginx"]
     for head in heads:  # a verdict table of its own per fleetproxy run, a row per scenario
         (table,) = [t for t in tables if head + " (" in t]
-        rows = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith(("| a. ", "| c. "))]
+        rows = [line.strip("| ").split(" | ") for line in table.splitlines()
+                if line.startswith(("| a. ", "| c. "))]
         assert [r[0][:2] for r in rows] == ["a.", "c."] and all(len(r) == 4 for r in rows)
     cells = [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith(("| a. ", "| c. "))]
     runs = {(c[0][:2], c[1]): float(c[2]) for c in cells if len(c) == 6}

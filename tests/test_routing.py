@@ -574,11 +574,23 @@ def test_load_reports_in_band_and_scraped_reach_every_worker(tmp_path, sims):
                 load = view["load"]
                 assert load["source"] in ("in_band", "scrape") and load["age_s"] < 5
                 assert load["waiting"] == 0 and 0 <= load["kv_cache_usage"] <= 1
-        values = metrics(f"http://127.0.0.1:{proxy.admin_port}")
-        for name in (a.url, b.url):
-            label = name.split("//")[1]
+        labels = [name.split("//")[1] for name in (a.url, b.url)]
+
+        def running():
+            values = metrics(f"http://127.0.0.1:{proxy.admin_port}")
+            return values if all(f'fleetproxy_backend_running{{backend="{label}"}}' in values
+                                 for label in labels) else None
+
+        assert wait_for(running, timeout=10)  # a scrape's: vLLM's in-band header has no running count
+        for _ in range(6):  # in-band reports after it keep the scrape's count (Endpoint.observe)
+            time.sleep(0.06)  # older than IN_BAND_EVERY: the next response's report is taken
+            assert post(proxy.port, CHAT)[0] == 200
+            values = running()
+            assert values is not None
+        for label in labels:
             assert values[f'fleetproxy_backend_queue{{backend="{label}"}}'] == 0
-            assert values[f'fleetproxy_backend_running{{backend="{label}"}}'] in (0, 1)  # at most the one asking
+            # At most the one that asked: every request has had its answer.
+            assert values[f'fleetproxy_backend_running{{backend="{label}"}}'] in (0, 1)
             assert 0 <= values[f'fleetproxy_backend_kv_cache_usage{{backend="{label}"}}'] <= 1
             assert values[f'fleetproxy_backend_load_age_seconds{{backend="{label}"}}'] < 5
     finally:

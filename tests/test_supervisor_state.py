@@ -13,6 +13,8 @@ import pytest
 from conftest import start_proxy, start_sim, wait_for
 from proxy.config import build
 from proxy.process.shm import SharedCounters
+from proxy.routing.load import IN_BAND, SCRAPED, Report
+from proxy.routing.prober import _stale
 from proxy.routing.router import Router
 from test_supervisor import _open_streams, live_pids, workers
 
@@ -180,3 +182,41 @@ def test_the_first_request_after_an_idle_spell_sees_a_drain_decided_meanwhile():
             two.endpoints[drained].sync_health(time.monotonic())
     finally:
         counters.close()
+
+
+def test_an_in_band_report_keeps_the_last_scrapes_running_count_until_max_age():
+    # vLLM's in-band header has waiting and KV usage, not running: a report from it keeps the
+    # scraped count, with that count's own time, so /metrics' gauge of it does not come and go
+    # with each kind of report; once older than load.max_age the count is let go.
+    counters = SharedCounters(2, 1)
+    try:
+        counters.set_slots_in_use(2)
+        cfg = build({"backends": ["http://127.0.0.1:1"], "load": {"max_age": 5.0}})
+        one, two = Router(cfg, None, table=False), Router(cfg, None, table=False)
+        one.attach_counters(counters, 0)
+        two.attach_counters(counters, 1)
+        mine, other = one.endpoints[0], two.endpoints[0]
+        mine.observe(0.0, 3.0, 0.5, SCRAPED, 100.0)
+        other.observe(1.0, None, 0.6, IN_BAND, 101.0)  # another worker's in-band report, newer
+        for endpoint in (mine, other):
+            r = endpoint.current_report()
+            assert (r.waiting, r.running, r.running_at, r.source) == (1.0, 3.0, 100.0, IN_BAND)
+        mine.observe(2.0, None, 0.7, IN_BAND, 104.9)  # in band after in band: still the scrape's
+        assert (other.current_report().running, other.current_report().running_at) == (3.0, 100.0)
+        other.observe(0.0, None, 0.7, IN_BAND, 105.0)  # max_age after the scrape: let go
+        report = mine.current_report()
+        assert report.running is None and report.running_at is None
+        assert report.state(105.0)["running_age_s"] is None
+        mine.observe(0.0, 2.0, 0.7, SCRAPED, 105.5)  # a scrape brings it back
+        assert other.current_report().state(106.0)["running_age_s"] == 0.5
+    finally:
+        counters.close()
+
+
+def test_a_scrape_is_due_for_an_old_running_count_while_in_band_reports_are_fresh():
+    fresh = Report(0.0, 3.0, 0.5, 100.0, IN_BAND, 99.0)
+    assert not _stale(fresh, 100.1, 0.5, 5.0)
+    assert _stale(fresh, 101.5, 0.5, 5.0)  # the report itself is older than the interval
+    assert _stale(Report(0.0, 3.0, 0.5, 101.4, IN_BAND, 99.0), 101.5, 0.5, 5.0)  # its running 2.5 s old
+    assert _stale(Report(0.0, None, 0.5, 101.4, IN_BAND, None), 101.5, 0.5, 5.0)  # none yet
+    assert _stale(None, 0.0, 0.5, 5.0)

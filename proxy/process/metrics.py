@@ -42,8 +42,9 @@ def exposition(endpoints, workers, restarts, generation, cfg=None, merged=None, 
     reports = [(label, e[4]) for label, e in zip(labels, endpoints) if e[4] is not None]
     family("fleetproxy_backend_queue", "gauge", "Requests waiting in the backend's own queue, as it last reported.",
            ((label, r.waiting) for label, r in reports))
-    family("fleetproxy_backend_running", "gauge", "Requests the backend runs, as it last reported.",
-           ((label, r.running) for label, r in reports))
+    family("fleetproxy_backend_running", "gauge",
+           "Requests the backend runs, as its last /metrics scrape said (its in-band report has none), "
+           "up to the load's max_age old.", ((label, r.running) for label, r in reports))
     family("fleetproxy_backend_kv_cache_usage", "gauge", "The backend's KV-cache usage (0-1), as it last reported.",
            ((label, r.kv) for label, r in reports))
     family("fleetproxy_backend_load_age_seconds", "gauge", "Age of the backend's last load report.",

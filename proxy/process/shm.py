@@ -36,13 +36,14 @@ PREFIX = "fleetproxy-"  # then the creating process's pid: see ``sweep``
 
 MAX_SLOTS = 256  # rows: the most workers one generation can have at once
 
-# A load report in a row: five cells per endpoint.
+# A load report in a row: six cells per endpoint.
 WAITING = 0  # vLLM's num_requests_waiting x 1000
 RUNNING = 1  # num_requests_running x 1000, -1: not reported
 KV = 2  # KV-cache usage x 1e6, -1: not reported
 AT = 3  # monotonic microseconds; 0: no report
 SOURCE = 4  # routing.load.IN_BAND or SCRAPED
-REPORT_CELLS = 5
+RUNNING_AT = 5  # monotonic microseconds of the scrape RUNNING came from (in-band reports carry it on)
+REPORT_CELLS = 6
 
 # Health every worker must agree on, one set per endpoint (not per row): the operator's drain
 # and the passive ejection, so a drain holds in every worker and a respawned worker or a new
@@ -196,13 +197,14 @@ class SharedCounters(Segment):
         return best
 
     def report_fields(self, cell):
-        """(waiting, running or None, kv or None, at in seconds, source) of the report at
-        ``cell`` (as ``freshest_report`` found it)."""
+        """(waiting, running or None, kv or None, at in seconds, source, running's time in
+        seconds or None) of the report at ``cell`` (as ``freshest_report`` found it)."""
         cells = self.cells
         running, kv = cells[cell + RUNNING], cells[cell + KV]
         return (
             cells[cell + WAITING] / 1000, None if running < 0 else running / 1000,
             None if kv < 0 else kv / 1e6, cells[cell + AT] / 1e6, cells[cell + SOURCE],
+            cells[cell + RUNNING_AT] / 1e6 if running >= 0 else None,
         )
 
     # -- writes ---------------------------------------------------------------------------

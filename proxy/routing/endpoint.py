@@ -21,7 +21,7 @@ import msgspec
 
 from ..http.connection_pool import ConnectionPool
 from ..observe.metrics import clock, now as arrived
-from ..process.shm import AT, DRAINED, EJECTED_UNTIL, EJECTIONS, KV, RUNNING, SOURCE, WAITING
+from ..process.shm import AT, DRAINED, EJECTED_UNTIL, EJECTIONS, KV, RUNNING, RUNNING_AT, SOURCE, WAITING
 from .health import HealthState, may_eject
 from .load import IN_BAND, Report, parse_orca, pressure
 from .provider import adapter_for
@@ -135,12 +135,22 @@ class Endpoint:
 
     def observe(self, waiting, running, kv, source, now):
         """A load report (routing/load.py) received ``now`` (monotonic seconds)."""
-        self.report = Report(waiting, running, kv, now, source)
+        running_at = now
+        if running is None:
+            # vLLM's in-band report has no running count: the last scrape's stays on, with its
+            # own time, while it is younger than max_age (the scraper renews it before then).
+            # Else the gauge of it would come and go with each kind of report.
+            last = self.current_report()
+            running_at = None
+            if last is not None and last.running_at is not None and now - last.running_at < self.max_age:
+                running, running_at = last.running, last.running_at
+        self.report = Report(waiting, running, kv, now, source, running_at)
         cells = self.cells
         if cells is not None:
             i = self.report_cell
             cells[i + WAITING] = int(waiting * 1000)
             cells[i + RUNNING] = -1 if running is None else int(running * 1000)
+            cells[i + RUNNING_AT] = 0 if running_at is None else int(running_at * 1e6)
             cells[i + KV] = -1 if kv is None else int(kv * 1e6)
             cells[i + SOURCE] = source
             at = int(now * 1e6) or 1

@@ -5,7 +5,7 @@ cimport cython
 
 
 cdef class Report:
-    cdef public object waiting, running, kv, source
+    cdef public object waiting, running, kv, source, running_at
     cdef public double at
 
 

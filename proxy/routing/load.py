@@ -134,19 +134,24 @@ def _line_of(text, needle, at):
 class Report:
     """One load report: what vLLM said, when (monotonic seconds) and through which source."""
 
-    __slots__ = ("waiting", "running", "kv", "at", "source")
+    __slots__ = ("waiting", "running", "kv", "at", "source", "running_at")
 
-    def __init__(self, waiting, running, kv, at, source):
+    def __init__(self, waiting, running, kv, at, source, running_at=None):
         self.waiting = waiting
-        self.running = running  # None: not reported (the in-band header carries none)
+        # None: not reported. vLLM's in-band header carries none: an in-band report keeps the
+        # last scrape's (Endpoint.observe), whose time ``running_at`` is, for as long as it is
+        # younger than the load's max_age (the scraper keeps it so: prober._stale).
+        self.running = running
         self.kv = kv  # 0..1, None: not reported
         self.at = at
         self.source = source
+        self.running_at = running_at  # monotonic seconds, None with running None
 
     def state(self, now):
         return {
             "waiting": self.waiting,
             "running": self.running,
+            "running_age_s": None if self.running_at is None else round(max(0.0, now - self.running_at), 3),
             "kv_cache_usage": self.kv,
             "age_s": round(max(0.0, now - self.at), 3),
             "source": SOURCES.get(self.source, "unknown"),

@@ -87,7 +87,7 @@ async def _scrape_once(endpoints, load, interval, timeout, clock, fetcher):
     now = clock()
     # ``endpoints`` is the router's own list: discovery adds and removes members in it.
     fetcher.keep_only(endpoints)
-    due = [e for e in endpoints if not e.provider and _stale(e.current_report(), now, interval)]
+    due = [e for e in endpoints if not e.provider and _stale(e.current_report(), now, interval, load.max_age)]
     if due:
         answers = await asyncio.gather(*(fetcher.get(e, load.metrics_path, timeout) for e in due))
         now = clock()
@@ -97,5 +97,10 @@ async def _scrape_once(endpoints, load, interval, timeout, clock, fetcher):
                 endpoint.observe(fields[0], fields[1], fields[2], SCRAPED, now)
 
 
-def _stale(report, now, interval):
-    return report is None or now - report.at >= interval
+def _stale(report, now, interval, max_age):
+    """Due for a scrape: no report, one older than ``interval``, or a running count older than
+    half of ``max_age``. In-band reports keep the rest fresh, but only a scrape has that count
+    (Endpoint.observe carries it on until max_age), so a busy endpoint is scraped that often."""
+    if report is None or now - report.at >= interval:
+        return True
+    return report.running_at is None or now - report.running_at >= max(interval, max_age / 2)
