@@ -80,7 +80,8 @@ def test_stale_or_missing_reports_fall_back_to_in_flight():
     report = Report(waiting=5.0, running=5.0, kv=0.9, at=10.0, source=SCRAPED)
     assert pressure(report, 2, 12.5, max_age=2.0) == (2, None)
     assert pressure(None, 2, 12.5, max_age=2.0) == (2, None)
-    assert report.state(12.5) == {"waiting": 5.0, "running": 5.0, "kv_cache_usage": 0.9, "age_s": 2.5, "source": "scrape"}
+    assert report.state(12.5) == {"waiting": 5.0, "running": 5.0, "running_age_s": 2.5, "kv_cache_usage": 0.9,
+                                  "age_s": 2.5, "source": "scrape"}
 
 
 def _parse_by_lines(text):

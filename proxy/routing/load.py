@@ -145,7 +145,8 @@ class Report:
         self.kv = kv  # 0..1, None: not reported
         self.at = at
         self.source = source
-        self.running_at = running_at  # monotonic seconds, None with running None
+        # Monotonic seconds, None with running None; by default the report's own time.
+        self.running_at = at if running_at is None and running is not None else running_at
 
     def state(self, now):
         return {
