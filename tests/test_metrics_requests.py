@@ -450,3 +450,20 @@ def test_a_read_callback_reads_the_clock_only_when_asked():
         assert metrics.now() == first
     finally:
         metrics.release()
+
+
+def test_demand_counts_the_fresh_reports_only():
+    # waiting + running as each backend last reported them; a report older than load.max_age
+    # (a backend that went down or away) counts nothing, as routing ignores it.
+    from proxy.config import build
+    from proxy.observe.exposition import demand_rows
+    from proxy.routing.load import IN_BAND, SCRAPED, Report
+
+    cfg = build({"backends": ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"],
+                 "load": {"max_age": 5.0}})
+    a, b, c = (backend.label for backend in cfg.backends)
+    reports = {a: Report(2.0, 3.0, 0.5, 99.0, SCRAPED), b: Report(1.0, None, 0.5, 99.5, IN_BAND),
+               c: Report(7.0, 9.0, 0.9, 94.0, SCRAPED)}
+    assert demand_rows(cfg, reports, {a: 4}, now=100.0) == [("*", "default", 6.0, 4)]
+    assert demand_rows(cfg, reports, {}, now=100.0 + 5.5) == [("*", "default", 0.0, 0)]
+
