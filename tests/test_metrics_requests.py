@@ -1,6 +1,7 @@
 """Request metrics (issue 14): the supervisor's /metrics over real workers, parsed by
 prometheus_client's own text parser; counters that survive a reload and a worker's death."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -62,6 +63,18 @@ def _proxy_of(tmp_path, backend, text):
     config = tmp_path / "fp.yaml"
     config.write_text(f"backends: ['{backend.url}']\n{text}\n")
     return start_proxy([], "--config", str(config), "--workers", "1")
+
+
+@contextlib.contextmanager
+def _served(backend, proxy=None):
+    """``proxy`` (by default one worker in front of ``backend``, a ScriptedBackend), stopped
+    with the backend after the block."""
+    proxy = proxy or start_proxy([backend.url], "--workers", "1")
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        backend.close()
 
 
 @pytest.fixture(scope="module")
@@ -152,16 +165,12 @@ def test_outcomes_upstream_error_and_refused():
         conn.close()
 
     backend = ScriptedBackend(close_at_once)
-    proxy = start_proxy([backend.url], "--workers", "1")
-    try:
+    with _served(backend) as proxy:
         status, _ = post(proxy.port, CHAT)
         assert status == 502
         families = scrape(proxy)
         assert total(families, "fleetproxy_requests", "fleetproxy_requests_total",
                      model="tiny", code="5xx", outcome="upstream_error") == 1
-    finally:
-        proxy.stop()
-        backend.close()
 
 
 def test_a_backend_that_never_answers_is_a_timeout_and_a_full_pool_a_refusal(tmp_path):
@@ -171,7 +180,7 @@ def test_a_backend_that_never_answers_is_a_timeout_and_a_full_pool_a_refusal(tmp
     backend = ScriptedBackend(silent)
     proxy = _proxy_of(tmp_path, backend, "timeouts: {first_byte: 0.4, pool_wait: 0.1}\n"
                                          "connection_pool: {max_connections: 1}")
-    try:
+    with _served(backend, proxy):
         # The first holds the one connection when the second comes (and waits 0.1 s for it).
         statuses = _two_at_once(proxy.port, gap=0.1)
         assert sorted(statuses) == [503, 504], statuses
@@ -179,9 +188,6 @@ def test_a_backend_that_never_answers_is_a_timeout_and_a_full_pool_a_refusal(tmp
         for outcome, code in (("timeout", "5xx"), ("refused", "5xx")):
             assert total(families, "fleetproxy_requests", "fleetproxy_requests_total",
                          model="tiny", code=code, outcome=outcome) == 1, outcome
-    finally:
-        proxy.stop()
-        backend.close()
 
 
 def test_tokens_are_read_from_the_body_not_the_head_that_came_with_it():
@@ -197,8 +203,7 @@ def test_tokens_are_read_from_the_body_not_the_head_that_came_with_it():
                      b'"total_tokens":90,"completion_tokens":20}\r\ncontent-length: %d\r\n\r\n%s' % (len(body), body))
 
     backend = ScriptedBackend(answer)
-    proxy = start_proxy([backend.url], "--workers", "1")
-    try:
+    with _served(backend) as proxy:
         assert post(proxy.port, CHAT)[0] == 200
         families = scrape(proxy)
         assert total(families, "fleetproxy_tokens", "fleetproxy_tokens_total", kind="completion") == 0
@@ -207,9 +212,6 @@ def test_tokens_are_read_from_the_body_not_the_head_that_came_with_it():
         families = scrape(proxy)
         assert total(families, "fleetproxy_tokens", "fleetproxy_tokens_total", kind="completion") == 2
         assert total(families, "fleetproxy_tokens", "fleetproxy_tokens_total", kind="prompt") == 3
-    finally:
-        proxy.stop()
-        backend.close()
 
 
 _STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -241,8 +243,7 @@ def test_a_backends_error_event_mid_stream_is_counted(asks_usage):
     # it added include_usage, which the client did not ask for): the stream ends with no
     # finish event, so the reads that held the error event are the ones kept for the count.
     backend = _stream_of(_EVENTS)
-    proxy = start_proxy([backend.url], "--workers", "1")
-    try:
+    with _served(backend) as proxy:
         body = {**CHAT, "stream": True, **({"stream_options": {"include_usage": True}} if asks_usage else {})}
         status, data = post(proxy.port, body)
         assert status == 200 and b"engine died" in data and data.endswith(b"data: [DONE]\n\n")
@@ -250,16 +251,12 @@ def test_a_backends_error_event_mid_stream_is_counted(asks_usage):
         families = scrape(proxy)
         assert total(families, "fleetproxy_stream_errors", "fleetproxy_stream_errors_total", model="tiny") == 1
         assert total(families, "fleetproxy_requests", "fleetproxy_requests_total", outcome="ok") == 1
-    finally:
-        proxy.stop()
-        backend.close()
 
 
 def test_the_proxys_own_error_event_on_a_broken_stream_is_counted():
     # The backend closes mid-stream: the client reads the proxy's in-band error event.
     backend = _stream_of(_EVENTS[:2], end=b"")
-    proxy = start_proxy([backend.url], "--workers", "1")
-    try:
+    with _served(backend) as proxy:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
             payload = json.dumps({**CHAT, "stream": True}).encode()
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
@@ -271,9 +268,6 @@ def test_the_proxys_own_error_event_on_a_broken_stream_is_counted():
         families = scrape(proxy)
         assert total(families, "fleetproxy_stream_errors", "fleetproxy_stream_errors_total", model="tiny") == 1
         assert total(families, "fleetproxy_requests", "fleetproxy_requests_total", outcome="upstream_error") == 1
-    finally:
-        proxy.stop()
-        backend.close()
 
 
 def test_a_fresh_connection_and_a_wait_for_a_pooled_one_are_timed(tmp_path):
@@ -464,6 +458,6 @@ def test_demand_counts_the_fresh_reports_only():
     a, b, c = (backend.label for backend in cfg.backends)
     reports = {a: Report(2.0, 3.0, 0.5, 99.0, SCRAPED), b: Report(1.0, None, 0.5, 99.5, IN_BAND),
                c: Report(7.0, 9.0, 0.9, 94.0, SCRAPED)}
-    assert demand_rows(cfg, reports, {a: 4}, now=100.0) == [("*", "default", 6.0, 4)]
-    assert demand_rows(cfg, reports, {}, now=100.0 + 5.5) == [("*", "default", 0.0, 0)]
+    assert demand_rows(cfg, reports, {a: 4}, 100.0) == [("*", "default", 6.0, 4)]
+    assert demand_rows(cfg, reports, {}, 100.0 + 5.5) == [("*", "default", 0.0, 0)]
 

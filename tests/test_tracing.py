@@ -84,8 +84,7 @@ def finished(exporter, count=1):
 
 
 def request(port, extra=b""):
-    return raw_exchange(port, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                              b"connection: close\r\n" + extra + b"content-length: 14\r\n\r\n{\"model\":\"m1\"}")
+    return chat(port, {"model": "m1"}, extra)
 
 
 def test_traceparent_is_continued_and_span_exported(traced):
@@ -122,7 +121,8 @@ def test_parse_rejects_invalid_traceparent():
 
 
 def chat(port, body, extra=b""):
-    data = json.dumps(body).encode()
+    """``body`` POSTed to /v1/chat/completions, ``extra`` among the headers: the whole answer."""
+    data = json.dumps(body, separators=(",", ":")).encode()
     return raw_exchange(port, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                               b"connection: close\r\n" + extra + b"content-length: %d\r\n\r\n%s" % (len(data), data))
 

@@ -148,15 +148,15 @@ def render(lines, merged, demand=()):
     lines.extend(f'fleetproxy_model_tokens_in_flight{{model="{_escape(m)}"}} {t}' for m, t in sorted(flight.items()))
 
 
-def demand_rows(cfg, reports, pools, fair=None, now=None):
+def demand_rows(cfg, reports, pools, now, fair=None):
     """(model, cluster, vLLM's waiting + running, proxy queue) per configured model;
     ``reports``: backend label -> its freshest routing.load.Report or None; ``pools``:
     backend label -> requests waiting in the proxy for a connection; ``fair``: cluster ->
     requests held by the tenants' fair queue (``fair_waiting``). The catch-all cluster's model is "*".
-    A report older than the load's max_age at ``now`` (monotonic seconds; None: any age) counts
-    nothing, as routing ignores it: a backend that went down or away would otherwise hold its
-    last queue in the demand an autoscaler reads, for good."""
-    oldest = None if now is None else now - cfg.load.max_age
+    A report older than the load's max_age at ``now`` (monotonic seconds) counts nothing, as
+    routing ignores it: a backend that went down or away would otherwise hold its last queue in
+    the demand an autoscaler reads, for good."""
+    oldest = now - cfg.load.max_age
     rows = []
     for cluster in cfg.all_clusters():
         members = [b.label for b in getattr(cluster, "backends", ())]
@@ -165,7 +165,7 @@ def demand_rows(cfg, reports, pools, fair=None, now=None):
         demand = 0.0
         for label in members:
             r = reports.get(label)
-            if r is not None and (oldest is None or r.at >= oldest):
+            if r is not None and r.at >= oldest:
                 demand += r.waiting + (r.running or 0)
         queued = sum(pools.get(label, 0) for label in members) + (fair or {}).get(cluster.name, 0)
         for model in cluster.models or ["*"]:

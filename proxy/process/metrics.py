@@ -56,7 +56,7 @@ def exposition(endpoints, workers, restarts, generation, cfg=None, merged=None, 
     if merged is not None:
         reports = {e[0]: e[4] for e in endpoints}
         demand = requests_text.demand_rows(
-            cfg, reports, requests_text.pool_waiting(merged), requests_text.fair_waiting(merged), now)
+            cfg, reports, requests_text.pool_waiting(merged), now, requests_text.fair_waiting(merged))
         requests_text.render(lines, merged, demand)
     if tenants is not None:
         from ..tenants.shared import exposition as tenants_text
