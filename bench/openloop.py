@@ -115,10 +115,16 @@ def transit(ok: list[Result]) -> dict:
     if not stamped:
         return {}
     return {
-        "transit_ms": percentiles([(r.sim_received - r.sent) + (r.first - r.sim_sent) for r in stamped]),
+        "transit_ms": percentiles(transit_samples(stamped)),
         "to_backend_ms": percentiles([r.sim_received - r.sent for r in stamped]),
         "first_back_ms": percentiles([r.first - r.sim_sent for r in stamped]),
     }
+
+
+def transit_samples(ok: list[Result]) -> list[float]:
+    """Each stamped request's first-token time outside the simulator, in seconds (``transit``)."""
+    return [(r.sim_received - r.sent) + (r.first - r.sim_sent)
+            for r in ok if r.tokens and r.sim_received and r.sim_sent]
 
 
 async def main_async(args) -> dict:
@@ -134,6 +140,8 @@ async def main_async(args) -> dict:
         client.close()
     out = summarize(results, lags, elapsed, args.rate, args.duration)
     out["connections"] = client.open
+    if args.samples:  # for a p99 over several runs' requests together (bench.ab)
+        out["transit_samples_ms"] = [round(t * 1e3, 4) for t in transit_samples([r for r in results if r.ok])]
     return out
 
 
@@ -154,24 +162,26 @@ def parse(argv=None):
     p.add_argument("--timeout", type=float, default=30.0, help="per request, s")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True, help="write the JSON summary here")
+    p.add_argument("--samples", action="store_true",
+                   help="add every request's first-token time outside the simulator (transit_samples_ms)")
     return p.parse_args(argv)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where it runs as ``-m bench.openloop``
 
 
-def argv(url: str, rate: float, duration: float, out: str) -> list[str]:
+def argv(url: str, rate: float, duration: float, out: str, samples: bool = False) -> list[str]:
     """The command that runs this generator against ``url`` (from ``ROOT``), its summary
-    written to ``out``."""
+    written to ``out`` (with ``samples``: every request's transit too)."""
     return [sys.executable, "-m", "bench.openloop", "--url", url, "--rate", f"{rate:g}",
-            "--duration", f"{duration:g}", "--out", out]
+            "--duration", f"{duration:g}", "--out", out] + ["--samples"] * samples
 
 
-def run(url: str, rate: float, duration: float, pin: list[str] = ()) -> dict:
+def run(url: str, rate: float, duration: float, pin: list[str] = (), samples: bool = False) -> dict:
     """This generator against ``url`` for ``duration`` s at ``rate``, as a process of its own
     (``pin``: the command that keeps it on its CPUs, e.g. taskset's): its summary."""
     with tempfile.NamedTemporaryFile(prefix="fleetproxy-openloop-", suffix=".json") as out:
-        subprocess.run([*pin, *argv(url, rate, duration, out.name)], check=True, capture_output=True,
+        subprocess.run([*pin, *argv(url, rate, duration, out.name, samples)], check=True, capture_output=True,
                        cwd=ROOT)
         return json.load(out)
 

@@ -104,6 +104,14 @@ def test_ab_pairs_fleetproxy_with_nginx_on_a_closed_and_an_open_loop(tmp_path):
         rows = [line.strip("| ").split(" | ") for line in table.splitlines()
                 if line.startswith(("| a. ", "| c. "))]
         assert [r[0][:2] for r in rows] == ["a.", "c."] and all(len(r) == 4 for r in rows)
+    for name in heads:  # the open loop's first-token tail: its pooled p99 against nginx's, per run
+        name = name.removeprefix("proxy CPU, ").removesuffix(" ÷ nginx")
+        (table,) = [t for t in tables if f"| {name} − nginx |" in t]
+        (row,) = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| c. ")]
+        ms = [float(x.split()[0]) for x in row[1].split(", ")]
+        diff, (low, high) = float(row[2].split()[0]), [float(x) for x in row[3].split()[::2]]
+        assert len(ms) == 2 and all(x > 0 for x in ms) and abs(ms[1] - ms[0] - diff) < 2e-3
+        assert low <= diff + 1e-3 and diff - 1e-3 <= high and all(int(n) > 0 for n in row[4].split(", "))
     cells = [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith(("| a. ", "| c. "))]
     runs = {(c[0][:2], c[1]): float(c[2]) for c in cells if len(c) == 6}
     names = ("nginx", "fleetproxy", "fleetproxy, observe-off.yaml")
@@ -131,6 +139,22 @@ def test_paired_rounds_bound_the_median_ratio():
     assert median == ratios[2] and ratios[0] <= low <= median <= high <= ratios[-1]
     assert stats.paired(first, second) == (median, low, high)
     assert stats.median([3.0, 1.0, 2.0, 4.0]) == 2.5
+
+
+def test_pooled_tail_takes_every_round_together():
+    # bench.ab's open loops: the p99 of all rounds' requests at once, against the first run's.
+    # Each round of 100 requests has its own slow one (its p99 is its worst): the pooled p99 of
+    # 400 is the 396th, so a single round's outlier no longer sets it.
+    first = [[i / 100 for i in range(100)] for _ in range(4)]
+    second = [[x + 0.002 for x in r] for r in first]
+    second[1] = second[1][:-1] + [5.0]  # one outlier in one round
+    a, b, diff, low, high = stats.pooled(first, second)
+    assert a == 0.98 and abs(b - 0.982) < 1e-12 and abs(diff - 0.002) < 1e-12
+    assert low <= diff <= high and stats.pooled(first, second) == (a, b, diff, low, high)  # seeded
+    # A shift of every request moves the pooled p99 by it, in every resample.
+    a, b, diff, low, high = stats.pooled(first, [[x + 0.5 for x in r] for r in first])
+    assert abs(diff - 0.5) < 1e-12 and abs(low - 0.5) < 1e-12 and abs(high - 0.5) < 1e-12
+    assert stats.rank([1.0, 2.0, 3.0], 50.0) == 2.0 and stats.percentiles([0.001])["99"] == 1.0
 
 
 # -- the streaming client ------------------------------------------------------------------------
