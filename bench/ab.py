@@ -212,7 +212,7 @@ def main(argv=None):
             first, *others = ([r[0] for r in got] for got in samples.values())
             for k, second in enumerate(others, 1):  # each later run over the first
                 verdicts.append((k, title, paired(first, second), [b / a for a, b in zip(first, second)]))
-            if script.startswith("open:"):
+            if script.startswith("open:") and all(r[3] for got in samples.values() for r in got):
                 first, *others = ([r[3] for r in got] for got in samples.values())
                 for k, second in enumerate(others, 1):
                     tails.append((k, title, pooled(first, second), sum(map(len, first)),
