@@ -111,7 +111,7 @@ def transit(ok: list[Result]) -> dict:
     needs thousands of requests to say anything at p99. These stamps take the wait out: what is
     left is the client's, the kernel's and a proxy's time on the two legs, per request.
     """
-    stamped = [r for r in ok if r.tokens and r.sim_received and r.sim_sent]
+    stamped = _stamped(ok)
     if not stamped:
         return {}
     return {
@@ -121,10 +121,14 @@ def transit(ok: list[Result]) -> dict:
     }
 
 
+def _stamped(ok: list[Result]) -> list[Result]:
+    """The requests whose first token the simulator stamped (x-sim-stamp)."""
+    return [r for r in ok if r.tokens and r.sim_received and r.sim_sent]
+
+
 def transit_samples(ok: list[Result]) -> list[float]:
     """Each stamped request's first-token time outside the simulator, in seconds (``transit``)."""
-    return [(r.sim_received - r.sent) + (r.first - r.sim_sent)
-            for r in ok if r.tokens and r.sim_received and r.sim_sent]
+    return [(r.sim_received - r.sent) + (r.first - r.sim_sent) for r in _stamped(ok)]
 
 
 async def main_async(args) -> dict:
