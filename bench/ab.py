@@ -19,8 +19,8 @@ is the second run's CPU over the first's, round by round: the working tree's ove
 (+ means the working tree costs more), or the second config's over the first's; the median of
 those paired ratios and a 95% bootstrap interval of it (``stats.paired``). Every process it
 starts is stopped by PID; the worktree is removed at the end. With ``--configs`` no worktree
-is made: the working tree runs twice, once per config file (its ``backends`` are replaced by
-the simulator), to price a feature that a setting turns on. ``--envs`` does the same with two
+is made: the working tree runs once per config file (its ``backends`` are replaced by the
+simulator), each over the first, to price a feature that a setting turns on. ``--envs`` does the same with two
 sets of environment variables (``KEY=VALUE,KEY=VALUE``; an empty string for none) given to the
 proxy alone: the pure build against the native one (``FLEETPROXY_PURE=1``), or two builds of a
 dependency (``PYTHONPATH=DIR``: third_party/uvloop's against the stock uvloop).
@@ -42,6 +42,15 @@ simulator, its p99 over every round's requests together for each run, the differ
 first run's and a bootstrap interval of it over the rounds (``stats.pooled``). A round of 5 s at
 50 req/s has some 250 requests, whose p99 is their third-worst; the median of such p99s moves by
 tenths of a millisecond from one sitting to the next, more than a proxy adds.
+
+``--together`` runs an open loop against every target at once, a generator each, all with the
+same schedule, and reads each proxy's CPU over the same window. At 50 req/s most of a request's
+CPU is cache misses and wakeups, and what a shared machine does to them drifts by 10-30% from
+one run to the next, a few seconds apart: in turn, one pair of runs moved by up to ±20% and 8
+pairs left an interval 17 points wide. Together, the drift falls on both runs of a round alike
+(stop 50: 8 rounds, every round's ratio within 6.4 points, the interval 4 points wide). The
+proxies share their CPU with each other then, as they do with the simulator; each tail is
+measured with the other's work beside it, so ``--together`` is for CPU, not for the tails.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 from . import cpu, openloop, wrk
 from .stats import median as _median
@@ -126,6 +136,24 @@ def _open(url, rate, seconds, cpus, pid):
             result.get("transit_samples_ms", []))
 
 
+def _open_together(targets, rate, seconds, cpus):
+    """``_open`` against every target at once (``--together``): a generator each, all started
+    together on the load CPUs with the same schedule, and each proxy's CPU read over the same
+    window. What drifts on a shared machine between one run and the next (a neighbour's load,
+    the host's clock) then falls on every target alike, inside one round."""
+    before = [cpu.tree_seconds([pid]) for _, pid in targets]
+    with ThreadPoolExecutor(len(targets)) as pool:
+        results = list(pool.map(lambda t: openloop.run(t[0], rate, seconds, pin(cpus), samples=True), targets))
+    used = [cpu.tree_seconds([pid]) - b for (_, pid), b in zip(targets, before)]
+    out = []
+    for (url, _), result, seconds_used in zip(targets, results, used):
+        if result["errors"]:
+            raise SystemExit(f"bench.openloop saw errors against {url}: {result['error_kinds']}")
+        out.append((seconds_used / max(1, result["ok"]) * 1e6, result["rps"],
+                    result.get("transit_ms", {}).get("99", 0.0), result.get("transit_samples_ms", [])))
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--rev", default="HEAD~1", help="the revision to compare the working tree with")
@@ -133,18 +161,21 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", help="also write the markdown table here")
     p.add_argument("--configs", nargs="+", metavar="FILE",
-                   help="compare two config files of the working tree; with --nginx, one or more to run "
+                   help="compare config files of the working tree, each over the first; with --nginx, one or more to run "
                         "beside fleetproxy's defaults")
     p.add_argument("--envs", nargs=2, metavar=("A", "B"),
                    help="compare the working tree under two environments: KEY=VALUE[,KEY=VALUE...] each ('' for none)")
     p.add_argument("--lua", help="comma-separated bench/lua scripts to run instead of the four scenarios "
                                  "(e.g. chat_long.lua: a 32 KiB prompt), "
                                  "or open:R: bench.openloop at R req/s")
+    p.add_argument("--together", action="store_true",
+                   help="open loops (open:R): load every run at once, each with a generator of its own, "
+                        "instead of one after another")
     p.add_argument("--nginx", action="store_true",
                    help="the working tree against nginx, on scenarios a, b, c and g of python -m bench")
     args = p.parse_args(argv)
-    if args.configs and not args.nginx and len(args.configs) != 2:
-        p.error("--configs takes two files (one or more with --nginx)")
+    if args.configs and not args.nginx and len(args.configs) < 2:
+        p.error("--configs takes two files or more (one or more with --nginx)")
     known = NGINX_SCENARIOS if args.nginx else SCENARIOS
     titles = {script: title for title, script in known}
     scenarios = ([(titles.get(n, n), n) for n in args.lua.split(",") if n] if args.lua else known)
@@ -206,6 +237,12 @@ def main(argv=None):
                     subprocess.run(wrk.argv(url, lua, 1, CONNECTIONS), capture_output=True)
             samples = {name: [] for name in proxies}
             for i in range(args.rounds):
+                if args.together and script.startswith("open:"):
+                    names = list(proxies)[::-1] if i % 2 else list(proxies)  # neither always starts first
+                    got = _open_together([proxies[n] for n in names], float(script[5:]), args.duration, load_cpus)
+                    for name, result in zip(names, got):
+                        samples[name].append(result)
+                    continue
                 order = list(proxies.items())
                 for name, (url, pid) in order[::-1] if i % 2 else order:  # neither always goes first
                     samples[name].append(_run(url, lua, args.duration, load_cpus, pid))
@@ -224,7 +261,7 @@ def main(argv=None):
         configs = f"--configs {' '.join(args.configs)}" if args.configs else ""
         command = (("--nginx" + (f" {configs}" if configs else "") if args.nginx else configs if configs
                     else "--envs " + " ".join(f"'{e}'" for e in args.envs) if args.envs else f"--rev {args.rev}")
-                   + (f" --lua {args.lua}" if args.lua else ""))
+                   + (f" --lua {args.lua}" if args.lua else "") + (" --together" if args.together else ""))
         lines = [
             f"# fleetproxy: {' vs '.join(n for n, _, _ in runs)}",
             "",

@@ -429,6 +429,50 @@ def test_rfind_open_is_bytes_rfind():
             assert streamusage.rfind_open(data, key, lo, hi) == want, (key, data, lo, hi)
 
 
+def _event_open_rule(data, key, lo):
+    """rfind_event_open's answer by its definition: the last key when no SSE data event starts
+    after it, else -2 - where that event starts."""
+    starts = [i for i in range(lo, len(data)) if data.startswith(b"data: {", i) and (i == lo or data[i - 1] == 10)]
+    event = starts[-1] if starts else -1
+    opened = data.rfind(key, lo)
+    if opened > event:
+        return opened
+    return -1 if event < 0 else -2 - event
+
+
+def test_rfind_event_open_stops_at_the_last_event():
+    # Keys, events and the pieces of both in every order: the search from the end stops at the
+    # first of the two it meets, in the compiled build as in the rule.
+    rng = random.Random(23)
+    key = b'"usage":{'
+    pieces = [key, b"data: {", b"\ndata: {", b"\n", b"data: ", b"{", b"}", b'"usage":', b"a", b"\n\n"]
+    for _ in range(6000):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 9)))
+        lo = rng.randrange(0, len(data) + 1)
+        assert streamusage.rfind_event_open(data, key, lo) == _event_open_rule(data, key, lo), (data, lo)
+
+
+def test_a_streams_usage_is_read_from_its_last_event_only():
+    # vLLM's recorded stream with include_usage, and the same stream without it (the client did
+    # not ask, and the proxy did not ask for it either: observe.stream_usage false).
+    body = recorded_body("chat_stream_usage")
+    counts = usage(body)
+    assert counts[0] > 0 and counts[1] > 0
+    units = body.split(b"\r\n")
+    plain = b"".join(u + b"\r\n" for u in units if not (b'"usage":{' in u and b'"choices":[]' in u))[:-2]
+    assert b'"usage"' not in plain.split(b"data: [DONE]")[0].rsplit(b"data: {", 1)[1]
+    assert usage(plain) == metrics.NO_TOKENS
+    # A usage object in an earlier event is not the stream's: only the last event counts.
+    early = plain.replace(b'"finish_reason":null', b'"finish_reason":null,"usage":{"prompt_tokens":1,'
+                          b'"total_tokens":2,"completion_tokens":1}', 1)
+    assert early != plain and usage(early) == metrics.NO_TOKENS
+    # The last event in the read before: found there, and not looked for past it.
+    cut = plain.rindex(b"data: [DONE]") - 5
+    assert usage(plain[cut:], plain[:cut]) == metrics.NO_TOKENS
+    cut = body.rindex(b"data: [DONE]") - 5
+    assert usage(body[cut:], body[:cut]) == counts
+
+
 def test_rfind_is_bytes_rfind():
     # The compiled search moves back by the byte a window starts on: needles with repeated
     # bytes, haystacks made of their pieces, where a wrong move would step over a match.

@@ -4,7 +4,7 @@
 cimport cython
 
 from _speedups.framing_c cimport ResponseFramer as NativeFramer
-from proxy.observe.streamusage cimport after, find, rfind, rfind_open
+from proxy.observe.streamusage cimport after, find, rfind, rfind_event_open
 from proxy.routing.bodywalk cimport Walked
 
 cdef Py_ssize_t _E2E_AT, _RESP_AT, _REQ_AT, _TTFT_AT, _ITL_AT, _NCLASS, _BYTES_PER_TOKEN
@@ -175,7 +175,7 @@ cpdef tuple usage(tail, prev=*)
 cdef bint _count(Timing out, tail, prev) except -1
 
 @cython.locals(at=Py_ssize_t)
-cdef Py_ssize_t _usage_at(bytes data, Py_ssize_t lo) except -2
+cdef Py_ssize_t _usage_at(bytes data, Py_ssize_t lo) except -3
 
 @cython.locals(walked=Walked)
 cpdef model_of(bytes body, fields)

@@ -19,7 +19,7 @@ from time import monotonic
 
 from ..routing.bodywalk import Walked
 from ..routing.fields import decode
-from .streamusage import after, find, rfind, rfind_open, skips
+from .streamusage import after, find, rfind, rfind_event_open, skips
 from .table import (
     CLASSES, FALLBACK, H_CONNECT, H_E2E, H_ITL, H_OVER_REQ, H_OVER_RESP, H_QUEUE, H_TTFT, HIST_AT, HISTOGRAMS,
     KEY_CELLS, OUTCOMES, OVERFLOW, R_CONNECTIONS, R_DROPPED, R_STREAMS, ROW_HEADER, S_BYTES, S_ERR_EVENTS, S_KEY,
@@ -352,7 +352,7 @@ def _count(out, tail, prev):
         return False
     at = _usage_at(tail, out.tail_at)
     if at < 0:
-        if prev is None:
+        if prev is None or at == -2:  # (-2: the stream's last event was in tail, and held none)
             return False
         # Not in the last read: in the one before, or cut between the two (a body's last read
         # is then short). Once per request, a few KiB at most.
@@ -378,9 +378,16 @@ def _count(out, tail, prev):
 
 def _usage_at(data, lo):
     """Where the last usage object's key is in ``data[lo:]``: written as vLLM and OpenAI write it,
-    ``"usage":{``, found by its brace (``rfind_open``); else any ``"usage"``, -1 for none."""
-    at = rfind_open(data, _USAGE_OPEN, lo)
-    return at if at >= 0 else rfind(data, _USAGE_KEY, _USAGE_SKIP, lo)
+    ``"usage":{``, found by its brace; else any ``"usage"``. In a stream, only its last data
+    event is read (``rfind_event_open``): -2 when that event is in ``data`` and holds no usage
+    (a stream whose client asked for none), -1 for none otherwise."""
+    at = rfind_event_open(data, _USAGE_OPEN, lo)
+    if at >= 0:
+        return at
+    if at == -1:
+        return rfind(data, _USAGE_KEY, _USAGE_SKIP, lo)
+    at = rfind(data, _USAGE_KEY, _USAGE_SKIP, -2 - at)  # from the last event's start
+    return at if at >= 0 else -2
 
 
 def _vllm_usage(data, at):

@@ -87,6 +87,28 @@ cdef extern from *:
         return -1;
     }
 
+    /* rfind_event_open's search: fleetproxy_rfind_open's, except that the brace of an SSE data
+       event's start ("data: {" at lo or after a line feed) ends it: -2 - that event's offset. */
+    static inline Py_ssize_t fleetproxy_rfind_event_open(const unsigned char *s, Py_ssize_t lo, Py_ssize_t hi,
+                                                         const unsigned char *lit, Py_ssize_t m) {
+        Py_ssize_t b, i;
+        const unsigned char *brace;
+        while (hi > lo) {
+            brace = memrchr(s + lo, 0x7B, (size_t)(hi - lo));
+            if (brace == NULL)
+                return -1;
+            b = brace - s;
+            i = b - m + 1;
+            if (i >= lo && memcmp(s + i, lit, (size_t)m) == 0)
+                return i;
+            if (b - 6 >= lo && s[b - 1] == 0x20 && s[b - 2] == 0x3A && memcmp(s + b - 6, "data", 4) == 0
+                    && (b - 6 == lo || s[b - 7] == 0x0A))
+                return -2 - (b - 6);
+            hi = b;
+        }
+        return -1;
+    }
+
     /* _chunk_end: where the chunk whose size line starts at s[pos] ends (after its payload's
        CRLF); 0 for the last chunk; -1 where no chunk starts there. */
     static inline Py_ssize_t fleetproxy_chunk_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t pos) {
@@ -233,6 +255,8 @@ cdef extern from *:
                                Py_ssize_t m, const unsigned char *table) noexcept nogil
     Py_ssize_t fleetproxy_rfind_open(const unsigned char *s, Py_ssize_t lo, Py_ssize_t hi, const unsigned char *lit,
                                      Py_ssize_t m) noexcept nogil
+    Py_ssize_t fleetproxy_rfind_event_open(const unsigned char *s, Py_ssize_t lo, Py_ssize_t hi,
+                                           const unsigned char *lit, Py_ssize_t m) noexcept nogil
     Py_ssize_t fleetproxy_chunk_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t pos) noexcept nogil
     Py_ssize_t fleetproxy_string_close(const unsigned char *s, Py_ssize_t at, Py_ssize_t n) noexcept nogil
     int fleetproxy_vllm_end(const unsigned char *s, Py_ssize_t n, Py_ssize_t start, const char *vllm_end,
@@ -269,6 +293,9 @@ cpdef Py_ssize_t rfind(bytes data, bytes needle, bytes skip, Py_ssize_t lo=*, Py
 
 @cython.locals(n=Py_ssize_t)
 cpdef Py_ssize_t rfind_open(bytes data, bytes key, Py_ssize_t lo=*, Py_ssize_t hi=*)
+
+@cython.locals(event=Py_ssize_t, opened=Py_ssize_t)
+cpdef Py_ssize_t rfind_event_open(bytes data, bytes key, Py_ssize_t lo=*)
 
 @cython.locals(n=Py_ssize_t, size=Py_ssize_t, i=Py_ssize_t, buf="const unsigned char *", lit="const unsigned char *")
 cpdef Py_ssize_t after(bytes data, Py_ssize_t pos, bytes literal) except -2

@@ -146,6 +146,28 @@ def rfind_open(data, key, lo=0, hi=-1):
     return fleetproxy_rfind_open(data, lo, hi, key, len(key))  # noqa: F821 (streamusage.pxd)
 
 
+_EVENT_LINE = b"\n" + _EVENT_START
+
+
+def rfind_event_open(data, key, lo=0):
+    """``rfind_open(data, key, lo)`` that reads back no further than the start of the last SSE
+    data event (``data: {`` at ``lo`` or after a line feed): where the key is when it is there,
+    -1 when neither is in ``data[lo:]``, and ``-2 - start`` when the last event starts at
+    ``start`` and holds no key. A stream's usage is in its last data event, so a stream that
+    carries none is given up on at that event, not searched to its first byte. A JSON body
+    never stops it: a line feed in a JSON string is escaped, and ``data: {`` is no JSON
+    outside one."""
+    if _COMPILED:
+        return fleetproxy_rfind_event_open(data, lo, len(data), key, len(key))  # noqa: F821 (streamusage.pxd)
+    opened = data.rfind(key, lo)
+    event = data.rfind(_EVENT_LINE, lo) + 1
+    if event == 0:
+        event = lo if data.startswith(_EVENT_START, lo) else -1
+    if opened >= 0 and opened > event:
+        return opened
+    return -1 if event < 0 else -2 - event
+
+
 def after(data, pos, literal):
     """The offset after ``literal`` when it is at ``data[pos]``, else -1."""
     n = len(data)
