@@ -125,20 +125,28 @@ def test_ab_pairs_fleetproxy_with_nginx_on_a_closed_and_an_open_loop(tmp_path):
                     reason="a tool of the bench: checked once, on the native run")
 def test_ab_together_loads_every_run_at_once(tmp_path):
     """bench.ab --together: each round's open loop runs against nginx and fleetproxy at once, a
-    generator each; each run still gets its own CPU per request and its own requests."""
+    generator each; each run still gets its own CPU per request and its own requests. With
+    --without-defaults the config's run meets nginx alone."""
     out = tmp_path / "ab.md"
-    argv = [sys.executable, "-m", "bench.ab", "--nginx", "--lua", "open:50", "--together", "--rounds", "2",
-            "--duration", "1", "--out", str(out)]
+    argv = [sys.executable, "-m", "bench.ab", "--nginx", "--configs", "bench/configs/observe-off.yaml",
+            "--without-defaults", "--lua", "open:50", "--together", "--rounds", "2", "--duration", "1",
+            "--out", str(out)]
     run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]
     text = out.read_text()
-    assert "--nginx --lua open:50 --together" in text
+    assert "--without-defaults --lua open:50 --together" in text
     rows = {c[1]: c for c in (line.strip("| ").split(" | ") for line in text.splitlines()) if len(c) == 6
             and c[0].startswith("c. ")}
-    assert set(rows) == {"nginx", "fleetproxy"}
+    assert set(rows) == {"nginx", "fleetproxy, observe-off.yaml"}
     for cells in rows.values():
         rounds = [float(x) for x in cells[3].split()]
         assert len(rounds) == 2 and all(us > 0 for us in rounds) and 30 < float(cells[4]) < 70  # req/s: its own 50
+
+
+def test_ab_without_defaults_needs_nginx_and_configs():
+    run = subprocess.run([sys.executable, "-m", "bench.ab", "--nginx", "--without-defaults"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--without-defaults takes --nginx and --configs" in run.stderr
 
 
 def test_ab_configs_takes_two_files_without_nginx():
