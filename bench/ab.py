@@ -20,10 +20,10 @@ is the second run's CPU over the first's, round by round: the working tree's ove
 those paired ratios and a 95% bootstrap interval of it (``stats.paired``). Every process it
 starts is stopped by PID; the worktree is removed at the end. With ``--configs`` no worktree
 is made: the working tree runs once per config file (its ``backends`` are replaced by the
-simulator), each over the first, to price a feature that a setting turns on. ``--envs`` does the same with two
-sets of environment variables (``KEY=VALUE,KEY=VALUE``; an empty string for none) given to the
-proxy alone: the pure build against the native one (``FLEETPROXY_PURE=1``), or two builds of a
-dependency (``PYTHONPATH=DIR``: third_party/uvloop's against the stock uvloop).
+simulator), each over the first, to price a feature that a setting turns on. ``--envs`` does
+the same with two sets of environment variables (``KEY=VALUE,KEY=VALUE``; an empty string
+for none) given to the proxy alone: the pure build against the native one
+(``FLEETPROXY_PURE=1``), or two builds of a dependency (``PYTHONPATH=DIR``: third_party/uvloop's against the stock uvloop).
 
 With ``--nginx`` the working tree runs against nginx, each as ``python -m bench`` runs it
 (fleetproxy: a supervisor and one worker; nginx: bench/procs.py's config, a master and one
@@ -144,7 +144,7 @@ def _open_together(targets, rate, seconds, cpus):
     """``_open`` against every target at once (``--together``): a generator each, all started
     together on the load CPUs with the same schedule, and each proxy's CPU read over the same
     window. What drifts on a shared machine between one run and the next (a neighbour's load,
-    the host's clock) then falls on every target alike, inside one round."""
+    the host's other guests) then falls on every target alike, inside one round."""
     before = [cpu.tree_seconds([pid]) for _, pid in targets]
     with ThreadPoolExecutor(len(targets)) as pool:
         results = list(pool.map(lambda t: openloop.run(t[0], rate, seconds, pin(cpus), samples=True), targets))
@@ -165,8 +165,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", help="also write the markdown table here")
     p.add_argument("--configs", nargs="+", metavar="FILE",
-                   help="compare config files of the working tree, each over the first; with --nginx, one or more to run "
-                        "beside fleetproxy's defaults")
+                   help="compare config files of the working tree, each over the first; with --nginx, "
+                        "one or more to run beside fleetproxy's defaults")
     p.add_argument("--envs", nargs=2, metavar=("A", "B"),
                    help="compare the working tree under two environments: KEY=VALUE[,KEY=VALUE...] each ('' for none)")
     p.add_argument("--lua", help="comma-separated bench/lua scripts to run instead of the four scenarios "
