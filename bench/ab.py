@@ -131,20 +131,15 @@ def _open(url, rate, seconds, cpus, pid):
     """``_run`` of an open-loop load: the proxy's CPU per request over the whole run (the last
     streams drained), and the first token's time outside the simulator, in ms: its p99 and
     every request's (pooled over the rounds: ``stats.pooled``)."""
-    before = cpu.tree_seconds([pid])
-    result = openloop.run(url, rate, seconds, pin(cpus), samples=True)
-    used = cpu.tree_seconds([pid]) - before
-    if result["errors"]:
-        raise SystemExit(f"bench.openloop saw errors against {url}: {result['error_kinds']}")
-    return (used / max(1, result["ok"]) * 1e6, result["rps"], result.get("transit_ms", {}).get("99", 0.0),
-            result.get("transit_samples_ms", []))
+    return _open_together([(url, pid)], rate, seconds, cpus)[0]
 
 
 def _open_together(targets, rate, seconds, cpus):
-    """``_open`` against every target at once (``--together``): a generator each, all started
-    together on the load CPUs with the same schedule, and each proxy's CPU read over the same
-    window. What drifts on a shared machine between one run and the next (a neighbour's load,
-    the host's other guests) then falls on every target alike, inside one round."""
+    """``_open`` against every (url, pid) of ``targets`` at once (``--together``): a generator
+    each, all started together on the load CPUs with the same schedule, and each proxy's CPU
+    read over the same window. What drifts on a shared machine between one run and the next (a
+    neighbour's load, the host's other guests) then falls on every target alike, inside one
+    round."""
     before = [cpu.tree_seconds([pid]) for _, pid in targets]
     with ThreadPoolExecutor(len(targets)) as pool:
         results = list(pool.map(lambda t: openloop.run(t[0], rate, seconds, pin(cpus), samples=True), targets))
